@@ -1,0 +1,226 @@
+"""Classes files (the class list ``kbuild generate`` works from) and class maps (``kpl --class-map``).
+
+A classes file is UTF-8 text with one class per line, optionally ``folder_name: display name``.
+Lines starting with ``#`` are comments, blank lines are ignored, a UTF-8 byte-order mark and
+Windows line endings are accepted. Everything else that is likely a mistake (duplicates, control
+characters, absurdly long names, a file in another encoding) is refused with the line number,
+because a silently mangled class list costs an LLM bill or a wrong evaluation later.
+
+``read_checked_bytes``, ``decode_utf8`` and ``load_json`` are also used by the curated-file
+readers, so that every input file reports size, encoding and JSON problems the same way.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from kbuild.errors import InputFileError
+
+MAX_NAME_CHARS = 200
+# Generous: a classes file of 100k long names is still far below this.
+CLASSES_FILE_MAX_BYTES = 50 * 1024 * 1024
+
+_CLASS_MAP_HEADERS = {"folder", "folder_name", "dir", "directory", "dataset_class"}
+
+
+@dataclass(frozen=True)
+class ClassEntry:
+    """One class: ``name`` is the key used everywhere (e.g. the image folder), ``display``
+    the human-readable name (the same as ``name`` unless the line said ``name: display``)."""
+
+    name: str
+    display: str
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n} bytes"
+
+
+def read_checked_bytes(path: Path, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of ``path``, refusing a missing path, a directory or a file over ``max_bytes``.
+
+    The size is checked before reading so that a huge file costs nothing.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(path, f"{what} not found", "check the path")
+    if not path.is_file():
+        raise InputFileError(path, "not a regular file", f"pass the path of a {what}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise InputFileError(
+            path,
+            f"{what} is {_size(size)}, over the {_size(max_bytes)} limit",
+            "split it into smaller files, or raise the limit if it really is this big",
+        )
+    return path.read_bytes()
+
+
+def read_utf8(path: Path, max_bytes: int, what: str = "file") -> str:
+    """The text of ``path``: size-checked, BOM stripped, strictly decoded as UTF-8."""
+    return decode_utf8(Path(path), read_checked_bytes(path, max_bytes, what))
+
+
+def decode_utf8(path: Path, data: bytes) -> str:
+    """Decode ``data`` as UTF-8 (a leading BOM is dropped); report the first bad byte by line."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise InputFileError(
+            path,
+            f"not UTF-8 text: byte 0x{data[err.start]:02x} at line {line}, column {column}",
+            "re-save the file with UTF-8 encoding",
+        ) from None
+
+
+def _control_char(text: str) -> str | None:
+    """The first control character in ``text`` (tabs included: they hide inside names)."""
+    for char in text:
+        if unicodedata.category(char) == "Cc":
+            return char
+    return None
+
+
+def _entry_from_line(path: Path, number: int, line: str) -> ClassEntry:
+    """Parse one non-comment, non-blank line into a ClassEntry, or raise with its line number."""
+    bad = _control_char(line)
+    if bad is not None:
+        raise InputFileError(
+            path, f"line {number}: control character U+{ord(bad):04X} in a class name",
+            "remove it; use one class per line",
+        )
+    # 'folder: display' splits on the first colon only, so displays may contain colons.
+    name, sep, display = line.partition(":")
+    name, display = name.strip(), display.strip()
+    if sep and not name:
+        raise InputFileError(path, f"line {number}: empty class name before ':'",
+                             "write 'folder_name: display name'")
+    display = display or name
+    for value in (name, display):
+        if len(value) > MAX_NAME_CHARS:
+            raise InputFileError(
+                path, f"line {number}: class name of {len(value)} characters "
+                f"(limit {MAX_NAME_CHARS})", "shorten it; descriptions belong in the knowledge base",
+            )
+    return ClassEntry(name=name, display=display)
+
+
+def parse_classes_text(path: Path, text: str) -> list[ClassEntry]:
+    """Parse the decoded text of a classes file (see the module docstring for the format)."""
+    entries: list[ClassEntry] = []
+    first_line: dict[str, int] = {}
+    # split('\n') rather than splitlines(): the latter also splits on form feeds and
+    # other separators, which would shift line numbers and hide control characters.
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        entry = _entry_from_line(path, number, stripped)
+        if entry.name in first_line:
+            raise InputFileError(
+                path, f"line {number}: duplicate class '{entry.name}' "
+                f"(first on line {first_line[entry.name]})", "remove one of the two lines",
+            )
+        first_line[entry.name] = number
+        entries.append(entry)
+    if not entries:
+        raise InputFileError(path, "no classes found", "write one class name per line")
+    return entries
+
+
+def parse_classes_file(path: Path | str, max_bytes: int = CLASSES_FILE_MAX_BYTES) -> list[ClassEntry]:
+    """Read a classes file: one ``ClassEntry`` per class, in file order."""
+    path = Path(path)
+    return parse_classes_text(path, read_utf8(path, max_bytes, what="classes file"))
+
+
+def _reject_duplicate_keys(path: Path):
+    """A json ``object_pairs_hook`` that refuses repeated keys (json keeps the last silently,
+    which would lose a class's descriptions without a word)."""
+
+    def hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        result: dict[str, object] = {}
+        for key, value in pairs:
+            if key in result:
+                raise InputFileError(path, f"key '{key}' appears twice in one JSON object",
+                                     "merge the two entries into one")
+            result[key] = value
+        return result
+
+    return hook
+
+
+def load_json(path: Path, text: str) -> object:
+    """Parse JSON text as data; syntax errors are reported with their line and column."""
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicate_keys(path))
+    except json.JSONDecodeError as err:
+        raise InputFileError(path, f"not valid JSON: {err.msg} at line {err.lineno}, "
+                             f"column {err.colno}", "fix the JSON syntax there") from None
+    except RecursionError:
+        raise InputFileError(path, "JSON nested too deeply", "flatten the file") from None
+
+
+def _class_map_from_json(path: Path, text: str) -> dict[str, str]:
+    data = load_json(path, text)
+    if not isinstance(data, dict):
+        raise InputFileError(path, "a class map must be a JSON object",
+                             'write {"folder": "knowledge-base class", ...}')
+    for key, value in data.items():
+        if not isinstance(value, str) or not value.strip() or not key.strip():
+            raise InputFileError(path, f"entry '{key}' does not map a folder to a class name",
+                                 'write {"folder": "knowledge-base class", ...}')
+    return data
+
+
+def _class_map_from_csv(path: Path, text: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for index, row in enumerate(reader):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            cells = [cell.strip() for cell in row]
+            if index == 0 and cells[0].lower() in _CLASS_MAP_HEADERS:
+                continue  # an optional header row
+            line = reader.line_num
+            if len(cells) != 2 or not all(cells):
+                raise InputFileError(path, f"line {line}: expected 2 non-empty columns "
+                                     f"(folder,class), found {len(cells)}", "fix that row")
+            folder, kb_class = cells
+            if folder in first_line:
+                raise InputFileError(path, f"line {line}: folder '{folder}' mapped twice "
+                                     f"(first on line {first_line[folder]})", "keep one mapping")
+            first_line[folder] = line
+            result[folder] = kb_class
+    except csv.Error as err:
+        raise InputFileError(path, f"line {reader.line_num}: bad CSV ({err})", "fix that row") from None
+    return result
+
+
+def parse_class_map(path: Path | str, max_bytes: int = CLASSES_FILE_MAX_BYTES) -> dict[str, str]:
+    """Read a folder -> knowledge-base class map: JSON ``{"folder": "class"}`` or a
+    two-column CSV ``folder,class`` (an optional header row starting with ``folder`` is skipped).
+
+    The format follows the extension; any other extension is sniffed (``{`` means JSON).
+    """
+    path = Path(path)
+    text = read_utf8(path, max_bytes, what="class map")
+    suffix = path.suffix.lower()
+    is_json = suffix == ".json" or (suffix != ".csv" and text.lstrip().startswith("{"))
+    mapping = _class_map_from_json(path, text) if is_json else _class_map_from_csv(path, text)
+    if not mapping:
+        raise InputFileError(path, "the class map is empty", "add one folder,class pair per line")
+    return mapping

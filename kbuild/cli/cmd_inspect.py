@@ -1,0 +1,147 @@
+"""Inspection commands: list, show, diff, tag, export, verify, gc, path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..diff import diff_snapshots
+from ..errors import KbuildError, UsageError
+from ..inspect_ops import EXPORT_FORMATS, export_text, verify
+from .app import app
+from .context import info, open_store, print_json
+from .options import ChromaUrlOpt, JsonOpt, StoreOpt
+from .render import console, print_diff, snapshots_table
+
+SnapArg = Annotated[str, typer.Argument(help="Snapshot: snapshot_v3, v3, latest or a tag.")]
+
+
+@app.command("list", epilog="Example: kbuild list --json | jq '.[].name'")
+def list_(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False) -> None:
+    """List snapshots, oldest first, with tags and provenance."""
+    kb_store = open_store(store, chroma_url)
+    snapshots = kb_store.list()
+    if json_out:
+        print_json([s.to_json() for s in snapshots])
+    elif not snapshots:
+        info(f"No snapshots in {kb_store.location} yet (create one with 'kbuild load FILE')")
+    else:
+        console.print(snapshots_table(snapshots))
+
+
+@app.command(epilog="Examples: kbuild show latest | kbuild show v2 --class melanoma --removed")
+def show(
+    snapshot: SnapArg,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Only this class.")] = None,
+    removed: Annotated[bool, typer.Option("--removed", help="List removed descriptions and why.")] = False,
+    store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Show a snapshot's manifest and descriptions."""
+    kb = open_store(store, chroma_url).read(snapshot, embeddings=False, class_name=class_name)
+    if class_name and not kb.descriptions and not kb.removed:
+        raise KbuildError(f"Class '{class_name}' is not in {kb.info.name} (see 'kbuild show {kb.info.name}')")
+    if json_out:
+        print_json({**kb.info.to_json(), "descriptions": [d.to_json() for d in kb.descriptions],
+                    "removed": [r.to_json() for r in kb.removed]})
+        return
+    m = kb.info.manifest
+    console.print(f"[bold]{kb.info.name}[/bold]  {m['operation']}  {m['created'][:19]}  {m['content_hash']}")
+    console.print(f"parents: {', '.join(p['name'] for p in m['parents']) or '-'}   "
+                  f"clip: {m['clip'].get('model_id')}   template: {m['clip'].get('template')!r}")
+    if removed:
+        for r in kb.removed:
+            score = "" if r.score is None else f" ({r.score:.3f})"
+            console.print(f"- [{r.description.class_name}] {r.description.text!r}: {r.stage}: {r.reason}{score}",
+                          markup=False)
+        return
+    for name, rows in kb.rows_by_class().items():
+        console.print(f"[bold]{name}[/bold] ({len(rows)})")
+        for row in rows:
+            console.print(f"  - {kb.descriptions[row].text}", markup=False)
+
+
+@app.command(epilog="Examples: kbuild diff v1 v2 | kbuild diff latest (against its parent) | kbuild diff v1 v2 --json")
+def diff(
+    old: SnapArg,
+    new: Annotated[Optional[str], typer.Argument(help="Second snapshot [default: compare OLD with its parent].")] = None,
+    reword_threshold: Annotated[float, typer.Option("--reword-threshold", min=-1.0, max=1.0,
+                                                    help="CLIP similarity from which a removed+added pair is a rewording.")] = 0.9,
+    store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Show what changed between two snapshots (classes, descriptions, rewordings, manifest)."""
+    kb_store = open_store(store, chroma_url)
+    if new is None:
+        child = kb_store.resolve(old)
+        parents = child.manifest.get("parents", [])
+        if not parents:
+            raise UsageError(f"{child.name} has no parent; name two snapshots: kbuild diff A B")
+        old, new = parents[0]["name"], child.name
+    result = diff_snapshots(kb_store.read(old), kb_store.read(new), reword_threshold)
+    if json_out:
+        print_json(result.to_json())
+    else:
+        print_diff(result)
+
+
+@app.command(epilog="Example: kbuild tag v3 reviewed")
+def tag(snapshot: SnapArg, tag_name: Annotated[str, typer.Argument(metavar="TAG", help="Tag to set or move.")],
+        store: StoreOpt = None, chroma_url: ChromaUrlOpt = None) -> None:
+    """Point a tag at a snapshot (tags can move; snapshots never change)."""
+    target, previous = open_store(store, chroma_url).tag(snapshot, tag_name)
+    moved = f" (moved from {previous})" if previous else ""
+    print(f"{tag_name} -> {target}{moved}")
+
+
+@app.command(epilog="Examples: kbuild export v2 --format dclip -o kb.json | kbuild export latest --format csv")
+def export(
+    snapshot: SnapArg,
+    format: Annotated[str, typer.Option("--format", "-f", help=f"One of: {', '.join(EXPORT_FORMATS)}.")] = "json",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    store: StoreOpt = None, chroma_url: ChromaUrlOpt = None,
+) -> None:
+    """Export a snapshot's descriptions as JSON (with provenance), CSV, or plain {class: [text]}."""
+    if format not in EXPORT_FORMATS:
+        raise UsageError(f"Unknown export format '{format}'. Available: {', '.join(EXPORT_FORMATS)}")
+    text = export_text(open_store(store, chroma_url).read(snapshot, embeddings=False), format)
+    if output is None:
+        print(text, end="")
+        return
+    output.write_text(text, encoding="utf-8")
+    info(f"wrote {output}")
+
+
+@app.command("verify", epilog="Example: kbuild verify snapshot_v2")
+def verify_(snapshot: SnapArg, store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False) -> None:
+    """Recompute a snapshot's content hash and check it against its manifest."""
+    result = verify(open_store(store, chroma_url).read(snapshot))
+    if json_out:
+        print_json(result.to_json())
+    else:
+        print(f"{result.name}: {'OK' if result.ok else 'FAILED'} {result.recomputed}")
+    if not result.ok:
+        raise KbuildError(f"{result.name} failed verification: {'; '.join(result.problems)}")
+
+
+@app.command(epilog="Example: kbuild gc")
+def gc(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None) -> None:
+    """Delete pending collections left behind by killed writes (published snapshots are never touched)."""
+    removed = open_store(store, chroma_url).gc()
+    print(f"removed {len(removed)} unfinished write(s)")
+
+
+@app.command(epilog="Example: kbuild path")
+def path(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False) -> None:
+    """Show where kbuild keeps its store, caches and LLM call log."""
+    from .. import settings
+
+    home = settings.store_path(store)
+    url = settings.chroma_url(chroma_url)
+    payload = {"home": str(home.resolve()), "chroma": url or str((home / "chroma").resolve()),
+               "cache": str((home / "cache").resolve()), "llm_log": str((home / "llm" / "calls.sqlite").resolve())}
+    if json_out:
+        print_json(payload)
+    else:
+        for key, value in payload.items():
+            print(f"{key}: {value}")

@@ -1,0 +1,44 @@
+"""``kbuild load``: import curated description files as a new snapshot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import settings
+from ..load_op import load_files
+from .app import app
+from .context import info, load_embedder, open_store, print_json
+from .options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt, TemplateOpt
+
+
+@app.command(epilog="Examples: kbuild load descriptors_food101.json | kbuild load feature_50.json --section "
+                    "Brain_Tumor_Features | kbuild load kb.csv --classes classes.txt --name derm_v1")
+def load(
+    files: Annotated[list[Path], typer.Argument(help="Curated files: JSON {class: [text]}, KPL JSON, CSV or JSONL.")],
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Force a format: csv, cupl, dclip, jsonl, kpl, labo.")] = None,
+    section: Annotated[Optional[str], typer.Option("--section", help="Section of a KPL-style file, e.g. Brain_Tumor_Features.")] = None,
+    classes: Annotated[Optional[Path], typer.Option("--classes", help="classes.txt to check class names against.")] = None,
+    restrict: Annotated[bool, typer.Option("--restrict", help="Drop classes not in --classes instead of failing.")] = False,
+    name: NameOpt = None,
+    template: TemplateOpt = settings.DEFAULT_TEMPLATE,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    store: StoreOpt = None,
+    chroma_url: ChromaUrlOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import curated descriptions (DCLIP, CuPL, LaBo, KPL, CSV, JSONL) into a new snapshot."""
+    kb_store = open_store(store, chroma_url)
+    embedder = load_embedder(kb_store, model, pretrained)
+    result = load_files(kb_store, embedder, files, template, format, section, classes, restrict, name)
+    for line in result.imported.summary_lines():
+        info(line)
+    if json_out:
+        print_json(result.to_json())
+        return
+    manifest = result.snapshot.manifest
+    print(f"{result.snapshot.name}: {manifest['total']} descriptions in {manifest['classes']} classes "
+          f"({manifest['content_hash'][:19]}...)")

@@ -1,0 +1,36 @@
+"""Helpers the commands share: opening the store, loading CLIP, printing to the right stream."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from .. import settings
+from ..store import SnapshotStore
+
+
+def open_store(store: str | None, chroma_url: str | None) -> SnapshotStore:
+    return SnapshotStore.open(store, chroma_url)
+
+
+def load_embedder(store: SnapshotStore, model: str | None, pretrained: str | None):
+    """The CLIP text embedder named by the flags/environment, with the store's embedding cache."""
+    from ..embedding import TextEmbedder
+    from ..encoder import load_clip
+
+    clip = load_clip(settings.clip_model(model), settings.clip_pretrained(pretrained))
+    return TextEmbedder(clip, store.home / "cache" / "text_embeddings.sqlite")
+
+
+def clip_provenance(embedder, template: str) -> dict[str, Any]:
+    return {**embedder.clip.describe(), "template": template}
+
+
+def info(message: str) -> None:
+    """Diagnostics and progress go to stderr so stdout stays data."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def print_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))

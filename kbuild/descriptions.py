@@ -1,0 +1,67 @@
+"""Descriptions: one (class, text) pair plus where it came from.
+
+A description's id depends only on its class and its normalised text, so the same description
+has the same id in every snapshot; the content hash of a knowledge base is taken over the sorted
+(class, text) pairs and is tagged with its algorithm (``sha256:...``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+_WHITESPACE = re.compile(r"\s+")
+HASH_ALGORITHM = "sha256"
+
+
+def normalise_text(text: str) -> str:
+    """Strip the ends and collapse every run of whitespace (newlines, tabs) to one space."""
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def description_id(class_name: str, text: str) -> str:
+    """Stable id of a description: a hash of its class and normalised text."""
+    payload = json.dumps([class_name, normalise_text(text)], ensure_ascii=False)
+    return "d" + hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
+
+
+@dataclass
+class Description:
+    """One visual description of one class.
+
+    ``source`` says where the text came from (``llm:gpt-4o-mini``, ``curated:file.json``);
+    ``extra`` carries anything else worth keeping (prompt name/hash, prune scores, review notes).
+    """
+
+    class_name: str
+    text: str
+    source: str = ""
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return description_id(self.class_name, self.text)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, **asdict(self)}
+
+
+def content_hash(pairs: Iterable[tuple[str, str]]) -> str:
+    """Algorithm-tagged hash of a knowledge base's content: the sorted (class, text) pairs."""
+    digest = hashlib.sha256()
+    for class_name, text in sorted(pairs):
+        digest.update(json.dumps([class_name, text], ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return f"{HASH_ALGORITHM}:{digest.hexdigest()}"
+
+
+def group_by_class(descriptions: Iterable[Description]) -> dict[str, list[Description]]:
+    """Descriptions grouped by class, classes in first-seen order."""
+    groups: dict[str, list[Description]] = {}
+    for d in descriptions:
+        groups.setdefault(d.class_name, []).append(d)
+    return groups

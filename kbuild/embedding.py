@@ -1,0 +1,54 @@
+"""Text embedding of descriptions through a CLIP model and the persistent cache.
+
+Snapshots store embeddings of the *templated* text (``template.format(class, description)``), the
+input KPL retrieves from; pruning compares descriptions on their bare text (template ``"{}"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .descriptions import Description
+from .embed_cache import TextEmbeddingCache
+from .errors import UsageError
+
+BARE_TEMPLATE = "{}"
+
+
+def check_template(template: str) -> str:
+    """A description template has exactly two ``{}`` slots: class name, then description."""
+    if template.count("{}") != 2:
+        raise UsageError(f"Template {template!r} must contain two {{}} slots: class name, then description")
+    return template
+
+
+class TextEmbedder:
+    """Encodes texts with one CLIP model, never encoding the same (model, template, text) twice."""
+
+    def __init__(self, clip, cache_path: Path | None):
+        self.clip = clip
+        self.cache = TextEmbeddingCache(cache_path)
+
+    @property
+    def model_id(self) -> str:
+        return self.clip.model_id
+
+    def embed_texts(self, texts: Sequence[str], template_key: str = BARE_TEMPLATE) -> np.ndarray:
+        """(len(texts), D) unit rows for already-rendered texts; ``template_key`` names how they were rendered."""
+        if not texts:
+            return np.zeros((0, self.clip.dim), dtype=np.float32)
+        return self.cache.embed(self.model_id, template_key, list(texts), self.clip.encode_texts)
+
+    def embed_descriptions(self, descriptions: Sequence[Description], template: str) -> np.ndarray:
+        """(M, D) embeddings of ``template.format(class_name, text)`` for each description."""
+        check_template(template)
+        rendered = [template.format(d.class_name, d.text) for d in descriptions]
+        return self.embed_texts(rendered, template)
+
+    def embed_class_names(self, class_names: Sequence[str], template: str = "a photo of a {}.") -> np.ndarray:
+        """(C, D) class-name prompt embeddings (the ``clip`` baseline, prune's margin reference)."""
+        rendered = [template.format(name) for name in class_names]
+        return self.embed_texts(rendered, template)

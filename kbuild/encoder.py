@@ -1,0 +1,202 @@
+"""The CLIP wrapper shared by kbuild and kpl: one place that turns ``--model/--pretrained`` into a model.
+
+Accepted forms (the same as open_clip's own):
+- an open_clip model name plus a pretrained tag (``ViT-L-14-336`` / ``openai``), downloaded the usual way;
+- a model name plus a checkpoint file (``--pretrained weights.pt|.safetensors``), always loaded with
+  ``weights_only=True`` or safetensors, so a checkpoint cannot run code;
+- ``local-dir:PATH``: open_clip's self-describing folder (``open_clip_config.json`` + weights);
+- ``hf-hub:ORG/REPO`` (e.g. BiomedCLIP).
+
+Every model gets a stable ``model_id`` used in provenance and as a cache key; for files it includes a
+hash of the weights, so two different checkpoints never share cached embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import KbuildError, UsageError
+
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the user asked for: ``model`` and ``pretrained`` as given (pretrained None = random)."""
+
+    model: str
+    pretrained: str | None
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _local_dir_weights(folder: Path) -> Path | None:
+    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_model.pt"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def model_id(spec: ModelSpec) -> str:
+    """Stable identity of a model for provenance and cache keys."""
+    if spec.model.startswith(LOCAL_DIR):
+        folder = Path(spec.model[len(LOCAL_DIR):]).expanduser()
+        weights = _local_dir_weights(folder)
+        tag = f"sha256:{file_sha256(weights)[:16]}" if weights else "random"
+        return f"local-dir:{folder.name}@{tag}"
+    if spec.model.startswith(HF_HUB):
+        return spec.model
+    if spec.pretrained and Path(spec.pretrained).expanduser().is_file():
+        return f"{spec.model}@sha256:{file_sha256(Path(spec.pretrained).expanduser())[:16]}"
+    return f"{spec.model}/{spec.pretrained or 'random'}"
+
+
+def _check_spec(spec: ModelSpec) -> None:
+    if spec.model.startswith(LOCAL_DIR):
+        folder = Path(spec.model[len(LOCAL_DIR):]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise UsageError(
+                f"--model {spec.model}: no open_clip_config.json in {folder} "
+                "(a local-dir model folder holds open_clip_config.json and its weights)")
+        return
+    if spec.model.startswith(HF_HUB):
+        return
+    import open_clip
+
+    if spec.model not in open_clip.list_models():
+        raise UsageError(
+            f"Unknown CLIP model '{spec.model}' (see open_clip.list_models(), or pass "
+            "--model local-dir:PATH or hf-hub:ORG/REPO)")
+    pretrained = spec.pretrained
+    looks_like_file = pretrained and (("/" in pretrained) or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")))
+    if looks_like_file and not Path(pretrained).expanduser().is_file():
+        raise UsageError(f"--pretrained {pretrained}: checkpoint file not found")
+
+
+def _create(spec: ModelSpec, device: str):
+    import open_clip
+
+    pretrained = spec.pretrained
+    if spec.model.startswith((LOCAL_DIR, HF_HUB)):
+        pretrained = None  # the folder / hub repo carries its own weights
+    elif pretrained and Path(pretrained).expanduser().is_file():
+        pretrained = str(Path(pretrained).expanduser())
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.model, pretrained=pretrained, device=device, weights_only=True)
+    except KbuildError:
+        raise
+    except Exception as exc:  # open_clip raises many types for "cannot fetch/parse weights"
+        raise KbuildError(
+            f"Could not load CLIP model {spec.model} ({spec.pretrained or 'random weights'}): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+            "(offline? use --model local-dir:PATH or --pretrained FILE)") from exc
+    tokenizer = open_clip.get_tokenizer(spec.model)
+    model.eval()
+    return model, preprocess, tokenizer
+
+
+def pick_device(device: str | None = None) -> str:
+    """``cuda`` when present, else Apple ``mps``, else ``cpu``; an explicit choice wins."""
+    if device:
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class ClipModel:
+    """A loaded CLIP model with batched, normalised text and image encoding. Build via ``load_clip``."""
+
+    def __init__(self, spec: ModelSpec, device: str | None = None):
+        _check_spec(spec)
+        self.spec = spec
+        self.device = pick_device(device)
+        logging.getLogger("open_clip").setLevel(logging.ERROR)  # "no pretrained weights" is expected in tests
+        self.model, self.preprocess, self.tokenizer = _create(spec, self.device)
+        self.model_id = model_id(spec)
+        self.context_length = int(getattr(self.tokenizer, "context_length", 77) or 77)
+        self.dim = int(self._probe_dim())
+
+    def _probe_dim(self) -> int:
+        return self.encode_texts(["probe"]).shape[1]
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """(len(texts), D) float32 unit rows; texts longer than the context are truncated by the tokenizer."""
+        import torch
+
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
+                chunks.append(self.model.encode_text(tokens, normalize=True).float().cpu().numpy())
+        if not chunks:
+            return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def encode_image_batch(self, images) -> np.ndarray:
+        """(B, 3, H, W) preprocessed tensor -> (B, D) float32 unit rows."""
+        import torch
+
+        with torch.inference_mode():
+            images = images.to(self.device)
+            if self.device == "cuda":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    out = self.model.encode_image(images, normalize=True)
+            else:
+                out = self.model.encode_image(images, normalize=True)
+        return out.float().cpu().numpy()
+
+    def count_tokens(self, text: str) -> int:
+        """Number of BPE tokens plus start/end markers, compared against the context length."""
+        inner = getattr(self.tokenizer, "encode", None)
+        if inner is None:
+            return 0
+        return len(inner(text)) + 2
+
+    def describe(self) -> dict:
+        return {"model": self.spec.model, "pretrained": _public_pretrained(self.spec.pretrained),
+                "model_id": self.model_id, "dim": self.dim, "context_length": self.context_length}
+
+
+def _public_pretrained(pretrained: str | None) -> str | None:
+    """A checkpoint path is shown by file name only: manifests should not leak local paths."""
+    if pretrained and Path(pretrained).expanduser().is_file():
+        return Path(pretrained).name
+    return pretrained
+
+
+@lru_cache(maxsize=4)
+def load_clip(model: str, pretrained: str | None, device: str | None = None) -> ClipModel:
+    """Load (once per process) the CLIP model named by ``--model/--pretrained``."""
+    return ClipModel(ModelSpec(model, pretrained), device)
+
+
+def write_local_dir(model, config: dict, folder: Path) -> Path:
+    """Save a model as an open_clip ``local-dir:`` folder (config + safetensors weights)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config, "preprocess_cfg": {}}))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    return folder

@@ -1,0 +1,39 @@
+"""``kbuild load``: curated files -> embeddings -> a new snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .classes_file import parse_classes_file
+from .embedding import check_template
+from .sources.curated import CuratedImport, load_curated
+from .store import SnapshotInfo, SnapshotStore
+from .store.manifest import SnapshotDraft
+
+
+@dataclass
+class LoadResult:
+    snapshot: SnapshotInfo
+    imported: CuratedImport
+
+    def to_json(self) -> dict[str, Any]:
+        return {"snapshot": self.snapshot.name, "content_hash": self.snapshot.content_hash,
+                "total": self.snapshot.manifest["total"], "import": self.imported.to_json()}
+
+
+def load_files(store: SnapshotStore, embedder, paths: list[Path], template: str, fmt: str | None = None,
+               section: str | None = None, classes_file: Path | None = None, restrict: bool = False,
+               name: str | None = None) -> LoadResult:
+    """Import curated files, embed ``template.format(class, text)`` with CLIP, publish a snapshot."""
+    check_template(template)
+    classes = [entry.name for entry in parse_classes_file(classes_file)] if classes_file else None
+    imported = load_curated(paths, format=fmt, section=section, classes=classes, restrict=restrict)
+    embeddings = embedder.embed_descriptions(imported.descriptions, template)
+    parameters = {"files": [Path(p).name for p in paths], "format": fmt, "section": section,
+                  "classes_file": Path(classes_file).name if classes_file else None, "restrict": restrict}
+    draft = SnapshotDraft(imported.descriptions, embeddings, "load", parameters,
+                          clip={**embedder.clip.describe(), "template": template},
+                          extra={"import": imported.to_json()})
+    return LoadResult(store.publish(draft, name=name), imported)

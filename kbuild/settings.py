@@ -1,0 +1,73 @@
+"""The one place that reads the environment.
+
+Precedence, everywhere: command-line flag > environment variable > default. The CLI passes a flag's
+value (or None) and these functions fill in the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_STORE = "KBUILD_STORE"
+ENV_CHROMA_URL = "KBUILD_CHROMA_URL"
+ENV_CHROMA_TOKEN = "KBUILD_CHROMA_TOKEN"
+ENV_DEBUG = "KBUILD_DEBUG"
+ENV_CLIP_MODEL = "KPL_CLIP_MODEL"
+ENV_CLIP_PRETRAINED = "KPL_CLIP_PRETRAINED"
+ENV_OPENAI_KEY = "OPENAI_API_KEY"
+ENV_OPENAI_BASE_URL = "OPENAI_BASE_URL"
+
+DEFAULT_STORE = "kb_snapshots"
+DEFAULT_CLIP_MODEL = "ViT-L-14-336"
+DEFAULT_CLIP_PRETRAINED = "openai"
+DEFAULT_TEMPLATE = "a photo of a {}, which has {}"
+
+
+def _pick(flag: str | None, env_name: str, default: str | None) -> str | None:
+    if flag not in (None, ""):
+        return flag
+    value = os.environ.get(env_name)
+    return value if value not in (None, "") else default
+
+
+def store_path(flag: str | None = None) -> Path:
+    """Local home of everything kbuild keeps: the embedded Chroma store, caches, the LLM call log."""
+    return Path(_pick(flag, ENV_STORE, DEFAULT_STORE)).expanduser()
+
+
+def chroma_url(flag: str | None = None) -> str | None:
+    return _pick(flag, ENV_CHROMA_URL, None)
+
+
+def chroma_token() -> str | None:
+    return _pick(None, ENV_CHROMA_TOKEN, None)
+
+
+def clip_model(flag: str | None = None) -> str:
+    return _pick(flag, ENV_CLIP_MODEL, DEFAULT_CLIP_MODEL)
+
+
+def clip_pretrained(flag: str | None = None) -> str | None:
+    # An explicit empty pretrained means "random weights"; only None falls back.
+    if flag is not None:
+        return flag or None
+    return _pick(None, ENV_CLIP_PRETRAINED, DEFAULT_CLIP_PRETRAINED)
+
+
+def debug() -> bool:
+    return os.environ.get(ENV_DEBUG, "") not in ("", "0", "false", "no")
+
+
+def openai_api_key() -> str | None:
+    return _pick(None, ENV_OPENAI_KEY, None)
+
+
+def openai_base_url(flag: str | None = None) -> str | None:
+    return _pick(flag, ENV_OPENAI_BASE_URL, None)
+
+
+def quiet_third_parties() -> None:
+    """Keep libraries offline and silent: no telemetry, no hub retries that hang for a minute."""
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

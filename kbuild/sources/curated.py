@@ -1,0 +1,264 @@
+"""Import curated knowledge-base files (DCLIP/CuPL/LaBo, KPL, CSV, JSONL) as descriptions.
+
+``load_curated`` reads each file with a format reader (``curated_formats.FORMATS``), then applies
+one set of rules to all of them, in this order, and counts every change:
+
+1. classes outside an optional class list are an error, or dropped with ``restrict=True``;
+2. each string is normalised with ``normalise_text`` (runs of whitespace -> one space, ends
+   stripped); strings that change are counted as ``whitespace_fixed``;
+3. strings that are empty after normalising are dropped and reported as (class, index);
+4. exact duplicates are collapsed: same class and same *normalised* text. Detecting them after
+   normalising matches the description id (a hash of class and normalised text), so two strings
+   that differ only in whitespace can never become two descriptions with one id.
+   Duplicates of texts already imported from an earlier file are counted separately;
+5. classes left with no non-empty string are reported as empty and are absent from the result.
+
+Nothing is judged on quality here (short fragments are kept); ``kbuild prune`` does that.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from kbuild.descriptions import Description, normalise_text
+from kbuild.errors import KbuildError, UsageError
+from kbuild.sources.curated_formats import FORMATS, ParsedFile, get_reader, read_source
+
+DEFAULT_MAX_BYTES = 200_000_000  # "200 MB", decimal like the message
+_PREVIEW = 8  # names shown inline before "... and N more"
+
+
+def _preview(names: list[str]) -> str:
+    shown = ", ".join(names[:_PREVIEW])
+    return shown + (f", ... and {len(names) - _PREVIEW} more" if len(names) > _PREVIEW else "")
+
+
+@dataclass
+class FileReport:
+    """What happened to one file. ``raw_count`` = kept + duplicates + cross-file duplicates
+    + empty strings + texts of dropped classes."""
+
+    path: str
+    format: str
+    sha256: str
+    section: str | None = None
+    classes: list[str] = field(default_factory=list)
+    raw_count: int = 0
+    kept_count: int = 0
+    whitespace_fixed: int = 0
+    empty_strings: list[tuple[str, int]] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    cross_file_duplicates: dict[str, int] = field(default_factory=dict)
+    dropped_classes: list[str] = field(default_factory=list)
+    dropped_texts: int = 0
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["empty_strings"] = [list(pair) for pair in self.empty_strings]
+        return data
+
+    def summary_line(self) -> str:
+        """One line such as ``f.json: 101 classes, 3030 texts -> 2957 kept; 73 exact ...``."""
+        label = f"{self.name} [{self.section}]" if self.section else self.name
+        parts = [f"{label}: {len(self.classes)} classes, {self.raw_count} texts -> {self.kept_count} kept"]
+        counted = [
+            (sum(self.duplicates.values()), "exact duplicates collapsed"),
+            (sum(self.cross_file_duplicates.values()), "duplicates of earlier files collapsed"),
+            (self.whitespace_fixed, "whitespace-normalised"),
+            (len(self.empty_strings), "empty strings dropped"),
+        ]
+        parts += [f"{n} {what}" for n, what in counted if n]
+        if self.empty_classes:
+            parts.append(f"{len(self.empty_classes)} empty classes ({_preview(self.empty_classes)})")
+        if self.dropped_classes:
+            parts.append(f"{len(self.dropped_classes)} classes not in the class list dropped "
+                         f"({self.dropped_texts} texts: {_preview(self.dropped_classes)})")
+        return "; ".join(parts)
+
+
+@dataclass
+class CuratedImport:
+    """The descriptions of an import plus a report per file.
+
+    ``missing_classes``: classes of the given class list with no description in the result;
+    ``dropped_classes``: classes in the files but not in the class list (``restrict=True``).
+    """
+
+    descriptions: list[Description]
+    files: list[FileReport]
+    created: str
+    missing_classes: list[str] = field(default_factory=list)
+    dropped_classes: list[str] = field(default_factory=list)
+
+    def class_counts(self) -> dict[str, int]:
+        """Descriptions per class, classes in first-seen order."""
+        return dict(Counter(d.class_name for d in self.descriptions))
+
+    def to_json(self, include_descriptions: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "created": self.created,
+            "total_descriptions": len(self.descriptions),
+            "class_counts": self.class_counts(),
+            "files": [report.to_json() for report in self.files],
+            "missing_classes": list(self.missing_classes),
+            "dropped_classes": list(self.dropped_classes),
+        }
+        if include_descriptions:
+            data["descriptions"] = [d.to_json() for d in self.descriptions]
+        return data
+
+    def summary_lines(self) -> list[str]:
+        """Short human-readable lines: one per file, then totals and missing classes."""
+        lines = [report.summary_line() for report in self.files]
+        if len(self.files) > 1:
+            lines.append(f"total: {len(self.descriptions)} descriptions in "
+                         f"{len(self.class_counts())} classes")
+        if self.missing_classes:
+            lines.append(f"{len(self.missing_classes)} classes of the class list have no "
+                         f"descriptions: {_preview(self.missing_classes)}")
+        return lines
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_unknown_classes(parsed: list[ParsedFile], allowed: set[str] | None, restrict: bool) -> None:
+    """Refuse classes outside the class list unless ``restrict`` says to drop them."""
+    if allowed is None or restrict:
+        return
+    unknown = list(dict.fromkeys(c for p in parsed for c in p.groups if c not in allowed))
+    if unknown:
+        files = ", ".join(p.path.name for p in parsed if any(c not in allowed for c in p.groups))
+        raise KbuildError(
+            f"{len(unknown)} classes in {files} are not in the class list: {_preview(unknown)} "
+            "(add them to the classes file, or pass --restrict to drop them)"
+        )
+
+
+def _check_section_used(section: str | None, parsed: list[ParsedFile]) -> None:
+    if section is not None and not any(p.format == "kpl" for p in parsed):
+        raise UsageError("--section applies only to kpl files, and none of the inputs is one")
+
+
+class _Deduper:
+    """Exact-duplicate detection over (class, normalised text), per file and across files."""
+
+    def __init__(self) -> None:
+        self.earlier: set[tuple[str, str]] = set()
+        self.here: set[tuple[str, str]] = set()
+
+    def next_file(self) -> None:
+        self.earlier |= self.here
+        self.here = set()
+
+    def classify(self, key: tuple[str, str]) -> str:
+        """'duplicate' (seen in this file), 'cross' (seen in an earlier file) or 'new'."""
+        if key in self.here:
+            return "duplicate"
+        # Recorded even when it repeats an earlier file, so a file's own duplicate count
+        # does not depend on the order the files were given in.
+        self.here.add(key)
+        return "cross" if key in self.earlier else "new"
+
+
+def _clean_class(report: FileReport, class_name: str, items: list[str],
+                 dedup: _Deduper, make: Any) -> list[Description]:
+    """Apply normalisation, empty-string and duplicate rules to one class of one file."""
+    kept: list[Description] = []
+    non_empty = 0
+    for index, item in enumerate(items):
+        text = normalise_text(item)
+        if not text:
+            report.empty_strings.append((class_name, index))
+            continue
+        non_empty += 1
+        report.whitespace_fixed += text != item
+        verdict = dedup.classify((class_name, text))
+        if verdict == "new":
+            kept.append(make(class_name, text))
+        else:
+            counts = report.duplicates if verdict == "duplicate" else report.cross_file_duplicates
+            counts[class_name] = counts.get(class_name, 0) + 1
+    if not non_empty:
+        report.empty_classes.append(class_name)
+    return kept
+
+
+def _clean_file(parsed: ParsedFile, allowed: set[str] | None, dedup: _Deduper,
+                created: str) -> tuple[FileReport, list[Description]]:
+    """The descriptions one parsed file contributes, and the report of what was changed."""
+    report = FileReport(path=str(parsed.path), format=parsed.format, sha256=parsed.sha256,
+                        section=parsed.section, classes=list(parsed.groups),
+                        raw_count=sum(len(items) for items in parsed.groups.values()))
+    extra: dict[str, Any] = {"format": parsed.format, "file_sha256": parsed.sha256}
+    if parsed.section is not None:
+        extra["section"] = parsed.section
+    source = f"curated:{parsed.path.name}"
+
+    def make(class_name: str, text: str) -> Description:
+        # Each description gets its own extra dict: later steps (prune) add to it.
+        return Description(class_name, text, source=source, created=created, extra=dict(extra))
+
+    kept: list[Description] = []
+    for class_name, items in parsed.groups.items():
+        if allowed is not None and class_name not in allowed:
+            report.dropped_classes.append(class_name)
+            report.dropped_texts += len(items)
+            continue
+        kept += _clean_class(report, class_name, items, dedup, make)
+    report.kept_count = len(kept)
+    dedup.next_file()
+    return report, kept
+
+
+def load_curated(
+    paths: Iterable[Path | str],
+    format: str | None = None,
+    section: str | None = None,
+    classes: list[str] | None = None,
+    restrict: bool = False,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    created: str | None = None,
+) -> CuratedImport:
+    """Read curated files into descriptions, with a report of every change made.
+
+    ``format``: a name from ``FORMATS`` (autodetected per file when None); ``section``: the
+    KPL section (``X`` or ``X_Features``); ``classes``: the class list to check against (by
+    name); ``restrict``: drop classes outside it instead of refusing; ``max_bytes``: refuse
+    larger files; ``created``: the ISO timestamp for every description (default: now, UTC).
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise UsageError("no curated files given")
+    if format is not None:
+        get_reader(format)  # an unknown name fails before any file is read
+    parsed = [read_source(path, format, section, max_bytes) for path in paths]
+    _check_section_used(section, parsed)
+    allowed = None if classes is None else set(classes)
+    _check_unknown_classes(parsed, allowed, restrict)
+
+    created = created or _utc_now()
+    dedup = _Deduper()
+    result = CuratedImport(descriptions=[], files=[], created=created)
+    for item in parsed:
+        report, kept = _clean_file(item, allowed, dedup, created)
+        result.files.append(report)
+        result.descriptions += kept
+    present = {d.class_name for d in result.descriptions}
+    result.missing_classes = [c for c in (classes or []) if c not in present]
+    result.dropped_classes = list(dict.fromkeys(c for r in result.files for c in r.dropped_classes))
+    return result
+
+
+__all__ = ["CuratedImport", "DEFAULT_MAX_BYTES", "FORMATS", "FileReport", "load_curated"]

@@ -1,0 +1,57 @@
+"""Opening ChromaDB: an embedded ``PersistentClient`` under the store home, or an ``HttpClient``.
+
+Telemetry is always off, and no collection is ever given Chroma's default embedding function (it
+would download a model): callers pass ``embedding_function=None`` and their own vectors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..errors import StoreUnavailable, UsageError
+
+
+def _settings(token: str | None):
+    from chromadb.config import Settings
+
+    options = {"anonymized_telemetry": False}
+    if token:
+        options["chroma_client_auth_provider"] = "chromadb.auth.token_authn.TokenAuthClientProvider"
+        options["chroma_client_auth_credentials"] = token
+    return Settings(**options)
+
+
+def open_embedded(home: Path):
+    import chromadb
+
+    folder = home / "chroma"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(folder), settings=_settings(None))
+    except OSError as exc:
+        raise StoreUnavailable(f"Cannot open the store at {home}: {exc.strerror or exc} (pass --store PATH)") from exc
+    except Exception as exc:
+        raise StoreUnavailable(f"Cannot open the Chroma store at {folder}: {exc} (is it a kbuild store?)") from exc
+
+
+def parse_url(url: str) -> tuple[str, int, bool]:
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UsageError(f"--chroma-url {url!r} is not an http(s) URL (example: http://127.0.0.1:8000)")
+    ssl = parsed.scheme == "https"
+    return parsed.hostname, parsed.port or (443 if ssl else 8000), ssl
+
+
+def open_server(url: str, token: str | None):
+    import chromadb
+
+    host, port, ssl = parse_url(url)
+    try:
+        client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=_settings(token))
+        client.heartbeat()
+        return client
+    except Exception as exc:
+        raise StoreUnavailable(
+            f"Cannot reach the Chroma server at {url} ({type(exc).__name__}); start one with "
+            "'chroma run --path DIR --host 127.0.0.1 --port 8000' or drop --chroma-url") from exc

@@ -1,0 +1,71 @@
+"""Snapshot and tag names, and the one function that turns a reference into a name.
+
+Names become Chroma collection names, so they follow Chroma's rules (3-128 characters from
+letters, digits, ``.``, ``_``, ``-``, starting and ending with a letter or digit) and never look like
+paths. Names starting with ``kbuild-`` are reserved for the store's own collections (pending writes, tags).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import UsageError
+
+AUTO_PREFIX = "snapshot_v"
+INTERNAL_PREFIX = "kbuild-"
+PENDING_PREFIX = "kbuild-tmp-"
+TAG_PREFIX = "kbuild-tag-"
+LATEST = "latest"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,126}[A-Za-z0-9]$")
+_AUTO = re.compile(r"^snapshot_v([0-9]+)$")
+_SHORT = re.compile(r"^v([0-9]+)$")
+_RULE = "use 3-128 letters, digits, '.', '_' or '-', starting and ending with a letter or digit"
+
+
+def _check(value: str, kind: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"An empty {kind} name is not allowed ({_RULE})")
+    if "/" in value or "\\" in value or ".." in value or value.startswith("~"):
+        raise UsageError(f"'{value}' looks like a path, not a {kind} name ({_RULE})")
+    if not _NAME.match(value):
+        raise UsageError(f"'{value}' is not a valid {kind} name ({_RULE})")
+    if value.startswith(INTERNAL_PREFIX):
+        raise UsageError(f"'{value}' is reserved: {kind} names may not start with '{INTERNAL_PREFIX}'")
+    return value
+
+
+def validate_snapshot_name(name: str) -> str:
+    _check(name, "snapshot")
+    if _SHORT.match(name) or name == LATEST:
+        raise UsageError(f"'{name}' is a reference form, not a snapshot name (try snapshot_{name})")
+    return name
+
+
+def validate_tag_name(tag: str) -> str:
+    _check(tag, "tag")
+    if tag == LATEST or _SHORT.match(tag) or _AUTO.match(tag):
+        raise UsageError(f"'{tag}' cannot be a tag: it reads as a snapshot reference (choose another tag)")
+    return tag
+
+
+def auto_number(name: str) -> int | None:
+    match = _AUTO.match(name)
+    return int(match.group(1)) if match else None
+
+
+def resolve_auto_name(reference: str) -> str:
+    """``v3`` -> ``snapshot_v3``; other references unchanged."""
+    match = _SHORT.match(reference)
+    return f"{AUTO_PREFIX}{int(match.group(1))}" if match else reference
+
+
+def auto_name(number: int) -> str:
+    return f"{AUTO_PREFIX}{number}"
+
+
+def check_reference(reference: str) -> str:
+    """Refuse path-like or malformed references before they reach Chroma."""
+    if reference == LATEST or _SHORT.match(reference):
+        return reference
+    return _check(reference, "snapshot")

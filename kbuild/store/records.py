@@ -1,0 +1,63 @@
+"""How a description becomes a Chroma record and back.
+
+Chroma metadata is flat (str/int/float/bool, no None), so nested provenance travels as a JSON string.
+Records keep their write order in ``i`` so a snapshot reads back in the order it was written.
+Removed descriptions (pruning, review) stay in the snapshot with ``state = removed`` and their reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..descriptions import Description
+
+KEPT = "kept"
+REMOVED = "removed"
+
+
+@dataclass
+class RemovedRecord:
+    """A description a write operation dropped, with the stage, reason and score that dropped it."""
+
+    description: Description
+    stage: str
+    reason: str
+    score: float | None = None
+    related: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"class": self.description.class_name, "text": self.description.text, "stage": self.stage,
+                "reason": self.reason, "score": self.score, "related": self.related,
+                "source": self.description.source}
+
+
+def kept_metadata(d: Description, index: int) -> dict[str, Any]:
+    meta: dict[str, Any] = {"class": d.class_name, "source": d.source or "", "created": d.created or "",
+                            "i": index, "state": KEPT}
+    if d.extra:
+        meta["extra"] = json.dumps(d.extra, ensure_ascii=False, sort_keys=True)
+    return meta
+
+
+def removed_metadata(r: RemovedRecord, index: int) -> dict[str, Any]:
+    meta = kept_metadata(r.description, index)
+    meta.update({"state": REMOVED, "removed_stage": r.stage, "removed_reason": r.reason})
+    if r.score is not None:
+        meta["removed_score"] = float(r.score)
+    if r.related is not None:
+        meta["removed_related"] = r.related
+    return meta
+
+
+def to_description(text: str, meta: dict[str, Any]) -> Description:
+    extra = json.loads(meta["extra"]) if meta.get("extra") else {}
+    return Description(class_name=meta["class"], text=text, source=meta.get("source", ""),
+                       created=meta.get("created", ""), extra=extra)
+
+
+def to_removed(text: str, meta: dict[str, Any]) -> RemovedRecord:
+    return RemovedRecord(to_description(text, meta), meta.get("removed_stage", ""),
+                         meta.get("removed_reason", ""), meta.get("removed_score"),
+                         meta.get("removed_related"))

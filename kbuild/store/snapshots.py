@@ -1,0 +1,282 @@
+"""SnapshotStore: list, resolve, read, publish and tag immutable knowledge-base snapshots.
+
+One Chroma collection per snapshot: documents are description texts, embeddings the CLIP text
+embeddings we computed, metadata the class and provenance; the manifest is the collection's metadata.
+
+Publishing is atomic: records go into a pending collection (``kbuild-tmp-...``) that no reader lists,
+and only when every record is in is it renamed to its real name. Chroma refuses a rename onto an
+existing name, which is what makes auto-numbering safe under concurrent writers: the loser of a
+race simply takes the next number. A killed writer leaves at most a pending collection (``gc``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .. import settings
+from ..errors import KbuildError, SnapshotNotFound, StoreUnavailable
+from . import names
+from .client import open_embedded, open_server
+from .locking import store_write_lock
+from .manifest import SnapshotDraft, build_manifest
+from .records import REMOVED, RemovedRecord, kept_metadata, removed_metadata, to_description, to_removed
+
+_PAGE = 5000
+
+
+@dataclass
+class SnapshotInfo:
+    """A published snapshot: its name, its manifest, and the tags pointing at it."""
+
+    name: str
+    manifest: dict[str, Any]
+    tags: list[str] = field(default_factory=list)
+
+    @property
+    def created(self) -> str:
+        return self.manifest.get("created", "")
+
+    @property
+    def content_hash(self) -> str:
+        return self.manifest.get("content_hash", "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "tags": sorted(self.tags), "manifest": self.manifest}
+
+
+@dataclass
+class KnowledgeBase:
+    """A snapshot read back: kept descriptions with their (M, D) embeddings, and what was removed."""
+
+    info: SnapshotInfo
+    descriptions: list
+    embeddings: np.ndarray
+    removed: list[RemovedRecord] = field(default_factory=list)
+
+    def classes(self) -> list[str]:
+        return list(dict.fromkeys(d.class_name for d in self.descriptions))
+
+    def rows_by_class(self) -> dict[str, list[int]]:
+        rows: dict[str, list[int]] = {}
+        for i, d in enumerate(self.descriptions):
+            rows.setdefault(d.class_name, []).append(i)
+        return rows
+
+    def class_embeddings(self, class_names: list[str]) -> list[np.ndarray]:
+        """One (M_c, D) array per requested class, in the order given (missing class -> KeyError)."""
+        rows = self.rows_by_class()
+        return [self.embeddings[rows[c]] for c in class_names]
+
+
+def _sort_key(info: SnapshotInfo) -> tuple:
+    number = names.auto_number(info.name)
+    return (info.created, number if number is not None else -1, info.name)
+
+
+class SnapshotStore:
+    """The store at ``home`` (embedded Chroma under it) or on a Chroma server at ``url``."""
+
+    def __init__(self, home: Path, url: str | None = None, token: str | None = None):
+        self.home = Path(home)
+        self.url = url
+        self.mode = "server" if url else "embedded"
+        self.client = open_server(url, token) if url else open_embedded(self.home)
+
+    @classmethod
+    def open(cls, store: str | None = None, chroma_url: str | None = None) -> "SnapshotStore":
+        """Flag > environment > default, for both the home folder and the server URL."""
+        return cls(settings.store_path(store), settings.chroma_url(chroma_url), settings.chroma_token())
+
+    @property
+    def location(self) -> str:
+        return self.url or str(self.home)
+
+    # ---- reading -------------------------------------------------------------------------
+    def _collections(self) -> list:
+        try:
+            return list(self.client.list_collections())
+        except Exception as exc:
+            raise StoreUnavailable(f"Cannot list snapshots in {self.location}: {exc}") from exc
+
+    def tags(self) -> dict[str, str]:
+        """Tag name -> snapshot name, ``latest`` not included (it is derived)."""
+        return {c.name[len(names.TAG_PREFIX):]: (c.metadata or {}).get("target", "")
+                for c in self._collections() if c.name.startswith(names.TAG_PREFIX)}
+
+    def list(self) -> list[SnapshotInfo]:
+        """Every published snapshot, oldest first, with its tags (``latest`` on the newest)."""
+        collections = self._collections()
+        tags: dict[str, list[str]] = {}
+        for c in collections:
+            if c.name.startswith(names.TAG_PREFIX):
+                tags.setdefault((c.metadata or {}).get("target", ""), []).append(c.name[len(names.TAG_PREFIX):])
+        infos = [SnapshotInfo(c.name, json.loads(c.metadata["kbuild_manifest"]), sorted(tags.get(c.name, [])))
+                 for c in collections if _is_snapshot(c)]
+        infos.sort(key=_sort_key)
+        if infos:
+            infos[-1].tags = [names.LATEST, *infos[-1].tags]
+        return infos
+
+    def resolve(self, reference: str) -> SnapshotInfo:
+        """``snapshot_v3`` | ``v3`` | ``latest`` | a tag -> the snapshot; unknown -> a list of what exists."""
+        names.check_reference(reference)
+        snapshots = self.list()
+        if not snapshots:
+            raise SnapshotNotFound(f"No snapshots in {self.location} yet (create one with 'kbuild load FILE' "
+                                   "or 'kbuild generate --classes FILE')")
+        by_name = {s.name: s for s in snapshots}
+        wanted = names.resolve_auto_name(reference)
+        if reference == names.LATEST:
+            return snapshots[-1]
+        if wanted in by_name:
+            return by_name[wanted]
+        target = self.tags().get(reference)
+        if target in by_name:
+            return by_name[target]
+        shown = ", ".join(s.name for s in snapshots[-10:])
+        raise SnapshotNotFound(f"Unknown snapshot '{reference}' in {self.location}. Available: {shown} "
+                               "(see 'kbuild list')")
+
+    def _collection(self, name: str):
+        return self.client.get_collection(name, embedding_function=None)
+
+    def _pages(self, name: str, include: list[str]) -> Iterator[dict]:
+        collection = self._collection(name)
+        total = collection.count()
+        for offset in range(0, total, _PAGE):
+            yield collection.get(limit=_PAGE, offset=offset, include=include)
+
+    def read(self, reference: str, embeddings: bool = True, class_name: str | None = None) -> KnowledgeBase:
+        """A snapshot's kept descriptions (+ embeddings, float32) and removed records, in write order."""
+        info = self.resolve(reference)
+        include = ["documents", "metadatas"] + (["embeddings"] if embeddings else [])
+        rows = []
+        for page in self._pages(info.name, include):
+            vectors = page.get("embeddings") if embeddings else None
+            for j, (text, meta) in enumerate(zip(page["documents"], page["metadatas"])):
+                if class_name is None or meta["class"] == class_name:
+                    rows.append((meta["i"], text, meta, None if vectors is None else vectors[j]))
+        rows.sort(key=lambda row: row[0])
+        kept = [r for r in rows if r[2].get("state") != REMOVED]
+        removed = [to_removed(r[1], r[2]) for r in rows if r[2].get("state") == REMOVED]
+        matrix = (np.asarray([r[3] for r in kept], dtype=np.float32) if embeddings and kept
+                  else np.zeros((0, 0), dtype=np.float32))
+        return KnowledgeBase(info, [to_description(r[1], r[2]) for r in kept], matrix, removed)
+
+    # ---- writing -------------------------------------------------------------------------
+    def _lock(self):
+        # Embedded Chroma is one folder shared by processes: serialise writers on this machine.
+        return store_write_lock(self.home) if self.mode == "embedded" else contextlib.nullcontext()
+
+    def publish(self, draft: SnapshotDraft, name: str | None = None) -> SnapshotInfo:
+        """Write ``draft`` as a new snapshot (named, or the next ``snapshot_vN``) and return it."""
+        if name is not None:
+            names.validate_snapshot_name(name)
+        draft.validate()
+        with self._lock():
+            existing = {s.name: s for s in self.list()}
+            if name is not None and name in existing:
+                raise KbuildError(f"Snapshot '{name}' already exists and snapshots are immutable "
+                                  "(choose another --name, or leave it out for the next version)")
+            parents = [existing[p] if p in existing else self.resolve(p) for p in draft.parents]
+            manifest = build_manifest(draft, parents)
+            pending = self._write_pending(draft, manifest)
+            final = self._claim_name(pending, name, existing)
+        return SnapshotInfo(final, manifest)
+
+    def _write_pending(self, draft: SnapshotDraft, manifest: dict) -> Any:
+        pending_name = f"{names.PENDING_PREFIX}{int(time.time())}-{uuid.uuid4().hex[:12]}"
+        collection = self.client.create_collection(
+            pending_name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}},
+            metadata={"kbuild_kind": "snapshot", "kbuild_manifest": json.dumps(manifest, ensure_ascii=False)})
+        ids, docs, metas, vectors = _records(draft)
+        batch = max(1, min(self.client.get_max_batch_size(), 5000))
+        for start in range(0, len(ids), batch):
+            end = start + batch
+            collection.add(ids=ids[start:end], documents=docs[start:end],
+                           metadatas=metas[start:end], embeddings=vectors[start:end])
+        if collection.count() != len(ids):
+            self.client.delete_collection(pending_name)
+            raise KbuildError(f"Write to {self.location} incomplete ({collection.count()} of {len(ids)} records); "
+                              "nothing was published, try again")
+        return collection
+
+    def _claim_name(self, collection, name: str | None, existing: dict) -> str:
+        if name is not None:
+            if not self._try_rename(collection, name):
+                self.client.delete_collection(collection.name)
+                raise KbuildError(f"Snapshot '{name}' was created by another writer meanwhile (choose another --name)")
+            return name
+        number = 1 + max((names.auto_number(n) or 0 for n in existing), default=0)
+        for candidate in range(number, number + 1000):
+            if self._try_rename(collection, names.auto_name(candidate)):
+                return names.auto_name(candidate)
+        raise KbuildError("Could not claim a snapshot number after 1000 tries (is another writer looping?)")
+
+    def _try_rename(self, collection, new_name: str) -> bool:
+        try:
+            collection.modify(name=new_name)
+            return True
+        except Exception as exc:
+            if self._exists(new_name):
+                return False  # taken by a concurrent writer: try the next name
+            raise StoreUnavailable(f"Could not publish snapshot '{new_name}' in {self.location}: {exc}") from exc
+
+    def _exists(self, name: str) -> bool:
+        return any(c.name == name for c in self._collections())
+
+    def tag(self, reference: str, tag: str) -> tuple[str, str | None]:
+        """Point ``tag`` at a snapshot (moving it if it exists); returns (snapshot, previous target)."""
+        names.validate_tag_name(tag)
+        info = self.resolve(reference)
+        if tag in {s.name for s in self.list()}:
+            raise KbuildError(f"'{tag}' is already a snapshot name; choose another tag")
+        collection = self.client.get_or_create_collection(
+            names.TAG_PREFIX + tag, embedding_function=None, metadata={"kbuild_kind": "tag", "target": info.name})
+        previous = (collection.metadata or {}).get("target")
+        if previous != info.name:
+            collection.modify(metadata={"kbuild_kind": "tag", "target": info.name})
+        return info.name, (previous if previous != info.name else None)
+
+    def gc(self, older_than_s: float = 3600.0) -> list[str]:
+        """Delete pending collections left by killed writers; returns their names."""
+        removed = []
+        with self._lock():
+            for c in self._collections():
+                if not c.name.startswith(names.PENDING_PREFIX):
+                    continue
+                started = int(c.name[len(names.PENDING_PREFIX):].split("-")[0] or 0)
+                # Embedded: we hold the write lock, so no live writer owns it. Server: go by age.
+                if self.mode == "embedded" or time.time() - started > older_than_s:
+                    self.client.delete_collection(c.name)
+                    removed.append(c.name)
+        return removed
+
+
+def _is_snapshot(collection) -> bool:
+    meta = collection.metadata or {}
+    return (meta.get("kbuild_kind") == "snapshot" and "kbuild_manifest" in meta
+            and not collection.name.startswith(names.INTERNAL_PREFIX))
+
+
+def _records(draft: SnapshotDraft):
+    ids = [d.id for d in draft.descriptions]
+    docs = [d.text for d in draft.descriptions]
+    metas = [kept_metadata(d, i) for i, d in enumerate(draft.descriptions)]
+    offset = len(ids)
+    for j, r in enumerate(draft.removed):
+        ids.append(f"{r.description.id}-removed-{j}")
+        docs.append(r.description.text)
+        metas.append(removed_metadata(r, offset + j))
+    vectors = draft.embeddings
+    if draft.removed:
+        vectors = np.concatenate([vectors, draft.removed_embeddings]).astype(np.float32)
+    return ids, docs, metas, vectors

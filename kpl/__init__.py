@@ -1,0 +1,29 @@
+"""KPL: training-free CLIP classification with knowledge-base text proxies and vision proxies.
+
+Public API::
+
+    from kpl import run_kpl, run_baseline
+    result = run_kpl(image_features, class_embeddings, k=8, ot="greenkhorn")
+    result.image_ot.predictions
+
+Importing ``kpl`` loads only numpy and torch (plus kbuild's error types).
+"""
+
+from kpl.baselines import BASELINES, BaselineResult, run_baseline
+from kpl.core import KPLParams, KPLResult, StageResult, run_kpl, run_kpl_many
+from kpl.metrics import Metrics, compute_metrics
+from kpl.ot import OT_METHODS
+
+__all__ = [
+    "BASELINES",
+    "BaselineResult",
+    "KPLParams",
+    "KPLResult",
+    "Metrics",
+    "OT_METHODS",
+    "StageResult",
+    "compute_metrics",
+    "run_baseline",
+    "run_kpl",
+    "run_kpl_many",
+]

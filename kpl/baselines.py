@@ -1,0 +1,167 @@
+"""Zero-shot baselines reported next to KPL, each a linear classifier over image features X (N, D).
+
+- ``clip``:  class-name prompt embeddings T (C, D) as proxies: logits ``X T^T``.
+- ``dclip``: per class, the mean of the description scores, ``mean_j X E_c[j]`` (Menon & Vondrick).
+- ``cupl``:  per class, the renormalised mean of all description embeddings as proxy (Pratt et al.).
+- ``inmap``: class-name proxies, balanced Sinkhorn pseudo-labels, then vision proxies (Qian et al.).
+- ``kpl``:   the ``image_ot`` stage of :func:`kpl.core.run_kpl`.
+
+``run_baseline(name, X, class_embeddings=..., name_embeddings=..., **params)`` dispatches through
+the ``BASELINES`` registry and returns a :class:`BaselineResult`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kbuild.errors import UsageError
+from kpl.core import KPLParams, run_kpl
+from kpl.ot import sinkhorn
+from kpl.proxies import fit_vision_proxies
+from kpl.retrieval import as_matrix, prepare_inputs
+
+
+@dataclass
+class BaselineResult:
+    """(N,) predictions, (N, C) logits, (D, C) proxies (None where a method has no single proxy)."""
+
+    name: str
+    predictions: np.ndarray
+    logits: np.ndarray
+    proxies: np.ndarray | None
+    params: dict = field(default_factory=dict)
+    iterations: int = 0
+    converged: bool = True
+
+    def to_json(self, arrays: bool = False) -> dict:
+        """JSON-ready dict; logits and proxies only with ``arrays=True``."""
+        out = {
+            "name": self.name,
+            "params": dict(self.params),
+            "iterations": self.iterations,
+            "converged": self.converged,
+            "predictions": self.predictions.tolist(),
+        }
+        if arrays:
+            out["logits"] = self.logits.tolist()
+            out["proxies"] = None if self.proxies is None else self.proxies.tolist()
+        return out
+
+
+def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().cpu().numpy()
+
+
+def _result(name, logits, proxies, params=None, iterations=0, converged=True) -> BaselineResult:
+    return BaselineResult(
+        name, _numpy(logits.argmax(dim=1)), _numpy(logits), _numpy(proxies), params or {}, iterations, converged
+    )
+
+
+def _no_params(name: str, params: dict) -> None:
+    if params:
+        raise UsageError(f"Baseline '{name}' takes no parameters (got {', '.join(sorted(params))})")
+
+
+def _need(name: str, what: str, value) -> None:
+    if value is None:
+        shapes = {"class_embeddings": "a list of C (M_c, D) arrays", "name_embeddings": "a (C, D) array"}
+        raise UsageError(f"Baseline '{name}' needs {what} ({shapes[what]})")
+
+
+def _names(image_features, name_embeddings, device):
+    x = as_matrix(image_features, "image_features", device)
+    t = as_matrix(name_embeddings, "name_embeddings", device)
+    if t.shape[1] != x.shape[1]:
+        raise UsageError(
+            f"name_embeddings has dim {t.shape[1]} but image_features has dim {x.shape[1]}; "
+            "encode both with the same CLIP model"
+        )
+    return x, t
+
+
+def clip_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
+    """Zero-shot CLIP: proxies are the (C, D) class-name prompt embeddings, transposed."""
+    _need("clip", "name_embeddings", name_embeddings)
+    _no_params("clip", params)
+    x, t = _names(image_features, name_embeddings, device)
+    return _result("clip", x @ t.T, t.T)
+
+
+def dclip_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
+    """DCLIP: logit of class c is the mean over its descriptions of the image-description cosine.
+
+    Reported proxies are the unnormalised description means, the equivalent linear classifier.
+    """
+    _need("dclip", "class_embeddings", class_embeddings)
+    _no_params("dclip", params)
+    x, classes = prepare_inputs(image_features, class_embeddings, device)
+    logits = torch.stack([(x @ e.T).mean(dim=1) for e in classes], dim=1)
+    return _result("dclip", logits, torch.stack([e.mean(dim=0) for e in classes], dim=1))
+
+
+def cupl_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
+    """CuPL: proxy of class c is the renormalised mean of all its description embeddings."""
+    _need("cupl", "class_embeddings", class_embeddings)
+    _no_params("cupl", params)
+    x, classes = prepare_inputs(image_features, class_embeddings, device)
+    proxies = torch.stack([F.normalize(e.mean(dim=0), dim=0) for e in classes], dim=1)
+    return _result("cupl", x @ proxies, proxies)
+
+
+_INMAP_KEYS = ("tau_t", "tau_i", "alpha", "lr", "iters", "ot_iters", "gamma", "tol", "patience", "exact_iters")
+
+
+def inmap_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
+    """InMaP: class-name proxies, balanced Sinkhorn plan (rows sum to 1), then vision proxies."""
+    _need("inmap", "name_embeddings", name_embeddings)
+    unknown = set(params) - set(_INMAP_KEYS)
+    if unknown:
+        raise UsageError(f"Unknown inmap parameter(s): {', '.join(sorted(unknown))}. Available: {', '.join(_INMAP_KEYS)}")
+    p = KPLParams(ot="sinkhorn", **params).validate()
+    x, t = _names(image_features, name_embeddings, device)
+    init = t.T.contiguous()
+    plan = sinkhorn(x @ init, p.tau_t, iters=p.ot_iters, gamma=p.gamma)
+    fit = fit_vision_proxies(
+        x, plan, init, tau_i=p.tau_i, alpha=p.alpha, lr=p.lr, iters=p.iters,
+        tol=p.tol, patience=p.patience, exact_iters=p.exact_iters,
+    )
+    used = {key: getattr(p, key) for key in _INMAP_KEYS}
+    return _result("inmap", x @ fit.proxies, fit.proxies, used, fit.iterations, fit.converged)
+
+
+def kpl_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
+    """KPL's final stage (``image_ot``) as a baseline row; params are run_kpl's keywords."""
+    _need("kpl", "class_embeddings", class_embeddings)
+    result = run_kpl(image_features, class_embeddings, device=device, **params)
+    stage = result.image_ot
+    return BaselineResult(
+        "kpl", stage.predictions, stage.logits, stage.proxies, result.params.to_json(), stage.iterations, stage.converged
+    )
+
+
+BASELINES = {
+    "clip": clip_baseline,
+    "cupl": cupl_baseline,
+    "dclip": dclip_baseline,
+    "inmap": inmap_baseline,
+    "kpl": kpl_baseline,
+}
+
+
+def run_baseline(
+    name: str, image_features, class_embeddings=None, name_embeddings=None, *, device="cpu", **params
+) -> BaselineResult:
+    """Run the baseline registered as ``name`` on (N, D) image features.
+
+    ``class_embeddings``: list of C (M_c, D) description embeddings (dclip, cupl, kpl);
+    ``name_embeddings``: (C, D) class-name prompt embeddings (clip, inmap).
+    """
+    if name not in BASELINES:
+        raise UsageError(f"Unknown baseline {name!r}. Available: {', '.join(sorted(BASELINES))}")
+    with torch.inference_mode():
+        return BASELINES[name](image_features, class_embeddings, name_embeddings, device, **params)

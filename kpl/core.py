@@ -1,0 +1,217 @@
+"""KPL end to end: retrieval -> text proxies -> pseudo-labels -> vision proxies.
+
+``run_kpl`` composes the steps of ARCHITECTURE section 4 into three stages that share the text
+logits ``L = X W_t``:
+
+- ``text``:     predictions ``argmax(X W_t)``;
+- ``image``:    vision proxies fitted to ``softmax(L / tau_t)``;
+- ``image_ot``: vision proxies fitted to an OT plan of L (Greenkhorn by default): KPL's result.
+
+All math runs in float32 torch (CPU by default); results come back as numpy arrays.
+``run_kpl_many`` runs several k over one input, sharing the work that does not depend on k.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from kbuild.errors import UsageError
+from kpl.ot import OT_METHODS, get_ot_method
+from kpl.proxies import fit_vision_proxies
+from kpl.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies
+
+
+@dataclass(frozen=True)
+class KPLParams:
+    """Hyperparameters; the defaults are the paper code's."""
+
+    k: int = 8
+    tau_t: float = 0.01
+    tau_i: float = 0.04
+    alpha: float = 0.6
+    lr: float = 10.0
+    iters: int = 2000
+    ot_iters: int = 20
+    gamma: float = 0.0
+    ot: str = "greenkhorn"
+    tol: float = 1e-6
+    patience: int = 20
+    exact_iters: bool = False
+
+    def validate(self) -> KPLParams:
+        """Return self, or raise a UsageError naming the bad value and a valid one."""
+        check_k(self.k)
+        get_ot_method(self.ot)
+        for name in ("tau_t", "tau_i", "lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise UsageError(f"{name} must be a positive number (got {value!r})")
+        for name in ("iters", "ot_iters", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise UsageError(f"{name} must be an integer >= 0 (got {value!r})")
+        if not (isinstance(self.gamma, (int, float)) and self.gamma >= 0):
+            raise UsageError(f"gamma must be a number >= 0 (got {self.gamma!r}); 0 means uniform classes")
+        if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
+            raise UsageError(f"tol must be a number >= 0 (got {self.tol!r})")
+        return self
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StageResult:
+    """One stage's output: (N,) predictions, (D, C) proxies, (N, C) logits, where its loop stopped."""
+
+    name: str
+    predictions: np.ndarray
+    proxies: np.ndarray
+    logits: np.ndarray
+    iterations: int = 0
+    converged: bool = True
+
+    def to_json(self, arrays: bool = False) -> dict:
+        """JSON-ready dict; proxies and logits only with ``arrays=True`` (they can be large)."""
+        out = {
+            "name": self.name,
+            "iterations": self.iterations,
+            "converged": self.converged,
+            "predictions": self.predictions.tolist(),
+        }
+        if arrays:
+            out["proxies"] = self.proxies.tolist()
+            out["logits"] = self.logits.tolist()
+        return out
+
+
+@dataclass
+class KPLResult:
+    """Everything ``run_kpl`` computes. ``plan`` (N, C) is the OT plan behind ``image_ot``."""
+
+    params: KPLParams
+    text: StageResult
+    image: StageResult
+    image_ot: StageResult
+    selected: list[np.ndarray]
+    plan: np.ndarray
+    stages: tuple[str, ...] = field(default=("text", "image", "image_ot"), repr=False)
+
+    def stage(self, name: str) -> StageResult:
+        if name not in self.stages:
+            raise UsageError(f"Unknown stage {name!r}. Available: {', '.join(self.stages)}")
+        return getattr(self, name)
+
+    def to_json(self, arrays: bool = False) -> dict:
+        """JSON-ready dict; the plan only with ``arrays=True``."""
+        out = {
+            "params": self.params.to_json(),
+            "selected": [s.tolist() for s in self.selected],
+            **{name: getattr(self, name).to_json(arrays) for name in self.stages},
+        }
+        if arrays:
+            out["plan"] = self.plan.tolist()
+        return out
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _stage(name: str, x: torch.Tensor, proxies: torch.Tensor, iterations=0, converged=True) -> StageResult:
+    logits = x @ proxies
+    return StageResult(name, _numpy(logits.argmax(dim=1)), _numpy(proxies), _numpy(logits), iterations, converged)
+
+
+def _fit(x, plan, init, p: KPLParams):
+    return fit_vision_proxies(
+        x, plan, init, tau_i=p.tau_i, alpha=p.alpha, lr=p.lr, iters=p.iters,
+        tol=p.tol, patience=p.patience, exact_iters=p.exact_iters,
+    )
+
+
+def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams):
+    """(text, image, image_ot, plan) for one set of text proxies."""
+    logits = x @ w_text
+    soft = torch.softmax(logits / p.tau_t, dim=1)
+    plan = get_ot_method(p.ot)(logits, p.tau_t, iters=p.ot_iters, gamma=p.gamma)
+    image, image_ot = _fit(x, soft, w_text, p), _fit(x, plan, w_text, p)
+    return (
+        _stage("text", x, w_text),
+        _stage("image", x, image.proxies, image.iterations, image.converged),
+        _stage("image_ot", x, image_ot.proxies, image_ot.iterations, image_ot.converged),
+        _numpy(plan),
+    )
+
+
+def _params(params: KPLParams | None, overrides: dict) -> KPLParams:
+    unknown = set(overrides) - set(KPLParams.__dataclass_fields__)
+    if unknown:
+        valid = ", ".join(KPLParams.__dataclass_fields__)
+        raise UsageError(f"Unknown KPL parameter(s): {', '.join(sorted(unknown))}. Available: {valid}")
+    base = asdict(params) if params is not None else {}
+    return KPLParams(**{**base, **overrides}).validate()
+
+
+def _run_with_scores(x, classes, scores, p: KPLParams) -> KPLResult:
+    selected = select_top_k(scores, p.k)
+    text, image, image_ot, plan = _stages_from_text(x, text_proxies(classes, selected), p)
+    return KPLResult(p, text, image, image_ot, [_numpy(s) for s in selected], plan)
+
+
+def run_kpl(
+    image_features,
+    class_embeddings: Sequence,
+    *,
+    params: KPLParams | None = None,
+    device: str | torch.device = "cpu",
+    **overrides,
+) -> KPLResult:
+    """Run KPL on (N, D) image features and C per-class (M_c, D) description embeddings.
+
+    Hyperparameters come as keywords (``k=8, ot="greenkhorn", tau_t=0.01, ...``, see KPLParams)
+    or as ``params``; keywords win. Inputs are never modified.
+    """
+    p = _params(params, overrides)
+    with torch.inference_mode():
+        x, classes = prepare_inputs(image_features, class_embeddings, device)
+        return _run_with_scores(x, classes, description_scores(x, classes), p)
+
+
+def run_kpl_many(
+    image_features,
+    class_embeddings: Sequence,
+    ks: Iterable[int],
+    *,
+    params: KPLParams | None = None,
+    device: str | torch.device = "cpu",
+    **overrides,
+) -> dict[int, KPLResult]:
+    """``{k: run_kpl(..., k=k)}`` for every k, sharing input conversion and description scores.
+
+    Values of k that select the same descriptions for every class (e.g. all k >= max M_c)
+    share one computation.
+    """
+    ks = [check_k(k) for k in ks]
+    base = _params(params, overrides)
+    results: dict[int, KPLResult] = {}
+    by_selection: dict[tuple, KPLResult] = {}
+    with torch.inference_mode():
+        x, classes = prepare_inputs(image_features, class_embeddings, device)
+        scores = description_scores(x, classes)
+        for k in ks:
+            p = _params(base, {"k": k})
+            key = tuple(tuple(s.tolist()) for s in select_top_k(scores, k))
+            if key not in by_selection:
+                by_selection[key] = _run_with_scores(x, classes, scores, p)
+            shared = by_selection[key]
+            results[k] = KPLResult(p, shared.text, shared.image, shared.image_ot, shared.selected, shared.plan)
+    return results
+
+
+__all__ = ["KPLParams", "KPLResult", "StageResult", "run_kpl", "run_kpl_many", "OT_METHODS"]

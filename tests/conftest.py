@@ -1,0 +1,63 @@
+"""Shared fixtures: offline environment, the tiny CLIP model, shared test data, CLI runners."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub / chromadb: never wait on a hub, never send telemetry.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from helpers import CliRunner, build_tiny_clip_dir  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is absent: shared test data unavailable")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def kb_files(shared_dir) -> Path:
+    folder = shared_dir / "datasets" / "kb"
+    if not folder.is_dir():
+        pytest.skip("../shared/datasets/kb is absent: curated test files unavailable")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight CLIP saved as an open_clip ``local-dir:`` folder (the path users use)."""
+    return build_tiny_clip_dir(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_clip_dir) -> str:
+    return f"local-dir:{tiny_clip_dir}"
+
+
+@pytest.fixture()
+def clip_env(monkeypatch, tiny_model, tmp_path):
+    """Point every CLIP-using command at the tiny model and a fresh store for this test."""
+    monkeypatch.setenv("KPL_CLIP_MODEL", tiny_model)
+    monkeypatch.setenv("KBUILD_STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("KBUILD_CHROMA_URL", raising=False)
+    return tmp_path / "store"
+
+
+@pytest.fixture()
+def kbuild(capsys) -> CliRunner:
+    """Run ``kbuild`` in-process: ``kbuild("list", "--json")`` -> result with code/out/err."""
+    from kbuild.cli.app import _register_commands, app
+
+    _register_commands()
+    return CliRunner(app, "kbuild", capsys)

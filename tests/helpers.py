@@ -1,0 +1,100 @@
+"""Test helpers shared by several test files (plain functions, importable from tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough to build in a fraction of a second; vocab 49408 matches the bundled BPE tokenizer.
+TINY_CLIP_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def build_tiny_clip_dir(folder: Path, seed: int = 0) -> Path:
+    """Build the tiny CLIP with seeded random weights and save it as a ``local-dir:`` folder."""
+    import open_clip
+    import torch
+
+    from kbuild.encoder import write_local_dir
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_CLIP_CONFIG)
+    return write_local_dir(model, TINY_CLIP_CONFIG, folder)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+class CliRunner:
+    """Runs a Typer app through the real error boundary, capturing stdout and stderr."""
+
+    def __init__(self, app, prog: str, capsys):
+        self.app, self.prog, self.capsys = app, prog, capsys
+
+    def __call__(self, *args: str) -> Result:
+        from kbuild.cli.app import run_with_boundary
+
+        self.capsys.readouterr()
+        code = run_with_boundary(self.app, self.prog, [str(a) for a in args])
+        captured = self.capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"}
+    env.update(extra)
+    return env
+
+
+def run_subprocess(prog: str, *args: str, env: dict | None = None, timeout: float = 300) -> Result:
+    """Run ``kbuild``/``kpl`` as a real process (for kill and concurrency tests)."""
+    module = {"kbuild": "kbuild.cli", "kpl": "kpl.cli"}[prog]
+    proc = subprocess.run([sys.executable, "-c", f"from {module} import main; main()", *map(str, args)],
+                          capture_output=True, text=True, env=env or cli_env(), timeout=timeout, cwd=REPO)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def start_chroma_server(path: Path) -> tuple[subprocess.Popen, str]:
+    """``chroma run`` on 127.0.0.1 with a free port; returns (process, url) once it answers."""
+    import urllib.request
+
+    port = free_port()
+    chroma = Path(sys.executable).with_name("chroma")
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("chroma run exited early")
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("chroma run did not answer within 60 s")
