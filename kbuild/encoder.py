@@ -13,6 +13,7 @@ hash of the weights, so two different checkpoints never share cached embeddings.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -97,8 +98,9 @@ def _create(spec: ModelSpec, device: str):
     elif pretrained and Path(pretrained).expanduser().is_file():
         pretrained = str(Path(pretrained).expanduser())
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.model, pretrained=pretrained, device=device, weights_only=True)
+        with _quiet_root_logger():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.model, pretrained=pretrained, device=device, weights_only=True)
     except KbuildError:
         raise
     except Exception as exc:  # open_clip raises many types for "cannot fetch/parse weights"
@@ -109,6 +111,18 @@ def _create(spec: ModelSpec, device: str):
     tokenizer = open_clip.get_tokenizer(spec.model)
     model.eval()
     return model, preprocess, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """open_clip logs download failures on the root logger; we report them ourselves, once."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def pick_device(device: str | None = None) -> str:

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 BLOCK = 2048
-_BOUND_RANK = 32
+_BOUND_RANK = 64
 # The bound is computed in float32 from a float64 basis; this slack absorbs its rounding so the
 # filter can only let extra candidates through, never lose a true pair.
 _BOUND_SLACK = 1e-4
@@ -105,12 +105,13 @@ def pairs_above(x: np.ndarray, threshold: float, block: int = BLOCK) -> Iterator
     Yields (i, j, sim) arrays one block pair at a time, so memory stays O(block^2) plus the hits.
     """
     bound = _bound_features(x)
+    upper = np.triu(np.ones((block, block), dtype=bool), k=1)
     n = len(x)
     for i0 in range(0, n, block):
         i1 = min(i0 + block, n)
         for j0 in range(i0, n, block):
             j1 = min(j0 + block, n)
-            hit = _block_pairs(x, bound, threshold, (i0, i1), (j0, j1))
+            hit = _block_pairs(x, bound, threshold, (i0, i1), (j0, j1), upper)
             if hit is not None:
                 yield hit
 
@@ -126,22 +127,24 @@ def _bound_features(x: np.ndarray) -> np.ndarray:
     return np.hstack([p, residual[:, None]]).astype(np.float32)
 
 
-def _block_pairs(x, bound, threshold, rows, cols):
+def _block_pairs(x, bound, threshold, rows, cols, upper):
     """Exact pairs above threshold between rows[0]:rows[1] and cols[0]:cols[1] (i < j), or None."""
     (i0, i1), (j0, j1) = rows, cols
     b = bound[i0:i1] @ bound[j0:j1].T
     if i0 == j0:
-        b[np.tril_indices(i1 - i0, m=j1 - j0)] = -np.inf
-    candidate_rows = np.flatnonzero((b >= threshold - _BOUND_SLACK).any(axis=1))
-    if candidate_rows.size == 0:
+        b[~upper[: i1 - i0, : j1 - j0]] = -np.inf
+    if b.max() < threshold - _BOUND_SLACK:  # the usual case, and far cheaper than nonzero()
         return None
-    s = x[i0 + candidate_rows] @ x[j0:j1].T
-    if i0 == j0:
-        s[candidate_rows[:, None] >= np.arange(j1 - j0)[None, :]] = -np.inf
-    r, c = np.nonzero(s >= threshold)
-    if r.size == 0:
+    r, c = np.nonzero(b >= threshold - _BOUND_SLACK)
+    if r.size <= 4 * (i1 - i0):
+        s = np.einsum("ij,ij->i", x[i0 + r], x[j0 + c])
+    else:  # many candidates: one product of the candidate rows is cheaper than gathering pairs
+        rows_needed, r_pos = np.unique(r, return_inverse=True)
+        s = (x[i0 + rows_needed] @ x[j0:j1].T)[r_pos, c]
+    keep = s >= threshold
+    if not keep.any():
         return None
-    return i0 + candidate_rows[r], j0 + c, s[r, c]
+    return i0 + r[keep], j0 + c[keep], s[keep]
 
 
 def mmr_order(x: np.ndarray, relevance: np.ndarray, n: int, weight: float = 0.5) -> tuple[np.ndarray, np.ndarray]:

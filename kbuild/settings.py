@@ -48,11 +48,19 @@ def clip_model(flag: str | None = None) -> str:
     return _pick(flag, ENV_CLIP_MODEL, DEFAULT_CLIP_MODEL)
 
 
+def clip_override(model_flag: str | None, pretrained_flag: str | None) -> tuple[str, str | None] | None:
+    """(model, pretrained) when a flag or the environment names a CLIP model, else None.
+
+    Commands that work on an existing snapshot use the snapshot's own model unless told otherwise.
+    """
+    model = _pick(model_flag, ENV_CLIP_MODEL, None)
+    return (model, clip_pretrained(pretrained_flag)) if model else None
+
+
 def clip_pretrained(flag: str | None = None) -> str | None:
     # An explicit empty pretrained means "random weights"; only None falls back.
-    if flag is not None:
-        return flag or None
-    return _pick(None, ENV_CLIP_PRETRAINED, DEFAULT_CLIP_PRETRAINED)
+    value = flag if flag is not None else os.environ.get(ENV_CLIP_PRETRAINED, DEFAULT_CLIP_PRETRAINED)
+    return None if value.strip().lower() in ("", "none", "random") else value
 
 
 def debug() -> bool:
@@ -71,3 +79,28 @@ def quiet_third_parties() -> None:
     """Keep libraries offline and silent: no telemetry, no hub retries that hang for a minute."""
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+ENV_KPL_CACHE = "KPL_CACHE_DIR"
+
+
+def kpl_feature_cache(flag: str | None = None, store: str | None = None) -> Path:
+    """Where ``kpl`` keeps encoded image features: flag > KPL_CACHE_DIR > <store>/cache/features."""
+    chosen = _pick(flag, ENV_KPL_CACHE, None)
+    return Path(chosen).expanduser() if chosen else store_path(store) / "cache" / "features"
+
+
+ENV_LLM_MODEL = "KBUILD_LLM_MODEL"
+ENV_PROMPTS_DIR = "KBUILD_PROMPTS_DIR"
+DEFAULT_LLM_MODEL = "gpt-4o-mini"
+
+
+def llm_model(flag: str | None = None) -> str:
+    """The chat model ``kbuild generate`` asks (not the CLIP model, which is ``--model``)."""
+    return _pick(flag, ENV_LLM_MODEL, DEFAULT_LLM_MODEL)
+
+
+def prompts_dir(flag: str | None = None) -> Path | None:
+    """A folder of prompt templates chosen by flag or environment; None means the shipped ``prompts/``."""
+    chosen = _pick(flag, ENV_PROMPTS_DIR, None)
+    return Path(chosen).expanduser() if chosen else None

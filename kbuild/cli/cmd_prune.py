@@ -1,0 +1,90 @@
+"""``kbuild prune``: filter and deduplicate a snapshot into a child snapshot."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..prune import STAGES, TABLE_COLUMNS, PruneParams
+from ..prune_op import prune_snapshot
+from .app import app
+from .context import info, open_store, print_json
+from .options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt
+from .render import console
+
+_SIM = {"min": -1.0, "max": 1.0}
+
+
+def _prune_table(result) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in TABLE_COLUMNS:
+        table.add_column(column.replace("_", " ").replace("near duplicate", "near dup"),
+                         justify="left" if column == "class" else "right")
+    rows = result.table_rows()
+    for i, row in enumerate(rows):
+        style = "bold" if i == len(rows) - 1 else None
+        table.add_row(*(str(v) for v in row), style=style)
+    return table
+
+
+def _embedder_for(kb_store, snapshot: str, model: str | None, pretrained: str | None):
+    """The snapshot's own CLIP model unless --model/--pretrained (or the environment) say otherwise."""
+    from .. import settings
+    from ..embedding import TextEmbedder
+    from ..encoder import load_clip
+
+    clip = kb_store.resolve(snapshot).manifest.get("clip", {})
+    chosen = settings.clip_override(model, pretrained) or (clip.get("model"), clip.get("pretrained"))
+    return TextEmbedder(load_clip(*chosen), kb_store.home / "cache" / "text_embeddings.sqlite")
+
+
+@app.command(epilog="Examples: kbuild prune | kbuild prune v1 --dedup-threshold 0.9 --cross-class best "
+                    "--max-per-class 30 | kbuild show latest --removed")
+def prune(
+    snapshot: Annotated[str, typer.Argument(help="Snapshot to prune.")] = "latest",
+    min_chars: Annotated[int, typer.Option("--min-chars", min=0, help="Drop texts shorter than this.")] = PruneParams.min_chars,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="CLIP context for templated texts.")] = PruneParams.max_tokens,
+    overlong: Annotated[str, typer.Option("--overlong", help="truncate | drop texts over --max-tokens.")] = PruneParams.overlong,
+    dedup_threshold: Annotated[float, typer.Option("--dedup-threshold", **_SIM, help="Near-duplicate cosine within a class.")] = 0.95,
+    cross_class: Annotated[str, typer.Option("--cross-class", help="drop | best | off for texts shared by classes.")] = PruneParams.cross_class,
+    cross_class_threshold: Annotated[float, typer.Option("--cross-class-threshold", **_SIM, help="Cosine that counts as shared.")] = 0.98,
+    min_margin: Annotated[Optional[float], typer.Option("--min-margin", **_SIM, help="Drop texts closer to another class by more than this [default: off].")] = None,
+    margin_reference: Annotated[str, typer.Option("--margin-reference", help="name | centroid.")] = PruneParams.margin_reference,
+    max_per_class: Annotated[Optional[int], typer.Option("--max-per-class", min=1, help="Keep at most N per class, chosen for coverage and diversity.")] = None,
+    similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="sentence-transformers model (folder or id) for paraphrase similarity [default: the snapshot's CLIP].")] = None,
+    name: NameOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    store: StoreOpt = None,
+    chroma_url: ChromaUrlOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Filter and deduplicate descriptions by CLIP text similarity into a child snapshot."""
+    params = PruneParams(min_chars=min_chars, max_tokens=max_tokens, overlong=overlong,
+                         dedup_threshold=dedup_threshold, cross_class=cross_class,
+                         cross_class_threshold=cross_class_threshold, min_margin=min_margin,
+                         margin_reference=margin_reference, max_per_class=max_per_class).validate()
+    kb_store = open_store(store, chroma_url)
+    embedder = _embedder_for(kb_store, snapshot, model, pretrained)
+    similarity = None
+    if similarity_model:
+        from ..similarity_models import sentence_embedder
+
+        similarity = sentence_embedder(similarity_model)
+    outcome = prune_snapshot(kb_store, embedder, snapshot, params, name, similarity, similarity_model)
+    if outcome.reembedded:
+        info(f"note: {outcome.parent.name} was embedded with another model; the child was re-embedded with "
+             f"{embedder.model_id}")
+    for note in outcome.result.notes:
+        info(f"note: {note}")
+    if json_out:
+        print_json(outcome.to_json())
+        return
+    console.print(_prune_table(outcome.result))
+    totals = outcome.result.totals()
+    removed = ", ".join(f"{totals.removed[s]} {s}" for s in STAGES if totals.removed[s])
+    console.print(f"{outcome.parent.name} -> {outcome.snapshot.name}: kept {totals.kept} of {totals.before}"
+                  f" (removed: {removed or 'none'}); see 'kbuild show {outcome.snapshot.name} --removed'",
+                  markup=False)

@@ -1,0 +1,69 @@
+"""``kbuild prune``: read a snapshot, run the pure prune stages, publish the child snapshot.
+
+Similarity is measured on the bare description texts (embedded once, then served from the
+embedding cache); the child stores templated embeddings like every snapshot, reusing the
+parent's vectors for every text that did not change, so a prune never re-encodes what it keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .descriptions import Description
+from .embedding import TextEmbedder
+from .prune import PruneParams, PruneResult, prune_descriptions
+from .store import RemovedRecord, SnapshotInfo, SnapshotStore
+from .store.manifest import SnapshotDraft
+
+
+@dataclass
+class PruneOutcome:
+    parent: SnapshotInfo
+    snapshot: SnapshotInfo
+    result: PruneResult
+    reembedded: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"parent": self.parent.name, "snapshot": self.snapshot.name,
+                "content_hash": self.snapshot.content_hash, "reembedded": self.reembedded,
+                **self.result.to_json()}
+
+
+def _templated(embedder: TextEmbedder, parent_vectors: dict[str, np.ndarray], descriptions: list[Description],
+               template: str, reuse: bool) -> np.ndarray:
+    """(M, D) templated embeddings, taking the parent's vector wherever the description is unchanged."""
+    if not descriptions:
+        return np.zeros((0, embedder.clip.dim), dtype=np.float32)
+    missing = [d for d in descriptions if not reuse or d.id not in parent_vectors]
+    fresh = dict(zip((d.id for d in missing), embedder.embed_descriptions(missing, template))) if missing else {}
+    return np.stack([fresh[d.id] if d.id in fresh else parent_vectors[d.id] for d in descriptions]).astype(np.float32)
+
+
+def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str, params: PruneParams,
+                   name: str | None = None, similarity: Callable[[list[str]], np.ndarray] | None = None,
+                   similarity_name: str | None = None) -> PruneOutcome:
+    """Prune the snapshot ``reference`` and publish the result as its child."""
+    params.validate()
+    kb = store.read(reference)
+    clip_info = dict(kb.info.manifest.get("clip", {}))
+    template = clip_info.get("template") or "a photo of a {}, which has {}"
+    reuse = clip_info.get("model_id") == embedder.model_id
+    embed_bare = similarity or (lambda texts: embedder.embed_texts(texts))
+    classes = kb.classes()
+    names = dict(zip(classes, embedder.embed_class_names(classes))) if similarity is None else None
+    result = prune_descriptions(kb.descriptions, embed_bare, params, name_embeddings=names,
+                                token_count=embedder.clip.count_tokens, template=template)
+    parent_vectors = {d.id: v for d, v in zip(kb.descriptions, kb.embeddings)}
+    kept_vectors = _templated(embedder, parent_vectors, result.kept, template, reuse)
+    removed = [RemovedRecord(r.description, r.stage, r.reason, r.score, r.related) for r in result.removed]
+    removed_vectors = _templated(embedder, parent_vectors, [r.description for r in removed], template, reuse)
+    if not reuse:
+        clip_info = {**embedder.clip.describe(), "template": template}
+    parameters = {**params.to_json(), "similarity_model": similarity_name or clip_info.get("model_id")}
+    draft = SnapshotDraft(result.kept, kept_vectors, "prune", parameters, clip_info, parents=[kb.info.name],
+                          removed=removed, removed_embeddings=removed_vectors if removed else None,
+                          extra={"per_class": result.to_json().get("per_class", {})})
+    return PruneOutcome(kb.info, store.publish(draft, name=name), result, reembedded=not reuse)

@@ -1,0 +1,148 @@
+"""The text-only prune stages: sanitise, over-long, exact duplicates.
+
+These stages look at strings alone (no embeddings). They work on ``Item``s, the prune pipeline's
+working copy of each input description, in one canonical order (class, normalised text, then the
+rest of the description), so every later decision is independent of the order the descriptions
+were stored in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+from .descriptions import Description, normalise_text
+
+FIX_ENDS = "stripped leading/trailing whitespace"
+FIX_INNER = "collapsed inner whitespace"
+FIX_TRUNCATED = "truncated to fit the token limit"
+
+
+@dataclass
+class Item:
+    """One description on its way through the stages.
+
+    ``row`` is its row in the caller's embedding array; ``text`` is its current text (normalised,
+    maybe truncated); ``order`` its position in the canonical order; ``fixes`` lists what was repaired; ``scores`` are the numbers that kept it.
+    """
+
+    original: Description
+    row: int
+    text: str
+    order: int = 0
+    fixes: list[str] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def class_name(self) -> str:
+        return self.original.class_name
+
+
+class Drop(NamedTuple):
+    """A stage's decision to remove an item: why, with which score, next to what."""
+
+    item: Item
+    reason: str
+    score: float | None = None
+    related: str | None = None
+
+
+def canonical_items(descriptions: list[Description]) -> list[Item]:
+    """Items sorted by (class, normalised text), ties broken by the rest of each description."""
+    items = [Item(d, row, normalise_text(d.text)) for row, d in enumerate(descriptions)]
+    items.sort(key=_sort_key)
+    for position, item in enumerate(items):
+        item.order = position
+    return items
+
+
+def _sort_key(item: Item):
+    d = item.original
+    extra = json.dumps(d.extra, sort_keys=True, ensure_ascii=False, default=str)
+    # Among copies of one text the already-clean one comes first, so exact dedup keeps it; the
+    # row comes last: it only separates descriptions that are identical in every field.
+    return (d.class_name, item.text, d.text != item.text, d.text, d.source, d.created, extra, item.row)
+
+
+def sanitise(items: list[Item], min_chars: int) -> tuple[list[Item], list[Drop]]:
+    """Drop empty, punctuation-only and too-short texts; record whitespace repairs on the rest.
+
+    The text was already normalised by ``canonical_items``; here we only judge it and note what
+    normalisation changed. A repair is not a removal.
+    """
+    kept, drops = [], []
+    for item in items:
+        reason = _sanitise_reason(item.text, min_chars)
+        if reason:
+            drops.append(Drop(item, reason, float(len(item.text)) if reason.startswith("too short") else None))
+            continue
+        raw = item.original.text
+        if raw != raw.strip():
+            item.fixes.append(FIX_ENDS)
+        if normalise_text(raw) != raw.strip():
+            item.fixes.append(FIX_INNER)
+        kept.append(item)
+    return kept, drops
+
+
+def _sanitise_reason(text: str, min_chars: int) -> str | None:
+    if not text:
+        return "empty"
+    if not any(ch.isalnum() for ch in text):
+        return "punctuation-only"
+    if len(text) < min_chars:
+        return f"too short (< {min_chars} characters)"
+    return None
+
+
+def overlong(items: list[Item], token_count: Callable[[str], int], template: str, max_tokens: int,
+             mode: str) -> tuple[list[Item], list[Drop]]:
+    """Texts whose templated prompt exceeds ``max_tokens``: truncate by words, or drop (``mode``)."""
+    kept, drops = [], []
+    for item in items:
+        count = token_count(template.format(item.class_name, item.text))
+        if count <= max_tokens:
+            kept.append(item)
+            continue
+        shorter = _truncate(item, token_count, template, max_tokens) if mode == "truncate" else None
+        if shorter is None:
+            reason = f"over-long ({count} > {max_tokens} tokens)"
+            if mode == "truncate":
+                reason += "; the template and class name alone do not fit"
+            drops.append(Drop(item, reason, float(count)))
+            continue
+        item.scores["tokens_before_truncation"] = float(count)
+        item.text = shorter
+        item.fixes.append(FIX_TRUNCATED)
+        kept.append(item)
+    return kept, drops
+
+
+def _truncate(item: Item, token_count, template: str, max_tokens: int) -> str | None:
+    """The longest word prefix of the text whose templated prompt fits (binary search), or None."""
+    words = item.text.split(" ")
+
+    def fits(n: int) -> bool:
+        return token_count(template.format(item.class_name, " ".join(words[:n]))) <= max_tokens
+
+    low, high = 0, len(words) - 1  # invariant: the full text does not fit
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    text = " ".join(words[:low]).rstrip(",;:-")
+    return text if low > 0 and fits(low) and text else None
+
+
+def exact_duplicates(items: list[Item]) -> tuple[list[Item], list[Drop]]:
+    """Within each class keep the first item of each identical (normalised) text."""
+    kept, drops = [], []
+    first: dict[tuple[str, str], Item] = {}
+    for item in items:
+        key = (item.class_name, item.text)
+        if key in first:
+            drops.append(Drop(item, "exact duplicate", 1.0, first[key].text))
+        else:
+            first[key] = item
+            kept.append(item)
+    return kept, drops

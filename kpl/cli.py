@@ -1,0 +1,271 @@
+"""The ``kpl`` command line: thin commands over ``kpl.evaluate`` and ``kpl.report``.
+
+Data (tables, ``--json``) goes to stdout; progress, notes and errors go to stderr, so
+``kpl eval ... --json | jq`` always works. Errors pass through kbuild's single error boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kbuild import settings
+from kbuild.cli.app import run_with_boundary
+from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt
+from kbuild.errors import UsageError
+from kpl import KPLParams
+
+app = typer.Typer(
+    name="kpl",
+    help="Training-free CLIP classification with a knowledge-base snapshot (KPL) and its baselines.\n\n"
+         "Example: kpl eval --kb latest --data images/ --out results/",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+)
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+_D = KPLParams()
+
+# ------------------------------------------------------------------ options
+KbOpt = Annotated[str, typer.Option("--kb", help="Snapshot: snapshot_v3, v3, latest or a tag.")]
+DataOpt = Annotated[Optional[Path], typer.Option(
+    "--data", help="Images: an ImageFolder DIR/<class>/*.jpg, or a CSV manifest (path,label).")]
+FeaturesOpt = Annotated[Optional[Path], typer.Option(
+    "--features", help="Precomputed features .npz (image_features, labels, class_names[, model_id]).")]
+SplitOpt = Annotated[Optional[str], typer.Option("--split", help="Use DIR/<split>/<class>/ (e.g. val).")]
+ClassMapOpt = Annotated[Optional[Path], typer.Option(
+    "--class-map", help="JSON {folder: kb class} or CSV folder,class mapping dataset classes to snapshot classes.")]
+TemplateOpt = Annotated[Optional[str], typer.Option(
+    "--template", help="Description template (class name, description) [default: the snapshot's]; "
+                       "another one re-embeds the descriptions.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu for image encoding [default: auto].")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes [default: auto].")]
+CacheDirOpt = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", envvar=settings.ENV_KPL_CACHE, show_envvar=True,
+    help="Feature cache folder [default: <store>/cache/features].")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Encode the images even if cached; cache nothing.")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write metrics.json, plots, CSV and report.html here.")]
+MethodsOpt = Annotated[Optional[str], typer.Option(
+    "--methods", help="Comma list of clip, dclip, cupl, inmap, kpl [default: all].")]
+OtOpt = Annotated[str, typer.Option("--ot", help="Pseudo-labels: greenkhorn, sinkhorn or none.")]
+TauTOpt = Annotated[float, typer.Option("--tau-t", help="Text-logit temperature.")]
+TauIOpt = Annotated[float, typer.Option("--tau-i", help="Vision-proxy temperature.")]
+AlphaOpt = Annotated[float, typer.Option("--alpha", help="Plan rows above this confidence become one-hot.")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Vision-proxy step size.")]
+ItersOpt = Annotated[int, typer.Option("--iters", help="Vision-proxy iterations (at most).")]
+GammaOpt = Annotated[float, typer.Option("--gamma", help="Class-prior exponent of the OT target (0 = uniform).")]
+ExactOpt = Annotated[bool, typer.Option("--exact-iters", help="Run all --iters, no early stop (for audits).")]
+
+
+def _info(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _progress():
+    """A (done, total) callback: a live line on a terminal, a few lines in a log."""
+    state = {"last": 0.0}
+    live = sys.stderr.isatty()
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - state["last"] < (0.2 if live else 5.0):
+            return
+        state["last"] = now
+        end = "\n" if done >= total or not live else ""
+        print(f"{chr(13) if live else ''}encoding images: {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return report
+
+
+def _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
+            cache_dir, no_cache, store, chroma_url):
+    from kpl.evaluate import Inputs
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1 (got {batch_size})")
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be >= 0 (got {workers})")
+    return Inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
+                  cache_dir, not no_cache, store, chroma_url)
+
+
+def _open(inputs, kb_refs: list[str]):
+    from kpl.evaluate import open_session
+
+    session = open_session(inputs, kb_refs, log=_info, progress=_progress())
+    fs = session.features
+    _info(f"features: {fs.features.shape[0]} images x {fs.dim} ({fs.cache.get('status')}, {fs.encoded} encoded)")
+    return session
+
+
+def _print_table(table, title: str | None = None) -> None:
+    headers, rows = table
+    rich_table = Table(title=title, box=None, header_style="bold", pad_edge=False)
+    for i, header in enumerate(headers):
+        rich_table.add_column(header, justify="left" if i == 0 else "right")
+    for row in rows:
+        rich_table.add_row(*row)
+    console.print(rich_table)
+
+
+def _print_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+
+
+def _emit(payload: dict[str, Any], json_out: bool, table, title: str, out: Path | None, writer, result) -> None:
+    if out is not None:
+        for path in writer(result, out):
+            _info(f"wrote {path}")
+    if json_out:
+        _print_json(payload)
+    else:
+        _print_table(table, title)
+
+
+# ------------------------------------------------------------------ commands
+@app.command("eval", epilog="Examples: kpl eval --kb latest --data derm/ --split val --out results/ | "
+                    "kpl eval --kb v2 --features feats.npz --methods clip,kpl --json")
+def eval_(
+    kb: KbOpt, data: DataOpt = None, features: FeaturesOpt = None, split: SplitOpt = None,
+    class_map: ClassMapOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
+    template: TemplateOpt = None, k: Annotated[int, typer.Option("--k", help="Descriptions kept per class.")] = _D.k,
+    ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
+    lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
+    methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
+    store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Run KPL and the baselines (clip, dclip, cupl, inmap) on a dataset with a snapshot's descriptions."""
+    from kpl.evaluate import evaluate, parse_methods
+    from kpl.report import eval_table, write_eval_outputs
+
+    params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
+                       exact_iters=exact_iters).validate()
+    chosen = parse_methods(methods)
+    inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
+                     cache_dir, no_cache, store, chroma_url)
+    result = evaluate(_open(inputs, [kb]), params, chosen)
+    title = f"{result.knowledge.kb.info.name} on {result.session.features.features.shape[0]} images"
+    _emit(result.to_json(), json_out, eval_table(result), title, out, write_eval_outputs, result)
+
+
+def _parse_list(text: str, kind, option: str) -> list:
+    """``"1,2,4"`` -> [1, 2, 4] for a comma-list option, with a one-line error for a bad value."""
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            values.append(kind(part))
+        except ValueError:
+            raise UsageError(f"{option}: {part!r} is not a valid {kind.__name__} (write e.g. {option} 1,2,4)") from None
+    if not values:
+        raise UsageError(f"{option} needs at least one value")
+    return list(dict.fromkeys(values))
+
+
+@app.command(epilog="Example: kpl sweep --kb latest --data derm/ --k 1,2,4,8,16,32,50 --tau-t 0.01,0.02 --out sweep/")
+def sweep(
+    kb: KbOpt, data: DataOpt = None, features: FeaturesOpt = None, split: SplitOpt = None,
+    class_map: ClassMapOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
+    template: TemplateOpt = None,
+    k: Annotated[str, typer.Option("--k", help="Comma list of k.")] = "1,2,4,8,16,32",
+    ot: Annotated[str, typer.Option("--ot", help="Comma list of OT methods.")] = _D.ot,
+    tau_t: Annotated[str, typer.Option("--tau-t", help="Comma list of text temperatures.")] = str(_D.tau_t),
+    tau_i: Annotated[str, typer.Option("--tau-i", help="Comma list of vision temperatures.")] = str(_D.tau_i),
+    alpha: Annotated[str, typer.Option("--alpha", help="Comma list of alphas.")] = str(_D.alpha),
+    lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
+    batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
+    store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Run KPL for many settings over one feature cache: a table and an accuracy-vs-k plot."""
+    from kpl.evaluate import sweep as run_sweep
+    from kpl.report import sweep_table, write_sweep_outputs
+
+    ks = _parse_list(k, int, "--k")
+    grid = {"ot": _parse_list(ot, str, "--ot"), "tau_t": _parse_list(tau_t, float, "--tau-t"),
+            "tau_i": _parse_list(tau_i, float, "--tau-i"), "alpha": _parse_list(alpha, float, "--alpha")}
+    base = KPLParams(k=ks[0], lr=lr, iters=iters, gamma=gamma, exact_iters=exact_iters)
+    for key, values in grid.items():  # fail on a bad value before any image is encoded
+        for value in values:
+            KPLParams(**{**base.to_json(), key: value}).validate()
+    for value in ks:
+        KPLParams(**{**base.to_json(), "k": value}).validate()
+    inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
+                     cache_dir, no_cache, store, chroma_url)
+    result = run_sweep(_open(inputs, [kb]), base, ks, grid)
+    _emit(result.to_json(), json_out, sweep_table(result), f"sweep of {result.snapshot['name']}", out,
+          write_sweep_outputs, result)
+
+
+@app.command(epilog="Example: kpl compare --kb v1 --kb v2 --data derm/ --out compare/")
+def compare(
+    kb: Annotated[list[str], typer.Option("--kb", help="Snapshots to compare (repeat: --kb v1 --kb v2).")],
+    data: DataOpt = None, features: FeaturesOpt = None, split: SplitOpt = None,
+    class_map: ClassMapOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
+    template: TemplateOpt = None, k: Annotated[int, typer.Option("--k", help="Descriptions kept per class.")] = _D.k,
+    ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
+    lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
+    methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
+    store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Evaluate two or more snapshots on the same features, side by side, with their differences."""
+    from kpl.evaluate import compare as run_compare
+    from kpl.evaluate import parse_methods
+    from kpl.report import compare_table, write_compare_outputs
+
+    if len(kb) < 2:
+        raise UsageError("compare needs at least two snapshots: --kb A --kb B")
+    params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
+                       exact_iters=exact_iters).validate()
+    chosen = parse_methods(methods)
+    inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
+                     cache_dir, no_cache, store, chroma_url)
+    result = run_compare(_open(inputs, list(kb)), params, chosen)
+    if not json_out:
+        for diff in result.diffs:
+            _info(f"{diff['old']} -> {diff['new']}: {diff['summary']}")
+    _emit(result.to_json(), json_out, compare_table(result), "compare", out, write_compare_outputs, result)
+
+
+@app.command(epilog="Example: kpl embed --data derm/ --split val --export derm_val.npz")
+def embed(
+    data: Annotated[Path, typer.Option("--data", help="Images: an ImageFolder DIR or a CSV manifest.")],
+    split: SplitOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
+    export: Annotated[Optional[Path], typer.Option("--export", help="Also write the features to this .npz.")] = None,
+    batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False,
+    store: StoreOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Encode a dataset's images into the feature cache (and optionally export them as .npz)."""
+    from kpl.evaluate import load_image_features
+    from kpl.features import save_features_npz
+
+    inputs = _inputs(data, None, split, None, model, pretrained, None, device, batch_size, workers,
+                     cache_dir, no_cache, store, None)
+    fs, dataset, _clip = load_image_features(inputs, _progress())
+    summary = {**fs.describe(), "dataset": dataset.describe() if dataset else None}
+    if export is not None:
+        summary["export"] = str(save_features_npz(fs, export))
+        _info(f"wrote {export}")
+    if json_out:
+        _print_json(summary)
+        return
+    print(f"{fs.features.shape[0]} images x {fs.dim} from {fs.source.get('path')}: cache {fs.cache['status']}, "
+          f"{fs.encoded} encoded, {len(fs.corrupt)} corrupt, "
+          f"{sum(summary['dataset']['skipped'].values()) if dataset else 0} skipped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_with_boundary(app, "kpl", argv))

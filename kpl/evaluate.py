@@ -1,0 +1,430 @@
+"""Evaluation glue: a snapshot and a dataset (or a features file) in, metrics of KPL and the baselines out.
+
+The steps, each a small function usable from a notebook:
+
+1. ``open_session``: resolve the snapshots first (an unknown name fails before any image is read),
+   then get image features: a features file, or the dataset encoded through the feature cache.
+2. ``prepare_knowledge``: match dataset classes to knowledge-base classes, take each class's
+   (M_c, D) description embeddings from the snapshot, or re-embed them (text cache) when the
+   snapshot was embedded by another model or template than the features; class-name prompt
+   embeddings for ``clip``/``inmap`` come from the features' model when it can be loaded.
+3. ``evaluate`` / ``sweep`` / ``compare``: run the methods and compute metrics.
+
+KPL math always runs on the CPU in float32, which is where its parity with the paper was checked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from kbuild import __version__, settings
+from kbuild.classes_file import parse_class_map
+from kbuild.diff import diff_snapshots
+from kbuild.errors import KbuildError, UsageError
+from kbuild.store import KnowledgeBase, SnapshotStore
+from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
+
+from .datasets import ImageDataset, load_dataset, match_classes
+from .features import FeatureSet, Progress, encode_dataset, load_features_npz
+
+METHODS = ("clip", "dclip", "cupl", "inmap", "kpl")
+KPL_STAGES = ("text", "image", "image_ot")
+NAME_TEMPLATE = "a photo of a {}."
+_INMAP_KEYS = ("tau_t", "tau_i", "alpha", "lr", "iters", "ot_iters", "gamma", "tol", "patience", "exact_iters")
+
+Log = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def parse_methods(text: str | None) -> tuple[str, ...]:
+    """``"clip,kpl"`` -> ("clip", "kpl"); empty means all, in the table's order."""
+    if not text or text.strip() == "all":
+        return METHODS
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise UsageError(f"Unknown method(s) {', '.join(unknown) or repr(text)}. Available: {', '.join(METHODS)}")
+    return tuple(m for m in METHODS if m in names)
+
+
+@dataclass
+class Inputs:
+    """What to evaluate on: exactly one of ``data`` (images) and ``features`` (.npz), plus how."""
+
+    data: Path | None = None
+    features: Path | None = None
+    split: str | None = None
+    class_map: Path | None = None
+    model: str | None = None
+    pretrained: str | None = None
+    template: str | None = None
+    device: str | None = None
+    batch_size: int = 64
+    workers: int | None = None
+    cache_dir: Path | None = None
+    use_cache: bool = True
+    store: str | None = None
+    chroma_url: str | None = None
+
+
+@dataclass
+class Session:
+    """An open store, the snapshots asked for, the image features, and the image model if loaded."""
+
+    inputs: Inputs
+    store: SnapshotStore
+    kbs: list[KnowledgeBase]
+    features: FeatureSet
+    dataset: ImageDataset | None = None
+    clip: Any = None
+    notes: list[str] = field(default_factory=list)
+    log: Log = _quiet
+
+    def note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+            self.log(message)
+
+
+def _eval_clip(inputs: Inputs):
+    from kbuild.encoder import load_clip
+
+    return load_clip(settings.clip_model(inputs.model), settings.clip_pretrained(inputs.pretrained), inputs.device)
+
+
+def load_image_features(inputs: Inputs, progress: Progress | None = None) -> tuple[FeatureSet, ImageDataset | None, Any]:
+    """(features, dataset or None, image model or None) from ``--features`` or ``--data``."""
+    if (inputs.data is None) == (inputs.features is None):
+        raise UsageError("Pass exactly one of --data DIR (images) or --features FILE.npz")
+    if inputs.features is not None:
+        return load_features_npz(inputs.features), None, None
+    dataset = load_dataset(inputs.data, inputs.split)
+    clip = _eval_clip(inputs)
+    cache_dir = None
+    if inputs.use_cache:
+        cache_dir = inputs.cache_dir or settings.kpl_feature_cache(None, inputs.store)
+    return encode_dataset(dataset, clip, cache_dir, inputs.batch_size, inputs.workers, progress), dataset, clip
+
+
+def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _quiet, progress: Progress | None = None) -> Session:
+    """Read the snapshots (failing fast on a bad name), then load or encode the image features."""
+    store = SnapshotStore.open(inputs.store, inputs.chroma_url)
+    for ref in kb_refs:
+        store.resolve(ref)
+    kbs = [store.read(ref) for ref in kb_refs]
+    features, dataset, clip = load_image_features(inputs, progress)
+    session = Session(inputs, store, kbs, features, dataset, clip, log=log)
+    if dataset is not None and dataset.skipped:
+        counts = ", ".join(f"{len(files)} {reason.replace('_', ' ')}" for reason, files in sorted(dataset.skipped.items()))
+        session.note(f"skipped files: {counts}")
+    if features.corrupt:
+        session.note(f"skipped {len(features.corrupt)} corrupt image(s), e.g. {features.corrupt[0]}")
+    return session
+
+
+# ------------------------------------------------------------------ knowledge
+@dataclass
+class Knowledge:
+    """One snapshot lined up with the dataset: ``class_embeddings[c]`` (M_c, D) for dataset class c."""
+
+    kb: KnowledgeBase
+    kb_classes: list[str]
+    class_embeddings: list[np.ndarray]
+    name_embeddings: np.ndarray | None
+    template: str
+    text_source: str
+    ignored_classes: list[str]
+
+
+def _kb_clip(kb: KnowledgeBase) -> dict:
+    return kb.info.manifest.get("clip") or {}
+
+
+def _features_model_id(session: Session, kb: KnowledgeBase) -> str:
+    if session.features.model_id:
+        return session.features.model_id
+    kb_id = _kb_clip(kb).get("model_id", "unknown")
+    session.note(f"{session.inputs.features} names no model_id; assuming it was encoded with {kb_id}, "
+                 f"the model of {kb.info.name}")
+    return kb_id
+
+
+def _load_matching(session: Session, specs: list[tuple[str, str | None]], model_id: str) -> tuple[Any, list[str]]:
+    """The first loadable model among ``specs`` whose id is ``model_id``; else (None, why not).
+
+    Ids are computed before loading, so a model that could not match is never loaded.
+    """
+    from kbuild.encoder import ModelSpec, load_clip
+    from kbuild.encoder import model_id as spec_id
+
+    if session.clip is not None and session.clip.model_id == model_id:
+        return session.clip, []
+    problems = []
+    for model, pretrained in dict.fromkeys(specs):
+        if spec_id(ModelSpec(model, pretrained)) != model_id:
+            problems.append(f"--model {model} is not {model_id}")
+            continue
+        try:
+            clip = load_clip(model, pretrained, session.inputs.device)
+        except KbuildError as err:
+            problems.append(str(err))
+            continue
+        if clip.model_id == model_id:
+            return clip, problems
+    return None, problems
+
+
+def _specs(session: Session, kb: KnowledgeBase) -> list[tuple[str, str | None]]:
+    """Candidate text models: the snapshot's own, then the evaluation's --model/--pretrained."""
+    clip = _kb_clip(kb)
+    inputs = session.inputs
+    own = [(clip["model"], clip.get("pretrained"))] if clip.get("model") else []
+    return own + [(settings.clip_model(inputs.model), settings.clip_pretrained(inputs.pretrained))]
+
+
+def _embedder(session: Session, clip):
+    from kbuild.embedding import TextEmbedder
+
+    return TextEmbedder(clip, session.store.home / "cache" / "text_embeddings.sqlite")
+
+
+def _description_embeddings(session: Session, kb: KnowledgeBase, kb_classes: list[str], model_id: str,
+                            template: str) -> tuple[list[np.ndarray], str]:
+    """Stored (M_c, D) embeddings when model and template agree, else re-embedded (and said so)."""
+    kb_clip = _kb_clip(kb)
+    kb_template = kb_clip.get("template")
+    if kb_clip.get("model_id") == model_id and template == kb_template:
+        return kb.class_embeddings(kb_classes), f"stored ({model_id})"
+    clip, problems = _load_matching(session, _specs(session, kb), model_id)
+    if clip is None:
+        raise KbuildError(f"{kb.info.name} was embedded with {kb_clip.get('model_id')} but the image features "
+                          f"come from {model_id}; pass --model/--pretrained for {model_id} to re-embed its "
+                          f"descriptions ({'; '.join(problems)})")
+    rows = kb.rows_by_class()
+    embedder = _embedder(session, clip)
+    embeddings = [embedder.embed_descriptions([kb.descriptions[i] for i in rows[c]], template) for c in kb_classes]
+    session.note(f"{kb.info.name} was embedded with {kb_clip.get('model_id')} (template {kb_template!r}); "
+                 f"re-embedded its descriptions with {model_id} (template {template!r}; text cache "
+                 f"{embedder.cache.hits} hits, {embedder.cache.misses} encoded)")
+    return embeddings, f"re-embedded ({model_id})"
+
+
+def _name_embeddings(session: Session, kb: KnowledgeBase, kb_classes: list[str], model_id: str) -> np.ndarray | None:
+    clip, problems = _load_matching(session, _specs(session, kb), model_id)
+    if clip is None:
+        session.note(f"skipping clip and inmap: no text model for {model_id} could be loaded "
+                     f"({problems[0] if problems else 'no candidate'})")
+        return None
+    return _embedder(session, clip).embed_class_names(kb_classes, NAME_TEMPLATE)
+
+
+def prepare_knowledge(session: Session, kb: KnowledgeBase, need_names: bool = True) -> Knowledge:
+    """Line ``kb`` up with the session's dataset classes and image-feature space."""
+    features = session.features
+    class_map = parse_class_map(session.inputs.class_map) if session.inputs.class_map else None
+    kb_classes = match_classes(features.class_names, kb.classes(), kb.info.name, class_map)
+    ignored = [c for c in kb.classes() if c not in set(kb_classes)]
+    if ignored:
+        session.note(f"{kb.info.name}: {len(ignored)} knowledge-base class(es) not in the dataset, ignored: "
+                     f"{', '.join(ignored[:10])}{' ...' if len(ignored) > 10 else ''}")
+    model_id = _features_model_id(session, kb)
+    template = session.inputs.template or _kb_clip(kb).get("template") or settings.DEFAULT_TEMPLATE
+    embeddings, source = _description_embeddings(session, kb, kb_classes, model_id, template)
+    dims = {e.shape[1] for e in embeddings}
+    if dims != {features.dim}:
+        raise KbuildError(f"The image features have dim {features.dim} but {kb.info.name}'s description "
+                          f"embeddings have dim {', '.join(map(str, sorted(dims)))}: they come from different "
+                          "models (pass the features' --model, or features encoded with the snapshot's model)")
+    names = _name_embeddings(session, kb, kb_classes, model_id) if need_names else None
+    return Knowledge(kb, kb_classes, embeddings, names, template, source, ignored)
+
+
+# ------------------------------------------------------------------ running the methods
+@dataclass
+class MethodRun:
+    """One table row: (N,) predictions, their metrics, and what it took."""
+
+    name: str
+    predictions: np.ndarray
+    metrics: Any
+    seconds: float
+    iterations: int = 0
+    converged: bool = True
+    params: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.metrics.to_json()
+        recall = dict(zip(m["class_names"], m["per_class_recall"]))
+        return {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
+                "per_class_recall": recall, "confusion_matrix": m["confusion_matrix"], "n": m["n"],
+                "iterations": self.iterations, "converged": self.converged,
+                "seconds": round(self.seconds, 4), "params": self.params}
+
+
+def _metrics(features: FeatureSet, predictions: np.ndarray):
+    return compute_metrics(features.labels, predictions, class_names=features.class_names)
+
+
+def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, methods: tuple[str, ...]):
+    """({row name: MethodRun}, {skipped method: why}, the KPL result or None)."""
+    runs: dict[str, MethodRun] = {}
+    skipped: dict[str, str] = {}
+    kpl_result = None
+    x = features.features
+    inmap = {key: getattr(params, key) for key in _INMAP_KEYS}
+    for method in methods:
+        start = time.perf_counter()
+        if method == "kpl":
+            kpl_result = run_kpl(x, knowledge.class_embeddings, params=params)
+            share = (time.perf_counter() - start) / len(KPL_STAGES)
+            for stage in KPL_STAGES:
+                s = kpl_result.stage(stage)
+                runs[f"kpl.{stage}"] = MethodRun(f"kpl.{stage}", s.predictions, _metrics(features, s.predictions),
+                                                 share, s.iterations, s.converged, params.to_json())
+            continue
+        if method in ("clip", "inmap") and knowledge.name_embeddings is None:
+            skipped[method] = "no text model to embed class-name prompts"
+            continue
+        extra = inmap if method == "inmap" else {}
+        r = run_baseline(method, x, class_embeddings=knowledge.class_embeddings,
+                         name_embeddings=knowledge.name_embeddings, **extra)
+        runs[method] = MethodRun(method, r.predictions, _metrics(features, r.predictions),
+                                 time.perf_counter() - start, r.iterations, r.converged, r.params)
+    return runs, skipped, kpl_result
+
+
+def _selected_texts(knowledge: Knowledge, kpl_result) -> dict[str, list[str]]:
+    if kpl_result is None:
+        return {}
+    rows = knowledge.kb.rows_by_class()
+    return {c: [knowledge.kb.descriptions[rows[c][int(i)]].text for i in idx]
+            for c, idx in zip(knowledge.kb_classes, kpl_result.selected)}
+
+
+@dataclass
+class EvalResult:
+    """Everything ``kpl eval`` reports; ``to_json`` is ``metrics.json`` and ``--json``."""
+
+    session: Session
+    knowledge: Knowledge
+    params: KPLParams
+    methods: tuple[str, ...]
+    runs: dict[str, MethodRun]
+    skipped: dict[str, str]
+    selected: dict[str, list[str]]
+    created: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        kb, fs = self.knowledge.kb, self.session.features
+        short = {c: self.knowledge.kb_classes[i] for i, c in enumerate(fs.class_names)}
+        return {
+            "tool": "kpl eval", "version": __version__, "created": self.created,
+            "snapshot": {"name": kb.info.name, "content_hash": kb.info.content_hash, "clip": _kb_clip(kb),
+                         "descriptions": len(kb.descriptions)},
+            "model": {"image_features": fs.model_id, "descriptions": self.knowledge.text_source,
+                      "template": self.knowledge.template, "name_template": NAME_TEMPLATE},
+            "dataset": self.session.dataset.describe() if self.session.dataset else None,
+            "features": fs.describe(),
+            "classes": {"names": fs.class_names, "kb_classes": short, "ignored_kb_classes": self.knowledge.ignored_classes,
+                        "class_map": str(self.session.inputs.class_map) if self.session.inputs.class_map else None},
+            "params": {**self.params.to_json(), "methods": list(self.methods), "device": "cpu"},
+            "results": {name: run.to_json() for name, run in self.runs.items()},
+            "skipped_methods": self.skipped,
+            "selected_descriptions": self.selected,
+            "notes": list(self.session.notes),
+        }
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS, kb_index: int = 0) -> EvalResult:
+    """Run ``methods`` on the session's features with snapshot ``kb_index``; metrics per row."""
+    params = params.validate()
+    need_names = any(m in ("clip", "inmap") for m in methods)
+    knowledge = prepare_knowledge(session, session.kbs[kb_index], need_names)
+    short = {c: len(e) for c, e in zip(knowledge.kb_classes, knowledge.class_embeddings) if len(e) < params.k}
+    if short and "kpl" in methods:
+        session.note(f"k={params.k} exceeds the descriptions of {len(short)} class(es), which use all of theirs: "
+                     + ", ".join(f"{c} ({n})" for c, n in list(short.items())[:5]))
+    runs, skipped, kpl_result = run_methods(session.features, knowledge, params, methods)
+    return EvalResult(session, knowledge, params, methods, runs, skipped, _selected_texts(knowledge, kpl_result), _now())
+
+
+# ------------------------------------------------------------------ sweep and compare
+SWEEP_KEYS = ("tau_t", "tau_i", "alpha", "ot")
+
+
+@dataclass
+class SweepResult:
+    """One row per setting: the accuracy of each KPL stage, balanced accuracy and macro-F1 of image_ot."""
+
+    snapshot: dict[str, Any]
+    grid: dict[str, list]
+    rows: list[dict[str, Any]]
+    features: dict[str, Any]
+    notes: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tool": "kpl sweep", "version": __version__, "snapshot": self.snapshot, "grid": self.grid,
+                "features": self.features, "rows": self.rows, "notes": self.notes}
+
+
+def sweep(session: Session, base: KPLParams, ks: list[int], grid: dict[str, list]) -> SweepResult:
+    """KPL for every k in ``ks`` times every combination of the ``grid`` values (keys in SWEEP_KEYS)."""
+    knowledge = prepare_knowledge(session, session.kbs[0], need_names=False)
+    fs, rows = session.features, []
+    keys = [key for key in SWEEP_KEYS if grid.get(key)]
+    for combo in itertools.product(*(grid[key] for key in keys)):
+        params = replace(base, **dict(zip(keys, combo))).validate()
+        start = time.perf_counter()
+        results = run_kpl_many(fs.features, knowledge.class_embeddings, ks, params=params)
+        seconds = (time.perf_counter() - start) / len(ks)
+        for k, result in results.items():
+            row = {"k": k, **{key: getattr(params, key) for key in SWEEP_KEYS}}
+            for stage in KPL_STAGES:
+                row[f"{stage}_accuracy"] = _metrics(fs, result.stage(stage).predictions).accuracy
+            final = _metrics(fs, result.image_ot.predictions)
+            row.update(image_ot_balanced_accuracy=final.balanced_accuracy, image_ot_macro_f1=final.macro_f1,
+                       seconds=round(seconds, 4))
+            rows.append(row)
+    kb = knowledge.kb
+    return SweepResult({"name": kb.info.name, "content_hash": kb.info.content_hash},
+                       {"k": list(ks), **{key: grid[key] for key in keys}, "base": base.to_json()},
+                       rows, fs.describe(), list(session.notes))
+
+
+@dataclass
+class CompareResult:
+    """Several snapshots on the same features: one EvalResult each, and the diff of neighbours."""
+
+    results: list[EvalResult]
+    diffs: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tool": "kpl compare", "version": __version__,
+                "snapshots": [r.to_json() for r in self.results], "diffs": self.diffs}
+
+
+def compare(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS) -> CompareResult:
+    """``evaluate`` each of the session's snapshots; diff each against the one before it."""
+    if len(session.kbs) < 2:
+        raise UsageError("compare needs at least two snapshots: --kb A --kb B")
+    results = [evaluate(session, params, methods, i) for i in range(len(session.kbs))]
+    diffs = []
+    for old, new in zip(session.kbs, session.kbs[1:]):
+        d = diff_snapshots(old, new)
+        diffs.append({"old": old.info.name, "new": new.info.name, "summary": d.summary(), "counts": d.counts()})
+    return CompareResult(results, diffs)

@@ -1,0 +1,304 @@
+"""Image features: encode a dataset once, cache the result, and read/write ``.npz`` feature files.
+
+The cache key is a hash of everything that determines the features: the model id (which includes
+a hash of local weights), the preprocessing pipeline (its ``repr``: sizes, interpolation, mean/std),
+the precision (fp16 autocast on CUDA gives slightly different numbers), and the file list with
+each file's size and modification time. Labels are not part of the key, since features do not
+depend on them: relabelling a manifest reuses the cache. Entries are written atomically.
+
+Feature files (``kpl eval --features``) hold ``image_features`` (N, D) float with unit rows,
+``labels`` (N,) int and ``class_names`` (C,) str, optionally ``model_id`` and ``paths``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from kbuild.errors import InputFileError, KbuildError
+
+from .datasets import ImageDataset
+
+CACHE_VERSION = 1
+# Features stored in float16 and converted back are unit to ~5e-4; anything further off was
+# never normalised, and KPL's cosine scores would silently mean something else.
+NORM_TOLERANCE = 1e-3
+REQUIRED_KEYS = ("image_features", "labels", "class_names")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class FeatureSet:
+    """(N, D) float32 unit-row ``features`` with (N,) int64 ``labels`` into ``class_names``.
+
+    ``cache`` says where they came from ({"status": hit|miss|off|file, ...}); ``encoded`` is the
+    number of images this call put through the model (0 on a cache hit).
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    model_id: str | None
+    paths: list[str] | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+    encoded: int = 0
+    corrupt: list[str] = field(default_factory=list)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.source, "images": int(self.features.shape[0]), "dim": self.dim,
+                "model_id": self.model_id, "cache": self.cache, "encoded": self.encoded,
+                "corrupt": len(self.corrupt), "corrupt_files": self.corrupt[:50]}
+
+
+# ------------------------------------------------------------------ feature files (.npz)
+def _bad(path: Path, problem: str, fix: str = "") -> InputFileError:
+    return InputFileError(path, problem, fix)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise _bad(path, "features file not found", "check the path, or create one with 'kpl embed --export'")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except ValueError as err:  # object arrays need pickle, which we never allow
+        raise _bad(path, f"cannot be read without pickle ({err})", "store strings as fixed-width unicode arrays") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise _bad(path, f"not a readable .npz file ({err})", "write it with numpy.savez") from None
+
+
+def check_features(path: Path, features, labels, class_names) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Validate shapes, finiteness and unit norms; returns float32 (N, D), int64 (N,), names."""
+    features, labels, names = np.asarray(features), np.asarray(labels), np.asarray(class_names)
+    if features.ndim != 2 or 0 in features.shape or not np.issubdtype(features.dtype, np.floating):
+        raise _bad(path, f"image_features must be a non-empty 2-D float array (N, D), got {features.dtype} "
+                   f"{features.shape}")
+    n = features.shape[0]
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise _bad(path, f"labels must be {n} integers (one per image row), got {labels.dtype} {labels.shape}")
+    if names.ndim != 1 or names.size == 0 or names.dtype.kind not in "US":
+        raise _bad(path, f"class_names must be a 1-D array of strings, got {names.dtype} {names.shape}")
+    names_list = [str(s) for s in names.tolist()]
+    if len(set(names_list)) != len(names_list):
+        raise _bad(path, "class_names has duplicates", "give every class one name")
+    if labels.min() < 0 or labels.max() >= len(names_list):
+        raise _bad(path, f"labels run from {labels.min()} to {labels.max()} but there are "
+                   f"{len(names_list)} class_names", "labels index class_names from 0")
+    features = features.astype(np.float32, copy=False)
+    finite = np.isfinite(features).all(axis=1)
+    if not finite.all():
+        raise _bad(path, f"image_features has NaN/inf in {int((~finite).sum())} row(s), first row "
+                   f"{int(np.argmin(finite))}", "re-encode those images or drop the rows")
+    norms = np.linalg.norm(features, axis=1)
+    off = np.abs(norms - 1.0) > NORM_TOLERANCE
+    if off.any():
+        first = int(np.argmax(off))
+        raise _bad(path, f"image_features rows are not L2-normalised ({int(off.sum())} rows, row {first} has "
+                   f"norm {norms[first]:.4g})", "divide each row by its norm before saving")
+    return features, labels.astype(np.int64), names_list
+
+
+def _optional_str(data: dict, key: str) -> str | None:
+    value = data.get(key)
+    if value is None or value.ndim != 0 or value.dtype.kind not in "US":
+        return None
+    return str(value) or None
+
+
+def load_features_npz(path: Path | str) -> FeatureSet:
+    """Read and validate a features file (see the module docstring for its keys)."""
+    path = Path(path).expanduser()
+    data = _read_npz(path)
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise _bad(path, f"missing key(s) {', '.join(missing)} (has: {', '.join(sorted(data)) or 'none'})",
+                   "save image_features (N, D), labels (N,) and class_names (C,)")
+    features, labels, names = check_features(path, data["image_features"], data["labels"], data["class_names"])
+    paths = data.get("paths")
+    paths = [str(p) for p in paths.tolist()] if paths is not None and paths.shape == labels.shape else None
+    return FeatureSet(features, labels, names, _optional_str(data, "model_id"), paths,
+                      source={"kind": "features", "path": str(path.resolve())},
+                      cache={"status": "file"})
+
+
+def save_features_npz(features: FeatureSet, path: Path | str) -> Path:
+    """Write a features file that ``load_features_npz`` (and ``kpl eval --features``) reads back."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"image_features": features.features.astype(np.float32), "labels": features.labels.astype(np.int64),
+              "class_names": np.asarray(features.class_names, dtype=str),
+              "model_id": np.asarray(features.model_id or "", dtype=str)}
+    if features.paths is not None:
+        arrays["paths"] = np.asarray(features.paths, dtype=str)
+    _atomic_savez(path, arrays)
+    return path
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    # A killed writer must never leave a truncated file under the real name (the cache trusts it).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------ the cache
+def cache_key(model_id: str, preprocess: str, precision: str, paths: list[Path]) -> str:
+    """Hex digest over the model, preprocessing, precision and (path, size, mtime) of every file."""
+    digest = hashlib.sha256()
+    head = {"v": CACHE_VERSION, "model_id": model_id, "preprocess": preprocess, "precision": precision}
+    digest.update(json.dumps(head, sort_keys=True).encode("utf-8"))
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"\n{path}\x00{stat.st_size}\x00{stat.st_mtime_ns}".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """One ``<key>.npz`` per encoded file list under ``folder``: features of the decodable files
+    and the (N,) ``ok`` mask saying which files decoded."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def file(self, key: str) -> Path:
+        return self.folder / f"{key[:40]}.npz"
+
+    def get(self, key: str, count: int) -> tuple[np.ndarray, np.ndarray] | None:
+        path = self.file(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                features, ok = data["features"], data["ok"]
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile):
+            return None  # unreadable entry: encode again and overwrite it
+        if ok.shape != (count,) or features.shape[0] != int(ok.sum()):
+            return None
+        return features.astype(np.float32, copy=False), ok.astype(bool)
+
+    def put(self, key: str, features: np.ndarray, ok: np.ndarray, meta: dict[str, Any]) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.file(key)
+        _atomic_savez(path, {"features": features.astype(np.float32), "ok": ok.astype(bool),
+                             "meta": np.asarray(json.dumps(meta, sort_keys=True))})
+        return path
+
+
+# ------------------------------------------------------------------ encoding
+class _ImageFiles:
+    """A map-style torch dataset: (preprocessed image or a zero placeholder, index, decoded?)."""
+
+    def __init__(self, paths: list[Path], preprocess, placeholder):
+        self.paths, self.preprocess, self.placeholder = paths, preprocess, placeholder
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[index]) as image:
+                return self.preprocess(image.convert("RGB")), index, True
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            # Truncated, corrupt or not really an image: counted by the caller, never fatal.
+            return self.placeholder, index, False
+
+
+def _placeholder(preprocess):
+    from PIL import Image
+
+    return preprocess(Image.new("RGB", (8, 8))).zero_()
+
+
+def default_workers(count: int, batch_size: int) -> int:
+    """No worker processes for a batch or two (their start-up costs more); else up to 8, one per core."""
+    if count <= 2 * batch_size:
+        return 0
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def make_loader(paths: list[Path], preprocess, batch_size: int, workers: int, pin_memory: bool = False):
+    """A torch DataLoader yielding (B, 3, H, W) images, (B,) indices, (B,) decoded flags, in order."""
+    from torch.utils.data import DataLoader
+
+    files = _ImageFiles(paths, preprocess, _placeholder(preprocess))
+    return DataLoader(files, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=pin_memory, prefetch_factor=4 if workers else None)
+
+
+def encode_images(paths: list[Path], clip, batch_size: int = 64, workers: int | None = None,
+                  progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Encode image files: ((N_ok, D) float32 unit rows, (N,) bool mask of decodable files)."""
+    if batch_size < 1:
+        raise KbuildError(f"batch size must be >= 1 (got {batch_size})")
+    workers = default_workers(len(paths), batch_size) if workers is None else workers
+    loader = make_loader(paths, clip.preprocess, batch_size, workers, pin_memory=clip.device == "cuda")
+    chunks, ok = [], np.zeros(len(paths), dtype=bool)
+    done = 0
+    for images, indices, decoded in loader:
+        mask = decoded.numpy().astype(bool)
+        if mask.any():
+            chunks.append(clip.encode_image_batch(images[mask]))
+        ok[indices.numpy()[mask]] = True
+        done += len(indices)
+        if progress:
+            progress(done, len(paths))
+    features = np.concatenate(chunks) if chunks else np.zeros((0, clip.dim), dtype=np.float32)
+    return features.astype(np.float32, copy=False), ok
+
+
+def precision_of(clip) -> str:
+    return "fp16-autocast" if clip.device == "cuda" else "fp32"
+
+
+def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_size: int = 64,
+                   workers: int | None = None, progress: Progress | None = None) -> FeatureSet:
+    """Features of every decodable image of ``dataset``, from the cache when the key matches.
+
+    Corrupt files are dropped (with their labels) and listed in ``FeatureSet.corrupt``.
+    """
+    key = cache_key(clip.model_id, repr(clip.preprocess), precision_of(clip), dataset.paths)
+    cache = FeatureCache(cache_dir) if cache_dir is not None else None
+    hit = cache.get(key, len(dataset)) if cache is not None else None
+    encoded = 0
+    if hit is None:
+        features, ok = encode_images(dataset.paths, clip, batch_size, workers, progress)
+        encoded = len(dataset)
+        if cache is not None:
+            meta = {"model_id": clip.model_id, "preprocess": repr(clip.preprocess), "root": str(dataset.root),
+                    "files": len(dataset), "precision": precision_of(clip)}
+            cache.put(key, features, ok, meta)
+    else:
+        features, ok = hit
+    status = "off" if cache is None else ("hit" if hit is not None else "miss")
+    cache_info = {"status": status, "key": f"sha256:{key}"}
+    if cache is not None:
+        cache_info["file"] = str(cache.file(key))
+    if not ok.any():
+        raise KbuildError(f"None of the {len(dataset)} images in {dataset.root} could be decoded (all corrupt?)")
+    return FeatureSet(
+        features, dataset.labels[ok], list(dataset.class_names), clip.model_id,
+        [str(p) for p, good in zip(dataset.paths, ok) if good],
+        source={"kind": dataset.kind, "path": str(dataset.root), "split": dataset.split},
+        cache=cache_info, encoded=encoded,
+        corrupt=[str(p) for p, good in zip(dataset.paths, ok) if not good])

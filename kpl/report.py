@@ -1,0 +1,249 @@
+"""Files ``kpl`` writes under ``--out DIR``, and the tables the terminal and the HTML report share.
+
+- eval: ``metrics.json`` (the result's JSON form, self-describing), ``confusion_matrix.png`` (KPL's
+  final stage), ``predictions.csv`` (one row per image, one column per method), ``report.html``;
+- sweep: ``sweep.json``, ``sweep.csv``, ``accuracy_vs_k.png``, ``report.html``;
+- compare: ``compare.json``, ``report.html``.
+
+Tables are plain (headers, rows of strings) so the CLI (rich) and the HTML page render the same
+numbers. Plots use matplotlib's object API with the Agg canvas: no global backend state, no display.
+The HTML page is one self-contained file: every text is escaped and images are embedded as data URIs.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Table = tuple[list[str], list[list[str]]]
+FINAL = "kpl.image_ot"
+
+
+def pct(value: float | None) -> str:
+    """A rate in [0, 1] as a percentage with two decimals, like the paper's tables."""
+    return "-" if value is None or not np.isfinite(value) else f"{100 * value:.2f}"
+
+
+def write_json(payload: Any, path: Path) -> Path:
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------ tables
+def eval_table(result) -> Table:
+    """Rows: every method run, in table order; skipped methods say why."""
+    headers = ["method", "top-1", "balanced acc", "macro-F1", "iters", "seconds"]
+    rows = [[name, pct(r.metrics.accuracy), pct(r.metrics.balanced_accuracy), pct(r.metrics.macro_f1),
+             str(r.iterations or "-"), f"{r.seconds:.2f}"] for name, r in result.runs.items()]
+    rows += [[name, "skipped", why, "", "", ""] for name, why in result.skipped.items()]
+    return headers, rows
+
+
+def _varying(rows: list[dict], keys: tuple[str, ...]) -> list[str]:
+    return [key for key in keys if len({row[key] for row in rows}) > 1]
+
+
+def sweep_table(result) -> Table:
+    """Rows: one per (k, setting); only the parameters that vary get a column."""
+    params = ["k", *_varying(result.rows, ("tau_t", "tau_i", "alpha", "ot"))]
+    headers = params + ["text", "image", "image_ot", "balanced acc", "macro-F1"]
+    rows = [[str(row[key]) for key in params]
+            + [pct(row[f"{stage}_accuracy"]) for stage in ("text", "image", "image_ot")]
+            + [pct(row["image_ot_balanced_accuracy"]), pct(row["image_ot_macro_f1"])] for row in result.rows]
+    return headers, rows
+
+
+def compare_table(result) -> Table:
+    """Rows: methods; per snapshot two columns (top-1, balanced accuracy); then last minus first."""
+    names = [r.knowledge.kb.info.name for r in result.results]
+    headers = ["method"] + [f"{n} {what}" for n in names for what in ("top-1", "bal.acc")] + ["delta top-1"]
+    methods = list(dict.fromkeys(m for r in result.results for m in r.runs))
+    rows = []
+    for method in methods:
+        runs = [r.runs.get(method) for r in result.results]
+        cells = [method]
+        for run in runs:
+            cells += [pct(run.metrics.accuracy), pct(run.metrics.balanced_accuracy)] if run else ["-", "-"]
+        both = runs[0] is not None and runs[-1] is not None
+        cells.append(f"{100 * (runs[-1].metrics.accuracy - runs[0].metrics.accuracy):+.2f}" if both else "-")
+        rows.append(cells)
+    return headers, rows
+
+
+# ------------------------------------------------------------------ plots
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str, path: Path) -> Path:
+    """(C, C) counts, rows true and columns predicted; counts written in the cells up to 25 classes."""
+    c = len(class_names)
+    size = min(4 + 0.35 * c, 18)
+    figure = _figure(size + 1, size)
+    ax = figure.add_subplot()
+    image = ax.imshow(confusion, cmap="Blues")
+    figure.colorbar(image, ax=ax, shrink=0.8)
+    ticks = np.arange(c)
+    ax.set_xticks(ticks, class_names if c <= 60 else [""] * c, rotation=90, fontsize=8)
+    ax.set_yticks(ticks, class_names if c <= 60 else [""] * c, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    if c <= 25:
+        threshold = confusion.max() / 2 if confusion.size else 0
+        for (i, j), count in np.ndenumerate(confusion):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if count > threshold else "black")
+    figure.savefig(path)
+    return path
+
+
+def plot_accuracy_vs_k(result, path: Path) -> Path:
+    """KPL's final stage per setting; with a single setting also the text and image stages."""
+    figure = _figure(7, 4.5)
+    ax = figure.add_subplot()
+    varying = _varying(result.rows, ("tau_t", "tau_i", "alpha", "ot"))
+    groups: dict[tuple, list[dict]] = {}
+    for row in result.rows:
+        groups.setdefault(tuple(row[key] for key in varying), []).append(row)
+    stages = ("text", "image", "image_ot") if len(groups) == 1 else ("image_ot",)
+    for setting, rows in groups.items():
+        rows = sorted(rows, key=lambda r: r["k"])
+        label = ", ".join(f"{key}={value}" for key, value in zip(varying, setting))
+        for stage in stages:
+            ax.plot([r["k"] for r in rows], [100 * r[f"{stage}_accuracy"] for r in rows], marker="o",
+                    linestyle="-" if stage == "image_ot" else "--", label=f"{stage} {label}".strip())
+    ks = sorted({row["k"] for row in result.rows})
+    if ks[0] > 0 and ks[-1] / ks[0] >= 8:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k (descriptions kept per class)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"KPL accuracy vs k ({result.snapshot['name']})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    figure.savefig(path)
+    return path
+
+
+# ------------------------------------------------------------------ CSV
+def write_predictions_csv(result, path: Path) -> Path:
+    """index, path, true label, then the predicted class name of every method."""
+    fs = result.session.features
+    names = fs.class_names
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "path", "label", *result.runs])
+        for i, label in enumerate(fs.labels):
+            path_cell = fs.paths[i] if fs.paths else ""
+            writer.writerow([i, path_cell, names[label], *(names[r.predictions[i]] for r in result.runs.values())])
+    return path
+
+
+def write_table_csv(table: Table, path: Path) -> Path:
+    headers, rows = table
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(headers)
+        writer.writerows(rows)
+    return path
+
+
+# ------------------------------------------------------------------ HTML
+_STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}"
+          "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child,th:first-child"
+          "{text-align:left}th{background:#f3f3f3}code{background:#f6f6f6}img{max-width:100%}")
+
+
+def _html_table(table: Table) -> str:
+    headers, rows = table
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<p><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}"></p>'
+
+
+def _html_facts(facts: dict[str, Any]) -> str:
+    items = "".join(f"<li><b>{html.escape(str(k))}</b>: <code>{html.escape(str(v))}</code></li>"
+                    for k, v in facts.items())
+    return f"<ul>{items}</ul>"
+
+
+def _html_list(title: str, items: list[str]) -> str:
+    if not items:
+        return ""
+    return f"<h2>{html.escape(title)}</h2><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
+def write_html(path: Path, title: str, facts: dict[str, Any], sections: list[str]) -> Path:
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{_html_facts(facts)}"
+            + "".join(sections) + "</body></html>\n")
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _eval_facts(payload: dict) -> dict[str, Any]:
+    snap, features = payload["snapshot"], payload["features"]
+    return {"snapshot": f"{snap['name']} ({snap['content_hash']})", "image features": payload["model"]["image_features"],
+            "descriptions": payload["model"]["descriptions"], "template": payload["model"]["template"],
+            "data": f"{features.get('path')} ({features['images']} images, {len(payload['classes']['names'])} classes)",
+            "k": payload["params"]["k"], "ot": payload["params"]["ot"], "created": payload["created"]}
+
+
+# ------------------------------------------------------------------ writers per command
+def write_eval_outputs(result, out: Path) -> list[Path]:
+    """metrics.json, confusion_matrix.png, predictions.csv and report.html under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload = result.to_json()
+    written = [write_json(payload, out / "metrics.json"), write_predictions_csv(result, out / "predictions.csv")]
+    sections = [_html_table(eval_table(result))]
+    if result.runs:
+        name = FINAL if FINAL in result.runs else next(iter(result.runs))
+        run = result.runs[name]
+        png = plot_confusion(run.metrics.confusion, result.session.features.class_names,
+                             f"{name} on {payload['snapshot']['name']}: top-1 {pct(run.metrics.accuracy)}%",
+                             out / "confusion_matrix.png")
+        written.append(png)
+        sections.append(f"<h2>Confusion matrix ({html.escape(name)})</h2>" + _html_image(png))
+    sections.append(_html_list("Notes", payload["notes"]))
+    for cls, texts in payload["selected_descriptions"].items():
+        sections.append(_html_list(f"Selected descriptions: {cls}", texts))
+    written.append(write_html(out / "report.html", "kpl eval", _eval_facts(payload), sections))
+    return written
+
+
+def write_sweep_outputs(result, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    table = sweep_table(result)
+    png = plot_accuracy_vs_k(result, out / "accuracy_vs_k.png")
+    facts = {"snapshot": f"{result.snapshot['name']} ({result.snapshot['content_hash']})",
+             "features": result.features.get("path"), "grid": json.dumps({k: v for k, v in result.grid.items() if k != "base"})}
+    sections = [_html_table(table), _html_image(png), _html_list("Notes", result.notes)]
+    return [write_json(result.to_json(), out / "sweep.json"), write_table_csv(table, out / "sweep.csv"), png,
+            write_html(out / "report.html", "kpl sweep", facts, sections)]
+
+
+def write_compare_outputs(result, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    table = compare_table(result)
+    facts = {r.knowledge.kb.info.name: r.knowledge.kb.info.content_hash for r in result.results}
+    diffs = [f"{d['old']} -> {d['new']}: {d['summary']}" for d in result.diffs]
+    sections = [_html_table(table), _html_list("Differences", diffs)]
+    return [write_json(result.to_json(), out / "compare.json"), write_table_csv(table, out / "compare.csv"),
+            write_html(out / "report.html", "kpl compare", facts, sections)]
