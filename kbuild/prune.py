@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from string import Formatter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -198,9 +199,12 @@ def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndar
 
 def _check_template(template: str) -> None:
     try:
+        fields = [name for _, name, _, _ in Formatter().parse(template) if name is not None]
         template.format("class", "description")
-    except (IndexError, KeyError, ValueError) as err:
-        raise UsageError(f"template {template!r} must have two {{}} fields (class, description): {err}") from None
+    except (IndexError, KeyError, ValueError):
+        fields = []
+    if len(fields) != 2:
+        raise UsageError(f"template {template!r} must have two {{}} fields: class name, then description")
 
 
 def _vector_stages(items: list[Item], x: np.ndarray, params: PruneParams,

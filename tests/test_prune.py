@@ -187,18 +187,30 @@ def test_name_reference_without_names_is_a_usage_error():
         run(*planted(), min_margin=0.1)
 
 
+def reference_mmr(x: np.ndarray, n: int, weight: float = 0.5) -> list[int]:
+    """Plain-loop MMR: relevance = cosine to the normalised mean, redundancy = max cosine to picks."""
+    relevance = x @ unit(x.sum(axis=0))
+    chosen: list[int] = []
+    while len(chosen) < n:
+        def score(j):
+            penalty = max((float(x[j] @ x[s]) for s in chosen), default=0.0)
+            return weight * relevance[j] - (1 - weight) * penalty
+        chosen.append(max((j for j in range(len(x)) if j not in chosen), key=lambda j: (score(j), -j)))
+    return chosen
+
+
 def test_max_per_class_picks_for_diversity_not_order():
     # "a ..." texts sort first and are near copies; the "z ..." texts are spread out.
     cluster = [unit(AXIS["alpha"] + 0.3 * e(0) + 0.02 * e(1 + i)) for i in range(3)]
     spread = [unit(AXIS["alpha"] + w * e(5 + i)) for i, w in enumerate((0.7, 0.8, 0.9))]
     texts = ["a copy 0", "a copy 1", "a copy 2", "z spread 0", "z spread 1", "z spread 2"]
-    descriptions = [Description("alpha", t) for t in texts]
-    result = run(descriptions, np.stack(cluster + spread), dedup_threshold=None, max_per_class=3)
-    relevance = np.stack(cluster + spread) @ unit(np.stack(cluster + spread).sum(axis=0))
-    central = texts[int(np.argmax(relevance[:3]))]
-    assert {d.text for d in result.kept} == {central, "z spread 0", "z spread 1"}
-    ranks = {d.text: d.extra["prune"]["mmr_rank"] for d in result.kept}
-    assert ranks[central] == 1
+    x = np.stack(cluster + spread).astype(np.float32)
+    result = run([Description("alpha", t) for t in texts], x, dedup_threshold=None, max_per_class=3)
+    expected = reference_mmr(x, 3)
+    assert [d.text for d in sorted(result.kept, key=lambda d: d.extra["prune"]["mmr_rank"])] == \
+        [texts[i] for i in expected]
+    kept = {d.text for d in result.kept}
+    assert len(kept & {"a copy 0", "a copy 1", "a copy 2"}) == 1  # one of the near copies, not three
     assert {r.stage for r in result.removed} == {"max_per_class"}
 
 
@@ -240,7 +252,7 @@ def test_overlong_is_skipped_without_a_token_counter():
 def test_truncated_texts_with_cached_rows_are_noted():
     descriptions = [Description("alpha", "one two three four five six")]
     result = prune_descriptions(descriptions, np.ones((1, 4)), PruneParams(max_tokens=12), token_count=word_tokens)
-    assert result.kept[0].text == "one two"
+    assert result.kept[0].text == "one two three"  # 7 template words + 2 + 3 = 12
     assert "keep the embedding of their full text" in result.notes[0]
 
 
@@ -300,10 +312,10 @@ def test_bad_embeddings_are_one_line_errors():
     descriptions, x = planted()
     with pytest.raises(KbuildError, match="one row per description"):
         run(descriptions, x[:-1])
-    x = x.copy()
-    x[0] = 0
+    zeroed = x.copy()
+    zeroed[0] = 0
     with pytest.raises(KbuildError, match="zero or not finite"):
-        run(descriptions, x)
+        run(descriptions, zeroed)
     with pytest.raises(UsageError, match="two \\{\\} fields"):
         prune_descriptions(descriptions, x, PruneParams(), template="a photo of {}")
 
@@ -318,7 +330,9 @@ def test_empty_input():
 def clustered(n: int, dim: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = unit_rows(rng.standard_normal((n // 5, dim)))
-    return unit_rows(centres[rng.integers(0, len(centres), n)] + 0.12 * rng.standard_normal((n, dim)))
+    # per-row noise from 0.05 to 0.4 of the norm: pairs land on both sides of the thresholds
+    noise = rng.uniform(0.05, 0.4, (n, 1)) / np.sqrt(dim) * rng.standard_normal((n, dim))
+    return unit_rows(centres[rng.integers(0, len(centres), n)] + noise)
 
 
 def naive_suppress(x, threshold):
@@ -362,11 +376,15 @@ def test_pairs_above_memory_stays_block_sized():
 # --- real curated knowledge bases --------------------------------------------------------------
 
 def bag_of_words(texts: list[str], dim: int = 512) -> np.ndarray:
-    """Stand-in text embedding: signed hashed word counts (blake2b, so stable across runs)."""
+    """Stand-in text embedding: signed hashed counts of words and word pairs (blake2b, stable).
+
+    Word pairs keep some word order ("painful or itchy" is not "itchy or painful"), as CLIP does.
+    """
     out = np.zeros((len(texts), dim), dtype=np.float32)
     for row, text in enumerate(texts):
-        for word in re.findall(r"[a-z0-9]+", text.lower()):
-            h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+        words = re.findall(r"[a-z0-9]+", text.lower())
+        for token in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
+            h = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
             out[row, h % dim] += 1.0 if (h >> 32) & 1 else -1.0
         if not out[row].any():
             out[row, 0] = 1.0  # punctuation-only texts: any non-zero row; sanitise drops them

@@ -36,7 +36,8 @@ def run_with_boundary(typer_app: typer.Typer, prog_name: str, argv: list[str] | 
     """Run a Typer app; user errors become one ``Error:`` line on stderr and an exit code."""
     settings.quiet_third_parties()
     try:
-        typer_app(args=argv, prog_name=prog_name)
+        outcome = typer_app(args=argv, prog_name=prog_name, standalone_mode=False)
+        return outcome if isinstance(outcome, int) else 0
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
     except KbuildError as err:
@@ -47,14 +48,41 @@ def run_with_boundary(typer_app: typer.Typer, prog_name: str, argv: list[str] | 
     except KeyboardInterrupt:
         print("Error: interrupted; nothing half-written was published", file=sys.stderr)
         return 130
-    except Exception as err:  # the last line of defence: never a traceback unless asked for
-        if settings.debug():
-            traceback.print_exc()
-        first = str(err).splitlines()[0] if str(err) else ""
-        print(f"Error: unexpected {type(err).__name__}: {first} (set {settings.ENV_DEBUG}=1 for the traceback)",
-              file=sys.stderr)
-        return 1
+    except Exception as err:
+        if _is_usage_problem(err):
+            return _report_usage(err, prog_name)
+        return _report_unexpected(err)
     return 0
+
+
+def _is_usage_problem(err: Exception) -> bool:
+    # Typer's (vendored click) parameter errors carry an exit code and a formatted message;
+    # we recognise them by shape so this module never imports click.
+    return hasattr(err, "exit_code") and hasattr(err, "format_message")
+
+
+def _report_usage(err, prog_name: str) -> int:
+    if type(err).__name__ == "NoArgsIsHelpError":
+        print(err.ctx.get_help(), file=sys.stderr)
+        return 2
+    if type(err).__name__ == "Abort":
+        print("Error: aborted", file=sys.stderr)
+        return 1
+    message = " ".join(err.format_message().split())
+    ctx = getattr(err, "ctx", None)
+    command = ctx.command_path if ctx is not None else prog_name
+    print(f"Error: {message} (see '{command} --help')", file=sys.stderr)
+    return int(err.exit_code) if err.exit_code else 2
+
+
+def _report_unexpected(err: Exception) -> int:
+    """The last line of defence: one line, never a traceback unless KBUILD_DEBUG asks for it."""
+    if settings.debug():
+        traceback.print_exc()
+    first = str(err).splitlines()[0] if str(err) else ""
+    print(f"Error: unexpected {type(err).__name__}: {first} (set {settings.ENV_DEBUG}=1 for the traceback)",
+          file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> None:

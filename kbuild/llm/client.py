@@ -14,6 +14,7 @@ from __future__ import annotations
 import email.utils
 import json
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -251,4 +252,7 @@ def retry_after_seconds(headers) -> float | None:
 
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    # openai prefixes "Error code: 429 - "; the status is already in our own prefix.
+    return re.sub(r"^Error code: \d+ - ", "", text.splitlines()[0])[:300]

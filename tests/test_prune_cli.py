@@ -1,0 +1,60 @@
+"""`kbuild prune` end to end with the tiny CLIP and a real embedded store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("clip_env")
+
+
+@pytest.fixture()
+def small_kb(tmp_path):
+    kb = {
+        "cat": ["whiskers", "pointed ears", "pointed ears ", "a photo", "!!", "a long tail"],
+        "dog": ["floppy ears", "a wet nose", "a photo", "a wagging tail"],
+    }
+    path = tmp_path / "kb.json"
+    path.write_text(json.dumps(kb))
+    return path
+
+
+def test_prune_writes_child_with_reasons(kbuild, small_kb):
+    assert kbuild("load", small_kb).code == 0
+    result = kbuild("prune", "v1", "--min-chars", "3", "--json")
+    assert result.code == 0, result.err
+    payload = result.json()
+    assert payload["parent"] == "snapshot_v1" and payload["snapshot"] == "snapshot_v2"
+    by_stage = {(r["class_name"], r["text"]): r["stage"] for r in payload["removed"]}
+    assert by_stage[("cat", "!!")] == "sanitise"
+    # "a photo" is in both classes: it cannot discriminate and goes from both.
+    assert by_stage[("cat", "a photo")] == "cross_class"
+    assert by_stage[("dog", "a photo")] == "cross_class"
+    shown = kbuild("show", "v2", "--removed", "--json").json()
+    assert {(r["class"], r["text"]) for r in shown["removed"]} == set(by_stage)
+    assert kbuild("verify", "v2").code == 0
+
+
+def test_prune_is_deterministic_and_diff_shows_removals(kbuild, small_kb, tmp_path):
+    kbuild("load", small_kb)
+    first = kbuild("prune", "v1", "--json").json()
+    second = kbuild("prune", "v1", "--json").json()
+    assert first["content_hash"] == second["content_hash"]
+    diff = kbuild("diff", "v1", "v2", "--json").json()
+    removed = {(c["class"], t) for c in diff["modified_classes"] for t in c["removed"]}
+    assert removed == {(r["class_name"], r["text"]) for r in first["removed"]}
+    reasons = {t: why for c in diff["modified_classes"] for t, why in c["removal_reasons"].items()}
+    assert reasons["a photo"].startswith("cross_class")
+
+
+def test_prune_table_and_bad_threshold(kbuild, small_kb):
+    kbuild("load", small_kb)
+    table = kbuild("prune")
+    assert table.code == 0 and "total" in table.out and "snapshot_v1 -> snapshot_v2" in table.out
+    before = kbuild("list", "--json").json()
+    bad = kbuild("prune", "--dedup-threshold", "1.5")
+    assert bad.code == 2 and "Traceback" not in bad.err
+    bad_mode = kbuild("prune", "--cross-class", "sometimes")
+    assert bad_mode.code == 2 and "cross" in bad_mode.err and len(bad_mode.err.strip().splitlines()) == 1
+    assert kbuild("list", "--json").json() == before
