@@ -188,7 +188,9 @@ class ClipModel:
         return len(inner(text)) + 2
 
     def describe(self) -> dict:
-        return {"model": self.spec.model, "pretrained": _public_pretrained(self.spec.pretrained),
+        # A local-dir/hf-hub model carries its own weights: a --pretrained default was not used.
+        own_weights = self.spec.model.startswith((LOCAL_DIR, HF_HUB))
+        return {"model": self.spec.model, "pretrained": None if own_weights else _public_pretrained(self.spec.pretrained),
                 "model_id": self.model_id, "dim": self.dim, "context_length": self.context_length}
 
 

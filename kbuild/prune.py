@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from string import Formatter
 from dataclasses import dataclass, field
+from string import Formatter
 from typing import Any, Callable
 
 import numpy as np
@@ -222,7 +222,10 @@ def _vector_stages(items: list[Item], x: np.ndarray, params: PruneParams,
     else:
         alive = run.vector_stage("cross_class", cross_class, pool, pool_x, alive, params.cross_class,
                                  params.cross_class_threshold, classes, names)
-    items, x = [pool[i] for i in np.flatnonzero(alive)], pool_x[alive]
+    items, x = [pool[i] for i in np.flatnonzero(alive)], None
+    if (params.min_margin is not None or params.max_per_class is not None) and items:
+        x = pool_x[alive]  # a compact copy only when a later stage needs the rows
+    del pool_x
     if params.min_margin is None:
         run.skipped["margin"] = "min_margin is None"
     elif items:
@@ -255,7 +258,7 @@ def _embed(items: list[Item], source: np.ndarray | Embedder, n_descriptions: int
             run.notes.append(f"{truncated} truncated texts keep the embedding of their full text "
                              "(pass an embed callable to re-embed them)")
     run.seconds["embed"] = time.perf_counter() - started
-    return unit_rows(x)
+    return unit_rows(x, inplace=True)  # x is already a fresh gathered copy: spare a second one
 
 
 def _checked_matrix(value: Any, n_rows: int, what: str) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from kbuild.errors import UsageError
-from kpl.core import KPLParams, run_kpl
+from kpl.core import KPLParams, pick_threads, run_kpl, torch_threads
 from kpl.ot import sinkhorn
 from kpl.proxies import fit_vision_proxies
 from kpl.retrieval import as_matrix, prepare_inputs
@@ -134,10 +134,12 @@ def inmap_baseline(image_features, class_embeddings=None, name_embeddings=None, 
     return _result("inmap", x @ fit.proxies, fit.proxies, used, fit.iterations, fit.converged)
 
 
-def kpl_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
+def kpl_baseline(
+    image_features, class_embeddings=None, name_embeddings=None, device="cpu", num_threads=None, **params
+):
     """KPL's final stage (``image_ot``) as a baseline row; params are run_kpl's keywords."""
     _need("kpl", "class_embeddings", class_embeddings)
-    result = run_kpl(image_features, class_embeddings, device=device, **params)
+    result = run_kpl(image_features, class_embeddings, device=device, num_threads=num_threads, **params)
     stage = result.image_ot
     return BaselineResult(
         "kpl", stage.predictions, stage.logits, stage.proxies, result.params.to_json(), stage.iterations, stage.converged
@@ -154,14 +156,27 @@ BASELINES = {
 
 
 def run_baseline(
-    name: str, image_features, class_embeddings=None, name_embeddings=None, *, device="cpu", **params
+    name: str,
+    image_features,
+    class_embeddings=None,
+    name_embeddings=None,
+    *,
+    device="cpu",
+    num_threads: int | None = None,
+    **params,
 ) -> BaselineResult:
     """Run the baseline registered as ``name`` on (N, D) image features.
 
     ``class_embeddings``: list of C (M_c, D) description embeddings (dclip, cupl, kpl);
-    ``name_embeddings``: (C, D) class-name prompt embeddings (clip, inmap).
+    ``name_embeddings``: (C, D) class-name prompt embeddings (clip, inmap). ``num_threads`` as in
+    :func:`kpl.run_kpl`. Hyperparameters (inmap, kpl) come as keywords.
     """
     if name not in BASELINES:
         raise UsageError(f"Unknown baseline {name!r}. Available: {', '.join(sorted(BASELINES))}")
-    with torch.inference_mode():
+    if name == "kpl":  # run_kpl picks its own threads
+        return kpl_baseline(image_features, class_embeddings, name_embeddings, device, num_threads=num_threads, **params)
+    n, d = np.shape(image_features)[:2] if np.ndim(image_features) == 2 else (0, 0)
+    given = name_embeddings if name_embeddings is not None else class_embeddings
+    c = len(given) if given is not None else 0
+    with torch.inference_mode(), torch_threads(pick_threads(num_threads, n, d, c)):
         return BASELINES[name](image_features, class_embeddings, name_embeddings, device, **params)

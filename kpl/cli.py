@@ -44,18 +44,18 @@ SplitOpt = Annotated[Optional[str], typer.Option("--split", help="Use DIR/<split
 ClassMapOpt = Annotated[Optional[Path], typer.Option(
     "--class-map", help="JSON {folder: kb class} or CSV folder,class mapping dataset classes to snapshot classes.")]
 TemplateOpt = Annotated[Optional[str], typer.Option(
-    "--template", help="Description template (class name, description) [default: the snapshot's]; "
+    "--template", help="Description template (class name, description) \\[default: the snapshot's]; "
                        "another one re-embeds the descriptions.")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu for image encoding [default: auto].")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu for image encoding \\[default: auto].")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes [default: auto].")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes \\[default: auto].")]
 CacheDirOpt = Annotated[Optional[Path], typer.Option(
     "--cache-dir", envvar=settings.ENV_KPL_CACHE, show_envvar=True,
-    help="Feature cache folder [default: <store>/cache/features].")]
+    help="Feature cache folder \\[default: <store>/cache/features].")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Encode the images even if cached; cache nothing.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write metrics.json, plots, CSV and report.html here.")]
 MethodsOpt = Annotated[Optional[str], typer.Option(
-    "--methods", help="Comma list of clip, dclip, cupl, inmap, kpl [default: all].")]
+    "--methods", help="Comma list of clip, dclip, cupl, inmap, kpl \\[default: all].")]
 OtOpt = Annotated[str, typer.Option("--ot", help="Pseudo-labels: greenkhorn, sinkhorn or none.")]
 TauTOpt = Annotated[float, typer.Option("--tau-t", help="Text-logit temperature.")]
 TauIOpt = Annotated[float, typer.Option("--tau-i", help="Vision-proxy temperature.")]
@@ -145,17 +145,32 @@ def eval_(
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Run KPL and the baselines (clip, dclip, cupl, inmap) on a dataset with a snapshot's descriptions."""
-    from kpl.evaluate import evaluate, parse_methods
+    from kpl.evaluate import evaluate
     from kpl.report import eval_table, write_eval_outputs
 
     params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
                        exact_iters=exact_iters).validate()
-    chosen = parse_methods(methods)
+    chosen = _parse_methods(methods)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
                      cache_dir, no_cache, store, chroma_url)
     result = evaluate(_open(inputs, [kb]), params, chosen)
+    for method, why in result.skipped.items():
+        _info(f"skipped {method}: {why}")
     title = f"{result.knowledge.kb.info.name} on {result.session.features.features.shape[0]} images"
     _emit(result.to_json(), json_out, eval_table(result), title, out, write_eval_outputs, result)
+
+
+def _parse_methods(text: str | None) -> tuple[str, ...]:
+    """``"clip,kpl"`` -> ("clip", "kpl"); empty means all, in the table's order."""
+    from kpl.evaluate import METHODS
+
+    if not text or text.strip() == "all":
+        return METHODS
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise UsageError(f"Unknown method(s) {', '.join(unknown) or repr(text)}. Available: {', '.join(METHODS)}")
+    return tuple(m for m in METHODS if m in names)
 
 
 def _parse_list(text: str, kind, option: str) -> list:
@@ -222,14 +237,13 @@ def compare(
 ) -> None:
     """Evaluate two or more snapshots on the same features, side by side, with their differences."""
     from kpl.evaluate import compare as run_compare
-    from kpl.evaluate import parse_methods
     from kpl.report import compare_table, write_compare_outputs
 
     if len(kb) < 2:
         raise UsageError("compare needs at least two snapshots: --kb A --kb B")
     params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
                        exact_iters=exact_iters).validate()
-    chosen = parse_methods(methods)
+    chosen = _parse_methods(methods)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
                      cache_dir, no_cache, store, chroma_url)
     result = run_compare(_open(inputs, list(kb)), params, chosen)

@@ -14,8 +14,10 @@ All math runs in float32 torch (CPU by default); results come back as numpy arra
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -24,6 +26,36 @@ from kbuild.errors import UsageError
 from kpl.ot import OT_METHODS, get_ot_method
 from kpl.proxies import fit_vision_proxies
 from kpl.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies
+
+
+# Below this many multiply-adds per (N, D) x (D, C) product, splitting a product across threads
+# costs more in fork/join than it saves, and on a busy machine a second thread that waits for a
+# core stalls every iteration (measured on a loaded 2-core machine: PH2, 200 x 512 x 2, took
+# 0.4 s on one thread and 1.6-9.7 s on two).
+SMALL_WORK = 4_000_000
+
+
+@contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the block with ``num_threads`` intra-op threads (None: leave torch's setting)."""
+    previous = torch.get_num_threads()
+    if num_threads is None or num_threads == previous:
+        yield
+        return
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def pick_threads(num_threads: int | None, n: int, d: int, c: int) -> int | None:
+    """An explicit thread count as given; else 1 for small problems, None (torch's setting) otherwise."""
+    if num_threads is not None:
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise UsageError(f"num_threads must be an integer >= 1 (got {num_threads!r})")
+        return num_threads
+    return 1 if n * d * c < SMALL_WORK else None
 
 
 @dataclass(frozen=True)
@@ -42,6 +74,12 @@ class KPLParams:
     tol: float = 1e-6
     patience: int = 20
     exact_iters: bool = False
+
+    def __post_init__(self):
+        # numpy scalars (e.g. k from np.arange) would not survive json.dumps in to_json
+        for name, value in asdict(self).items():
+            if isinstance(value, np.generic):
+                object.__setattr__(self, name, value.item())
 
     def validate(self) -> KPLParams:
         """Return self, or raise a UsageError naming the bad value and a valid one."""
@@ -100,9 +138,10 @@ class KPLResult:
     image_ot: StageResult
     selected: list[np.ndarray]
     plan: np.ndarray
-    stages: tuple[str, ...] = field(default=("text", "image", "image_ot"), repr=False)
+    stages: ClassVar[tuple[str, ...]] = ("text", "image", "image_ot")
 
     def stage(self, name: str) -> StageResult:
+        """The stage called ``name`` (one of ``stages``)."""
         if name not in self.stages:
             raise UsageError(f"Unknown stage {name!r}. Available: {', '.join(self.stages)}")
         return getattr(self, name)
@@ -138,7 +177,7 @@ def _fit(x, plan, init, p: KPLParams):
 def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams):
     """(text, image, image_ot, plan) for one set of text proxies."""
     logits = x @ w_text
-    soft = torch.softmax(logits / p.tau_t, dim=1)
+    soft = torch.softmax(logits / p.tau_i, dim=1)
     plan = get_ot_method(p.ot)(logits, p.tau_t, iters=p.ot_iters, gamma=p.gamma)
     image, image_ot = _fit(x, soft, w_text, p), _fit(x, plan, w_text, p)
     return (
@@ -170,17 +209,20 @@ def run_kpl(
     *,
     params: KPLParams | None = None,
     device: str | torch.device = "cpu",
+    num_threads: int | None = None,
     **overrides,
 ) -> KPLResult:
     """Run KPL on (N, D) image features and C per-class (M_c, D) description embeddings.
 
     Hyperparameters come as keywords (``k=8, ot="greenkhorn", tau_t=0.01, ...``, see KPLParams)
-    or as ``params``; keywords win. Inputs are never modified.
+    or as ``params``; keywords win. ``num_threads`` None picks 1 thread for small problems and
+    torch's setting otherwise. Inputs are never modified.
     """
     p = _params(params, overrides)
     with torch.inference_mode():
         x, classes = prepare_inputs(image_features, class_embeddings, device)
-        return _run_with_scores(x, classes, description_scores(x, classes), p)
+        with torch_threads(pick_threads(num_threads, x.shape[0], x.shape[1], len(classes))):
+            return _run_with_scores(x, classes, description_scores(x, classes), p)
 
 
 def run_kpl_many(
@@ -190,6 +232,7 @@ def run_kpl_many(
     *,
     params: KPLParams | None = None,
     device: str | torch.device = "cpu",
+    num_threads: int | None = None,
     **overrides,
 ) -> dict[int, KPLResult]:
     """``{k: run_kpl(..., k=k)}`` for every k, sharing input conversion and description scores.
@@ -199,19 +242,25 @@ def run_kpl_many(
     """
     ks = [check_k(k) for k in ks]
     base = _params(params, overrides)
-    results: dict[int, KPLResult] = {}
-    by_selection: dict[tuple, KPLResult] = {}
     with torch.inference_mode():
         x, classes = prepare_inputs(image_features, class_embeddings, device)
-        scores = description_scores(x, classes)
-        for k in ks:
-            p = _params(base, {"k": k})
-            key = tuple(tuple(s.tolist()) for s in select_top_k(scores, k))
-            if key not in by_selection:
-                by_selection[key] = _run_with_scores(x, classes, scores, p)
-            shared = by_selection[key]
-            results[k] = KPLResult(p, shared.text, shared.image, shared.image_ot, shared.selected, shared.plan)
+        with torch_threads(pick_threads(num_threads, x.shape[0], x.shape[1], len(classes))):
+            return _run_many(x, classes, ks, base)
+
+
+def _run_many(x, classes, ks, base: KPLParams) -> dict[int, KPLResult]:
+    """The per-k part of run_kpl_many; one computation per distinct selection."""
+    results: dict[int, KPLResult] = {}
+    by_selection: dict[tuple, KPLResult] = {}
+    scores = description_scores(x, classes)
+    for k in ks:
+        p = _params(base, {"k": k})
+        key = tuple(tuple(s.tolist()) for s in select_top_k(scores, k))
+        if key not in by_selection:
+            by_selection[key] = _run_with_scores(x, classes, scores, p)
+        shared = by_selection[key]
+        results[k] = KPLResult(p, shared.text, shared.image, shared.image_ot, shared.selected, shared.plan)
     return results
 
 
-__all__ = ["KPLParams", "KPLResult", "StageResult", "run_kpl", "run_kpl_many", "OT_METHODS"]
+__all__ = ["KPLParams", "KPLResult", "StageResult", "run_kpl", "run_kpl_many", "OT_METHODS", "torch_threads"]

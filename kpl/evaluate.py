@@ -16,7 +16,9 @@ KPL math always runs on the CPU in float32, which is where its parity with the p
 from __future__ import annotations
 
 import itertools
+import sys
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -26,35 +28,24 @@ import numpy as np
 from kbuild import __version__, settings
 from kbuild.classes_file import parse_class_map
 from kbuild.diff import diff_snapshots
-from kbuild.errors import KbuildError, UsageError
+from kbuild.errors import KbuildError
 from kbuild.store import KnowledgeBase, SnapshotStore
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
 
-from .datasets import ImageDataset, load_dataset, match_classes
-from .features import FeatureSet, Progress, encode_dataset, load_features_npz
+from .datasets import ImageDataset, match_classes
+from .features import FeatureSet, Progress, load_or_encode
 
 METHODS = ("clip", "dclip", "cupl", "inmap", "kpl")
 KPL_STAGES = ("text", "image", "image_ot")
+SWEEP_KEYS = ("tau_t", "tau_i", "alpha", "ot")
 NAME_TEMPLATE = "a photo of a {}."
 _INMAP_KEYS = ("tau_t", "tau_i", "alpha", "lr", "iters", "ot_iters", "gamma", "tol", "patience", "exact_iters")
 
 Log = Callable[[str], None]
 
 
-def _quiet(_message: str) -> None:
-    pass
-
-
-def parse_methods(text: str | None) -> tuple[str, ...]:
-    """``"clip,kpl"`` -> ("clip", "kpl"); empty means all, in the table's order."""
-    if not text or text.strip() == "all":
-        return METHODS
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        raise UsageError(f"Unknown method(s) {', '.join(unknown) or repr(text)}. Available: {', '.join(METHODS)}")
-    return tuple(m for m in METHODS if m in names)
-
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 @dataclass
 class Inputs:
@@ -87,7 +78,7 @@ class Session:
     dataset: ImageDataset | None = None
     clip: Any = None
     notes: list[str] = field(default_factory=list)
-    log: Log = _quiet
+    log: Log = _stderr
 
     def note(self, message: str) -> None:
         if message not in self.notes:
@@ -95,27 +86,15 @@ class Session:
             self.log(message)
 
 
-def _eval_clip(inputs: Inputs):
-    from kbuild.encoder import load_clip
-
-    return load_clip(settings.clip_model(inputs.model), settings.clip_pretrained(inputs.pretrained), inputs.device)
-
-
 def load_image_features(inputs: Inputs, progress: Progress | None = None) -> tuple[FeatureSet, ImageDataset | None, Any]:
     """(features, dataset or None, image model or None) from ``--features`` or ``--data``."""
-    if (inputs.data is None) == (inputs.features is None):
-        raise UsageError("Pass exactly one of --data DIR (images) or --features FILE.npz")
-    if inputs.features is not None:
-        return load_features_npz(inputs.features), None, None
-    dataset = load_dataset(inputs.data, inputs.split)
-    clip = _eval_clip(inputs)
-    cache_dir = None
-    if inputs.use_cache:
-        cache_dir = inputs.cache_dir or settings.kpl_feature_cache(None, inputs.store)
-    return encode_dataset(dataset, clip, cache_dir, inputs.batch_size, inputs.workers, progress), dataset, clip
+    cache_dir = (inputs.cache_dir or settings.kpl_feature_cache(None, inputs.store)) if inputs.use_cache else None
+    return load_or_encode(inputs.data, inputs.features, inputs.split, settings.clip_model(inputs.model),
+                          settings.clip_pretrained(inputs.pretrained), inputs.device, inputs.batch_size,
+                          inputs.workers, cache_dir, progress)
 
 
-def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _quiet, progress: Progress | None = None) -> Session:
+def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progress: Progress | None = None) -> Session:
     """Read the snapshots (failing fast on a bad name), then load or encode the image features."""
     store = SnapshotStore.open(inputs.store, inputs.chroma_url)
     for ref in kb_refs:
@@ -185,10 +164,9 @@ def _load_matching(session: Session, specs: list[tuple[str, str | None]], model_
 
 def _specs(session: Session, kb: KnowledgeBase) -> list[tuple[str, str | None]]:
     """Candidate text models: the snapshot's own, then the evaluation's --model/--pretrained."""
-    clip = _kb_clip(kb)
-    inputs = session.inputs
+    clip, flags = _kb_clip(kb), session.inputs
     own = [(clip["model"], clip.get("pretrained"))] if clip.get("model") else []
-    return own + [(settings.clip_model(inputs.model), settings.clip_pretrained(inputs.pretrained))]
+    return own + [(settings.clip_model(flags.model), settings.clip_pretrained(flags.pretrained))]
 
 
 def _embedder(session: Session, clip):
@@ -263,10 +241,8 @@ class MethodRun:
 
     def to_json(self) -> dict[str, Any]:
         m = self.metrics.to_json()
-        recall = dict(zip(m["class_names"], m["per_class_recall"]))
-        return {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
-                "per_class_recall": recall, "confusion_matrix": m["confusion_matrix"], "n": m["n"],
-                "iterations": self.iterations, "converged": self.converged,
+        m["per_class_recall"] = dict(zip(m.pop("class_names"), m["per_class_recall"]))
+        return {**m, "iterations": self.iterations, "converged": self.converged,
                 "seconds": round(self.seconds, 4), "params": self.params}
 
 
@@ -334,6 +310,8 @@ class EvalResult:
                       "template": self.knowledge.template, "name_template": NAME_TEMPLATE},
             "dataset": self.session.dataset.describe() if self.session.dataset else None,
             "features": fs.describe(),
+            "skipped_files": {**(self.session.dataset.describe()["skipped"] if self.session.dataset else {}),
+                              "corrupt": len(fs.corrupt)},
             "classes": {"names": fs.class_names, "kb_classes": short, "ignored_kb_classes": self.knowledge.ignored_classes,
                         "class_map": str(self.session.inputs.class_map) if self.session.inputs.class_map else None},
             "params": {**self.params.to_json(), "methods": list(self.methods), "device": "cpu"},
@@ -342,12 +320,6 @@ class EvalResult:
             "selected_descriptions": self.selected,
             "notes": list(self.session.notes),
         }
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS, kb_index: int = 0) -> EvalResult:
@@ -360,12 +332,11 @@ def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = MET
         session.note(f"k={params.k} exceeds the descriptions of {len(short)} class(es), which use all of theirs: "
                      + ", ".join(f"{c} ({n})" for c, n in list(short.items())[:5]))
     runs, skipped, kpl_result = run_methods(session.features, knowledge, params, methods)
-    return EvalResult(session, knowledge, params, methods, runs, skipped, _selected_texts(knowledge, kpl_result), _now())
+    return EvalResult(session, knowledge, params, methods, runs, skipped, _selected_texts(knowledge, kpl_result),
+                      datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 # ------------------------------------------------------------------ sweep and compare
-SWEEP_KEYS = ("tau_t", "tau_i", "alpha", "ot")
-
 
 @dataclass
 class SweepResult:
@@ -420,8 +391,6 @@ class CompareResult:
 
 def compare(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS) -> CompareResult:
     """``evaluate`` each of the session's snapshots; diff each against the one before it."""
-    if len(session.kbs) < 2:
-        raise UsageError("compare needs at least two snapshots: --kb A --kb B")
     results = [evaluate(session, params, methods, i) for i in range(len(session.kbs))]
     diffs = []
     for old, new in zip(session.kbs, session.kbs[1:]):

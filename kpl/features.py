@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kbuild.errors import InputFileError, KbuildError
+from kbuild.errors import InputFileError, KbuildError, UsageError
 
 from .datasets import ImageDataset
 
@@ -72,6 +72,8 @@ def _bad(path: Path, problem: str, fix: str = "") -> InputFileError:
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise _bad(path, "features file not found", "check the path, or create one with 'kpl embed --export'")
+    if not zipfile.is_zipfile(path):  # np.load would otherwise try to unpickle it
+        raise _bad(path, "not a readable .npz file (not a zip archive)", "write it with numpy.savez")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
@@ -302,3 +304,23 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
         source={"kind": dataset.kind, "path": str(dataset.root), "split": dataset.split},
         cache=cache_info, encoded=encoded,
         corrupt=[str(p) for p, good in zip(dataset.paths, ok) if not good])
+
+
+def load_or_encode(data: Path | None, features: Path | None, split: str | None, model: str, pretrained: str | None,
+                   device: str | None = None, batch_size: int = 64, workers: int | None = None,
+                   cache_dir: Path | None = None, progress: Progress | None = None):
+    """(FeatureSet, ImageDataset or None, image model or None): read ``features`` or encode ``data``.
+
+    Exactly one of the two is given; ``cache_dir`` None encodes without caching.
+    """
+    from kbuild.encoder import load_clip
+
+    from .datasets import load_dataset
+
+    if (data is None) == (features is None):
+        raise UsageError("Pass exactly one of --data DIR (images) or --features FILE.npz")
+    if features is not None:
+        return load_features_npz(features), None, None
+    dataset = load_dataset(data, split)
+    clip = load_clip(model, pretrained, device)
+    return encode_dataset(dataset, clip, cache_dir, batch_size, workers, progress), dataset, clip

@@ -81,7 +81,7 @@ def metrics_from_confusion(confusion: np.ndarray, class_names: list[str] | None 
     present, seen = support > 0, (support + predicted) > 0
     return Metrics(
         accuracy=float(hits.sum() / n) if n else float("nan"),
-        balanced_accuracy=float(np.nan_to_num(recall).mean()) if present.any() else float("nan"),
+        balanced_accuracy=float(recall[present].mean()) if present.any() else float("nan"),
         macro_f1=float(f1[seen].mean()) if seen.any() else float("nan"),
         per_class_recall=recall,
         confusion=m,

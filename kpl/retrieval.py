@@ -39,7 +39,10 @@ def as_matrix(values, name: str, device: str | torch.device = "cpu") -> torch.Te
     if isinstance(values, torch.Tensor):
         tensor = values.detach()
     else:
-        tensor = torch.from_numpy(np.ascontiguousarray(np.asarray(values)))
+        array = np.asarray(values)
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise KbuildError(f"{name} must hold numbers (got dtype {array.dtype})")
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
     if tensor.ndim != 2:
         raise KbuildError(f"{name} must be a 2-D (rows, dim) array, got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 0 or tensor.shape[1] == 0:
@@ -76,7 +79,7 @@ def prepare_inputs(
         )
     classes = []
     for c, emb in enumerate(class_embeddings):
-        if emb is None or np.size(emb) == 0:
+        if emb is None or (emb.numel() if isinstance(emb, torch.Tensor) else np.size(emb)) == 0:
             raise KbuildError(f"class {c} has no description embeddings; add descriptions or drop the class")
         e = as_matrix(emb, f"class_embeddings[{c}]", device)
         if e.shape[1] != x.shape[1]:

@@ -98,3 +98,48 @@ def start_chroma_server(path: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.3)
     proc.kill()
     raise RuntimeError("chroma run did not answer within 60 s")
+
+
+def start_processes(prog: str, arg_lists: list[list[str]], env: dict) -> list[subprocess.Popen]:
+    """Start several ``kbuild``/``kpl`` processes at once (for concurrency tests); see ``finish``."""
+    module = {"kbuild": "kbuild.cli", "kpl": "kpl.cli"}[prog]
+    return [subprocess.Popen([sys.executable, "-c", f"from {module} import main; main()", *map(str, args)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+            for args in arg_lists]
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[Result]:
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        results.append(Result(proc.returncode, out, err))
+    return results
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Terminate one process we started (by its pid), then kill it if it does not exit."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+def write_class_lists(path: Path, classes: int, per_class: int, prefix: str = "class") -> Path:
+    """A DCLIP-style ``{class: [text, ...]}`` file with distinct texts."""
+    data = {f"{prefix} {c}": [f"{prefix} {c} has visual trait number {i}" for i in range(per_class)]
+            for c in range(classes)}
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    return path
+
+
+def store_fingerprint(home: Path, url: str | None = None) -> dict:
+    """Every collection in a store: published snapshots with content hash and tags, and any others."""
+    from kbuild.store import SnapshotStore
+
+    store = SnapshotStore(home, url)
+    snapshots = {s.name: (s.content_hash, tuple(s.tags)) for s in store.list()}
+    collections = sorted(c.name for c in store.client.list_collections())
+    return {"snapshots": snapshots, "collections": collections}

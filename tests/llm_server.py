@@ -2,8 +2,9 @@
 
 It answers ``POST /v1/chat/completions`` like a real provider would, over real HTTP, one thread per
 connection. Replies are made up from the request: the class is the earliest of the known class
-names in the first user message, the round is the number of assistant turns already in the
-conversation, and the reply is a JSON list of ``per_reply`` distinct descriptions of that class.
+names in the first user message, ``round`` is 0 for a first request and 1 for a follow-up (one that
+carries earlier answers as an assistant turn), and the reply is a JSON list of ``per_reply``
+descriptions of that class numbered after the ones already in the conversation, so each reply is new.
 
 Faults are scripted with ``add_fault``: each matching request (by class, or any) consumes one use.
 Every request is recorded (class, round, what was served, arrival time, Authorization header), so
@@ -132,7 +133,7 @@ class FakeLLMServer:
 
     def _register(self, body: dict, auth: str) -> tuple[Call, Fault | None]:
         cls = self.class_of(body)
-        round_index = sum(1 for m in body.get("messages", []) if m.get("role") == "assistant")
+        round_index = int(any(m.get("role") == "assistant" for m in body.get("messages", [])))
         with self._lock:
             fault = next((f for f in self.faults if f.cls in (None, cls) and f.times != 0), None)
             if fault is not None and fault.times is not None:
@@ -150,8 +151,8 @@ class FakeLLMServer:
         self.held.set()
         return True
 
-    def items(self, cls: str | None, round_index: int, count: int) -> list[str]:
-        return [f"visual trait {i + 1} of {cls} (round {round_index + 1})" for i in range(count)]
+    def items(self, cls: str | None, start: int, count: int) -> list[str]:
+        return [f"visual trait {start + i + 1} of {cls}" for i in range(count)]
 
     def completion(self, call: Call, content: str) -> dict:
         body = {"id": f"chatcmpl-{call.number}", "object": "chat.completion", "created": int(time.time()),
@@ -171,12 +172,24 @@ def _content(fake: FakeLLMServer, call: Call, fault: Fault | None) -> str:
     if kind == "bad_json":
         return '["a list that never ends", "because the closing bracket is missing"'
     count = fault.items if kind == "short" else fake.per_reply
-    items = fake.items(call.class_name, 0 if kind == "repeat" else call.round, count)
+    items = fake.items(call.class_name, 0 if kind == "repeat" else _answered(call.body), count)
     if kind == "fenced":
         return "Here they are:\n```json\n" + json.dumps(items, indent=1) + "\n```"
     if kind == "numbered":
         return "\n".join(f"{i + 1}. {text}" for i, text in enumerate(items))
     return json.dumps(items)
+
+
+def _answered(body: dict) -> int:
+    """How many descriptions the conversation already holds (the assistant turns' JSON lists)."""
+    total = 0
+    for message in body.get("messages", []):
+        if message.get("role") == "assistant":
+            try:
+                total += len(json.loads(message.get("content") or "[]"))
+            except (ValueError, TypeError):
+                pass
+    return total
 
 
 class _Handler(BaseHTTPRequestHandler):

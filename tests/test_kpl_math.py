@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from kbuild.errors import KbuildError, UsageError
 from kpl import BASELINES, OT_METHODS, KPLParams, run_baseline, run_kpl, run_kpl_many
+from kpl.core import torch_threads
 from kpl.metrics import compute_metrics, confusion_matrix
 from kpl.ot import greenkhorn, sinkhorn, softmax_plan
 from kpl.proxies import fit_vision_proxies, harden_labels
@@ -32,6 +33,13 @@ def planted(n=300, d=32, c=4, m=12, seed=0, signal=0.5, spread=0.3):
     classes = [unit(centers[k] * rng.uniform(0, spread * 2, (m, 1)) + shared * 0.5 + noise(m)) for k in range(c)]
     names = unit(centers * spread + shared * 0.5 + noise(c))
     return x, labels, classes, names
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These arrays are tiny: a second thread only adds fork/join cost (and stalls on a busy machine)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +147,11 @@ def test_early_stop_matches_exact_iters(data):
         assert np.abs(early.stage(stage).proxies - exact.stage(stage).proxies).max() < 1e-5
 
 
-def _plain_loop(x, plan, init, iters):
-    """The straightforward proxy loop; returns W and each iteration's max |W_new - W|."""
-    w, step, prev, changes = init.clone(), 10.0, float("inf"), []
+def _plain_loop(x, plan, init, iters, keep_at):
+    """The straightforward proxy loop: (W after ``keep_at`` iterations, every max |W_new - W|)."""
+    w, step, prev, changes, kept = init.clone(), 10.0, float("inf"), [], None
     target = x.T @ harden_labels(plan, 0.6)
-    for _ in range(iters):
+    for it in range(iters):
         grad = x.T @ torch.softmax(x @ w / 0.04, 1) - target
         norm = torch.norm(grad)
         step = step / 2 if norm > prev else step
@@ -151,7 +159,8 @@ def _plain_loop(x, plan, init, iters):
         w_new = F.normalize(w - (step / (x.shape[0] * 0.04)) * grad, dim=0)
         changes.append(float((w_new - w).abs().max()))
         w = w_new
-    return w, changes
+        kept = w if it + 1 == keep_at else kept
+    return kept, changes
 
 
 @pytest.fixture(scope="module")
@@ -162,17 +171,20 @@ def loop_inputs(data):
     return x, torch.softmax(x @ init / 0.01, 1), init
 
 
-def test_exact_loop_equals_plain_loop(loop_inputs):
+@pytest.fixture(scope="module")
+def plain_run(loop_inputs):
+    return _plain_loop(*loop_inputs, iters=2000, keep_at=300)
+
+
+def test_exact_loop_equals_plain_loop(loop_inputs, plain_run):
     """Same op order as the straightforward loop: 300 iterations agree to float rounding."""
-    w, _ = _plain_loop(*loop_inputs, iters=300)
     fit = fit_vision_proxies(*loop_inputs, iters=300, exact_iters=True)
-    assert torch.abs(fit.proxies - w).max() < 1e-6
+    assert torch.abs(fit.proxies - plain_run[0]).max() < 1e-6
 
 
 @pytest.mark.parametrize("tol, patience", [(1e-6, 20), (1e-5, 5)])
-def test_stop_rule_is_patience_quiet_iterations(loop_inputs, tol, patience):
-    _, changes = _plain_loop(*loop_inputs, iters=2000)
-    quiet = np.convolve(np.array(changes) < tol, np.ones(patience), "valid") == patience
+def test_stop_rule_is_patience_quiet_iterations(loop_inputs, plain_run, tol, patience):
+    quiet = np.convolve(np.array(plain_run[1]) < tol, np.ones(patience), "valid") == patience
     expected = int(np.argmax(quiet)) + patience  # iterations run when the run of quiet ones completes
     fit = fit_vision_proxies(*loop_inputs, tol=tol, patience=patience)
     assert quiet.any() and fit.converged and fit.iterations == expected

@@ -363,6 +363,15 @@ def test_pairs_above_is_exact(block, dim):
     assert found == expected and len(expected) > 10
 
 
+def test_pairs_above_is_exact_when_most_pairs_are_candidates():
+    # one tight cluster: every pair passes the bound, so blocks take the row-product path
+    rng = np.random.default_rng(5)
+    x = unit_rows(np.ones((150, 24)) + rng.uniform(0.05, 0.6, (150, 1)) * rng.standard_normal((150, 24)))
+    found = {(int(i), int(j)) for a, b, _ in pairs_above(x, 0.9, block=40) for i, j in zip(a, b)}
+    expected = {(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(x @ x.T >= 0.9, k=1)))}
+    assert found == expected and 500 < len(expected) < 150 * 149 // 2
+
+
 def test_pairs_above_memory_stays_block_sized():
     x = clustered(6000, 32, seed=3)
     tracemalloc.start()

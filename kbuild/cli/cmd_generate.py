@@ -105,7 +105,6 @@ def generate(
     kb_store = open_store(store, chroma_url)
     if name is not None and any(s.name == name for s in kb_store.list()):
         raise UsageError(f"Snapshot '{name}' already exists and snapshots are immutable (choose another --name)")
-    embedder = load_embedder(kb_store, model, pretrained)
     client = ChatClient(settings.llm_model(llm_model), url, api_key, temperature=temperature, seed=seed,
                         timeout_s=timeout, policy=RetryPolicy(retries=retries, base_s=backoff))
     info(f"Asking {client.model} at {client.base_url} for {per_class} descriptions of each of "
@@ -116,6 +115,9 @@ def generate(
     _print_stats(result, client.model)
     if result.failures:
         _fail(result, len(entries))
+    # CLIP is loaded only now: its load time does not delay the first call, and should it fail,
+    # the rerun finds every call in the log and costs nothing.
+    embedder = load_embedder(kb_store, model, pretrained)
     parameters = generation_parameters(template_, options, client, classes.name)
     draft = snapshot_draft(result, embedder, template, parameters, clip_provenance(embedder, template))
     snapshot = kb_store.publish(draft, name=name)

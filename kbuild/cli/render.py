@@ -10,7 +10,7 @@ from rich.text import Text
 
 from ..diff import SnapshotDiff
 
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def _short_time(iso: str) -> str:
@@ -19,7 +19,7 @@ def _short_time(iso: str) -> str:
 
 def snapshots_table(snapshots) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("name", "tags", "op", "parent", "classes", "texts", "removed", "created", "from"):
+    for column in ("name", "tags", "op", "parent", "classes", "texts", "removed", "created", "from", "model"):
         table.add_column(column, no_wrap=column in ("name", "tags", "created"), overflow="fold")
     for s in snapshots:
         m = s.manifest
@@ -28,7 +28,7 @@ def snapshots_table(snapshots) -> Table:
         origin = ", ".join(params.get("files") or []) or params.get("llm_model") or ""
         table.add_row(s.name, ",".join(s.tags), m.get("operation", ""), parents, str(m.get("classes", "")),
                       str(m.get("total", "")), str(m.get("removed_total", 0)), _short_time(m.get("created", ""))[:16],
-                      Text(origin))
+                      Text(origin), Text(str(m.get("clip", {}).get("model_id", ""))))
     return table
 
 

@@ -187,6 +187,7 @@ class ChatClient:
         error = self.redact(f"{kind}: {_first_line(exc)}" if kind != "timeout" else
                             f"timeout after {self.timeout_s:g} s")
         if status in (401, 403, 404):
+            self.stop.set()  # before raising, so no other worker sends another doomed request
             raise FatalLLMError(self._fatal_message(status, error)) from None
         last = number >= self.policy.retries
         with self._rng_lock:

@@ -88,7 +88,7 @@ class CallStats:
 class ProgressEvent:
     """Something worth a line on stderr: a class finished or failed, a retry, a re-ask."""
 
-    kind: str  # "done" | "failed" | "retry" | "reask"
+    kind: str  # "done" | "failed" | "retry" | "reask" | "stopping"
     class_name: str
     message: str
     done: int = 0
@@ -249,8 +249,9 @@ class _Run:
                 # Ctrl-C or a fatal error: no new requests; calls in flight finish and are logged.
                 self.client.stop.set()
                 if isinstance(err, KeyboardInterrupt):
-                    self.notify(ProgressEvent("stopping", "interrupted", "letting the calls in flight finish "
-                                              "so that they are logged (Ctrl-C again to abandon them)"))
+                    self.notify(ProgressEvent("stopping", "interrupted", "waiting for the calls in flight (at "
+                                              "most the request timeout) so that they are logged; rerun the "
+                                              "same command to resume"))
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         return done, failures

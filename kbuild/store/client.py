@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import StoreUnavailable, UsageError
+from .locking import store_write_lock
 
 
 def _settings(token: str | None):
@@ -28,7 +29,10 @@ def open_embedded(home: Path):
     folder = home / "chroma"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=str(folder), settings=_settings(None))
+        # Processes opening a new store at once would race on Chroma's schema migrations
+        # ("table collections already exists"); a short lock of its own never waits on a writer.
+        with store_write_lock(home, timeout_s=120.0, lock_name=".open.lock"):
+            return chromadb.PersistentClient(path=str(folder), settings=_settings(None))
     except OSError as exc:
         raise StoreUnavailable(f"Cannot open the store at {home}: {exc.strerror or exc} (pass --store PATH)") from exc
     except Exception as exc:

@@ -15,9 +15,9 @@ from ..errors import KbuildError
 
 
 @contextlib.contextmanager
-def store_write_lock(home: Path, timeout_s: float = 600.0) -> Iterator[None]:
+def store_write_lock(home: Path, timeout_s: float = 600.0, lock_name: str = ".write.lock") -> Iterator[None]:
     home.mkdir(parents=True, exist_ok=True)
-    with open(home / ".write.lock", "a+") as handle:
+    with open(home / lock_name, "a+") as handle:
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -7,6 +7,7 @@ paths. Names starting with ``kbuild-`` are reserved for the store's own collecti
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from ..errors import UsageError
@@ -30,9 +31,19 @@ def _check(value: str, kind: str) -> str:
         raise UsageError(f"'{value}' looks like a path, not a {kind} name ({_RULE})")
     if not _NAME.match(value):
         raise UsageError(f"'{value}' is not a valid {kind} name ({_RULE})")
+    if _is_ip_address(value):  # Chroma refuses collection names that parse as an IP address
+        raise UsageError(f"'{value}' reads as an IP address, which is not a valid {kind} name (add a letter)")
     if value.startswith(INTERNAL_PREFIX):
         raise UsageError(f"'{value}' is reserved: {kind} names may not start with '{INTERNAL_PREFIX}'")
     return value
+
+
+def _is_ip_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
 
 
 def validate_snapshot_name(name: str) -> str:

@@ -30,6 +30,11 @@ from .manifest import SnapshotDraft, build_manifest
 from .records import REMOVED, RemovedRecord, kept_metadata, removed_metadata, to_description, to_removed
 
 _PAGE = 5000
+# "ip", not "cosine": Chroma re-normalises vectors stored in a cosine space, so they would not
+# read back bit-identical; ours are unit rows already, where inner product is cosine similarity.
+# kbuild never queries the HNSW index (it reads whole snapshots), so a light graph keeps the
+# 50 000-description write well under 30 s (Chroma's default M 16 / ef 100 costs ~2x and grows with size).
+_COLLECTION_CONFIG = {"hnsw": {"space": "ip", "ef_construction": 32, "max_neighbors": 8}}
 
 
 @dataclass
@@ -189,22 +194,35 @@ class SnapshotStore:
             parents = [existing[p] if p in existing else self.resolve(p) for p in draft.parents]
             manifest = build_manifest(draft, parents)
             pending = self._write_pending(draft, manifest)
-            final = self._claim_name(pending, name, existing)
+            try:
+                final = self._claim_name(pending, name, existing)
+            except Exception:
+                self._drop_pending(pending.name)  # an error (not a crash) leaves nothing for gc
+                raise
         return SnapshotInfo(final, manifest)
+
+    def _drop_pending(self, pending_name: str) -> None:
+        with contextlib.suppress(Exception):  # best effort: 'kbuild gc' removes what this cannot
+            if self._exists(pending_name):
+                self.client.delete_collection(pending_name)
 
     def _write_pending(self, draft: SnapshotDraft, manifest: dict) -> Any:
         pending_name = f"{names.PENDING_PREFIX}{int(time.time())}-{uuid.uuid4().hex[:12]}"
         collection = self.client.create_collection(
-            pending_name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}},
+            pending_name, embedding_function=None, configuration=_COLLECTION_CONFIG,
             metadata={"kbuild_kind": "snapshot", "kbuild_manifest": json.dumps(manifest, ensure_ascii=False)})
         ids, docs, metas, vectors = _records(draft)
         batch = max(1, min(self.client.get_max_batch_size(), 5000))
-        for start in range(0, len(ids), batch):
-            end = start + batch
-            collection.add(ids=ids[start:end], documents=docs[start:end],
-                           metadatas=metas[start:end], embeddings=vectors[start:end])
+        try:
+            for start in range(0, len(ids), batch):
+                end = start + batch
+                collection.add(ids=ids[start:end], documents=docs[start:end],
+                               metadatas=metas[start:end], embeddings=vectors[start:end])
+        except Exception:
+            self._drop_pending(pending_name)
+            raise
         if collection.count() != len(ids):
-            self.client.delete_collection(pending_name)
+            self._drop_pending(pending_name)
             raise KbuildError(f"Write to {self.location} incomplete ({collection.count()} of {len(ids)} records); "
                               "nothing was published, try again")
         return collection

@@ -1,0 +1,57 @@
+"""``kbuild serve``: browse, compare and review snapshots in a local web app."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UsageError
+from .app import app
+from .context import info, open_store
+from .options import ChromaUrlOpt, ModelOpt, PretrainedOpt, StoreOpt
+
+
+def _stop_on_sigterm() -> None:
+    # A service manager (or a test) stops us with SIGTERM: leave the same clean way as Ctrl-C.
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+@app.command(epilog="Examples: kbuild serve | kbuild serve --port 9000 --results results/ | "
+                    "kbuild serve --chroma-url http://127.0.0.1:8000")
+def serve(
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8765,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback exposes the store to the network.")] = "127.0.0.1",
+    results: Annotated[Optional[Path], typer.Option("--results", help="Folder of 'kpl eval --out' results whose report.html files to list.")] = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    store: StoreOpt = None,
+    chroma_url: ChromaUrlOpt = None,
+) -> None:
+    """Browse, compare and review snapshots in a local web app; a saved review becomes a new snapshot."""
+    from ..serve import ServeOptions, is_loopback, open_server
+
+    if results is not None and not results.is_dir():
+        raise UsageError(f"--results {results}: not a folder (point it at a 'kpl eval --out' folder)")
+    kb_store = open_store(store, chroma_url)
+    # --model/--pretrained only matter for edited or added texts; by default they use each snapshot's model.
+    server = open_server(kb_store, host, port, ServeOptions(results, model, pretrained))
+    if not is_loopback(host):
+        info(f"warning: listening on {host}: anyone who can reach this address can read the store "
+             "(reviews still need the token)")
+    print(f"kbuild serve: {server.url}?token={server.token}  (store {kb_store.location}; Ctrl-C to stop)", flush=True)
+    _stop_on_sigterm()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()  # waits for requests in flight, so a save under way still lands
+    info("kbuild serve: stopped")

@@ -1,0 +1,21 @@
+"""``kbuild serve``: a local web app to browse, compare and review snapshots of one store.
+
+Standard library HTTP only (``http.server``), hand-written assets under ``static/`` (no build step,
+nothing fetched from elsewhere), and the same store API as the CLI for everything it reads or writes.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from ..store import SnapshotStore
+from .server import KbuildHTTPServer, is_loopback, make_server
+from .service import ReviewService, ServeOptions
+
+__all__ = ["KbuildHTTPServer", "ReviewService", "ServeOptions", "is_loopback", "open_server"]
+
+
+def open_server(store: SnapshotStore, host: str, port: int, options: ServeOptions | None = None,
+                token: str | None = None) -> KbuildHTTPServer:
+    """A bound (not yet serving) server over ``store``; ``server.url`` and ``server.token`` say how to reach it."""
+    return make_server(ReviewService(store, options), host, port, token or secrets.token_urlsafe(24))

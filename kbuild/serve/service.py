@@ -1,0 +1,145 @@
+"""What the web app can do, as plain methods returning JSON-ready objects (no HTTP in here).
+
+Browsing reads snapshots without embeddings and keeps a few in memory (snapshots are immutable, so a
+cached read never goes stale). Comparing calls ``kbuild diff``'s own ``diff_snapshots``. Reviewing keeps
+decisions in a server-side draft and saving publishes a child snapshot through ``review_snapshot``:
+the same store API and atomic publish as every CLI command.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..descriptions import normalise_text
+from ..diff import diff_snapshots
+from ..errors import UsageError
+from ..review import MAX_NAME, Decision, ReviewError, check_decision, review_snapshot, stamp
+from ..store import KnowledgeBase, SnapshotStore, validate_snapshot_name
+from .drafts import FOLDER, DraftStore, drop_decision, put_decision
+from .results import find_reports, report_file
+
+_CACHED_SNAPSHOTS = 8
+
+
+@dataclass
+class ServeOptions:
+    """Choices made when the server starts: the results folder and the CLIP override for edits."""
+
+    results: Path | None = None
+    model: str | None = None
+    pretrained: str | None = None
+
+
+class ReviewService:
+    def __init__(self, store: SnapshotStore, options: ServeOptions | None = None):
+        self.store = store
+        self.options = options or ServeOptions()
+        self.drafts = DraftStore(store.home / FOLDER)
+        self._cache: OrderedDict[str, KnowledgeBase] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ---- browsing ------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        return {"store": self.store.location, "mode": self.store.mode, "kbuild_version": __version__,
+                "reports": self.options.results is not None}
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """Every snapshot, oldest first, with what the lineage view shows (parents, operation, counts)."""
+        out = []
+        for s in self.store.list():
+            m = s.manifest
+            out.append({"name": s.name, "tags": s.tags, "operation": m.get("operation", ""),
+                        "parents": [p.get("name") for p in m.get("parents", [])], "created": m.get("created", ""),
+                        "classes": m.get("classes", 0), "total": m.get("total", 0),
+                        "removed_total": m.get("removed_total", 0), "parameters": m.get("parameters", {})})
+        return out
+
+    def _read(self, reference: str) -> KnowledgeBase:
+        name = self.store.resolve(reference).name
+        with self._lock:
+            if name in self._cache:
+                self._cache.move_to_end(name)
+                return self._cache[name]
+        kb = self.store.read(name, embeddings=False)
+        with self._lock:
+            self._cache[name] = kb
+            while len(self._cache) > _CACHED_SNAPSHOTS:
+                self._cache.popitem(last=False)
+        return kb
+
+    def snapshot(self, reference: str) -> dict[str, Any]:
+        kb = self._read(reference)
+        return {**kb.info.to_json(), "descriptions": [d.to_json() for d in kb.descriptions],
+                "removed": [r.to_json() for r in kb.removed]}
+
+    def compare(self, old: str, new: str, threshold: float = 0.9) -> dict[str, Any]:
+        """``kbuild diff OLD NEW --json`` plus its summary line; ``empty`` when nothing differs."""
+        result = diff_snapshots(self.store.read(old), self.store.read(new), threshold)
+        return {"old": result.old, "new": result.new, "empty": result.empty, "summary_line": result.summary(),
+                "diff": result.to_json()}
+
+    # ---- reviewing -----------------------------------------------------------------------
+    def _target(self, payload: dict[str, Any]) -> tuple[str, str]:
+        snapshot = payload.get("snapshot")
+        reviewer = normalise_text(payload.get("reviewer") or "") if isinstance(payload.get("reviewer"), str) else ""
+        if not isinstance(snapshot, str) or not snapshot:
+            raise UsageError("Name the snapshot under review ('snapshot')")
+        if not reviewer or len(reviewer) > MAX_NAME:
+            raise UsageError(f"Enter a reviewer name (1-{MAX_NAME} characters) before reviewing")
+        # Drafts belong to a concrete snapshot, never to 'latest', which moves when someone saves.
+        return self.store.resolve(snapshot).name, reviewer
+
+    def draft(self, payload: dict[str, Any]) -> dict[str, Any]:
+        snapshot, reviewer = self._target(payload)
+        return self.drafts.get(snapshot, reviewer)
+
+    def decide(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Add or replace one decision in the reviewer's draft (checked against the snapshot first)."""
+        snapshot, reviewer = self._target(payload)
+        decision = check_decision(self._read(snapshot), stamp(payload.get("decision") or {}, reviewer))
+        with self.drafts.change(snapshot, reviewer, payload.get("version")) as draft:
+            put_decision(draft, decision.key, decision.to_json())
+            draft["saved_as"] = None
+        return self.drafts.get(snapshot, reviewer)
+
+    def undo(self, payload: dict[str, Any]) -> dict[str, Any]:
+        snapshot, reviewer = self._target(payload)
+        key = payload.get("key")
+        with self.drafts.change(snapshot, reviewer, payload.get("version")) as draft:
+            if not isinstance(key, str) or not drop_decision(draft, key):
+                raise ReviewError("That decision is not in the draft (reload the page)")
+        return self.drafts.get(snapshot, reviewer)
+
+    def discard(self, payload: dict[str, Any]) -> dict[str, Any]:
+        snapshot, reviewer = self._target(payload)
+        with self.drafts.change(snapshot, reviewer, payload.get("version")) as draft:
+            draft["decisions"] = []
+        return self.drafts.get(snapshot, reviewer)
+
+    def save(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Publish the draft as a child snapshot; the draft becomes a tombstone naming it."""
+        snapshot, reviewer = self._target(payload)
+        name = payload.get("name") or None
+        if name is not None:
+            validate_snapshot_name(name if isinstance(name, str) else "")
+        with self.drafts.change(snapshot, reviewer, payload.get("version")) as draft:
+            decisions = [Decision.from_json(d) for d in draft["decisions"]]
+            info = review_snapshot(self.store, snapshot, decisions, self.options.model,
+                                   self.options.pretrained, name=name)
+            draft.update(decisions=[], saved_as=info.name)
+        return {"snapshot": info.name, "parent": snapshot, "content_hash": info.content_hash,
+                "draft": self.drafts.get(snapshot, reviewer)}
+
+    # ---- reports -------------------------------------------------------------------------
+    def reports(self) -> list[dict[str, Any]]:
+        return find_reports(self.options.results) if self.options.results else []
+
+    def report(self, relative: str) -> Path:
+        if self.options.results is None:
+            raise UsageError("No results folder: start with 'kbuild serve --results DIR'")
+        return report_file(self.options.results, relative)
