@@ -142,6 +142,7 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=1, help="repeats of run_kpl (best time is kept)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
+    ap.add_argument("--exact", action="store_true", help="also time run_kpl with exact_iters (no early stop)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,6 +161,10 @@ def main(argv=None):
         ("reference (2000 iters)", t_ref, "2000+2000", 1.0, "-"),
         ("run_kpl (early stop)", t_kpl, f"{res.image.iterations}+{res.image_ot.iterations}", t_ref / t_kpl, f"{diff:.2e}"),
     ]
+    if args.exact:
+        t_exact, exact = timed(lambda: run_kpl(x, classes, k=args.k, num_threads=threads, exact_iters=True), 1)
+        exact_diff = max(float(np.abs(ref[s].numpy() - exact.stage(s).proxies).max()) for s in exact.stages)
+        rows.append(("run_kpl --exact-iters", t_exact, "2000+2000", t_ref / t_exact, f"{exact_diff:.2e}"))
     print(f"{'method':<24} {'seconds':>8} {'iterations':>11} {'speedup':>8} {'max proxy diff':>15}")
     for name, secs, iters, speed, d_ in rows:
         print(f"{name:<24} {secs:>8.2f} {iters:>11} {speed:>7.1f}x {d_:>15}")

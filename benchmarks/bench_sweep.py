@@ -11,7 +11,7 @@ the image folder scanned, encoded through the DataLoader and the feature cache, 
   with the kpl method at one k).
 
 The model is a tiny random-weight CLIP (32 px input), so the images' JPEG decoding and resizing
-is a realistic share of the encode; the images are 256 x 256 JPEGs.
+is a realistic share of the encode; the images are 500 x 375 JPEGs.
 
     python benchmarks/bench_sweep.py                 # 300 images, 5 classes, 40 descriptions each
     python benchmarks/bench_sweep.py --images 120    # quicker
@@ -48,7 +48,8 @@ TINY = {"embed_dim": 64,
 PARTS = ["stripes", "spots", "a long tail", "fur", "scales", "feathers", "a beak", "claws", "whiskers", "fins"]
 
 
-def make_images(root: Path, classes: int, images: int, size: int = 256) -> None:
+def make_images(root: Path, classes: int, images: int) -> None:
+    """500 x 375 JPEGs (a typical photo size), class c tinted its own colour."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -57,7 +58,7 @@ def make_images(root: Path, classes: int, images: int, size: int = 256) -> None:
         folder = root / f"class_{c}"
         folder.mkdir(parents=True, exist_ok=True)
         base = np.array([40 + 40 * c, 200 - 30 * c, 90 + 25 * c]) % 256
-        pixels = np.clip(base + rng.normal(0, 50, (size, size, 3)), 0, 255).astype(np.uint8)
+        pixels = np.clip(base + rng.normal(0, 30, (375, 500, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"{i:05d}.jpg", quality=90)
 
 
@@ -112,7 +113,7 @@ def main() -> None:
 
     total = sum(separate)
     print(f"\nk sweep ({len(KS)} values: {','.join(map(str, KS))}) on {args.images} images "
-          f"(256 px JPEG), {args.classes} classes x {args.descriptions} descriptions, tiny CLIP, "
+          f"(500x375 JPEG), {args.classes} classes x {args.descriptions} descriptions, tiny CLIP, "
           f"{os.cpu_count()} CPU cores\n")
     print(f"| {'run':<44} | {'seconds':>8} | {'speed-up':>8} |")
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 10}|")

@@ -183,6 +183,9 @@ def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndar
     """
     params = (params or PruneParams()).validate()
     _check_template(template)
+    if params.needs_references() and params.margin_reference == "name" and name_embeddings is None:
+        raise UsageError("--margin-reference name needs class-name embeddings; pass them, "
+                         "or use --margin-reference centroid")
     run = _Run(params)
     items = canonical_items(descriptions)
     items = run.text_stage("sanitise", sanitise, items, params.min_chars)
@@ -225,7 +228,6 @@ def _vector_stages(items: list[Item], x: np.ndarray, params: PruneParams,
     items, x = [pool[i] for i in np.flatnonzero(alive)], None
     if (params.min_margin is not None or params.max_per_class is not None) and items:
         x = pool_x[alive]  # a compact copy only when a later stage needs the rows
-    del pool_x
     if params.min_margin is None:
         run.skipped["margin"] = "min_margin is None"
     elif items:
@@ -277,14 +279,12 @@ def _name_matrix(classes: list[str], names: dict[str, np.ndarray] | None, dim: i
     """(C, D) unit name embeddings in ``classes`` order, when a stage needs them, else None."""
     if not params.needs_references() or params.margin_reference != "name":
         return None
-    if names is None:
-        raise UsageError("--margin-reference name needs class-name embeddings; pass them, "
-                         "or use --margin-reference centroid")
     missing = [c for c in classes if c not in names]
     if missing:
         raise KbuildError(f"no name embedding for {len(missing)} classes (first: {missing[0]!r}); "
                           "embed every class name")
-    matrix = np.stack([np.asarray(names[c], dtype=np.float32).reshape(-1) for c in classes])
+    matrix = _checked_matrix(np.stack([np.asarray(names[c], dtype=np.float32).reshape(-1) for c in classes]),
+                             len(classes), "name_embeddings")
     if matrix.shape[1] != dim:
         raise KbuildError(f"name embeddings have dimension {matrix.shape[1]}, text embeddings {dim}; "
                           "use the same CLIP model for both")

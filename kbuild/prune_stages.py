@@ -80,8 +80,7 @@ def class_fit(x: np.ndarray, labels: np.ndarray, n_classes: int, names: np.ndarr
     if names is not None:
         refs, norms, counts = names, np.ones(n_classes, dtype=np.float32), None
     else:
-        refs = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
-        np.add.at(refs, labels, x)
+        refs = _class_sums(x, labels, n_classes)
         norms = np.maximum(np.linalg.norm(refs, axis=1), 1e-12).astype(np.float32)
         counts = np.bincount(labels, minlength=n_classes)
     own, other, other_class = (np.empty(len(x), dtype=np.float32), np.empty(len(x), dtype=np.float32),
@@ -95,6 +94,18 @@ def class_fit(x: np.ndarray, labels: np.ndarray, n_classes: int, names: np.ndarr
         other_class[rows] = g.argmax(axis=1)
         other[rows] = g[np.arange(len(lab)), other_class[rows]]
     return own, other, other_class
+
+
+def _class_sums(x: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, D) sum of each class's rows of (n, D) x (zero for a class without rows)."""
+    if np.any(np.diff(labels) < 0):  # reduceat needs each class's rows together
+        order = np.argsort(labels, kind="stable")
+        x, labels = x[order], labels[order]
+    sums = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
+    if len(labels):
+        present, starts = np.unique(labels, return_index=True)
+        sums[present] = np.add.reduceat(x, starts, axis=0)
+    return sums
 
 
 def _own_fit(g: np.ndarray, lab: np.ndarray, norms: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
@@ -226,7 +237,7 @@ def _keep_best(pool, x, alive, classes, labels, exact_other, best_sim, best_part
 
 def _components(n: int, links: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """(n,) connected-component label of each node (the smallest node index in it)."""
-    parent = np.arange(n)
+    parent = list(range(n))
 
     def root(a: int) -> int:
         while parent[a] != a:

@@ -59,7 +59,7 @@ def canonical_items(descriptions: list[Description]) -> list[Item]:
 
 def _sort_key(item: Item):
     d = item.original
-    extra = json.dumps(d.extra, sort_keys=True, ensure_ascii=False, default=str)
+    extra = json.dumps(d.extra, sort_keys=True, ensure_ascii=False, default=str) if d.extra else ""
     # Among copies of one text the already-clean one comes first, so exact dedup keeps it; the
     # row comes last: it only separates descriptions that are identical in every field.
     return (d.class_name, item.text, d.text != item.text, d.text, d.source, d.created, extra, item.row)

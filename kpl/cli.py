@@ -247,10 +247,10 @@ def compare(
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
                      cache_dir, no_cache, store, chroma_url)
     result = run_compare(_open(inputs, list(kb)), params, chosen)
+    _emit(result.to_json(), json_out, compare_table(result), "compare", out, write_compare_outputs, result)
     if not json_out:
         for diff in result.diffs:
-            _info(f"{diff['old']} -> {diff['new']}: {diff['summary']}")
-    _emit(result.to_json(), json_out, compare_table(result), "compare", out, write_compare_outputs, result)
+            console.print(f"{diff['old']} -> {diff['new']}: {diff['summary']}", markup=False)
 
 
 @app.command(epilog="Example: kpl embed --data derm/ --split val --export derm_val.npz")

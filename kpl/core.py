@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from kbuild.errors import UsageError
-from kpl.ot import OT_METHODS, get_ot_method
+from kpl.ot import get_ot_method
 from kpl.proxies import fit_vision_proxies
 from kpl.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies
 
@@ -177,7 +177,7 @@ def _fit(x, plan, init, p: KPLParams):
 def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams):
     """(text, image, image_ot, plan) for one set of text proxies."""
     logits = x @ w_text
-    soft = torch.softmax(logits / p.tau_i, dim=1)
+    soft = torch.softmax(logits / p.tau_t, dim=1)
     plan = get_ot_method(p.ot)(logits, p.tau_t, iters=p.ot_iters, gamma=p.gamma)
     image, image_ot = _fit(x, soft, w_text, p), _fit(x, plan, w_text, p)
     return (
@@ -263,4 +263,4 @@ def _run_many(x, classes, ks, base: KPLParams) -> dict[int, KPLResult]:
     return results
 
 
-__all__ = ["KPLParams", "KPLResult", "StageResult", "run_kpl", "run_kpl_many", "OT_METHODS", "torch_threads"]
+__all__ = ["KPLParams", "KPLResult", "StageResult", "run_kpl", "run_kpl_many", "torch_threads"]

@@ -47,6 +47,7 @@ Log = Callable[[str], None]
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
+
 @dataclass
 class Inputs:
     """What to evaluate on: exactly one of ``data`` (images) and ``features`` (.npz), plus how."""
@@ -86,8 +87,8 @@ class Session:
             self.log(message)
 
 
-def load_image_features(inputs: Inputs, progress: Progress | None = None) -> tuple[FeatureSet, ImageDataset | None, Any]:
-    """(features, dataset or None, image model or None) from ``--features`` or ``--data``."""
+def load_image_features(inputs: Inputs, progress: Progress | None = None):
+    """(FeatureSet, ImageDataset or None, image model or None) from ``--features`` or ``--data``."""
     cache_dir = (inputs.cache_dir or settings.kpl_feature_cache(None, inputs.store)) if inputs.use_cache else None
     return load_or_encode(inputs.data, inputs.features, inputs.split, settings.clip_model(inputs.model),
                           settings.clip_pretrained(inputs.pretrained), inputs.device, inputs.batch_size,
@@ -95,16 +96,14 @@ def load_image_features(inputs: Inputs, progress: Progress | None = None) -> tup
 
 
 def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progress: Progress | None = None) -> Session:
-    """Read the snapshots (failing fast on a bad name), then load or encode the image features."""
+    """Read the snapshots first (a bad name fails before any image is encoded), then the image features."""
     store = SnapshotStore.open(inputs.store, inputs.chroma_url)
-    for ref in kb_refs:
-        store.resolve(ref)
     kbs = [store.read(ref) for ref in kb_refs]
     features, dataset, clip = load_image_features(inputs, progress)
     session = Session(inputs, store, kbs, features, dataset, clip, log=log)
     if dataset is not None and dataset.skipped:
-        counts = ", ".join(f"{len(files)} {reason.replace('_', ' ')}" for reason, files in sorted(dataset.skipped.items()))
-        session.note(f"skipped files: {counts}")
+        counts = (f"{len(files)} {reason.replace('_', ' ')}" for reason, files in sorted(dataset.skipped.items()))
+        session.note(f"skipped files: {', '.join(counts)}")
     if features.corrupt:
         session.note(f"skipped {len(features.corrupt)} corrupt image(s), e.g. {features.corrupt[0]}")
     return session
@@ -186,7 +185,7 @@ def _description_embeddings(session: Session, kb: KnowledgeBase, kb_classes: lis
     if clip is None:
         raise KbuildError(f"{kb.info.name} was embedded with {kb_clip.get('model_id')} but the image features "
                           f"come from {model_id}; pass --model/--pretrained for {model_id} to re-embed its "
-                          f"descriptions ({'; '.join(problems)})")
+                          f"descriptions ({'; '.join(dict.fromkeys(problems))})")
     rows = kb.rows_by_class()
     embedder = _embedder(session, clip)
     embeddings = [embedder.embed_descriptions([kb.descriptions[i] for i in rows[c]], template) for c in kb_classes]
@@ -308,7 +307,8 @@ class EvalResult:
                          "descriptions": len(kb.descriptions)},
             "model": {"image_features": fs.model_id, "descriptions": self.knowledge.text_source,
                       "template": self.knowledge.template, "name_template": NAME_TEMPLATE},
-            "dataset": self.session.dataset.describe() if self.session.dataset else None,
+            "dataset": (self.session.dataset.describe() if self.session.dataset
+                        else {**fs.source, "classes": fs.class_names}),
             "features": fs.describe(),
             "skipped_files": {**(self.session.dataset.describe()["skipped"] if self.session.dataset else {}),
                               "corrupt": len(fs.corrupt)},

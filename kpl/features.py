@@ -233,10 +233,12 @@ def _placeholder(preprocess):
 
 
 def default_workers(count: int, batch_size: int) -> int:
-    """No worker processes for a batch or two (their start-up costs more); else up to 8, one per core."""
+    """Worker processes for decoding: none for a batch or two (start-up costs more than it saves),
+    else one per core but one, up to 8: the main process needs a core for the model's forward,
+    and on a 2-core machine two workers measurably slow the encode down (benchmarks/bench_loader.py)."""
     if count <= 2 * batch_size:
         return 0
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, (os.cpu_count() or 1) - 1))
 
 
 def make_loader(paths: list[Path], preprocess, batch_size: int, workers: int, pin_memory: bool = False):

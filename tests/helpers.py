@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import socket
@@ -143,3 +145,15 @@ def store_fingerprint(home: Path, url: str | None = None) -> dict:
     snapshots = {s.name: (s.content_hash, tuple(s.tags)) for s in store.list()}
     collections = sorted(c.name for c in store.client.list_collections())
     return {"snapshots": snapshots, "collections": collections}
+
+
+def run_kbuild(*args) -> Result:
+    """Run ``kbuild`` in-process through the real error boundary, without pytest's capsys
+    (usable from module-scoped fixtures)."""
+    from kbuild.cli.app import _register_commands, app, run_with_boundary
+
+    _register_commands()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_with_boundary(app, "kbuild", [str(a) for a in args])
+    return Result(code, out.getvalue(), err.getvalue())

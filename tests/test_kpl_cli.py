@@ -17,7 +17,7 @@ from test_kpl_features import make_image_folder
 
 FAST = ("--iters", "300")  # the proxy loops stop early on real data; random features need a cap
 KB = {
-    "bird": ["feathers", "a pointed beak", "wings folded at its sides"],
+    "bird": ["feathers", "a pointed beak", "a <b>bright</b> & colourful plume"],
     "cat": ["whiskers", "pointy ears", "a long tail", "soft fur"],
     "dog": ["floppy ears", "a wagging tail", "a wet nose"],
     "fish": ["fins", "scales"],
@@ -70,7 +70,8 @@ def test_eval_outputs_are_self_describing_and_cached(kpl, setup, tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 18 and rows[0]["label"] == "bird" and rows[0]["kpl.image_ot"] in {"bird", "cat", "dog"}
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
-    assert "<table>" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "<table>" in page and "a &lt;b&gt;bright&lt;/b&gt; &amp; colourful plume" in page and "<b>bright" not in page
 
     second = kpl("eval", "--kb", "v1", "--data", setup, "--json", *FAST)
     assert second.code == 0, second.err
@@ -97,7 +98,7 @@ def test_compare_side_by_side_with_diff(kpl, kbuild, setup, tmp_path):
     table = kpl("compare", "--kb", "v1", "--kb", "v2", "--data", setup, "--methods", "cupl,kpl", *FAST)
     assert table.code == 0, table.err
     assert "snapshot_v1 top-1" in table.out and "snapshot_v2 top-1" in table.out
-    assert "snapshot_v1 -> snapshot_v2: classes: 0 added, 0 removed, 1 modified" in table.err
+    assert "snapshot_v1 -> snapshot_v2: classes: 0 added, 0 removed, 1 modified" in table.out
     result = kpl("compare", "--kb", "v1", "--kb", "v2", "--data", setup, "--methods", "cupl", "--json",
                  "--out", tmp_path / "cmp")
     payload = result.json()
@@ -118,6 +119,25 @@ def test_embed_export_then_eval_features(kpl, setup, tmp_path):
     payload = result.json()
     assert payload["features"]["kind"] == "features" and payload["model"]["descriptions"].startswith("stored")
     assert "clip" in payload["results"] and "inmap" in payload["results"]
+
+
+def test_features_from_another_model(kpl, kbuild, setup, tmp_path):
+    """Snapshot embedded by model B, images encoded by model A: descriptions are re-embedded with A."""
+    from helpers import build_tiny_clip_dir
+
+    other = f"local-dir:{build_tiny_clip_dir(tmp_path / 'other_clip', seed=1)}"
+    assert kbuild("load", tmp_path / "kb.json", "--model", other, "--name", "by_b").code == 0
+    on_images = kpl("eval", "--kb", "by_b", "--data", setup, "--methods", "cupl", "--json")
+    assert on_images.code == 0, on_images.err
+    assert on_images.json()["model"]["descriptions"].startswith("re-embedded (local-dir:tiny_clip")
+    assert "by_b was embedded with local-dir:other_clip" in on_images.err
+    npz = tmp_path / "a.npz"
+    assert kpl("embed", "--data", setup, "--export", npz).code == 0  # carries model A's id
+    one_error_line(kpl("eval", "--kb", "by_b", "--features", npz, "--model", other, "--methods", "cupl"), 1,
+                   "by_b was embedded with local-dir:other_clip", "pass --model/--pretrained for local-dir:tiny_clip")
+    fixed = kpl("eval", "--kb", "by_b", "--features", npz, "--methods", "cupl,clip", "--json")  # env: model A
+    assert fixed.code == 0, fixed.err
+    assert fixed.json()["model"]["descriptions"].startswith("re-embedded") and "clip" in fixed.json()["results"]
 
 
 def test_other_template_re_embeds(kpl, setup):

@@ -17,6 +17,7 @@ from kpl.core import torch_threads
 from kpl.metrics import compute_metrics, confusion_matrix
 from kpl.ot import greenkhorn, sinkhorn, softmax_plan
 from kpl.proxies import fit_vision_proxies, harden_labels
+from kpl.retrieval import as_matrix
 
 
 def unit(a: np.ndarray) -> np.ndarray:
@@ -69,6 +70,15 @@ def test_k_larger_than_class_uses_all_rows(data):
     assert all(len(s) == 8 for s in result.selected[1:])
     cupl = run_baseline("cupl", x, class_embeddings=short)
     np.testing.assert_allclose(result.text.proxies[:, 0], cupl.proxies[:, 0], atol=1e-6)
+
+
+def test_unit_rows_kept_bitwise_and_others_renormalised():
+    rows = unit(np.random.default_rng(5).standard_normal((6, 8)))
+    assert torch.equal(as_matrix(rows, "x"), torch.from_numpy(rows))  # renormalising would add rounding
+    half = rows.astype(np.float16).astype(np.float32)  # float16 storage: norms off by ~1e-4
+    fixed = as_matrix(half, "x")
+    assert float((fixed.norm(dim=1) - 1).abs().max()) < 1e-6
+    torch.testing.assert_close(fixed, F.normalize(torch.from_numpy(half), dim=1), rtol=0, atol=0)
 
 
 def test_text_stage_predicts_argmax(data):

@@ -201,7 +201,7 @@ def reference_mmr(x: np.ndarray, n: int, weight: float = 0.5) -> list[int]:
 
 def test_max_per_class_picks_for_diversity_not_order():
     # "a ..." texts sort first and are near copies; the "z ..." texts are spread out.
-    cluster = [unit(AXIS["alpha"] + 0.3 * e(0) + 0.02 * e(1 + i)) for i in range(3)]
+    cluster = [unit(AXIS["alpha"] + 0.3 * e(0) + w * e(1 + i)) for i, w in enumerate((0.03, 0.02, 0.04))]
     spread = [unit(AXIS["alpha"] + w * e(5 + i)) for i, w in enumerate((0.7, 0.8, 0.9))]
     texts = ["a copy 0", "a copy 1", "a copy 2", "z spread 0", "z spread 1", "z spread 2"]
     x = np.stack(cluster + spread).astype(np.float32)

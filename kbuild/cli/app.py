@@ -24,7 +24,7 @@ app = typer.Typer(
 def _register_commands() -> None:
     # Imported for their side effect of adding commands to ``app``.
     from . import cmd_inspect, cmd_load  # noqa: F401
-    for optional in ("cmd_prune", "cmd_generate", "cmd_serve"):
+    for optional in ("cmd_prune", "cmd_merge", "cmd_generate", "cmd_serve"):
         try:
             __import__(f"{__package__}.{optional}")
         except ModuleNotFoundError as exc:

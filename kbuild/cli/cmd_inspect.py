@@ -65,7 +65,7 @@ def show(
 @app.command(epilog="Examples: kbuild diff v1 v2 | kbuild diff latest (against its parent) | kbuild diff v1 v2 --json")
 def diff(
     old: SnapArg,
-    new: Annotated[Optional[str], typer.Argument(help="Second snapshot [default: compare OLD with its parent].")] = None,
+    new: Annotated[Optional[str], typer.Argument(help="Second snapshot \\[default: compare OLD with its parent].")] = None,
     reword_threshold: Annotated[float, typer.Option("--reword-threshold", min=-1.0, max=1.0,
                                                     help="CLIP similarity from which a removed+added pair is a rewording.")] = 0.9,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,

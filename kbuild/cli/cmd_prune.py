@@ -29,13 +29,13 @@ def _prune_table(result) -> Table:
     return table
 
 
-def _embedder_for(kb_store, snapshot: str, model: str | None, pretrained: str | None):
-    """The snapshot's own CLIP model unless --model/--pretrained (or the environment) say otherwise."""
+def snapshot_embedder(kb_store, clip: dict, model: str | None, pretrained: str | None):
+    """A snapshot's own CLIP model (``clip`` from its manifest) unless --model/--pretrained or the
+    environment name another."""
     from .. import settings
     from ..embedding import TextEmbedder
     from ..encoder import load_clip
 
-    clip = kb_store.resolve(snapshot).manifest.get("clip", {})
     chosen = settings.clip_override(model, pretrained) or (clip.get("model"), clip.get("pretrained"))
     return TextEmbedder(load_clip(*chosen), kb_store.home / "cache" / "text_embeddings.sqlite")
 
@@ -50,10 +50,10 @@ def prune(
     dedup_threshold: Annotated[float, typer.Option("--dedup-threshold", **_SIM, help="Near-duplicate cosine within a class.")] = 0.95,
     cross_class: Annotated[str, typer.Option("--cross-class", help="drop | best | off for texts shared by classes.")] = PruneParams.cross_class,
     cross_class_threshold: Annotated[float, typer.Option("--cross-class-threshold", **_SIM, help="Cosine that counts as shared.")] = 0.98,
-    min_margin: Annotated[Optional[float], typer.Option("--min-margin", **_SIM, help="Drop texts closer to another class by more than this [default: off].")] = None,
+    min_margin: Annotated[Optional[float], typer.Option("--min-margin", **_SIM, help="Drop texts closer to another class by more than this \\[default: off].")] = None,
     margin_reference: Annotated[str, typer.Option("--margin-reference", help="name | centroid.")] = PruneParams.margin_reference,
     max_per_class: Annotated[Optional[int], typer.Option("--max-per-class", min=1, help="Keep at most N per class, chosen for coverage and diversity.")] = None,
-    similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="sentence-transformers model (folder or id) for paraphrase similarity [default: the snapshot's CLIP].")] = None,
+    similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="sentence-transformers model (folder or id) for paraphrase similarity \\[default: the snapshot's CLIP].")] = None,
     name: NameOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -67,7 +67,7 @@ def prune(
                          cross_class_threshold=cross_class_threshold, min_margin=min_margin,
                          margin_reference=margin_reference, max_per_class=max_per_class).validate()
     kb_store = open_store(store, chroma_url)
-    embedder = _embedder_for(kb_store, snapshot, model, pretrained)
+    embedder = snapshot_embedder(kb_store, kb_store.resolve(snapshot).manifest.get("clip", {}), model, pretrained)
     similarity = None
     if similarity_model:
         from ..similarity_models import sentence_embedder

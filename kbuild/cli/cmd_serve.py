@@ -15,13 +15,17 @@ from .context import info, open_store
 from .options import ChromaUrlOpt, ModelOpt, PretrainedOpt, StoreOpt
 
 
-def _stop_on_sigterm() -> None:
-    # A service manager (or a test) stops us with SIGTERM: leave the same clean way as Ctrl-C.
+def _stop_on_sigterm():
+    """A service manager (or a test) stops us with SIGTERM: leave the same clean way as Ctrl-C.
+
+    Returns the previous handler, to put back when serving ends (None off the main thread).
+    """
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 @app.command(epilog="Examples: kbuild serve | kbuild serve --port 9000 --results results/ | "
@@ -47,11 +51,13 @@ def serve(
         info(f"warning: listening on {host}: anyone who can reach this address can read the store "
              "(reviews still need the token)")
     print(f"kbuild serve: {server.url}?token={server.token}  (store {kb_store.location}; Ctrl-C to stop)", flush=True)
-    _stop_on_sigterm()
+    previous = _stop_on_sigterm()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()  # waits for requests in flight, so a save under way still lands
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     info("kbuild serve: stopped")

@@ -8,6 +8,8 @@ the same store API and atomic publish as every CLI command.
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from .. import __version__
 from ..descriptions import normalise_text
 from ..diff import diff_snapshots
 from ..errors import UsageError
-from ..review import MAX_NAME, Decision, ReviewError, check_decision, review_snapshot, stamp
+from ..review import MAX_NAME, Decision, ReviewError, check_decision, review_snapshot, snapshot_embedder, stamp
 from ..store import KnowledgeBase, SnapshotStore, validate_snapshot_name
 from .drafts import FOLDER, DraftStore, drop_decision, put_decision
 from .results import find_reports, report_file
@@ -42,6 +44,8 @@ class ReviewService:
         self.drafts = DraftStore(store.home / FOLDER)
         self._cache: OrderedDict[str, KnowledgeBase] = OrderedDict()
         self._lock = threading.Lock()
+        self._model_lock = threading.Lock()  # a save waits for a preload under way instead of loading twice
+        self._preloaded: set[str] = set()
 
     # ---- browsing ------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -105,7 +109,27 @@ class ReviewService:
         with self.drafts.change(snapshot, reviewer, payload.get("version")) as draft:
             put_decision(draft, decision.key, decision.to_json())
             draft["saved_as"] = None
+        if decision.new is not None:
+            self._preload_model(snapshot)
         return self.drafts.get(snapshot, reviewer)
+
+    def _preload_model(self, snapshot: str) -> None:
+        """Load the CLIP model an edit will need while the reviewer keeps working, so saving is quick."""
+        info = self.store.resolve(snapshot)
+        key = json.dumps(info.manifest.get("clip", {}), sort_keys=True)
+        with self._lock:
+            if key in self._preloaded:
+                return
+            self._preloaded.add(key)
+
+        def load() -> None:
+            with self._model_lock:
+                try:
+                    snapshot_embedder(self.store, info, self.options.model, self.options.pretrained)
+                except Exception as exc:  # the save loads it again and reports the problem to the page
+                    print(f"kbuild serve: could not preload CLIP ({exc}); saving will try again", file=sys.stderr)
+
+        threading.Thread(target=load, name="kbuild-preload-clip", daemon=True).start()
 
     def undo(self, payload: dict[str, Any]) -> dict[str, Any]:
         snapshot, reviewer = self._target(payload)
@@ -129,8 +153,9 @@ class ReviewService:
             validate_snapshot_name(name if isinstance(name, str) else "")
         with self.drafts.change(snapshot, reviewer, payload.get("version")) as draft:
             decisions = [Decision.from_json(d) for d in draft["decisions"]]
-            info = review_snapshot(self.store, snapshot, decisions, self.options.model,
-                                   self.options.pretrained, name=name)
+            with self._model_lock:
+                    info = review_snapshot(self.store, snapshot, decisions, self.options.model,
+                                       self.options.pretrained, name=name)
             draft.update(decisions=[], saved_as=info.name)
         return {"snapshot": info.name, "parent": snapshot, "content_hash": info.content_hash,
                 "draft": self.drafts.get(snapshot, reviewer)}

@@ -1,6 +1,6 @@
 // Two snapshots side by side, grouped exactly as 'kbuild diff' groups them (the server runs its function).
 import { get } from "./api.js";
-import { h, json, snapLink } from "./dom.js";
+import { fill, h, json, snapLink } from "./dom.js";
 
 function picker(id, snapshots, chosen) {
   return h("select", { id, name: id },
@@ -68,7 +68,7 @@ function result(data) {
 export async function renderCompare(main, oldName, newName) {
   const snapshots = await get("/api/snapshots");
   if (snapshots.length < 1) {
-    main.replaceChildren(h("p", {}, "No snapshots to compare yet."));
+    fill(main, h("p", {}, "No snapshots to compare yet."));
     return;
   }
   const last = snapshots[snapshots.length - 1].name;
@@ -79,12 +79,12 @@ export async function renderCompare(main, oldName, newName) {
     window.location.hash = "#/compare?old=" + encodeURIComponent(oldPick.value) + "&new=" + encodeURIComponent(newPick.value);
   };
   const out = h("div", { id: "compare-result" });
-  main.replaceChildren(h("h1", {}, "Compare snapshots"),
+  fill(main, h("h1", {}, "Compare snapshots"),
     h("div", { class: "toolbar" }, h("label", {}, "old ", oldPick), h("label", {}, "new ", newPick),
       h("button", { id: "compare-go", onclick: go }, "Compare")),
     out);
   if (oldName && newName) {
-    out.replaceChildren(h("p", { class: "muted" }, "Comparing…"));
-    out.replaceChildren(result(await get("/api/compare", { old: oldName, new: newName })));
+    fill(out, h("p", { class: "muted" }, "Comparing…"));
+    fill(out, result(await get("/api/compare", { old: oldName, new: newName })));
   }
 }

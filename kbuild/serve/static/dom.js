@@ -15,6 +15,13 @@ export function h(tag, props, ...children) {
   return el;
 }
 
+// Like replaceChildren, but skips null/false children (so optional sections can be written inline).
+export function fill(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+  return el;
+}
+
 function append(el, children) {
   for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
@@ -44,5 +51,5 @@ export function json(value) {
 }
 
 export function message(el, text, kind) {
-  el.replaceChildren(text ? h("span", { class: kind || "" }, text) : "");
+  fill(el, text ? h("span", { class: kind || "" }, text) : null);
 }

@@ -1,6 +1,6 @@
 // The snapshot list as a lineage: each snapshot under its (first) parent, newest last.
 import { get } from "./api.js";
-import { badge, compareHref, h, shortTime, snapLink } from "./dom.js";
+import { badge, compareHref, fill, h, shortTime, snapLink } from "./dom.js";
 
 function node(snap, children, byName) {
   const extraParents = snap.parents.slice(1).filter((p) => byName.has(p));
@@ -22,7 +22,7 @@ function node(snap, children, byName) {
 export async function renderLineage(main) {
   const snapshots = await get("/api/snapshots");
   if (!snapshots.length) {
-    main.replaceChildren(h("p", {}, "No snapshots yet: create one with 'kbuild load FILE' or 'kbuild generate'."));
+    fill(main, h("p", {}, "No snapshots yet: create one with 'kbuild load FILE' or 'kbuild generate'."));
     return;
   }
   const byName = new Map(snapshots.map((s) => [s.name, s]));
@@ -33,7 +33,7 @@ export async function renderLineage(main) {
     (parent ? kids.get(parent) : roots).push(s);
   }
   const build = (s) => node(s, kids.get(s.name).map(build), byName);
-  main.replaceChildren(
+  fill(main,
     h("h1", {}, "Snapshots"),
     h("p", { class: "muted" }, "Parent → child; each child says which operation made it."),
     h("ul", { class: "lineage root", id: "lineage" }, roots.map(build)));

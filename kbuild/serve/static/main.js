@@ -1,6 +1,6 @@
 // Hash router: #/ lineage, #/s/NAME a snapshot, #/compare?old=A&new=B, #/reports.
 import { adoptTokenFromUrl, get, reviewer, setReviewer, token } from "./api.js";
-import { h, message } from "./dom.js";
+import { fill, h, message } from "./dom.js";
 import { renderLineage } from "./lineage.js";
 import { renderSnapshot } from "./snapshot.js";
 import { renderCompare } from "./compare.js";
@@ -16,14 +16,14 @@ function parseHash() {
 
 async function route() {
   const { path, params } = parseHash();
-  main.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  fill(main, h("p", { class: "muted" }, "Loading…"));
   try {
     if (path.startsWith("/s/")) await renderSnapshot(main, decodeURIComponent(path.slice(3)));
     else if (path === "/compare") await renderCompare(main, params.get("old"), params.get("new"));
     else if (path === "/reports") await renderReports(main);
     else await renderLineage(main);
   } catch (err) {
-    main.replaceChildren(h("p", { class: "error", role: "alert" }, "Error: " + err.message));
+    fill(main, h("p", { class: "error", role: "alert" }, "Error: " + err.message));
   }
 }
 
@@ -38,7 +38,7 @@ function setupHeader() {
   } else {
     message(state, "read-only", "warn");
     banner.hidden = false;
-    banner.replaceChildren("Read-only: open the link that 'kbuild serve' printed (it carries the token) to review.");
+    fill(banner, "Read-only: open the link that 'kbuild serve' printed (it carries the token) to review.");
   }
 }
 

@@ -1,21 +1,21 @@
 // Evaluation reports (report.html from 'kpl eval --out DIR') under the --results folder.
 import { get } from "./api.js";
-import { h, shortTime } from "./dom.js";
+import { fill, h, shortTime } from "./dom.js";
 
 export async function renderReports(main) {
   const [info, reports] = await Promise.all([get("/api/info"), get("/api/reports")]);
   const title = h("h1", {}, "Evaluation reports");
   if (!info.reports) {
-    main.replaceChildren(title, h("p", {}, "No results folder: start with 'kbuild serve --results DIR'."));
+    fill(main, title, h("p", {}, "No results folder: start with 'kbuild serve --results DIR'."));
     return;
   }
   if (!reports.length) {
-    main.replaceChildren(title, h("p", {}, "No report.html under the results folder yet (run 'kpl eval --out DIR')."));
+    fill(main, title, h("p", {}, "No report.html under the results folder yet (run 'kpl eval --out DIR')."));
     return;
   }
   // Each path segment is encoded, so a folder name can never change what the link points at.
   const href = (path) => "/reports/" + path.split("/").map(encodeURIComponent).join("/");
-  main.replaceChildren(title, h("table", { class: "grid", id: "reports" },
+  fill(main, title, h("table", { class: "grid", id: "reports" },
     h("thead", {}, h("tr", {}, h("th", {}, "report"), h("th", {}, "modified"), h("th", {}, "size"))),
     h("tbody", {}, reports.map((r) => h("tr", {},
       h("td", {}, h("a", { href: href(r.path), target: "_blank", rel: "noopener noreferrer" }, r.path)),

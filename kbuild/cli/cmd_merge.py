@@ -1,0 +1,36 @@
+"""``kbuild merge``: union of two snapshots into a new one."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..merge_op import merge_snapshots
+from .app import app
+from .context import open_store, print_json
+from .options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt
+
+
+@app.command(epilog="Example: kbuild merge v2 v3 --name derm_combined")
+def merge(
+    first: Annotated[str, typer.Argument(help="First snapshot (its CLIP model and template are kept).")],
+    second: Annotated[str, typer.Argument(help="Second snapshot.")],
+    name: NameOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    store: StoreOpt = None,
+    chroma_url: ChromaUrlOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Merge two snapshots (union, duplicates by id dropped) into a new snapshot."""
+    from .cmd_prune import snapshot_embedder
+
+    kb_store = open_store(store, chroma_url)
+    result = merge_snapshots(kb_store, first, second,
+                             lambda clip: snapshot_embedder(kb_store, clip, model, pretrained), name)
+    if json_out:
+        print_json(result.to_json())
+        return
+    print(f"{result.snapshot.name}: {result.snapshot.manifest['total']} descriptions "
+          f"({result.from_first} from {first}, {result.from_second} new from {second}, {result.shared} shared)")

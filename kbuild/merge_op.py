@@ -1,0 +1,58 @@
+"""``kbuild merge A B``: the union of two snapshots, deduplicated by description id.
+
+The child keeps A's CLIP model and template. B's vectors are reused when B was embedded the same
+way; otherwise B's new descriptions are re-embedded with A's model (cached), so one snapshot never
+mixes embedding spaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+from .store import SnapshotInfo, SnapshotStore
+from .store.manifest import SnapshotDraft
+
+
+@dataclass
+class MergeResult:
+    snapshot: SnapshotInfo
+    from_first: int
+    from_second: int
+    shared: int
+    reembedded: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"snapshot": self.snapshot.name, "content_hash": self.snapshot.content_hash,
+                "total": self.snapshot.manifest["total"], "from_first": self.from_first,
+                "from_second": self.from_second, "shared": self.shared, "reembedded": self.reembedded}
+
+
+def _same_space(a: dict, b: dict) -> bool:
+    return a.get("model_id") == b.get("model_id") and a.get("template") == b.get("template")
+
+
+def merge_snapshots(store: SnapshotStore, first: str, second: str, embedder_for=None,
+                    name: str | None = None) -> MergeResult:
+    """Publish A ∪ B. ``embedder_for(clip_info)`` returns a TextEmbedder, needed only when B must be re-embedded."""
+    a, b = store.read(first), store.read(second)
+    if a.info.name == b.info.name:
+        raise UsageError(f"merge needs two different snapshots, got {a.info.name} twice")
+    seen = {d.id for d in a.descriptions}
+    new_rows = [i for i, d in enumerate(b.descriptions) if d.id not in seen]
+    new_descriptions = [b.descriptions[i] for i in new_rows]
+    clip_a = a.info.manifest.get("clip", {})
+    if _same_space(clip_a, b.info.manifest.get("clip", {})) or not new_rows:
+        new_vectors = b.embeddings[new_rows] if new_rows else np.zeros((0, a.embeddings.shape[1]), np.float32)
+        reembedded = 0
+    else:
+        new_vectors = embedder_for(clip_a).embed_descriptions(new_descriptions, clip_a["template"])
+        reembedded = len(new_rows)
+    draft = SnapshotDraft(a.descriptions + new_descriptions, np.concatenate([a.embeddings, new_vectors]),
+                          "merge", {"first": a.info.name, "second": b.info.name}, clip_a,
+                          parents=[a.info.name, b.info.name])
+    published = store.publish(draft, name=name)
+    return MergeResult(published, len(a.descriptions), len(new_rows), len(b.descriptions) - len(new_rows), reembedded)
