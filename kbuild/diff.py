@@ -10,7 +10,7 @@ embedded by different models their vectors are not comparable and reword detecti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -95,16 +95,16 @@ def _pair_rewordings(old_vecs: np.ndarray, new_vecs: np.ndarray, threshold: floa
     return pairs
 
 
-def _class_diff(name, old_rows, new_rows, old_kb, new_kb, threshold, rewords) -> ClassDiff | None:
-    removed = sorted(set(old_rows) - set(new_rows))
-    added = sorted(set(new_rows) - set(old_rows))
-    if not removed and not added:
-        return None
+def _changed_texts(old_rows: dict[str, int], new_rows: dict[str, int]) -> tuple[list[str], list[str]]:
+    """(removed, added) texts of one class, each sorted."""
+    return sorted(set(old_rows) - set(new_rows)), sorted(set(new_rows) - set(old_rows))
+
+
+def _class_diff(name, removed, added, new_kb, threshold, old_vecs=None, new_vecs=None) -> ClassDiff:
+    """``old_vecs`` (len(removed), D) and ``new_vecs`` (len(added), D) when rewordings are detected."""
     diff = ClassDiff(name)
     pairs = []
-    if rewords and removed and added:
-        old_vecs = old_kb.embeddings[[old_rows[t] for t in removed]]
-        new_vecs = new_kb.embeddings[[new_rows[t] for t in added]]
+    if old_vecs is not None and new_vecs is not None:
         pairs = _pair_rewordings(old_vecs, new_vecs, threshold)
     paired_old = {i for i, _, _ in pairs}
     paired_new = {j for _, j, _ in pairs}
@@ -116,15 +116,39 @@ def _class_diff(name, old_rows, new_rows, old_kb, new_kb, threshold, rewords) ->
     return diff
 
 
+def _vectors_by_class(kb, text_rows, texts_by_class, fetch) -> dict[str, np.ndarray]:
+    """class -> (len(texts), D) embeddings of those texts, fetched in one call for all classes."""
+    rows = [text_rows[name][t] for name, texts in texts_by_class.items() for t in texts]
+    if not rows:
+        return {}
+    matrix = np.asarray(fetch(kb, rows), dtype=np.float32)
+    out, start = {}, 0
+    for name, texts in texts_by_class.items():
+        out[name] = matrix[start:start + len(texts)]
+        start += len(texts)
+    return out
+
+
 def _manifest_changes(old: dict, new: dict) -> dict[str, dict[str, Any]]:
     return {key: {"old": old.get(key), "new": new.get(key)}
             for key in _MANIFEST_KEYS if old.get(key) != new.get(key)}
 
 
-def diff_snapshots(old: KnowledgeBase, new: KnowledgeBase, reword_threshold: float = 0.9) -> SnapshotDiff:
-    """Grouped differences from ``old`` to ``new`` (both read with embeddings)."""
+def _from_matrix(kb: KnowledgeBase, rows: list[int]) -> np.ndarray:
+    return kb.embeddings[rows]
+
+
+def diff_snapshots(old: KnowledgeBase, new: KnowledgeBase, reword_threshold: float = 0.9,
+                   vectors: Callable[[KnowledgeBase, list[int]], np.ndarray] | None = None) -> SnapshotDiff:
+    """Grouped differences from ``old`` to ``new``.
+
+    Reword detection needs the embeddings of the changed rows only: by default they come from
+    ``kb.embeddings`` (snapshots read with embeddings); ``vectors(kb, rows) -> (len(rows), D)`` can
+    fetch just those rows instead (``SnapshotStore.vectors``), so a diff never reads every vector.
+    """
     old_clip = old.info.manifest.get("clip", {}).get("model_id")
-    rewords = old_clip == new.info.manifest.get("clip", {}).get("model_id") and old.embeddings.size > 0
+    have_vectors = vectors is not None or old.embeddings.size > 0
+    rewords = old_clip == new.info.manifest.get("clip", {}).get("model_id") and have_vectors
     result = SnapshotDiff(old.info.name, new.info.name, reword_detection=bool(rewords))
     if old.info.content_hash == new.info.content_hash:
         result.manifest = _manifest_changes(old.info.manifest, new.info.manifest) if old.info.name != new.info.name else {}
@@ -134,9 +158,16 @@ def diff_snapshots(old: KnowledgeBase, new: KnowledgeBase, reword_threshold: flo
         result.added_classes[name] = sorted(new_map[name])
     for name in sorted(set(old_map) - set(new_map)):
         result.removed_classes[name] = sorted(old_map[name])
+    changed = {}
     for name in sorted(set(old_map) & set(new_map)):
-        change = _class_diff(name, old_map[name], new_map[name], old, new, reword_threshold, rewords)
-        if change:
-            result.modified.append(change)
+        removed, added = _changed_texts(old_map[name], new_map[name])
+        if removed or added:
+            changed[name] = (removed, added)
+    paired = {n: ra for n, ra in changed.items() if rewords and ra[0] and ra[1]}
+    old_vecs = _vectors_by_class(old, old_map, {n: r for n, (r, _) in paired.items()}, vectors or _from_matrix)
+    new_vecs = _vectors_by_class(new, new_map, {n: a for n, (_, a) in paired.items()}, vectors or _from_matrix)
+    for name, (removed, added) in changed.items():
+        result.modified.append(_class_diff(name, removed, added, new, reword_threshold,
+                                           old_vecs.get(name), new_vecs.get(name)))
     result.manifest = _manifest_changes(old.info.manifest, new.info.manifest)
     return result

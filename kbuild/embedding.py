@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import settings
 from .descriptions import Description
 from .embed_cache import TextEmbeddingCache
 from .errors import UsageError
@@ -52,3 +53,28 @@ class TextEmbedder:
         """(C, D) class-name prompt embeddings (the ``clip`` baseline, prune's margin reference)."""
         rendered = [template.format(name) for name in class_names]
         return self.embed_texts(rendered, template)
+
+
+def cache_path(home: Path) -> Path:
+    """Where a store keeps its text-embedding cache."""
+    return home / "cache" / "text_embeddings.sqlite"
+
+
+def snapshot_embedder(home: Path, clip: dict, model: str | None = None, pretrained: str | None = None) -> TextEmbedder:
+    """An embedder for work on an existing snapshot: the snapshot's own CLIP model (``clip`` from its
+    manifest) unless a flag or the environment names another."""
+    from .encoder import load_clip
+
+    chosen = settings.clip_override(model, pretrained) or (clip.get("model"), clip.get("pretrained"))
+    return TextEmbedder(load_clip(*chosen), cache_path(home))
+
+
+def templated_embeddings(embedder: TextEmbedder, parent_vectors: dict[str, np.ndarray],
+                         descriptions: Sequence[Description], template: str, reuse: bool) -> np.ndarray:
+    """(M, D) templated embeddings for a child snapshot, taking the parent's vector (by description
+    id) wherever the description is unchanged and ``reuse`` says the parent shares the model."""
+    if not descriptions:
+        return np.zeros((0, embedder.clip.dim), dtype=np.float32)
+    missing = [d for d in descriptions if not reuse or d.id not in parent_vectors]
+    fresh = dict(zip((d.id for d in missing), embedder.embed_descriptions(missing, template))) if missing else {}
+    return np.stack([fresh[d.id] if d.id in fresh else parent_vectors[d.id] for d in descriptions]).astype(np.float32)

@@ -195,9 +195,10 @@ class ClipModel:
 
 
 def _public_pretrained(pretrained: str | None) -> str | None:
-    """A checkpoint path is shown by file name only: manifests should not leak local paths."""
+    """A checkpoint is recorded by absolute path, so later work on the snapshot (prune, review) can
+    reload it; ``model_id`` carries the weights' hash, which is what identifies the model."""
     if pretrained and Path(pretrained).expanduser().is_file():
-        return Path(pretrained).name
+        return str(Path(pretrained).expanduser().resolve())
     return pretrained
 
 

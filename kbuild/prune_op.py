@@ -12,8 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .descriptions import Description
-from .embedding import TextEmbedder
+from .embedding import TextEmbedder, templated_embeddings
 from .prune import PruneParams, PruneResult, prune_descriptions
 from .store import RemovedRecord, SnapshotInfo, SnapshotStore
 from .store.manifest import SnapshotDraft
@@ -32,16 +31,6 @@ class PruneOutcome:
                 **self.result.to_json()}
 
 
-def _templated(embedder: TextEmbedder, parent_vectors: dict[str, np.ndarray], descriptions: list[Description],
-               template: str, reuse: bool) -> np.ndarray:
-    """(M, D) templated embeddings, taking the parent's vector wherever the description is unchanged."""
-    if not descriptions:
-        return np.zeros((0, embedder.clip.dim), dtype=np.float32)
-    missing = [d for d in descriptions if not reuse or d.id not in parent_vectors]
-    fresh = dict(zip((d.id for d in missing), embedder.embed_descriptions(missing, template))) if missing else {}
-    return np.stack([fresh[d.id] if d.id in fresh else parent_vectors[d.id] for d in descriptions]).astype(np.float32)
-
-
 def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str, params: PruneParams,
                    name: str | None = None, similarity: Callable[[list[str]], np.ndarray] | None = None,
                    similarity_name: str | None = None) -> PruneOutcome:
@@ -57,9 +46,9 @@ def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str,
     result = prune_descriptions(kb.descriptions, embed_bare, params, name_embeddings=names,
                                 token_count=embedder.clip.count_tokens, template=template)
     parent_vectors = {d.id: v for d, v in zip(kb.descriptions, kb.embeddings)}
-    kept_vectors = _templated(embedder, parent_vectors, result.kept, template, reuse)
+    kept_vectors = templated_embeddings(embedder, parent_vectors, result.kept, template, reuse)
     removed = [RemovedRecord(r.description, r.stage, r.reason, r.score, r.related) for r in result.removed]
-    removed_vectors = _templated(embedder, parent_vectors, [r.description for r in removed], template, reuse)
+    removed_vectors = templated_embeddings(embedder, parent_vectors, [r.description for r in removed], template, reuse)
     if not reuse:
         clip_info = {**embedder.clip.describe(), "template": template}
     parameters = {**params.to_json(), "similarity_model": similarity_name or clip_info.get("model_id")}

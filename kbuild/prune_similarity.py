@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 BLOCK = 2048
-_BOUND_RANK = 48
+_BOUND_RANK = 64
 _BASIS_SAMPLE = 8192
 # The bound is computed in float32 from a float64 basis; this slack absorbs its rounding so the
 # filter can only let extra candidates through, never lose a true pair.
@@ -106,7 +106,10 @@ def _suppress_within(rows, threshold, prior_sim, prior_by, offset):
     return by, sim
 
 
-def pairs_above(x: np.ndarray, threshold: float, block: int = BLOCK) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+Hits = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def pairs_above(x: np.ndarray, threshold: float, block: int = BLOCK) -> Iterator[Hits]:
     """Every pair i < j of (n, D) unit rows with ``x_i . x_j >= threshold``.
 
     Yields (i, j, sim) arrays one block pair at a time, so memory stays O(block^2) plus the hits.

@@ -24,19 +24,18 @@ class Item:
     """One description on its way through the stages.
 
     ``row`` is its row in the caller's embedding array; ``text`` is its current text (normalised,
-    maybe truncated); ``order`` its position in the canonical order; ``fixes`` lists what was repaired; ``scores`` are the numbers that kept it.
+    maybe truncated); ``order`` its position in the canonical order; ``fixes`` lists what was
+    repaired; ``scores`` are the numbers that kept it. ``class_name`` is copied from the
+    original because every stage reads it, many times.
     """
 
     original: Description
     row: int
     text: str
+    class_name: str = ""
     order: int = 0
     fixes: list[str] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def class_name(self) -> str:
-        return self.original.class_name
 
 
 class Drop(NamedTuple):
@@ -50,7 +49,7 @@ class Drop(NamedTuple):
 
 def canonical_items(descriptions: list[Description]) -> list[Item]:
     """Items sorted by (class, normalised text), ties broken by the rest of each description."""
-    items = [Item(d, row, normalise_text(d.text)) for row, d in enumerate(descriptions)]
+    items = [Item(d, row, normalise_text(d.text), d.class_name) for row, d in enumerate(descriptions)]
     items.sort(key=_sort_key)
     for position, item in enumerate(items):
         item.order = position
@@ -80,7 +79,7 @@ def sanitise(items: list[Item], min_chars: int) -> tuple[list[Item], list[Drop]]
         raw = item.original.text
         if raw != raw.strip():
             item.fixes.append(FIX_ENDS)
-        if normalise_text(raw) != raw.strip():
+        if item.text != raw.strip():  # item.text is already the normalised raw text
             item.fixes.append(FIX_INNER)
         kept.append(item)
     return kept, drops
@@ -109,7 +108,7 @@ def overlong(items: list[Item], token_count: Callable[[str], int], template: str
         if shorter is None:
             reason = f"over-long ({count} > {max_tokens} tokens)"
             if mode == "truncate":
-                reason += "; the template and class name alone do not fit"
+                reason += "; no shorter word prefix fits"
             drops.append(Drop(item, reason, float(count)))
             continue
         item.scores["tokens_before_truncation"] = float(count)

@@ -23,9 +23,9 @@ import numpy as np
 
 from . import settings
 from .descriptions import Description, normalise_text
-from .embedding import TextEmbedder
+from . import embedding
+from .embedding import TextEmbedder, templated_embeddings
 from .errors import KbuildError
-from .prune_op import _templated as templated_embeddings
 from .store import KnowledgeBase, RemovedRecord, SnapshotInfo, SnapshotStore
 from .store.manifest import SnapshotDraft, now_iso
 
@@ -195,12 +195,8 @@ def apply_review(parent: KnowledgeBase, decisions: list[Decision],
 
 def snapshot_embedder(store: SnapshotStore, info: SnapshotInfo, model: str | None = None,
                       pretrained: str | None = None) -> TextEmbedder:
-    """The snapshot's own CLIP model unless a flag or the environment names another (as ``prune`` does)."""
-    from .encoder import load_clip
-
-    clip = info.manifest.get("clip", {})
-    chosen = settings.clip_override(model, pretrained) or (clip.get("model"), clip.get("pretrained"))
-    return TextEmbedder(load_clip(*chosen), store.home / "cache" / "text_embeddings.sqlite")
+    """The parent snapshot's own CLIP model unless a flag or the environment names another."""
+    return embedding.snapshot_embedder(store.home, info.manifest.get("clip", {}), model, pretrained)
 
 
 def review_snapshot(store: SnapshotStore, reference: str, decisions: list[Decision], model: str | None = None,

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from kbuild import settings
 from kbuild.cli.app import run_with_boundary
@@ -113,7 +114,7 @@ def _print_table(table, title: str | None = None) -> None:
     for i, header in enumerate(headers):
         rich_table.add_column(header, justify="left" if i == 0 else "right")
     for row in rows:
-        rich_table.add_row(*row)
+        rich_table.add_row(*(Text(cell) for cell in row))  # names are data, never markup
     console.print(rich_table)
 
 
@@ -264,11 +265,13 @@ def embed(
 ) -> None:
     """Encode a dataset's images into the feature cache (and optionally export them as .npz)."""
     from kpl.evaluate import load_image_features
-    from kpl.features import save_features_npz
+    from kpl.features import feature_notes, save_features_npz
 
     inputs = _inputs(data, None, split, None, model, pretrained, None, device, batch_size, workers,
                      cache_dir, no_cache, store, None)
     fs, dataset, _clip = load_image_features(inputs, _progress())
+    for message in feature_notes(fs, dataset):
+        _info(message)
     summary = {**fs.describe(), "dataset": dataset.describe() if dataset else None}
     if export is not None:
         summary["export"] = str(save_features_npz(fs, export))

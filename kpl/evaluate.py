@@ -33,7 +33,7 @@ from kbuild.store import KnowledgeBase, SnapshotStore
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
 
 from .datasets import ImageDataset, match_classes
-from .features import FeatureSet, Progress, load_or_encode
+from .features import FeatureSet, Progress, feature_notes, load_or_encode
 
 METHODS = ("clip", "dclip", "cupl", "inmap", "kpl")
 KPL_STAGES = ("text", "image", "image_ot")
@@ -101,11 +101,8 @@ def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progres
     kbs = [store.read(ref) for ref in kb_refs]
     features, dataset, clip = load_image_features(inputs, progress)
     session = Session(inputs, store, kbs, features, dataset, clip, log=log)
-    if dataset is not None and dataset.skipped:
-        counts = (f"{len(files)} {reason.replace('_', ' ')}" for reason, files in sorted(dataset.skipped.items()))
-        session.note(f"skipped files: {', '.join(counts)}")
-    if features.corrupt:
-        session.note(f"skipped {len(features.corrupt)} corrupt image(s), e.g. {features.corrupt[0]}")
+    for message in feature_notes(features, dataset):
+        session.note(message)
     return session
 
 

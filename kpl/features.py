@@ -198,10 +198,14 @@ class FeatureCache:
         return features.astype(np.float32, copy=False), ok.astype(bool)
 
     def put(self, key: str, features: np.ndarray, ok: np.ndarray, meta: dict[str, Any]) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.file(key)
-        _atomic_savez(path, {"features": features.astype(np.float32), "ok": ok.astype(bool),
-                             "meta": np.asarray(json.dumps(meta, sort_keys=True))})
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _atomic_savez(path, {"features": features.astype(np.float32), "ok": ok.astype(bool),
+                                 "meta": np.asarray(json.dumps(meta, sort_keys=True))})
+        except OSError as err:
+            raise KbuildError(f"Cannot write the feature cache in {self.folder}: {err.strerror or err} "
+                              "(pass --cache-dir DIR, or --no-cache)") from err
         return path
 
 
@@ -284,6 +288,10 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
     key = cache_key(clip.model_id, repr(clip.preprocess), precision_of(clip), dataset.paths)
     cache = FeatureCache(cache_dir) if cache_dir is not None else None
     hit = cache.get(key, len(dataset)) if cache is not None else None
+    status = "off" if cache is None else ("hit" if hit is not None else "miss")
+    cache_info: dict[str, Any] = {"status": status, "key": f"sha256:{key}"}
+    if cache is not None:
+        cache_info["file"] = str(cache.file(key))
     encoded = 0
     if hit is None:
         features, ok = encode_images(dataset.paths, clip, batch_size, workers, progress)
@@ -291,19 +299,19 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
         if cache is not None:
             meta = {"model_id": clip.model_id, "preprocess": repr(clip.preprocess), "root": str(dataset.root),
                     "files": len(dataset), "precision": precision_of(clip)}
-            cache.put(key, features, ok, meta)
+            try:
+                cache.put(key, features, ok, meta)
+            except KbuildError as err:  # the features are fine; losing them to a cache problem is not
+                cache_info["error"] = str(err)
     else:
         features, ok = hit
-    status = "off" if cache is None else ("hit" if hit is not None else "miss")
-    cache_info = {"status": status, "key": f"sha256:{key}"}
-    if cache is not None:
-        cache_info["file"] = str(cache.file(key))
     if not ok.any():
         raise KbuildError(f"None of the {len(dataset)} images in {dataset.root} could be decoded (all corrupt?)")
     return FeatureSet(
         features, dataset.labels[ok], list(dataset.class_names), clip.model_id,
         [str(p) for p, good in zip(dataset.paths, ok) if good],
-        source={"kind": dataset.kind, "path": str(dataset.root), "split": dataset.split},
+        source={"kind": dataset.kind, "path": str(dataset.root), "split": dataset.split, "device": clip.device,
+                "precision": precision_of(clip)},
         cache=cache_info, encoded=encoded,
         corrupt=[str(p) for p, good in zip(dataset.paths, ok) if not good])
 
@@ -326,3 +334,16 @@ def load_or_encode(data: Path | None, features: Path | None, split: str | None, 
     dataset = load_dataset(data, split)
     clip = load_clip(model, pretrained, device)
     return encode_dataset(dataset, clip, cache_dir, batch_size, workers, progress), dataset, clip
+
+
+def feature_notes(features: FeatureSet, dataset: ImageDataset | None) -> list[str]:
+    """What a user should hear about how the features were made: skipped files, cache trouble."""
+    notes = []
+    if dataset is not None and dataset.skipped:
+        counts = (f"{len(files)} {reason.replace('_', ' ')}" for reason, files in sorted(dataset.skipped.items()))
+        notes.append(f"skipped files: {', '.join(counts)}")
+    if features.corrupt:
+        notes.append(f"skipped {len(features.corrupt)} corrupt image(s), e.g. {features.corrupt[0]}")
+    if features.cache.get("error"):
+        notes.append(f"features not cached: {features.cache['error']}")
+    return notes

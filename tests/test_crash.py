@@ -1,4 +1,4 @@
-"""A ``kbuild load`` killed (SIGKILL) in the middle of writing a 20 000-description snapshot:
+"""A ``kbuild load`` killed (SIGKILL) in the middle of writing a 15 000-description snapshot:
 earlier snapshots stay intact, no partial snapshot appears under a real name, ``kbuild gc``
 removes the leftover, and the same load then succeeds.
 
@@ -28,7 +28,7 @@ from kbuild.store.manifest import SnapshotDraft
 
 pytestmark = pytest.mark.slow
 
-CLASSES, PER_CLASS, DIM = 200, 100, 64
+CLASSES, PER_CLASS, DIM = 150, 100, 64
 
 
 def big_file(path: Path) -> Path:

@@ -138,3 +138,11 @@ def test_npz_not_a_file(tmp_path):
     (tmp_path / "junk.npz").write_text("hello")
     with pytest.raises(InputFileError, match="not a readable .npz"):
         load_features_npz(tmp_path / "junk.npz")
+
+
+def test_unwritable_cache_keeps_the_features(images, tiny_clip, tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the cache folder should be")
+    fs = encode_dataset(load_dataset(images), tiny_clip, blocker)
+    assert fs.features.shape == (18, 64) and fs.cache["status"] == "miss"
+    assert "Cannot write the feature cache" in fs.cache["error"] and "--no-cache" in fs.cache["error"]

@@ -22,7 +22,7 @@ import pytest
 
 from kbuild.descriptions import Description, normalise_text
 from kbuild.errors import KbuildError, UsageError
-from kbuild.prune import STAGES, TABLE_COLUMNS, PruneParams, prune_descriptions
+from kbuild.prune import TABLE_COLUMNS, PruneParams, prune_descriptions
 from kbuild.prune_similarity import greedy_suppress, pairs_above, unit_rows
 
 KB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kb"
@@ -254,6 +254,10 @@ def test_truncated_texts_with_cached_rows_are_noted():
     result = prune_descriptions(descriptions, np.ones((1, 4)), PruneParams(max_tokens=12), token_count=word_tokens)
     assert result.kept[0].text == "one two three"  # 7 template words + 2 + 3 = 12
     assert "keep the embedding of their full text" in result.notes[0]
+    nothing_fits = prune_descriptions([Description("alpha", "one-very-long-token two")], np.ones((1, 4)),
+                                      PruneParams(max_tokens=9), token_count=word_tokens)
+    assert removals(nothing_fits, "overlong") == {
+        ("alpha", "one-very-long-token two"): ("over-long (11 > 9 tokens); no shorter word prefix fits", 11.0, None)}
 
 
 def snapshot_of(result):
@@ -441,7 +445,8 @@ def test_labo_raw_cross_class_and_exact(kb):
 def test_labo_raw_best_mode_keeps_a_shared_phrase_in_one_class_at_most(kb):
     data, descriptions = load(kb, LABO_RAW)
     shared = shared_phrases(data)
-    result = prune_descriptions(descriptions, bag_of_words, PruneParams(cross_class="best", margin_reference="centroid"))
+    params = PruneParams(cross_class="best", margin_reference="centroid")
+    result = prune_descriptions(descriptions, bag_of_words, params)
     homes = Counter(d.text for d in result.kept if d.text in shared)
     assert max(homes.values()) == 1
     print(f"\nLaBo raw, cross_class=best: {len(homes)} of {len(shared)} shared phrases kept in one class")

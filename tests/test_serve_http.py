@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import REPO, cli_env, stop_process
+from helpers import REPO, cli_env, start_chroma_server, stop_process
 from kbuild.review import Decision, ReviewError, apply_review
 from kbuild.serve.drafts import DraftStore, StaleDraft
 
@@ -28,12 +28,12 @@ KB = {"cat": ["whiskers on the muzzle", "pointed ears", "a long tail"],
 
 # ---- helpers -------------------------------------------------------------------------------
 @contextmanager
-def running(home: Path, results: Path | None = None, model: str | None = None):
+def running(home: Path, results: Path | None = None, model: str | None = None, url: str | None = None):
     """The app on 127.0.0.1 with a free port, serving from a thread; yields its base URL."""
     from kbuild.serve import ServeOptions, open_server
     from kbuild.store import SnapshotStore
 
-    server = open_server(SnapshotStore(home), "127.0.0.1", 0, ServeOptions(results, model), token=TOKEN)
+    server = open_server(SnapshotStore(home, url), "127.0.0.1", 0, ServeOptions(results, model), token=TOKEN)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -193,14 +193,17 @@ def test_review_through_the_api_lands_exactly_in_a_child_snapshot(home, kbuild):
         status, draft, _ = call(f"{base}/api/draft/decision", {**target, "version": 1, "decision": decision(
             "edit", "cat", "pointed ears", "tall pointed ears")})
         assert status == 200 and len(draft["decisions"]) == 2
-        status, bad, _ = call(f"{base}/api/draft/decision", {**target, "version": 2, "decision": decision(
+        status, draft, _ = call(f"{base}/api/draft/decision", {**target, "version": 2, "decision": decision(
+            "add", "dog", new="a  black nose", comment="seen in most photos")})
+        assert status == 200 and draft["decisions"][-1]["new"] == "a black nose"  # whitespace normalised
+        status, bad, _ = call(f"{base}/api/draft/decision", {**target, "version": 3, "decision": decision(
             "reject", "cat", "not in the snapshot")})
         assert status == 400 and "No description" in bad["error"]
         status, kept, _ = call(f"{base}/api/draft?snapshot=snapshot_v1&reviewer=alice")
-        assert kept["version"] == 2 and len(kept["decisions"]) == 2  # what a reload sees
-        status, saved, _ = call(f"{base}/api/draft/save", {**target, "version": 2})
+        assert kept["version"] == 3 and len(kept["decisions"]) == 3  # what a reload sees
+        status, saved, _ = call(f"{base}/api/draft/save", {**target, "version": 3})
         assert status == 200 and saved["snapshot"] == "snapshot_v2" and saved["draft"]["saved_as"] == "snapshot_v2"
-        status, again, _ = call(f"{base}/api/draft/save", {**target, "version": 2})
+        status, again, _ = call(f"{base}/api/draft/save", {**target, "version": 3})
         assert status == 409  # a second click or a stale tab cannot publish the same review twice
     diff = kbuild("diff", "v1", "v2", "--json").json()
     removed = {(c["class"], t) for c in diff["modified_classes"] for t in c["removed"]}
@@ -208,12 +211,28 @@ def test_review_through_the_api_lands_exactly_in_a_child_snapshot(home, kbuild):
     added = {(c["class"], t) for c in diff["modified_classes"] for t in c["added"]}
     added |= {(c["class"], r["new"]) for c in diff["modified_classes"] for r in c["reworded"]}
     assert removed == {("dog", "a wet nose"), ("cat", "pointed ears")}
-    assert added == {("cat", "tall pointed ears")}
+    assert added == {("cat", "tall pointed ears"), ("dog", "a black nose")}
     assert diff["manifest"]["operation"] == {"old": "load", "new": "review"}
     assert kbuild("verify", "v2").code == 0
     shown = kbuild("show", "v2", "--json").json()
-    assert [(d["who"], d["action"]) for d in shown["manifest"]["extra"]["review"]] == [("alice", "reject"), ("alice", "edit")]
+    assert [(d["who"], d["action"]) for d in shown["manifest"]["extra"]["review"]] == [
+        ("alice", "reject"), ("alice", "edit"), ("alice", "add")]
     assert shown["removed"][0]["reason"] == "rejected by alice: not visual"
+
+
+def test_undo_and_discard_change_only_the_draft(home, kbuild):
+    target = {"snapshot": "v1", "reviewer": "dana"}
+    with running(home) as base:
+        for version, (cls, text) in enumerate((("cat", "a long tail"), ("dog", "floppy ears"))):
+            assert call(f"{base}/api/draft/decision", {**target, "version": version,
+                                                       "decision": decision("reject", cls, text)})[0] == 200
+        status, draft, _ = call(f"{base}/api/draft/undo", {**target, "version": 2, "key": "row\ncat\na long tail"})
+        assert status == 200 and [d["old"] for d in draft["decisions"]] == ["floppy ears"]
+        assert call(f"{base}/api/draft/undo", {**target, "version": 3, "key": "no such key"})[0] == 400
+        status, draft, _ = call(f"{base}/api/draft/discard", {**target, "version": 3})
+        assert status == 200 and draft["decisions"] == [] and draft["version"] == 4
+        assert call(f"{base}/api/draft/save", {**target, "version": 4})[1]["error"].startswith("Nothing to save")
+    assert [s["name"] for s in kbuild("list", "--json").json()] == ["snapshot_v1"]
 
 
 def test_concurrent_reviewers_each_get_their_own_snapshot(home, kbuild):
@@ -279,6 +298,25 @@ def test_static_code_never_parses_data_as_html():
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
             assert sink not in code, f"{path.name} uses {sink}"
     assert "http" not in (static / "index.html").read_text().replace("http-equiv", "")  # no CDN
+
+
+@pytest.mark.server
+def test_review_against_a_chroma_server(clip_env, kbuild, tmp_path):
+    proc, url = start_chroma_server(tmp_path / "chroma")
+    try:
+        (tmp_path / "kb.json").write_text(json.dumps(KB))
+        assert kbuild("load", tmp_path / "kb.json", "--chroma-url", url).code == 0
+        with running(clip_env, url=url) as base:
+            assert call(f"{base}/api/info")[1]["mode"] == "server"
+            assert call(f"{base}/api/draft/decision", {"snapshot": "latest", "reviewer": "s", "version": 0,
+                                                       "decision": decision("reject", "dog", "floppy ears")})[0] == 200
+            status, saved, _ = call(f"{base}/api/draft/save", {"snapshot": "v1", "reviewer": "s", "version": 1})
+            assert status == 200 and saved["snapshot"] == "snapshot_v2"
+        shown = kbuild("show", "v2", "--removed", "--json", "--chroma-url", url).json()
+        assert [r["text"] for r in shown["removed"]] == ["floppy ears"]
+        assert kbuild("list", "--json").json() == []  # nothing went to the embedded store
+    finally:
+        stop_process(proc)
 
 
 def test_compare_is_kbuild_diff(home, kbuild):

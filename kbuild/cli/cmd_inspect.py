@@ -78,7 +78,9 @@ def diff(
         if not parents:
             raise UsageError(f"{child.name} has no parent; name two snapshots: kbuild diff A B")
         old, new = parents[0]["name"], child.name
-    result = diff_snapshots(kb_store.read(old), kb_store.read(new), reword_threshold)
+    # Texts first; the store then fetches only the vectors of changed rows (reword detection).
+    result = diff_snapshots(kb_store.read(old, embeddings=False), kb_store.read(new, embeddings=False),
+                            reword_threshold, vectors=kb_store.vectors)
     if json_out:
         print_json(result.to_json())
     else:

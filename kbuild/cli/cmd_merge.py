@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
+from ..embedding import snapshot_embedder
 from ..merge_op import merge_snapshots
 from .app import app
 from .context import open_store, print_json
-from .options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt
+from .options import ChromaUrlOpt, JsonOpt, SnapshotModelOpt, NameOpt, SnapshotPretrainedOpt, StoreOpt
 
 
 @app.command(epilog="Example: kbuild merge v2 v3 --name derm_combined")
@@ -17,18 +18,16 @@ def merge(
     first: Annotated[str, typer.Argument(help="First snapshot (its CLIP model and template are kept).")],
     second: Annotated[str, typer.Argument(help="Second snapshot.")],
     name: NameOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
+    model: SnapshotModelOpt = None,
+    pretrained: SnapshotPretrainedOpt = None,
     store: StoreOpt = None,
     chroma_url: ChromaUrlOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Merge two snapshots (union, duplicates by id dropped) into a new snapshot."""
-    from .cmd_prune import snapshot_embedder
-
     kb_store = open_store(store, chroma_url)
     result = merge_snapshots(kb_store, first, second,
-                             lambda clip: snapshot_embedder(kb_store, clip, model, pretrained), name)
+                             lambda clip: snapshot_embedder(kb_store.home, clip, model, pretrained), name)
     if json_out:
         print_json(result.to_json())
         return

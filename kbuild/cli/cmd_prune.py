@@ -7,11 +7,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from ..embedding import snapshot_embedder
 from ..prune import STAGES, TABLE_COLUMNS, PruneParams
 from ..prune_op import prune_snapshot
 from .app import app
 from .context import info, open_store, print_json
-from .options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt
+from .options import ChromaUrlOpt, JsonOpt, SnapshotModelOpt, NameOpt, SnapshotPretrainedOpt, StoreOpt
 from .render import console
 
 _SIM = {"min": -1.0, "max": 1.0}
@@ -29,17 +30,6 @@ def _prune_table(result) -> Table:
     return table
 
 
-def snapshot_embedder(kb_store, clip: dict, model: str | None, pretrained: str | None):
-    """A snapshot's own CLIP model (``clip`` from its manifest) unless --model/--pretrained or the
-    environment name another."""
-    from .. import settings
-    from ..embedding import TextEmbedder
-    from ..encoder import load_clip
-
-    chosen = settings.clip_override(model, pretrained) or (clip.get("model"), clip.get("pretrained"))
-    return TextEmbedder(load_clip(*chosen), kb_store.home / "cache" / "text_embeddings.sqlite")
-
-
 @app.command(epilog="Examples: kbuild prune | kbuild prune v1 --dedup-threshold 0.9 --cross-class best "
                     "--max-per-class 30 | kbuild show latest --removed")
 def prune(
@@ -55,8 +45,8 @@ def prune(
     max_per_class: Annotated[Optional[int], typer.Option("--max-per-class", min=1, help="Keep at most N per class, chosen for coverage and diversity.")] = None,
     similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="sentence-transformers model (folder or id) for paraphrase similarity \\[default: the snapshot's CLIP].")] = None,
     name: NameOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
+    model: SnapshotModelOpt = None,
+    pretrained: SnapshotPretrainedOpt = None,
     store: StoreOpt = None,
     chroma_url: ChromaUrlOpt = None,
     json_out: JsonOpt = False,
@@ -67,7 +57,7 @@ def prune(
                          cross_class_threshold=cross_class_threshold, min_margin=min_margin,
                          margin_reference=margin_reference, max_per_class=max_per_class).validate()
     kb_store = open_store(store, chroma_url)
-    embedder = snapshot_embedder(kb_store, kb_store.resolve(snapshot).manifest.get("clip", {}), model, pretrained)
+    embedder = snapshot_embedder(kb_store.home, kb_store.resolve(snapshot).manifest.get("clip", {}), model, pretrained)
     similarity = None
     if similarity_model:
         from ..similarity_models import sentence_embedder

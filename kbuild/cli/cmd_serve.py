@@ -12,7 +12,7 @@ import typer
 from ..errors import UsageError
 from .app import app
 from .context import info, open_store
-from .options import ChromaUrlOpt, ModelOpt, PretrainedOpt, StoreOpt
+from .options import ChromaUrlOpt, SnapshotModelOpt, SnapshotPretrainedOpt, StoreOpt
 
 
 def _stop_on_sigterm():
@@ -34,8 +34,8 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8765,
     host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback exposes the store to the network.")] = "127.0.0.1",
     results: Annotated[Optional[Path], typer.Option("--results", help="Folder of 'kpl eval --out' results whose report.html files to list.")] = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
+    model: SnapshotModelOpt = None,
+    pretrained: SnapshotPretrainedOpt = None,
     store: StoreOpt = None,
     chroma_url: ChromaUrlOpt = None,
 ) -> None:

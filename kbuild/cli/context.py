@@ -16,11 +16,11 @@ def open_store(store: str | None, chroma_url: str | None) -> SnapshotStore:
 
 def load_embedder(store: SnapshotStore, model: str | None, pretrained: str | None):
     """The CLIP text embedder named by the flags/environment, with the store's embedding cache."""
-    from ..embedding import TextEmbedder
+    from ..embedding import TextEmbedder, cache_path
     from ..encoder import load_clip
 
     clip = load_clip(settings.clip_model(model), settings.clip_pretrained(pretrained))
-    return TextEmbedder(clip, store.home / "cache" / "text_embeddings.sqlite")
+    return TextEmbedder(clip, cache_path(store.home))
 
 
 def clip_provenance(embedder, template: str) -> dict[str, Any]:

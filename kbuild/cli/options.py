@@ -27,3 +27,10 @@ TemplateOpt = Annotated[str, typer.Option(
     "--template", help="Text template for stored embeddings: class name, then description.")]
 NameOpt = Annotated[Optional[str], typer.Option(
     "--name", help="Name of the new snapshot \\[default: the next snapshot_vN].")]
+# Commands that work on an existing snapshot re-use its own model unless told otherwise.
+SnapshotModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", envvar=settings.ENV_CLIP_MODEL, show_envvar=True,
+    help="CLIP model for new embeddings \\[default: the snapshot's own model].")]
+SnapshotPretrainedOpt = Annotated[Optional[str], typer.Option(
+    "--pretrained", envvar=settings.ENV_CLIP_PRETRAINED, show_envvar=True,
+    help="Pretrained tag or checkpoint file \\[default: the snapshot's own].")]

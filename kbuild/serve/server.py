@@ -33,8 +33,6 @@ from .service import ReviewService
 STATIC = Path(__file__).with_name("static")
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
-# Built once from the package folder: the only files the app itself will ever serve.
-ASSETS = {p.name: p for p in sorted(STATIC.iterdir()) if p.suffix in _TYPES} if STATIC.is_dir() else {}
 MAX_BODY = 1 << 20
 TOKEN_HEADER = "X-Kbuild-Token"
 _APP_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -56,6 +54,10 @@ class Refused(KbuildError):
     """A request the guards turn away (HTTP 403)."""
 
 
+# Domain errors -> HTTP status; any other KbuildError is the request's fault (400).
+_STATUS = ((StaleDraft, HTTPStatus.CONFLICT), (Refused, HTTPStatus.FORBIDDEN), (SnapshotNotFound, HTTPStatus.NOT_FOUND))
+
+
 class KbuildHTTPServer(ThreadingHTTPServer):
     # Finish in-flight requests (a save that is publishing) before the process exits on Ctrl-C.
     daemon_threads = False
@@ -66,6 +68,8 @@ class KbuildHTTPServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__(address, Handler)
         self.service, self.token = service, token
+        # Listed once when the server starts: the only files the app itself will ever serve.
+        self.assets = {p.name: p for p in sorted(STATIC.iterdir()) if p.suffix in _TYPES}
         self.loopback = is_loopback(host)
         port = self.server_address[1]
         shown = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("", "0.0.0.0") else host)
@@ -115,8 +119,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _error(self, exc: Exception) -> None:
-        status = (HTTPStatus.CONFLICT if isinstance(exc, StaleDraft) else HTTPStatus.FORBIDDEN if isinstance(exc, Refused)
-                  else HTTPStatus.NOT_FOUND if isinstance(exc, SnapshotNotFound) else HTTPStatus.BAD_REQUEST)
+        status = next((code for kind, code in _STATUS if isinstance(exc, kind)), HTTPStatus.BAD_REQUEST)
         payload: dict[str, Any] = {"error": str(exc)}
         if isinstance(exc, StaleDraft):
             payload["draft"] = exc.current
@@ -177,8 +180,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (the base class's naming)
         s = self.server.service
         self._dispatch({
-            "/": lambda _: self._file(ASSETS["index.html"], _TYPES[".html"]),
-            "/favicon.ico": lambda _: self._file(ASSETS["favicon.svg"], _TYPES[".svg"]),
+            "/": lambda _: self._asset("index.html"),
+            "/favicon.ico": lambda _: self._asset("favicon.svg"),
             "/static/": self._asset,
             "/api/info": lambda _: self._json(200, s.info()),
             "/api/snapshots": lambda _: self._json(200, s.snapshots()),
@@ -201,7 +204,7 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, action(self._body()))
 
     def _asset(self, name: str) -> None:
-        path = ASSETS.get(name)  # a table lookup: the request never names a file directly
+        path = self.server.assets.get(name)  # a table lookup: the request never names a file directly
         if path is None:
             raise SnapshotNotFound(f"No asset {name!r}")
         self._file(path, _TYPES[path.suffix])

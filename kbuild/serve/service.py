@@ -154,7 +154,7 @@ class ReviewService:
         with self.drafts.change(snapshot, reviewer, payload.get("version")) as draft:
             decisions = [Decision.from_json(d) for d in draft["decisions"]]
             with self._model_lock:
-                    info = review_snapshot(self.store, snapshot, decisions, self.options.model,
+                info = review_snapshot(self.store, snapshot, decisions, self.options.model,
                                        self.options.pretrained, name=name)
             draft.update(decisions=[], saved_as=info.name)
         return {"snapshot": info.name, "parent": snapshot, "content_hash": info.content_hash,

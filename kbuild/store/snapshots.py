@@ -176,6 +176,23 @@ class SnapshotStore:
                   else np.zeros((0, 0), dtype=np.float32))
         return KnowledgeBase(info, [to_description(r[1], r[2]) for r in kept], matrix, removed)
 
+    def vectors(self, kb: KnowledgeBase, rows: list[int]) -> np.ndarray:
+        """(len(rows), D) float32 embeddings of ``kb``'s kept descriptions at ``rows``, fetched by id.
+
+        For callers that read a snapshot without embeddings and need only a few (``diff``).
+        """
+        ids = [kb.descriptions[r].id for r in rows]
+        collection = self._collection(kb.info.name)
+        found: dict[str, Any] = {}
+        for start in range(0, len(ids), _PAGE):
+            page = collection.get(ids=ids[start:start + _PAGE], include=["embeddings"])
+            found.update(zip(page["ids"], page["embeddings"]))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KbuildError(f"{kb.info.name} has no stored vector for {len(missing)} description(s); "
+                              f"run 'kbuild verify {kb.info.name}'")
+        return np.asarray([found[i] for i in ids], dtype=np.float32).reshape(len(ids), -1)
+
     # ---- writing -------------------------------------------------------------------------
     def _lock(self):
         # Embedded Chroma is one folder shared by processes: serialise writers on this machine.
