@@ -42,7 +42,9 @@ def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str,
     reuse = clip_info.get("model_id") == embedder.model_id
     embed_bare = similarity or (lambda texts: embedder.embed_texts(texts))
     classes = kb.classes()
-    names = dict(zip(classes, embedder.embed_class_names(classes))) if similarity is None else None
+    # Class references must live in the same space as the texts they are compared with.
+    name_vectors = embedder.embed_class_names(classes) if similarity is None else similarity(list(classes))
+    names = dict(zip(classes, name_vectors))
     result = prune_descriptions(kb.descriptions, embed_bare, params, name_embeddings=names,
                                 token_count=embedder.clip.count_tokens, template=template)
     parent_vectors = {d.id: v for d, v in zip(kb.descriptions, kb.embeddings)}

@@ -134,7 +134,12 @@ def _truncate(item: Item, token_count, template: str, max_tokens: int) -> str | 
 
 
 def exact_duplicates(items: list[Item]) -> tuple[list[Item], list[Drop]]:
-    """Within each class keep the first item of each identical (normalised) text."""
+    """Within each class keep the first item of each identical text.
+
+    Identical means equal after whitespace normalisation, case included: the same rule as a
+    description's id. Case-only variants are left to the near-duplicate stage (CLIP's tokenizer
+    lowercases, so their embeddings coincide).
+    """
     kept, drops = [], []
     first: dict[tuple[str, str], Item] = {}
     for item in items:
