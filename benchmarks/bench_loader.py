@@ -108,7 +108,7 @@ def main() -> None:
         loaders = {w: loader_rate(paths, preprocess, args.batch_size, w) for w in worker_counts}
         pipelines = {w: pipeline_rate(paths, clip, args.batch_size, w) for w in worker_counts}
 
-    auto = default_workers(args.images, args.batch_size)
+    auto = default_workers(args.images, args.batch_size, clip.device)
     print(f"\nViT-B-32 (random weights), {args.images} JPEGs 500x375 -> 224, batch {args.batch_size}, "
           f"CPU, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores\n")
     print(f"| {'measure':<34} | {'images/s':>9} | {'vs model':>8} |")

