@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kbuild.descriptions import Description  # noqa: E402
-from kbuild.diff import diff_snapshots  # noqa: E402
+from kbuild.diff import diff_stored  # noqa: E402
 from kbuild.inspect_ops import verify  # noqa: E402
 from kbuild.store import SnapshotStore  # noqa: E402
 from kbuild.store.manifest import SnapshotDraft  # noqa: E402
@@ -177,7 +177,7 @@ def run(args) -> Bench:
 
 def store_diff(store: SnapshotStore, old: str, new: str):
     """What ``kbuild diff OLD NEW`` computes."""
-    return diff_snapshots(store.read(old), store.read(new))
+    return diff_stored(store, old, new)
 
 
 def main(argv=None) -> int:

@@ -49,7 +49,8 @@ TemplateOpt = Annotated[Optional[str], typer.Option(
                        "another one re-embeds the descriptions.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu for image encoding \\[default: auto].")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes \\[default: 0 on CPU, one per core (up to 8) on a GPU].")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", help="DataLoader worker processes \\[default: 0 on CPU, one per core (up to 8) on a GPU].")]
 CacheDirOpt = Annotated[Optional[Path], typer.Option(
     "--cache-dir", envvar=settings.ENV_KPL_CACHE, show_envvar=True,
     help="Feature cache folder \\[default: <store>/cache/features].")]

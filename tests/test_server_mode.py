@@ -106,6 +106,31 @@ def test_server_gc_never_touches_published_snapshots(both):
     assert names_and_hashes(both.server("list", "--json")) == before
 
 
+def test_latest_is_the_last_published_even_when_server_writers_overlap(tmp_path, chroma_url, both, monkeypatch):
+    from kbuild.descriptions import Description
+    from kbuild.store.manifest import SnapshotDraft
+
+    def draft(word):
+        texts = [Description("overlap", f"{word} trait {i}") for i in range(3)]
+        return SnapshotDraft(texts, np.eye(4, dtype=np.float32)[:3], "load", {}, {"model_id": "x"})
+
+    slow, fast = SnapshotStore(tmp_path, chroma_url), SnapshotStore(tmp_path, chroma_url)
+    claim = SnapshotStore._claim_name
+
+    def overlapped(self, *args):
+        if self is slow:  # another writer starts after this one and finishes first
+            monkeypatch.setattr(SnapshotStore, "_claim_name", claim)
+            fast.publish(draft("fast"))
+        return claim(self, *args)
+
+    monkeypatch.setattr(SnapshotStore, "_claim_name", overlapped)
+    last = slow.publish(draft("slow"))
+    listed = [s.name for s in slow.list()]
+    assert listed[-1] == last.name == slow.resolve("latest").name
+    numbers = [int(n.rsplit("_v", 1)[1]) for n in listed if n.startswith("snapshot_v")]
+    assert numbers == sorted(numbers)
+
+
 @pytest.mark.slow
 def test_four_processes_writing_to_one_server_each_get_their_own_version(tmp_path, chroma_url, tiny_model, both):
     files = [write_class_lists(tmp_path / f"team{k}.json", classes=2, per_class=6, prefix=f"team{k}") for k in range(4)]

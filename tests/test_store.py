@@ -288,3 +288,25 @@ def test_four_processes_loading_at_once_each_get_their_own_version(tmp_path, tin
     assert sorted(s.manifest["parameters"]["files"][0] for s in listed.values()) == [f.name for f in files]
     assert all(verify(store.read(name)).ok for name in listed)
     assert pending(store) == []
+
+
+# ---- diff straight from the store ---------------------------------------------------------------
+def test_diff_from_the_store_fetching_only_changed_vectors_equals_the_full_read_diff(store):
+    from kbuild.diff import diff_snapshots, diff_stored
+
+    base = make_draft(classes=4, per_class=12, dim=32)
+    changed = list(base.descriptions)
+    vectors = base.embeddings.copy()
+    for row in (0, 5, 9):  # reworded: same class, new text, nearly the same vector
+        d = changed[row]
+        changed[row] = Description(d.class_name, d.text + " (reworded)")
+        vectors[row] = vectors[row] + 0.01
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    keep = [r for r in range(len(changed)) if r not in (2, 7)]  # two removed outright
+    child = SnapshotDraft([changed[r] for r in keep], vectors[keep], "review", {}, CLIP, parents=["v1"])
+    store.publish(base)
+    store.publish(child)
+    expected = diff_snapshots(store.read("v1"), store.read("v2")).to_json()
+    got = diff_stored(store, "v1", "v2").to_json()
+    assert got == expected
+    assert got["summary"]["descriptions_reworded"] == 3 and got["summary"]["descriptions_removed"] == 2

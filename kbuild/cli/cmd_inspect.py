@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..diff import diff_snapshots
+from ..diff import diff_stored
 from ..errors import KbuildError, UsageError
 from ..inspect_ops import EXPORT_FORMATS, export_text, verify
 from .app import app
@@ -78,9 +78,7 @@ def diff(
         if not parents:
             raise UsageError(f"{child.name} has no parent; name two snapshots: kbuild diff A B")
         old, new = parents[0]["name"], child.name
-    # Texts first; the store then fetches only the vectors of changed rows (reword detection).
-    result = diff_snapshots(kb_store.read(old, embeddings=False), kb_store.read(new, embeddings=False),
-                            reword_threshold, vectors=kb_store.vectors)
+    result = diff_stored(kb_store, old, new, reword_threshold)
     if json_out:
         print_json(result.to_json())
     else:

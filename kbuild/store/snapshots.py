@@ -26,15 +26,15 @@ from ..errors import KbuildError, SnapshotNotFound, StoreUnavailable
 from . import names
 from .client import open_embedded, open_server
 from .locking import store_write_lock
-from .manifest import SnapshotDraft, build_manifest
+from .manifest import SnapshotDraft, build_manifest, now_iso
 from .records import REMOVED, RemovedRecord, kept_metadata, removed_metadata, to_description, to_removed
 
 _PAGE = 5000
 # "ip", not "cosine": Chroma re-normalises vectors stored in a cosine space, so they would not
 # read back bit-identical; ours are unit rows already, where inner product is cosine similarity.
 # kbuild never queries the HNSW index (it reads whole snapshots), so a light graph keeps the
-# 50 000-description write well under 30 s (Chroma's default M 16 / ef 100 costs ~2x and grows with size).
-_COLLECTION_CONFIG = {"hnsw": {"space": "ip", "ef_construction": 32, "max_neighbors": 8}}
+# 50 000-description write under 30 s: Chroma's default (M 16, ef 100) costs 2-3x, growing with size.
+_COLLECTION_CONFIG = {"hnsw": {"space": "ip", "ef_construction": 16, "max_neighbors": 8}}
 
 
 @dataclass
@@ -212,7 +212,7 @@ class SnapshotStore:
             manifest = build_manifest(draft, parents)
             pending = self._write_pending(draft, manifest)
             try:
-                final = self._claim_name(pending, name, existing)
+                final = self._claim_name(pending, name, existing, manifest)
             except Exception:
                 self._drop_pending(pending.name)  # an error (not a crash) leaves nothing for gc
                 raise
@@ -244,21 +244,25 @@ class SnapshotStore:
                               "nothing was published, try again")
         return collection
 
-    def _claim_name(self, collection, name: str | None, existing: dict) -> str:
+    def _claim_name(self, collection, name: str | None, existing: dict, manifest: dict) -> str:
         if name is not None:
-            if not self._try_rename(collection, name):
+            if not self._try_rename(collection, name, manifest):
                 self.client.delete_collection(collection.name)
                 raise KbuildError(f"Snapshot '{name}' was created by another writer meanwhile (choose another --name)")
             return name
         number = 1 + max((names.auto_number(n) or 0 for n in existing), default=0)
         for candidate in range(number, number + 1000):
-            if self._try_rename(collection, names.auto_name(candidate)):
+            if self._try_rename(collection, names.auto_name(candidate), manifest):
                 return names.auto_name(candidate)
         raise KbuildError("Could not claim a snapshot number after 1000 tries (is another writer looping?)")
 
-    def _try_rename(self, collection, new_name: str) -> bool:
+    def _try_rename(self, collection, new_name: str, manifest: dict) -> bool:
+        # 'created' is the moment the snapshot becomes visible, stamped in the same call as the
+        # rename: 'latest' and list order then follow publication, even for overlapping server writers.
+        manifest["created"] = now_iso()
         try:
-            collection.modify(name=new_name)
+            collection.modify(name=new_name, metadata={
+                "kbuild_kind": "snapshot", "kbuild_manifest": json.dumps(manifest, ensure_ascii=False)})
             return True
         except Exception as exc:
             if self._exists(new_name):
