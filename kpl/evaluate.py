@@ -166,9 +166,9 @@ def _specs(session: Session, kb: KnowledgeBase) -> list[tuple[str, str | None]]:
 
 
 def _embedder(session: Session, clip):
-    from kbuild.embedding import TextEmbedder
+    from kbuild.embedding import TextEmbedder, cache_path
 
-    return TextEmbedder(clip, session.store.home / "cache" / "text_embeddings.sqlite")
+    return TextEmbedder(clip, cache_path(session.store.home))
 
 
 def _description_embeddings(session: Session, kb: KnowledgeBase, kb_classes: list[str], model_id: str,
