@@ -190,7 +190,8 @@ class ClipModel:
     def describe(self) -> dict:
         # A local-dir/hf-hub model carries its own weights: a --pretrained default was not used.
         own_weights = self.spec.model.startswith((LOCAL_DIR, HF_HUB))
-        return {"model": self.spec.model, "pretrained": None if own_weights else _public_pretrained(self.spec.pretrained),
+        pretrained = None if own_weights else _public_pretrained(self.spec.pretrained)
+        return {"model": self.spec.model, "pretrained": pretrained,
                 "model_id": self.model_id, "dim": self.dim, "context_length": self.context_length}
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from .classes_file import parse_classes_file
 from .embedding import check_template
 from .sources.curated import CuratedImport, load_curated
-from .store import SnapshotInfo, SnapshotStore
+from .store import SnapshotInfo, SnapshotStore, validate_snapshot_name
 from .store.manifest import SnapshotDraft
 
 
@@ -27,6 +27,8 @@ def load_files(store: SnapshotStore, embedder, paths: list[Path], template: str,
                section: str | None = None, classes_file: Path | None = None, restrict: bool = False,
                name: str | None = None) -> LoadResult:
     """Import curated files, embed ``template.format(class, text)`` with CLIP, publish a snapshot."""
+    if name is not None:
+        validate_snapshot_name(name)  # a bad --name is a usage error before any file is read
     check_template(template)
     classes = [entry.name for entry in parse_classes_file(classes_file)] if classes_file else None
     imported = load_curated(paths, format=fmt, section=section, classes=classes, restrict=restrict)

@@ -14,11 +14,13 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from helpers import free_port, run_kbuild, store_fingerprint
+from helpers import cli_env, free_port, run_kbuild, run_subprocess, store_fingerprint
 from kbuild.descriptions import Description, content_hash, normalise_text
 from kbuild.store import RemovedRecord, SnapshotStore
+from kbuild.store.manifest import SnapshotDraft
 
 CUPL = "CuPL__food_prompts_full.json"
 WAFFLE = "WaffleCLIP__descriptors_food101.json"
@@ -305,9 +307,6 @@ def test_gc_removes_an_unfinished_write(clip_env, kbuild, kb_files, monkeypatch)
 
 
 def test_show_removed_lists_each_removal_with_its_reason(clip_env, kbuild, kb_files):
-    from kbuild.store.manifest import SnapshotDraft
-    import numpy as np
-
     kept = [Description("melanoma", "asymmetric dark lesion"), Description("melanoma", "irregular border")]
     gone = [RemovedRecord(Description("melanoma", "come back"), "filter", "not visual", 0.125)]
     store = SnapshotStore(clip_env)
@@ -355,9 +354,12 @@ def error_cases(tmp_path: Path, kb_files: Path) -> dict:
                                "Cannot reach the Chroma server"),
         "unreachable server on load": (("load", good, "--chroma-url", f"http://127.0.0.1:{free_port()}"), 1,
                                        "Cannot reach the Chroma server"),
-        "unknown clip model": (("load", good, "--model", "NoSuchModel-B-99"), 2, "Unknown CLIP model 'NoSuchModel-B-99'"),
+        "unknown clip model": (("load", good, "--model", "NoSuchModel-B-99"), 2,
+                               "Unknown CLIP model 'NoSuchModel-B-99'"),
         "missing checkpoint": (("load", good, "--model", "ViT-B-32", "--pretrained", tmp_path / "none.pt"), 2,
                                "checkpoint file not found"),
+        "unknown pretrained tag": (("load", good, "--model", "ViT-B-32", "--pretrained", "no-such-tag"), 1,
+                                   "Could not load CLIP model ViT-B-32"),
         "unknown class": (("show", "v4", "--class", "nosuch"), 1, "Class 'nosuch' is not in snapshot_v4"),
         "existing name": (("load", good, "--name", "snapshot_v2"), 1, "already exists"),
     }
@@ -366,7 +368,7 @@ def error_cases(tmp_path: Path, kb_files: Path) -> dict:
 ERROR_CASES = ["missing snapshot", "missing tag", "malformed json", "malformed csv", "unknown load format",
                "unknown export format", "path-like name", "absolute path name", "ip-like name", "path-like reference",
                "unreachable server", "unreachable server on load", "unknown clip model", "missing checkpoint",
-               "unknown class", "existing name"]
+               "unknown pretrained tag", "unknown class", "existing name"]
 
 
 @pytest.mark.parametrize("case", ERROR_CASES)
@@ -382,3 +384,13 @@ def test_errors_are_one_line_with_exit_code_and_leave_the_store_unchanged(kb, tm
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.err
     assert re.search(pattern, lines[0]), lines[0]
     assert store_fingerprint(kb.home) == before
+
+
+def test_errors_in_a_real_process_print_exactly_one_stderr_line(kb, tmp_path):
+    """Beyond the in-process boundary: no library warning or traceback reaches a user's terminal."""
+    env = cli_env(KBUILD_STORE=str(kb.home), KPL_CLIP_MODEL=kb.model)
+    bad_json = write(tmp_path, "broken.json", '{\n  "melanoma": ["dark",]\n}\n')
+    for args, code in ((("show", "v99"), 1), (("load", bad_json), 1), (("load", bad_json, "--name", "../x"), 2)):
+        result = run_subprocess("kbuild", *args, env=env)
+        assert result.code == code and result.out == "", result.err
+        assert len(result.err.splitlines()) == 1 and result.err.startswith("Error: "), result.err

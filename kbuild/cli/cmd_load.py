@@ -9,6 +9,7 @@ import typer
 
 from .. import settings
 from ..load_op import load_files
+from ..store import validate_snapshot_name
 from .app import app
 from .context import info, load_embedder, open_store, print_json
 from .options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt, TemplateOpt
@@ -31,6 +32,8 @@ def load(
     json_out: JsonOpt = False,
 ) -> None:
     """Import curated descriptions (DCLIP, CuPL, LaBo, KPL, CSV, JSONL) into a new snapshot."""
+    if name is not None:
+        validate_snapshot_name(name)  # before loading CLIP, which can take a while
     kb_store = open_store(store, chroma_url)
     embedder = load_embedder(kb_store, model, pretrained)
     result = load_files(kb_store, embedder, files, template, format, section, classes, restrict, name)
