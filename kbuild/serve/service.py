@@ -1,7 +1,7 @@
 """What the web app can do, as plain methods returning JSON-ready objects (no HTTP in here).
 
 Browsing reads snapshots without embeddings and keeps a few in memory (snapshots are immutable, so a
-cached read never goes stale). Comparing calls ``kbuild diff``'s own ``diff_snapshots``. Reviewing keeps
+cached read never goes stale). Comparing calls ``kbuild diff``'s own ``diff_stored``. Reviewing keeps
 decisions in a server-side draft and saving publishes a child snapshot through ``review_snapshot``:
 the same store API and atomic publish as every CLI command.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..descriptions import normalise_text
-from ..diff import diff_snapshots
+from ..diff import diff_stored
 from ..errors import UsageError
 from ..review import MAX_NAME, Decision, ReviewError, check_decision, review_snapshot, snapshot_embedder, stamp
 from ..store import KnowledgeBase, SnapshotStore, validate_snapshot_name
@@ -83,7 +83,7 @@ class ReviewService:
 
     def compare(self, old: str, new: str, threshold: float = 0.9) -> dict[str, Any]:
         """``kbuild diff OLD NEW --json`` plus its summary line; ``empty`` when nothing differs."""
-        result = diff_snapshots(self.store.read(old), self.store.read(new), threshold)
+        result = diff_stored(self.store, old, new, threshold)
         return {"old": result.old, "new": result.new, "empty": result.empty, "summary_line": result.summary(),
                 "diff": result.to_json()}
 
