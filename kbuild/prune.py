@@ -22,6 +22,7 @@ import numpy as np
 
 from .descriptions import Description
 from .errors import KbuildError, UsageError
+from .store.records import RemovedRecord
 from .prune_similarity import unit_rows
 from .prune_stages import cross_class, low_margin, max_per_class, near_duplicates
 from .prune_text import FIX_TRUNCATED, Drop, Item, canonical_items, exact_duplicates, overlong, sanitise
@@ -95,16 +96,10 @@ def _check_similarity(name: str, value: Any) -> None:
         raise UsageError(f"{_flag(name)} must be a cosine similarity between -1 and 1 (got {value!r})")
 
 
-@dataclass
-class Removal:
+class Removal(RemovedRecord):
     """One removed description (as it was given), the stage and reason, its score, and what it
-    collided with: the kept text it duplicates, or the other class."""
-
-    description: Description
-    stage: str
-    reason: str
-    score: float | None = None
-    related: str | None = None
+    collided with: the kept text it duplicates, or the other class. It is the store's removed
+    record, so a child snapshot keeps it as is; only the prune report's JSON differs."""
 
     def to_json(self) -> dict[str, Any]:
         d = self.description

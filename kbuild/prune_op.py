@@ -14,7 +14,7 @@ import numpy as np
 
 from .embedding import TextEmbedder, templated_embeddings
 from .prune import PruneParams, PruneResult, prune_descriptions
-from .store import RemovedRecord, SnapshotInfo, SnapshotStore
+from .store import SnapshotInfo, SnapshotStore
 from .store.manifest import SnapshotDraft
 
 
@@ -49,7 +49,7 @@ def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str,
                                 token_count=embedder.clip.count_tokens, template=template)
     parent_vectors = {d.id: v for d, v in zip(kb.descriptions, kb.embeddings)}
     kept_vectors = templated_embeddings(embedder, parent_vectors, result.kept, template, reuse)
-    removed = [RemovedRecord(r.description, r.stage, r.reason, r.score, r.related) for r in result.removed]
+    removed = result.removed
     removed_vectors = templated_embeddings(embedder, parent_vectors, [r.description for r in removed], template, reuse)
     if not reuse:
         clip_info = {**embedder.clip.describe(), "template": template}
