@@ -13,7 +13,9 @@ from ..errors import KbuildError
 app = typer.Typer(
     name="kbuild",
     help="Build, version and inspect knowledge bases of visual class descriptions.\n\n"
-         "Example: kbuild load descriptors.json && kbuild list && kbuild diff v1 v2",
+         "Every command that changes knowledge (generate, load, prune, merge, a review in serve) writes a new, "
+         "immutable snapshot (snapshot_v1, snapshot_v2, ...); name one as snapshot_v3, v3, latest or a tag.\n\n"
+         "Example: kbuild load descriptors.json && kbuild prune && kbuild diff v1 v2",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -22,14 +24,9 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    # Imported for their side effect of adding commands to ``app``.
-    from . import cmd_inspect, cmd_load  # noqa: F401
-    for optional in ("cmd_prune", "cmd_merge", "cmd_generate", "cmd_serve"):
-        try:
-            __import__(f"{__package__}.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{optional}":
-                raise
+    # Imported for their side effect of adding commands to ``app``; the order is the help's order,
+    # which follows the workflow: build, refine, inspect, review.
+    from . import cmd_generate, cmd_load, cmd_prune, cmd_merge, cmd_inspect, cmd_serve  # noqa: F401
 
 
 def run_with_boundary(typer_app: typer.Typer, prog_name: str, argv: list[str] | None = None) -> int:

@@ -101,7 +101,7 @@ def export(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None,
 ) -> None:
-    """Export a snapshot's descriptions as JSON (with provenance), CSV, or plain {class: [text]}."""
+    """Export a snapshot's descriptions as JSON (with provenance), CSV, or plain {class: \\[text]}."""
     if format not in EXPORT_FORMATS:
         raise UsageError(f"Unknown export format '{format}'. Available: {', '.join(EXPORT_FORMATS)}")
     text = export_text(open_store(store, chroma_url).read(snapshot, embeddings=False), format)
