@@ -71,6 +71,15 @@ def openai_api_key() -> str | None:
     return _pick(None, ENV_OPENAI_KEY, None)
 
 
+def secrets() -> list[str]:
+    """The credentials set in the environment (API key, Chroma token), to mask in anything shown.
+
+    Values shorter than 8 characters are not credentials anyone could leak by accident, and masking
+    them would garble messages."""
+    values = (os.environ.get(ENV_OPENAI_KEY, ""), os.environ.get(ENV_CHROMA_TOKEN, ""))
+    return [v for v in values if len(v) >= 8]
+
+
 def openai_base_url(flag: str | None = None) -> str | None:
     return _pick(flag, ENV_OPENAI_BASE_URL, None)
 

@@ -87,19 +87,30 @@ class Session:
             self.log(message)
 
 
-def load_image_features(inputs: Inputs, progress: Progress | None = None):
+def load_image_features(inputs: Inputs, progress: Progress | None = None,
+                        check_classes: Callable[[list[str]], None] | None = None):
     """(FeatureSet, ImageDataset or None, image model or None) from ``--features`` or ``--data``."""
     cache_dir = (inputs.cache_dir or settings.kpl_feature_cache(None, inputs.store)) if inputs.use_cache else None
     return load_or_encode(inputs.data, inputs.features, inputs.split, settings.clip_model(inputs.model),
                           settings.clip_pretrained(inputs.pretrained), inputs.device, inputs.batch_size,
-                          inputs.workers, cache_dir, progress)
+                          inputs.workers, cache_dir, progress, check_classes)
 
 
 def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progress: Progress | None = None) -> Session:
-    """Read the snapshots first (a bad name fails before any image is encoded), then the image features."""
+    """Read the snapshots first (a bad name fails before any image is encoded), then the image features.
+
+    Dataset classes are matched to every snapshot's classes before encoding too: a class without
+    descriptions is reported at once, not after encoding the whole dataset.
+    """
     store = SnapshotStore.open(inputs.store, inputs.chroma_url)
     kbs = [store.read(ref) for ref in kb_refs]
-    features, dataset, clip = load_image_features(inputs, progress)
+    class_map = parse_class_map(inputs.class_map) if inputs.class_map else None
+
+    def check_classes(class_names: list[str]) -> None:
+        for kb in kbs:
+            match_classes(class_names, kb.classes(), kb.info.name, class_map)
+
+    features, dataset, clip = load_image_features(inputs, progress, check_classes)
     session = Session(inputs, store, kbs, features, dataset, clip, log=log)
     for message in feature_notes(features, dataset):
         session.note(message)

@@ -323,10 +323,12 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
 
 def load_or_encode(data: Path | None, features: Path | None, split: str | None, model: str, pretrained: str | None,
                    device: str | None = None, batch_size: int = 64, workers: int | None = None,
-                   cache_dir: Path | None = None, progress: Progress | None = None):
+                   cache_dir: Path | None = None, progress: Progress | None = None,
+                   check_classes: Callable[[list[str]], None] | None = None):
     """(FeatureSet, ImageDataset or None, image model or None): read ``features`` or encode ``data``.
 
-    Exactly one of the two is given; ``cache_dir`` None encodes without caching.
+    Exactly one of the two is given; ``cache_dir`` None encodes without caching. ``check_classes``
+    sees the dataset's class names before any model is loaded or image encoded (it raises to stop).
     """
     from kbuild.encoder import load_clip
 
@@ -335,8 +337,13 @@ def load_or_encode(data: Path | None, features: Path | None, split: str | None, 
     if (data is None) == (features is None):
         raise UsageError("Pass exactly one of --data DIR (images) or --features FILE.npz")
     if features is not None:
-        return load_features_npz(features), None, None
+        loaded = load_features_npz(features)
+        if check_classes is not None:
+            check_classes(loaded.class_names)
+        return loaded, None, None
     dataset = load_dataset(data, split)
+    if check_classes is not None:
+        check_classes(dataset.class_names)
     clip = load_clip(model, pretrained, device)
     return encode_dataset(dataset, clip, cache_dir, batch_size, workers, progress), dataset, clip
 

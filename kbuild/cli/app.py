@@ -40,7 +40,7 @@ def run_with_boundary(typer_app: typer.Typer, prog_name: str, argv: list[str] | 
     except KbuildError as err:
         if settings.debug():
             traceback.print_exc()
-        print(f"Error: {err}", file=sys.stderr)
+        _print_error(f"Error: {err}")
         return err.exit_code
     except KeyboardInterrupt:
         print("Error: interrupted; nothing half-written was published", file=sys.stderr)
@@ -50,6 +50,14 @@ def run_with_boundary(typer_app: typer.Typer, prog_name: str, argv: list[str] | 
             return _report_usage(err, prog_name)
         return _report_unexpected(err)
     return 0
+
+
+def _print_error(line: str) -> None:
+    """The one way an error reaches the terminal: an API key or Chroma token that a server echoed into
+    an exception's text is masked here, whichever code path raised it."""
+    for secret in settings.secrets():
+        line = line.replace(secret, "***")
+    print(line, file=sys.stderr)
 
 
 def _is_usage_problem(err: Exception) -> bool:
@@ -68,7 +76,7 @@ def _report_usage(err, prog_name: str) -> int:
     message = " ".join(err.format_message().split())
     ctx = getattr(err, "ctx", None)
     command = ctx.command_path if ctx is not None else prog_name
-    print(f"Error: {message} (see '{command} --help')", file=sys.stderr)
+    _print_error(f"Error: {message} (see '{command} --help')")
     return int(err.exit_code) if err.exit_code else 2
 
 
@@ -77,8 +85,7 @@ def _report_unexpected(err: Exception) -> int:
     if settings.debug():
         traceback.print_exc()
     first = str(err).splitlines()[0] if str(err) else ""
-    print(f"Error: unexpected {type(err).__name__}: {first} (set {settings.ENV_DEBUG}=1 for the traceback)",
-          file=sys.stderr)
+    _print_error(f"Error: unexpected {type(err).__name__}: {first} (set {settings.ENV_DEBUG}=1 for the traceback)")
     return 1
 
 

@@ -56,6 +56,20 @@ def open_server(url: str, token: str | None):
         client.heartbeat()
         return client
     except Exception as exc:
+        if is_auth_error(exc):
+            raise refused(url, exc) from exc
         raise StoreUnavailable(
             f"Cannot reach the Chroma server at {url} ({type(exc).__name__}); start one with "
             "'chroma run --path DIR --host 127.0.0.1 --port 8000' or drop --chroma-url") from exc
+
+
+def is_auth_error(exc: Exception) -> bool:
+    from chromadb.errors import AuthorizationError, ChromaAuthError
+
+    return isinstance(exc, (AuthorizationError, ChromaAuthError))
+
+
+def refused(url: str, exc: Exception) -> StoreUnavailable:
+    # The server's own text is left out: a server or proxy may echo the token it refused.
+    return StoreUnavailable(f"The Chroma server at {url} refused access ({type(exc).__name__}); set "
+                            "KBUILD_CHROMA_TOKEN to a token it accepts")

@@ -12,6 +12,7 @@ race simply takes the next number. A killed writer leaves at most a pending coll
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 import uuid
@@ -24,12 +25,13 @@ import numpy as np
 from .. import settings
 from ..errors import KbuildError, SnapshotNotFound, StoreUnavailable
 from . import names
-from .client import open_embedded, open_server
+from .client import is_auth_error, open_embedded, open_server, refused
 from .locking import store_write_lock
 from .manifest import SnapshotDraft, build_manifest, now_iso
 from .records import REMOVED, RemovedRecord, kept_metadata, removed_metadata, to_description, to_removed
 
 _PAGE = 5000
+_WRITE_BATCH = 5000  # records per add(): Chroma's own limit is larger; this bounds one request's size
 # "ip", not "cosine": Chroma re-normalises vectors stored in a cosine space, so they would not
 # read back bit-identical; ours are unit rows already, where inner product is cosine similarity.
 # kbuild never queries the HNSW index (it reads whole snapshots), so a light graph keeps the
@@ -81,6 +83,34 @@ class KnowledgeBase:
         return [self.embeddings[rows[c]] for c in class_names]
 
 
+def _server_faults(method):
+    """A Chroma server that goes away in the middle of a store call is a one-line StoreUnavailable, not a
+    stack trace (the pending collection of a write in progress stays invisible: nothing is half-published)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except KbuildError:
+            raise
+        except Exception as exc:
+            if self.mode == "server" and is_auth_error(exc):
+                raise refused(self.url, exc) from exc
+            if self.mode != "server" or not _is_transport_error(exc):
+                raise
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            raise StoreUnavailable(
+                f"Lost the connection to the Chroma server at {self.url} ({type(exc).__name__}: {detail}); "
+                "nothing half-written was published and earlier snapshots are untouched; "
+                "rerun the command when the server is back") from exc
+    return wrapper
+
+
+def _is_transport_error(exc: Exception) -> bool:
+    import httpx
+
+    return isinstance(exc, (httpx.TransportError, ConnectionError))
+
+
 def _sort_key(info: SnapshotInfo) -> tuple:
     number = names.auto_number(info.name)
     return (info.created, number if number is not None else -1, info.name)
@@ -109,13 +139,17 @@ class SnapshotStore:
         try:
             return list(self.client.list_collections())
         except Exception as exc:
+            if self.mode == "server" and (is_auth_error(exc) or _is_transport_error(exc)):
+                raise  # worded by _server_faults
             raise StoreUnavailable(f"Cannot list snapshots in {self.location}: {exc}") from exc
 
+    @_server_faults
     def tags(self) -> dict[str, str]:
         """Tag name -> snapshot name, ``latest`` not included (it is derived)."""
         return {c.name[len(names.TAG_PREFIX):]: (c.metadata or {}).get("target", "")
                 for c in self._collections() if c.name.startswith(names.TAG_PREFIX)}
 
+    @_server_faults
     def list(self) -> list[SnapshotInfo]:
         """Every published snapshot, oldest first, with its tags (``latest`` on the newest)."""
         collections = self._collections()
@@ -130,6 +164,7 @@ class SnapshotStore:
             infos[-1].tags = [names.LATEST, *infos[-1].tags]
         return infos
 
+    @_server_faults
     def resolve(self, reference: str) -> SnapshotInfo:
         """``snapshot_v3`` | ``v3`` | ``latest`` | a tag -> the snapshot; unknown -> a list of what exists."""
         names.check_reference(reference)
@@ -159,6 +194,7 @@ class SnapshotStore:
         for offset in range(0, total, _PAGE):
             yield collection.get(limit=_PAGE, offset=offset, include=include)
 
+    @_server_faults
     def read(self, reference: str, embeddings: bool = True, class_name: str | None = None) -> KnowledgeBase:
         """A snapshot's kept descriptions (+ embeddings, float32) and removed records, in write order."""
         info = self.resolve(reference)
@@ -176,6 +212,7 @@ class SnapshotStore:
                   else np.zeros((0, 0), dtype=np.float32))
         return KnowledgeBase(info, [to_description(r[1], r[2]) for r in kept], matrix, removed)
 
+    @_server_faults
     def vectors(self, kb: KnowledgeBase, rows: list[int]) -> np.ndarray:
         """(len(rows), D) float32 embeddings of ``kb``'s kept descriptions at ``rows``, fetched by id.
 
@@ -198,6 +235,7 @@ class SnapshotStore:
         # Embedded Chroma is one folder shared by processes: serialise writers on this machine.
         return store_write_lock(self.home) if self.mode == "embedded" else contextlib.nullcontext()
 
+    @_server_faults
     def publish(self, draft: SnapshotDraft, name: str | None = None) -> SnapshotInfo:
         """Write ``draft`` as a new snapshot (named, or the next ``snapshot_vN``) and return it."""
         if name is not None:
@@ -229,7 +267,7 @@ class SnapshotStore:
             pending_name, embedding_function=None, configuration=_COLLECTION_CONFIG,
             metadata={"kbuild_kind": "snapshot", "kbuild_manifest": json.dumps(manifest, ensure_ascii=False)})
         ids, docs, metas, vectors = _records(draft)
-        batch = max(1, min(self.client.get_max_batch_size(), 5000))
+        batch = max(1, min(self.client.get_max_batch_size(), _WRITE_BATCH))
         try:
             for start in range(0, len(ids), batch):
                 end = start + batch
@@ -272,6 +310,7 @@ class SnapshotStore:
     def _exists(self, name: str) -> bool:
         return any(c.name == name for c in self._collections())
 
+    @_server_faults
     def tag(self, reference: str, tag: str) -> tuple[str, str | None]:
         """Point ``tag`` at a snapshot (moving it if it exists); returns (snapshot, previous target)."""
         names.validate_tag_name(tag)
@@ -285,6 +324,7 @@ class SnapshotStore:
             collection.modify(metadata={"kbuild_kind": "tag", "target": info.name})
         return info.name, (previous if previous != info.name else None)
 
+    @_server_faults
     def gc(self, older_than_s: float = 3600.0) -> list[str]:
         """Delete pending collections left by killed writers; returns their names."""
         removed = []

@@ -1,0 +1,250 @@
+"""Bad input, both CLIs: every case exits 1 (2 for usage), prints exactly one stderr line, ``Error: ...``,
+that names the problem (and, where there is one, the fix), shows no traceback, and leaves the store
+exactly as it was (same collections, snapshot names, content hashes and tags).
+
+One module-scoped store (v1 = a small bird/cat/dog knowledge base) serves every case; each case writes
+its own bad file. Cases that ``test_cli_kbuild.py`` / ``test_kpl_cli.py`` already check only for
+their message are repeated here only where the store check or a new variant adds something.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import pickle
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from helpers import Result, run_kbuild, store_fingerprint
+from kbuild.store import SnapshotStore
+from test_kpl_features import make_image_folder
+
+PROGRESS = ("encoding images: ", "features: ")
+FOUND_LATE = {"data: only corrupt images", "features: wrong dimension"}
+KB = {"bird": ["feathers", "a pointed beak"], "cat": ["whiskers", "pointy ears"], "dog": ["floppy ears", "a wet nose"]}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("bad_input")
+    home = root / "store"
+    (root / "kb.json").write_text(json.dumps(KB), encoding="utf-8")
+    result = run_kbuild("load", root / "kb.json", "--store", home, "--model", tiny_model)
+    assert result.code == 0, result.err
+    images = make_image_folder(root / "images", per_class=2, junk=False)
+    model_id = SnapshotStore(home).resolve("v1").manifest["clip"]["model_id"]
+    return SimpleNamespace(root=root, home=home, model=tiny_model, images=images, model_id=model_id)
+
+
+def run(prog: str, args) -> Result:
+    from kbuild.cli.app import _register_commands, run_with_boundary
+
+    if prog == "kpl":
+        from kpl.cli import app
+    else:
+        from kbuild.cli.app import app
+        _register_commands()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_with_boundary(app, prog, [str(a) for a in args])
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+# ---- the files each case feeds in -------------------------------------------------------------------
+def text_file(name: str, content: str | bytes):
+    def make(d: Path, env) -> Path:
+        path = d / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+        return path
+    return make
+
+
+def sparse_file(name: str, size: int):
+    """A file of ``size`` bytes that takes no disk space: the size check must refuse it before reading."""
+    def make(d: Path, env) -> Path:
+        path = d / name
+        with open(path, "wb") as handle:
+            handle.write(b'{"cat": [')
+            handle.truncate(size)
+        return path
+    return make
+
+
+def npz(name: str, features=None, labels=(0, 1, 2), names=("bird", "cat", "dog")):
+    def make(d: Path, env) -> Path:
+        rows = np.eye(3, 64, dtype=np.float32) if features is None else features
+        # The snapshot's own model id: no note about an unnamed model comes before the error.
+        np.savez(d / name, image_features=rows, labels=np.array(labels), class_names=np.array(names),
+                 model_id=np.array(env.model_id))
+        return d / name
+    return make
+
+
+def image_tree(kind: str):
+    def make(d: Path, env) -> Path:
+        root = d / kind
+        if kind == "no_images":
+            (root / "cat").mkdir(parents=True)
+            (root / "cat" / "readme.txt").write_text("not an image")
+        elif kind == "corrupt":
+            (root / "cat").mkdir(parents=True)
+            for i in range(2):
+                (root / "cat" / f"{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        elif kind == "unknown_class":
+            make_image_folder(root, per_class=1, junk=False, classes={"cat": (200, 60, 40), "zebra": (9, 9, 9)})
+        elif kind == "empty":
+            root.mkdir()
+        return root
+    return make
+
+
+def pickled(d: Path, env) -> Path:
+    path = d / "kb.pkl"
+    path.write_bytes(pickle.dumps({"cat": ["whiskers"]}))
+    return path
+
+
+# (prog, args, exit code, pattern the one line must match). Strings "{X}" in args are filled in:
+# {kb} the good curated file, {data} the good image folder, {F} the case's own file.
+GOOD_KB = "{kb}"
+CASES = {
+    # classes files: kbuild load --classes and kbuild generate --classes (which fails before any call)
+    "classes: duplicate": ("kbuild", ["load", GOOD_KB, "--classes", "{F}"], 1,
+                           r"line 3: duplicate class 'cat' \(first on line 1\)", text_file("c.txt", "cat\ndog\ncat\n")),
+    "classes: BOM + CRLF, duplicate on line 3": ("kbuild", ["load", GOOD_KB, "--classes", "{F}"], 1,
+                                                r"line 3: duplicate class 'bird'",
+                                                text_file("c.txt", "\ufeffbird\r\ncat\r\nbird\r\n")),
+    "classes: not UTF-8": ("kbuild", ["load", GOOD_KB, "--classes", "{F}"], 1, r"not UTF-8.*line 2.*UTF-8",
+                           text_file("c.txt", b"cat\nd\xe9g\n")),
+    "classes: empty": ("kbuild", ["load", GOOD_KB, "--classes", "{F}"], 1, "no classes found",
+                       text_file("c.txt", "")),
+    "classes: only comments": ("kbuild", ["generate", "--classes", "{F}", "--base-url", "http://127.0.0.1:9/v1"], 1,
+                               "no classes found", text_file("c.txt", "# nothing\n\n")),
+    "classes: very long name": ("kbuild", ["generate", "--classes", "{F}", "--base-url", "http://127.0.0.1:9/v1"], 1,
+                                r"line 1: class name of 5000 characters \(limit", text_file("c.txt", "x" * 5000 + "\n")),
+    "classes: control character": ("kbuild", ["load", GOOD_KB, "--classes", "{F}"], 1, r"control character U\+0007",
+                                   text_file("c.txt", "cat\nd\x07og\n")),
+    "classes: empty name before colon": ("kbuild", ["load", GOOD_KB, "--classes", "{F}"], 1, "line 1",
+                                         text_file("c.txt", ": a display name\n")),
+    "classes: duplicate in generate": ("kbuild", ["generate", "--classes", "{F}", "--base-url", "http://127.0.0.1:9/v1"],
+                                       1, "duplicate class 'cat'", text_file("c.txt", "cat\ncat\n")),
+    "classes: missing file": ("kbuild", ["load", GOOD_KB, "--classes", "{dir}/nope.txt"], 1, "nope.txt", None),
+    "classes: curated file names an unlisted class": ("kbuild", ["load", GOOD_KB, "--classes", "{F}"], 1, "dog",
+                                                      text_file("c.txt", "bird\ncat\n")),
+    # curated files
+    "curated: broken JSON": ("kbuild", ["load", "{F}"], 1, r"not valid JSON.*line 2",
+                             text_file("kb.json", '{"cat": ["whiskers",\n ]]}')),
+    "curated: top-level list": ("kbuild", ["load", "{F}"], 1, r"kb\.json", text_file("kb.json", '["whiskers", "ears"]')),
+    "curated: class value is a string": ("kbuild", ["load", "{F}"], 1, "not a known curated shape.*--format",
+                                         text_file("kb.json", '{"cat": "whiskers"}')),
+    "curated: non-string items": ("kbuild", ["load", "{F}"], 1, "cat",
+                                  text_file("kb.json", '{"cat": ["whiskers", 3, null]}')),
+    "curated: nested lists": ("kbuild", ["load", "{F}"], 1, "cat", text_file("kb.json", '{"cat": [["whiskers"]]}')),
+    "curated: every class empty": ("kbuild", ["load", "{F}"], 1, "", text_file("kb.json", '{"cat": [], "dog": ["  "]}')),
+    "curated: empty file": ("kbuild", ["load", "{F}"], 1, r"kb\.json", text_file("kb.json", "")),
+    "curated: not UTF-8": ("kbuild", ["load", "{F}"], 1, "UTF-8", text_file("kb.json", b'{"caf\xe9": ["x"]}')),
+    "curated: huge file": ("kbuild", ["load", "{F}"], 1, r"MB", sparse_file("kb.json", 200_000_001)),
+    "curated: pickle": ("kbuild", ["load", "{F}"], 1, r"kb\.pkl", pickled),
+    "curated: YAML with a python tag": ("kbuild", ["load", "{F}"], 1, r"kb\.yaml",
+                                        text_file("kb.yaml", "cat: !!python/object/apply:os.system ['true']\n")),
+    "curated: CSV without a text column": ("kbuild", ["load", "{F}"], 1, r"kb\.csv", text_file("kb.csv", "class,label\ncat,x\n")),
+    "curated: missing file": ("kbuild", ["load", "{dir}/nope.json"], 1, "nope.json", None),
+    "curated: unknown KPL section": ("kbuild", ["load", "{F}", "--section", "Lung"], 1, "Lung",
+                                     text_file("kb.json", '{"Skin_Features": {"cat": [{"feature": "fur"}]}}')),
+    # snapshot names and references
+    "name: ../x": ("kbuild", ["load", GOOD_KB, "--name", "../x"], 2, "looks like a path", None),
+    "name: absolute path": ("kbuild", ["load", GOOD_KB, "--name", "/tmp/x"], 2, "looks like a path", None),
+    "name: too short for Chroma": ("kbuild", ["load", GOOD_KB, "--name", "ab"], 2, "not a valid snapshot name", None),
+    "name: space": ("kbuild", ["load", GOOD_KB, "--name", "my kb"], 2, "not a valid snapshot name", None),
+    "name: 200 characters": ("kbuild", ["load", GOOD_KB, "--name", "k" * 200], 2, "not a valid snapshot name", None),
+    "name: reserved prefix": ("kbuild", ["load", GOOD_KB, "--name", "kbuild-tmp-1"], 2, "reserved", None),
+    "name: reference form": ("kbuild", ["load", GOOD_KB, "--name", "v12"], 2, "reference form", None),
+    "reference: ../x": ("kbuild", ["show", "../x"], 2, "looks like a path", None),
+    "reference: absolute path": ("kbuild", ["export", "/etc/passwd"], 2, "looks like a path", None),
+    "reference: unknown": ("kbuild", ["verify", "v9"], 1, r"Unknown snapshot 'v9'.*snapshot_v1", None),
+    "reference: unknown in kpl": ("kpl", ["eval", "--kb", "nosuch", "--data", "{data}"], 1, "Unknown snapshot 'nosuch'", None),
+    "reference: path-like in kpl": ("kpl", ["eval", "--kb", "../../etc", "--data", "{data}"], 2, "looks like a path", None),
+    "tag: path-like": ("kbuild", ["tag", "v1", "../up"], 2, "looks like a path", None),
+    "tag: latest": ("kbuild", ["tag", "v1", "latest"], 2, "cannot be a tag", None),
+    # flag values
+    "flag: prune threshold above 1": ("kbuild", ["prune", "v1", "--dedup-threshold", "1.5"], 2, "dedup-threshold", None),
+    "flag: prune threshold below -1": ("kbuild", ["prune", "v1", "--cross-class-threshold", "-1.01"], 2,
+                                       "cross-class-threshold", None),
+    "flag: prune margin outside [-1, 1]": ("kbuild", ["prune", "v1", "--min-margin", "3"], 2, "min-margin", None),
+    "flag: prune negative max per class": ("kbuild", ["prune", "v1", "--max-per-class", "-2"], 2, "max-per-class", None),
+    "flag: prune unknown mode": ("kbuild", ["prune", "v1", "--cross-class", "maybe"], 2, "cross-class", None),
+    "flag: generate zero concurrency": ("kbuild", ["generate", "--classes", "{F}", "--concurrency", "0",
+                                                   "--base-url", "http://127.0.0.1:9/v1"], 2, "concurrency",
+                                        text_file("c.txt", "cat\n")),
+    "flag: generate negative per-class": ("kbuild", ["generate", "--classes", "{F}", "--per-class", "-5",
+                                                     "--base-url", "http://127.0.0.1:9/v1"], 2, "per-class",
+                                          text_file("c.txt", "cat\n")),
+    "flag: kpl negative k": ("kpl", ["eval", "--kb", "v1", "--data", "{data}", "--k", "-3"], 2, "k must be", None),
+    "flag: kpl sweep k list with a negative": ("kpl", ["sweep", "--kb", "v1", "--data", "{data}", "--k", "2,-1"], 2,
+                                               "k must be", None),
+    "flag: kpl zero temperature": ("kpl", ["eval", "--kb", "v1", "--data", "{data}", "--tau-t", "0"], 2, "tau", None),
+    "flag: kpl zero batch size": ("kpl", ["eval", "--kb", "v1", "--data", "{data}", "--batch-size", "0"], 2,
+                                  "batch-size", None),
+    # datasets
+    "data: missing": ("kpl", ["eval", "--kb", "v1", "--data", "{dir}/nowhere"], 1, "does not exist", None),
+    "data: empty folder": ("kpl", ["eval", "--kb", "v1", "--data", "{F}"], 1, "no images", image_tree("empty")),
+    "data: no image files": ("kpl", ["eval", "--kb", "v1", "--data", "{F}"], 1, "", image_tree("no_images")),
+    "data: only corrupt images": ("kpl", ["eval", "--kb", "v1", "--data", "{F}"], 1, "could be decoded",
+                                  image_tree("corrupt")),
+    "data: class missing from the knowledge base": ("kpl", ["eval", "--kb", "v1", "--data", "{F}"], 1, "zebra",
+                                                    image_tree("unknown_class")),
+    "data: missing split": ("kpl", ["eval", "--kb", "v1", "--data", "{data}", "--split", "val"], 1,
+                            "No split folder 'val'", None),
+    "data: bad manifest": ("kpl", ["eval", "--kb", "v1", "--data", "{F}"], 1, r"manifest\.csv",
+                           text_file("manifest.csv", "path,label\nmissing.jpg\n")),
+    # features files
+    "features: 1-D array": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "2-D",
+                            npz("f.npz", np.ones(64, dtype=np.float32) / 8)),
+    "features: NaN rows": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "NaN",
+                           npz("f.npz", np.where(np.eye(3, 64) == 1, np.nan, 0).astype(np.float32))),
+    "features: not normalised": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "not L2-normalised",
+                                 npz("f.npz", np.eye(3, 64, dtype=np.float32) * 3)),
+    "features: labels do not match rows": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "labels",
+                                           npz("f.npz", labels=(0, 1))),
+    "features: wrong dimension": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "dim 32",
+                                  npz("f.npz", np.eye(3, 32, dtype=np.float32))),
+    "features: not an npz": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "npz",
+                             text_file("f.npz", "image_features,labels\n")),
+    "features: class not in the knowledge base": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "zebra",
+                                                  npz("f.npz", names=("bird", "cat", "zebra"))),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_error_line_and_leaves_the_store_unchanged(env, tmp_path, monkeypatch, case):
+    prog, args, code, pattern, make = CASES[case]
+    monkeypatch.setenv("KBUILD_STORE", str(env.home))
+    monkeypatch.setenv("KPL_CLIP_MODEL", env.model)
+    monkeypatch.setenv("KPL_CACHE_DIR", str(tmp_path / "features"))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-bad-input-test")
+    monkeypatch.delenv("KBUILD_CHROMA_URL", raising=False)
+    made = make(tmp_path, env) if make else None
+    fill = {"{kb}": str(env.root / "kb.json"), "{data}": str(env.images), "{dir}": str(tmp_path),
+            "{F}": str(made)}
+    argv = [fill.get(a, a) if "{" not in a or a in fill else a.format(dir=tmp_path) for a in args]
+    before = store_fingerprint(env.home)
+    result = run(prog, argv)
+    assert result.code == code, (result.code, result.err)
+    assert "Traceback" not in result.err
+    # Progress lines may come first only where the problem shows up after the images or features are read.
+    lines = [line for line in result.err.splitlines() if case not in FOUND_LATE or not line.startswith(PROGRESS)]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.err
+    assert re.search(pattern, lines[0]), lines[0]
+    assert store_fingerprint(env.home) == before
+
+
+def test_the_matrix_covers_both_clis_and_every_family():
+    progs = {prog for prog, *_ in CASES.values()}
+    families = {name.split(":")[0] for name in CASES}
+    assert progs == {"kbuild", "kpl"} and len(CASES) >= 30
+    assert families >= {"classes", "curated", "name", "reference", "flag", "data", "features"}
