@@ -8,6 +8,7 @@ from typing import Any
 
 from .classes_file import parse_classes_file
 from .embedding import check_template
+from .errors import KbuildError
 from .sources.curated import CuratedImport, load_curated
 from .store import SnapshotInfo, SnapshotStore, validate_snapshot_name
 from .store.manifest import SnapshotDraft
@@ -32,6 +33,9 @@ def load_files(store: SnapshotStore, embedder, paths: list[Path], template: str,
     check_template(template)
     classes = [entry.name for entry in parse_classes_file(classes_file)] if classes_file else None
     imported = load_curated(paths, format=fmt, section=section, classes=classes, restrict=restrict)
+    if not imported.descriptions:  # before anything is embedded or written
+        raise KbuildError(f"Nothing to load: no descriptions in {', '.join(r.name for r in imported.files)} "
+                          "(every class is empty or was dropped; add descriptions, or check --section and --classes)")
     embeddings = embedder.embed_descriptions(imported.descriptions, template)
     parameters = {"files": [Path(p).name for p in paths], "format": fmt, "section": section,
                   "classes_file": Path(classes_file).name if classes_file else None, "restrict": restrict}

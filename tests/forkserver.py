@@ -7,7 +7,9 @@ The children are separate processes, so a SIGKILL hits them exactly as it hits a
 only the 4-6 s of imports are paid once instead of once per trial.
 
 The parent (``ForkServer``) talks to it over pipes, one JSON line per request:
-``{"op": "run", "prog": "kbuild", "argv": [...], "env": {...}, "out": PATH, "err": PATH}`` -> ``{"pid": N}``;
+``{"op": "run", "prog": "kbuild", "argv": [...], "env": {...}, "patch": {...}, "out": PATH, "err": PATH}``
+-> ``{"pid": N}``; besides ``kbuild`` and ``kpl``, ``prog`` may be ``report`` (``store_report``) or
+``reader`` (``reader_loop``), checks that run as fresh processes too;
 ``{"op": "wait", "pid": N, "block": bool}`` -> ``{"code": rc or None}`` (a killed child gives ``-9``).
 """
 
@@ -25,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PRELOAD = ("numpy", "torch", "open_clip", "chromadb", "chromadb.api.rust", "langchain_openai", "openai", "kbuild.cli.app",
-           "kbuild.encoder", "kbuild.store", "kbuild.llm.generate", "kbuild.prune_op", "kbuild.load_op", "kpl.cli")
+PRELOAD = ("numpy", "torch", "open_clip", "chromadb", "chromadb.api.rust", "langchain_openai", "openai",
+           "kbuild.cli.app", "kbuild.encoder", "kbuild.store", "kbuild.llm.generate", "kbuild.prune_op",
+           "kbuild.load_op", "kpl.cli")
 
 
 # ---- the server side (runs in its own process) ---------------------------------------------------
@@ -39,12 +42,12 @@ def _child(request: dict) -> None:
         os.dup2(fd_err, 2)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        os.environ.update(request.get("env", {}))
+        if request.get("env") is not None:  # like subprocess's env=: the whole environment
+            os.environ.clear()
+            os.environ.update(request["env"])
         for target, value in request.get("patch", {}).items():  # e.g. smaller write batches
             module, _, attribute = target.rpartition(".")
             setattr(importlib.import_module(module), attribute, value)
-        for name in request.get("unset", []):
-            os.environ.pop(name, None)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         code = _dispatch(request["prog"], request["argv"])
     except BaseException:  # noqa: BLE001 - a crash of the harness itself must show up as a code
@@ -112,8 +115,8 @@ def store_report(home: str, url: str = "", cli_verify: str = "") -> int:
     return 0
 
 
-def reader_loop(home: str, url: str, stop_file: str) -> int:
-    """Poll a store like a user would while others write to it, until ``stop_file`` exists.
+def reader_loop(home: str, url: str, stop_file: str, limit_s: str = "120") -> int:
+    """Poll a store like a user would while others write to it, until ``stop_file`` exists (or ``limit_s``).
 
     Each round: ``kbuild list --json``; every snapshot seen before must still be there with the same
     content hash; every new one must pass ``kbuild verify`` and export all its descriptions; ``latest``
@@ -123,8 +126,9 @@ def reader_loop(home: str, url: str, stop_file: str) -> int:
     seen: dict[str, str] = {}
     counts: list[int] = []
     problems: list[str] = []
+    deadline = time.monotonic() + float(limit_s)
     while True:
-        stopping = Path(stop_file).exists()
+        stopping = Path(stop_file).exists() or time.monotonic() > deadline
         code, out, err = _capture(["list", "--json", *where])
         if code != 0:
             problems.append(f"list: {err.strip()}")
@@ -219,13 +223,14 @@ class ForkServer:
         self.proc.stdin.flush()
         return json.loads(self._readline(timeout_s))
 
-    def run(self, prog: str, *argv, env: dict | None = None, unset: tuple = (), patch: dict | None = None) -> Child:
-        """Start ``prog argv`` in a fresh child; ``patch`` sets module attributes there first
-        (``{"kbuild.store.snapshots._WRITE_BATCH": 40}``), the way ``monkeypatch.setattr`` would."""
+    def run(self, prog: str, *argv, env: dict | None = None, patch: dict | None = None) -> Child:
+        """Start ``prog argv`` in a fresh child with environment ``env`` (default: the server's own);
+        ``patch`` sets module attributes there first (``{"kbuild.store.snapshots._WRITE_BATCH": 40}``),
+        the way ``monkeypatch.setattr`` would."""
         self.counter += 1
         out, err = self.workdir / f"{self.counter}.out", self.workdir / f"{self.counter}.err"
-        pid = self._ask({"op": "run", "prog": prog, "argv": [str(a) for a in argv], "env": env or {},
-                         "unset": list(unset), "patch": patch or {}, "out": str(out), "err": str(err)})["pid"]
+        pid = self._ask({"op": "run", "prog": prog, "argv": [str(a) for a in argv], "env": env,
+                         "patch": patch or {}, "out": str(out), "err": str(err)})["pid"]
         return Child(pid, out, err, time.monotonic())
 
     def poll(self, child: Child) -> int | None:

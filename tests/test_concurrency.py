@@ -55,9 +55,11 @@ def test_readers_polling_during_four_concurrent_writers_see_only_complete_snapsh
              for k in range(WRITERS)]
     stop = tmp_path / "stop"
     readers = [forks.run("reader", str(home), url, str(stop), env=env) for _ in range(READERS)]
-    writers = [forks.run("kbuild", "load", f, "--json", env=env) for f in files]
-    codes = [forks.wait(w, 120) for w in writers]
-    stop.touch()
+    try:
+        writers = [forks.run("kbuild", "load", f, "--json", env=env) for f in files]
+        codes = [forks.wait(w, 120) for w in writers]
+    finally:
+        stop.touch()
     reader_codes = [forks.wait(r, 60) for r in readers]
     assert codes == [0] * WRITERS, [w.err.read_text()[-1000:] for w in writers]
     assert reader_codes == [0] * READERS, [r.err.read_text()[-1000:] for r in readers]
@@ -74,7 +76,6 @@ def test_readers_polling_during_four_concurrent_writers_see_only_complete_snapsh
         assert seen["counts"] == sorted(seen["counts"])  # snapshots only ever appear
     # The readers really overlapped the writes: between them they saw intermediate states.
     states = {n for r in readers for n in json.loads(r.out.read_text())["counts"]}
-    print("snapshot counts seen by the readers:", [json.loads(r.out.read_text())["counts"] for r in readers])
     assert len(states) >= 2, states
 
     final = forks.run("report", str(home), url, "", env=env)

@@ -243,7 +243,8 @@ def test_tag_killed_at_random_points(forks, tmp_path, tiny_model):
     trials = Trials(forks, tmp_path / "store", cli_env(KPL_CLIP_MODEL=tiny_model), "tag")
     snapshots = {}
     for k in range(3):
-        name, content_hash = published(trials.run("load", write_kb(tmp_path / f"t{k}.json", f"tag {k}", 2, 3), "--json")[0])
+        source = write_kb(tmp_path / f"t{k}.json", f"tag {k}", 2, 3)
+        name, content_hash = published(trials.run("load", source, "--json")[0])
         snapshots[name] = content_hash
     duration, _ = trials.timed_run("tag", "v1", "pick0")
     tags = {"pick0": "snapshot_v1"}

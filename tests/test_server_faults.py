@@ -27,7 +27,7 @@ from helpers import cli_env, start_chroma_server, stop_process, write_class_list
 from llm_server import FakeLLMServer, _Handler
 
 SMALL_PAGES = {"kbuild.store.snapshots._PAGE": 5, "kbuild.store.snapshots._WRITE_BATCH": 20}
-LOST = ("Error: Lost the connection to the Chroma server", "Error: Cannot reach the Chroma server")
+LOST = "Error: Lost the connection to the Chroma server at http://127.0.0.1:"
 
 
 # ---- the Chroma server goes away --------------------------------------------------------------------
@@ -47,12 +47,11 @@ def pending_collections(server_path: Path) -> int:
         db.close()
 
 
-def one_error_line(child, code: int) -> str:
+def one_error_line(child, code: int) -> None:
     err = child.err.read_text()
     assert code == 1, (code, err)
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith(LOST), err
-    return err
+    assert err.startswith(LOST) and "nothing half-written was published" in err, err
 
 
 class KillSwitch:
@@ -139,7 +138,7 @@ def test_chroma_server_killed_mid_read_and_mid_write(forks, tmp_path, tiny_model
         # A read of 300 records in pages of 5: the server dies half-way through the pages.
         switch.arm(requests_of("export", "v2", "--format", "csv") // 2)
         child, code = run("export", "v2", "--format", "csv", patch=SMALL_PAGES)
-        assert one_error_line(child, code).startswith(LOST[0])
+        one_error_line(child, code)
         assert child.out.read_text() == "" and time.monotonic() - child.started < 20  # no partial export
 
         # A write of 300 records in batches of 20 (a load of the same size took n requests): killed half-way.
@@ -147,7 +146,7 @@ def test_chroma_server_killed_mid_read_and_mid_write(forks, tmp_path, tiny_model
         source = write_class_lists(tmp_path / "new.json", 10, 30, "new")
         switch.arm(requests_of("load", tmp_path / "2.json") // 2)
         child, code = run("load", source, "--json", patch=SMALL_PAGES)
-        assert one_error_line(child, code).startswith(LOST[0])
+        one_error_line(child, code)
         assert time.monotonic() - child.started < 20
         assert pending_collections(tmp_path / "server") == 1  # the killed write's pending collection
 
@@ -160,7 +159,8 @@ def test_chroma_server_killed_mid_read_and_mid_write(forks, tmp_path, tiny_model
         assert {n: h for n, h in report["snapshots"].items() if n in before} == before
         assert len(report["snapshots"]) == len(before) + 1  # the measuring load's snapshot_v4
         assert all(v["ok"] for v in report["verified"].values()), report["verified"]
-        assert all(n in report["snapshots"] or n.startswith(("kbuild-tmp-", "kbuild-tag-")) for n in report["collections"])
+        visible = [n for n in report["collections"] if not n.startswith(("kbuild-tmp-", "kbuild-tag-"))]
+        assert set(visible) == set(report["snapshots"])
         child, code = run("load", source, "--json")
         assert code == 0, child.err.read_text()
         assert json.loads(child.out.read_text())["snapshot"] == "snapshot_v5"
