@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .classes_file import parse_classes_file
 from .embedding import check_template
@@ -24,10 +24,14 @@ class LoadResult:
                 "total": self.snapshot.manifest["total"], "import": self.imported.to_json()}
 
 
-def load_files(store: SnapshotStore, embedder, paths: list[Path], template: str, fmt: str | None = None,
-               section: str | None = None, classes_file: Path | None = None, restrict: bool = False,
-               name: str | None = None) -> LoadResult:
-    """Import curated files, embed ``template.format(class, text)`` with CLIP, publish a snapshot."""
+def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: list[Path], template: str,
+               fmt: str | None = None, section: str | None = None, classes_file: Path | None = None,
+               restrict: bool = False, name: str | None = None) -> LoadResult:
+    """Import curated files, embed ``template.format(class, text)`` with CLIP, publish a snapshot.
+
+    ``make_embedder()`` is called only once the files have parsed, so a malformed file is reported
+    before a (possibly large) CLIP model is loaded.
+    """
     if name is not None:
         validate_snapshot_name(name)  # a bad --name is a usage error before any file is read
     check_template(template)
@@ -36,6 +40,7 @@ def load_files(store: SnapshotStore, embedder, paths: list[Path], template: str,
     if not imported.descriptions:  # before anything is embedded or written
         raise KbuildError(f"Nothing to load: no descriptions in {', '.join(r.name for r in imported.files)} "
                           "(every class is empty or was dropped; add descriptions, or check --section and --classes)")
+    embedder = make_embedder()
     embeddings = embedder.embed_descriptions(imported.descriptions, template)
     parameters = {"files": [Path(p).name for p in paths], "format": fmt, "section": section,
                   "classes_file": Path(classes_file).name if classes_file else None, "restrict": restrict}

@@ -35,8 +35,8 @@ def load(
     if name is not None:
         validate_snapshot_name(name)  # before loading CLIP, which can take a while
     kb_store = open_store(store, chroma_url)
-    embedder = load_embedder(kb_store, model, pretrained)
-    result = load_files(kb_store, embedder, files, template, format, section, classes, restrict, name)
+    result = load_files(kb_store, lambda: load_embedder(kb_store, model, pretrained), files, template,
+                        format, section, classes, restrict, name)
     for line in result.imported.summary_lines():
         info(line)
     if json_out:
