@@ -13,7 +13,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from helpers import CliRunner, build_tiny_clip_dir  # noqa: E402
+from helpers import CliRunner, build_tiny_clip_dir, start_chroma_server, stop_process  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -61,3 +61,14 @@ def kbuild(capsys) -> CliRunner:
 
     _register_commands()
     return CliRunner(app, "kbuild", capsys)
+
+
+@pytest.fixture(scope="module")
+def chroma_url(tmp_path_factory):
+    """A ``chroma run`` server on 127.0.0.1 for one test module (fresh per module, so snapshot
+    numbering in one module never depends on another); stopped by pid afterwards."""
+    proc, url = start_chroma_server(tmp_path_factory.mktemp("chroma_server"))
+    try:
+        yield url
+    finally:
+        stop_process(proc)

@@ -15,7 +15,7 @@ import json
 import pytest
 
 import forkserver
-from helpers import cli_env, start_chroma_server, stop_process, write_class_lists
+from helpers import cli_env, write_class_lists
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +25,6 @@ WRITERS, READERS = 4, 2
 @pytest.fixture(scope="module")
 def forks(tmp_path_factory):
     return forkserver.shared(tmp_path_factory.mktemp("forks"))
-
-
-@pytest.fixture(scope="module")
-def chroma_url(tmp_path_factory):
-    proc, url = start_chroma_server(tmp_path_factory.mktemp("chroma_concurrency"))
-    try:
-        yield url
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture(params=["embedded", "server"])

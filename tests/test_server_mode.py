@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from helpers import (cli_env, finish, run_kbuild, start_chroma_server, start_processes, stop_process,
+from helpers import (cli_env, finish, run_kbuild, start_processes,
                      write_class_lists)
 from kbuild.store import SnapshotStore
 
@@ -16,15 +16,6 @@ pytestmark = pytest.mark.server
 
 CUPL = "CuPL__food_prompts_full.json"
 WAFFLE = "WaffleCLIP__descriptors_food101.json"
-
-
-@pytest.fixture(scope="module")
-def chroma_url(tmp_path_factory):
-    proc, url = start_chroma_server(tmp_path_factory.mktemp("chroma_server"))
-    try:
-        yield url
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

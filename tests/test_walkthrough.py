@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import sys
 
-import pytest
-
-from helpers import REPO, cli_env, run_subprocess, start_chroma_server, stop_process
+from helpers import REPO, cli_env, run_subprocess
 
 sys.path.insert(0, str(REPO / "examples"))
 from make_demo_images import write_images  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc, url = start_chroma_server(tmp_path_factory.mktemp("chroma_walkthrough"))
-    yield url
-    stop_process(proc)
-
-
-def test_demo_steps_against_a_chroma_server(server, tiny_model, tmp_path):
-    env = cli_env(KBUILD_CHROMA_URL=server, KBUILD_STORE=str(tmp_path / "home"),
+def test_demo_steps_against_a_chroma_server(chroma_url, tiny_model, tmp_path):
+    env = cli_env(KBUILD_CHROMA_URL=chroma_url, KBUILD_STORE=str(tmp_path / "home"),
                   KPL_CLIP_MODEL=tiny_model, KPL_CLIP_PRETRAINED="none")
     images = write_images(tmp_path / "images", per_class=4)
 
