@@ -36,7 +36,7 @@ from kpl.features import default_workers, encode_images, make_loader  # noqa: E4
 
 
 class ClipAdapter:
-    """The slice of ``kbuild.encoder.ClipModel`` that ``encode_images`` uses, around a bare model."""
+    """The slice of ``kbuild.clip.models.ClipModel`` that ``encode_images`` uses, around a bare model."""
 
     def __init__(self, model, preprocess, device: str = "cpu"):
         self.model, self.preprocess, self.device = model.eval(), preprocess, device

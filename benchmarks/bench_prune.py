@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kbuild.descriptions import Description  # noqa: E402
-from kbuild.prune import STAGES, PruneParams, prune_descriptions  # noqa: E402
+from kbuild.prune.core import STAGES, PruneParams, prune_descriptions  # noqa: E402
 
 TARGET_SECONDS = 10.0
 # Planted per class: exact duplicates, near duplicates, copies into the next class, near copies.

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kbuild.descriptions import Description  # noqa: E402
 from kbuild.diff import diff_stored  # noqa: E402
-from kbuild.inspect_ops import verify  # noqa: E402
+from kbuild.ops.inspect import verify  # noqa: E402
 from kbuild.store import SnapshotStore  # noqa: E402
 from kbuild.store.manifest import SnapshotDraft  # noqa: E402
 
@@ -131,7 +131,7 @@ def clip_encoding_seconds(texts: list[str]) -> tuple[float, str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from helpers import build_tiny_clip_dir
 
-    from kbuild.encoder import ClipModel, ModelSpec
+    from kbuild.clip.models import ClipModel, ModelSpec
 
     with tempfile.TemporaryDirectory() as folder:
         clip = ClipModel(ModelSpec(f"local-dir:{build_tiny_clip_dir(Path(folder))}", None))

@@ -29,7 +29,7 @@ def _try_pretrained(model: str, pretrained: str) -> str | None:
     """None when the model loads, else the one-line reason."""
     if not _hub_reachable():
         os.environ["HF_HUB_OFFLINE"] = "1"  # only the local cache can help now: fail fast, no retries
-    from kbuild.encoder import load_clip
+    from kbuild.clip.models import load_clip
     from kbuild.errors import KbuildError
 
     try:

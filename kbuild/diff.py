@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .store import KnowledgeBase
+from kbuild.store import KnowledgeBase
 
 _MANIFEST_KEYS = ("operation", "parameters", "clip", "kbuild_version")
 

@@ -6,10 +6,11 @@ Public API::
     result = run_kpl(image_features, class_embeddings, k=8, ot="greenkhorn")
     result.image_ot.predictions
 
-Importing ``kpl`` loads only numpy and torch (plus kbuild's error types).
+Errors are ``kpl.KplError`` (and its ``UsageError``, ``InputFileError``); importing ``kpl`` loads only numpy and torch.
 """
 
 from kpl.baselines import BASELINES, BaselineResult, run_baseline
+from kpl.errors import InputFileError, KplError, UsageError
 from kpl.core import KPLParams, KPLResult, StageResult, run_kpl, run_kpl_many
 from kpl.metrics import Metrics, compute_metrics
 from kpl.ot import OT_METHODS
@@ -17,11 +18,14 @@ from kpl.ot import OT_METHODS
 __all__ = [
     "BASELINES",
     "BaselineResult",
+    "InputFileError",
     "KPLParams",
     "KPLResult",
+    "KplError",
     "Metrics",
     "OT_METHODS",
     "StageResult",
+    "UsageError",
     "compute_metrics",
     "run_baseline",
     "run_kpl",

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kbuild.errors import UsageError
+from kpl.errors import UsageError
 from kpl.core import KPLParams, pick_threads, run_kpl, torch_threads
 from kpl.ot import sinkhorn
 from kpl.proxies import fit_vision_proxies

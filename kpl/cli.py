@@ -18,9 +18,9 @@ from rich.table import Table
 from rich.text import Text
 
 from kbuild import settings
-from kbuild.cli.app import run_with_boundary
+from kbuild.cli.boundary import run_with_boundary
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt
-from kbuild.errors import UsageError
+from kpl.errors import UsageError
 from kpl import KPLParams
 
 app = typer.Typer(

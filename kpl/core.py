@@ -22,7 +22,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from kbuild.errors import UsageError
+from kpl.errors import UsageError
 from kpl.ot import get_ot_method
 from kpl.proxies import fit_vision_proxies
 from kpl.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from kbuild.classes_file import read_utf8
-from kbuild.errors import KbuildError, UsageError
+from kbuild.inputs import read_utf8
+from kpl.errors import KplError, UsageError
 
 # torchvision's IMG_EXTENSIONS, all formats PIL decodes without plugins.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -75,7 +75,7 @@ def load_dataset(path: Path | str, split: str | None = None) -> ImageDataset:
     """Scan an ImageFolder tree (optionally its ``split`` subfolder) or read a CSV manifest."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise KbuildError(f"Dataset path {path} does not exist (pass --data DIR or --data manifest.csv)")
+        raise KplError(f"Dataset path {path} does not exist (pass --data DIR or --data manifest.csv)")
     if path.is_file():
         if split:
             raise UsageError("--split applies to ImageFolder trees, not to a CSV manifest")
@@ -89,7 +89,7 @@ def _split_root(path: Path, split: str | None) -> Path:
     root = path / split
     if not root.is_dir():
         present = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise KbuildError(f"No split folder '{split}' in {path} (folders there: {', '.join(present) or 'none'})")
+        raise KplError(f"No split folder '{split}' in {path} (folders there: {', '.join(present) or 'none'})")
     return root
 
 
@@ -120,7 +120,7 @@ def _assemble(root, kind, split, files_by_class: dict[str, list[Path]], skipped)
     if not class_names:
         hint = f" ({len(skipped.get('non_image', []))} non-image files skipped)" if skipped.get("non_image") else ""
         layout = "path,label rows" if kind == "csv" else "DIR/<class>/<image> folders"
-        raise KbuildError(f"Dataset {root} has no images{hint}; expected {layout}")
+        raise KplError(f"Dataset {root} has no images{hint}; expected {layout}")
     paths: list[Path] = []
     labels: list[int] = []
     for index, name in enumerate(class_names):
@@ -143,10 +143,10 @@ def _manifest_rows(path: Path) -> list[tuple[int, str, str]]:
             if index == 0 and cells[0].lower() in _PATH_HEADERS:
                 continue
             if len(cells) < 2 or not cells[0] or not cells[1]:
-                raise KbuildError(f"{path}: line {reader.line_num}: expected 'path,label', got {row!r}")
+                raise KplError(f"{path}: line {reader.line_num}: expected 'path,label', got {row!r}")
             rows.append((reader.line_num, cells[0], cells[1]))
     except csv.Error as err:
-        raise KbuildError(f"{path}: line {reader.line_num}: bad CSV ({err})") from None
+        raise KplError(f"{path}: line {reader.line_num}: bad CSV ({err})") from None
     return rows
 
 
@@ -168,7 +168,7 @@ def _from_manifest(path: Path) -> ImageDataset:
             files_by_class.setdefault(label, []).append(image)
     twice = [str(p) for p, n in seen.items() if n > 1]
     if twice:
-        raise KbuildError(f"{path}: {len(twice)} image(s) listed more than once, e.g. {twice[0]} (keep one row each)")
+        raise KplError(f"{path}: {len(twice)} image(s) listed more than once, e.g. {twice[0]} (keep one row each)")
     return _assemble(path.resolve(), "csv", None, files_by_class, skipped)
 
 
@@ -193,12 +193,12 @@ def match_classes(dataset_classes: list[str], kb_classes: list[str], kb_name: st
         listed = ", ".join(sorted(kb_classes)[:30]) + (" ..." if len(kb_classes) > 30 else "")
         hint = ("; this looks like a split layout: pass --split val" if looks_like_split_layout(dataset_classes)
                 else _near_miss_hint(missing, kb_classes) or "; map folders to classes with --class-map FILE")
-        raise KbuildError(f"Dataset classes without descriptions in {kb_name}: {shown}. "
+        raise KplError(f"Dataset classes without descriptions in {kb_name}: {shown}. "
                           f"Available classes: {listed}{hint}")
     owners: dict[str, str] = {}
     for folder, target in zip(dataset_classes, wanted):
         if target in owners:
-            raise KbuildError(f"Dataset classes '{owners[target]}' and '{folder}' both map to '{target}' "
+            raise KplError(f"Dataset classes '{owners[target]}' and '{folder}' both map to '{target}' "
                               "(fix --class-map: each knowledge-base class can stand for one dataset class)")
         owners[target] = folder
     return wanted

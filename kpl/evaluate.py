@@ -29,6 +29,7 @@ from kbuild import __version__, settings
 from kbuild.classes_file import parse_class_map
 from kbuild.diff import diff_snapshots
 from kbuild.errors import KbuildError
+from kpl.errors import KplError
 from kbuild.store import KnowledgeBase, SnapshotStore
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
 
@@ -149,8 +150,8 @@ def _load_matching(session: Session, specs: list[tuple[str, str | None]], model_
 
     Ids are computed before loading, so a model that could not match is never loaded.
     """
-    from kbuild.encoder import ModelSpec, load_clip
-    from kbuild.encoder import model_id as spec_id
+    from kbuild.clip.models import ModelSpec, load_clip
+    from kbuild.clip.models import model_id as spec_id
 
     if session.clip is not None and session.clip.model_id == model_id:
         return session.clip, []
@@ -177,7 +178,7 @@ def _specs(session: Session, kb: KnowledgeBase) -> list[tuple[str, str | None]]:
 
 
 def _embedder(session: Session, clip):
-    from kbuild.embedding import TextEmbedder, cache_path
+    from kbuild.clip.text import TextEmbedder, cache_path
 
     return TextEmbedder(clip, cache_path(session.store.home))
 
@@ -191,7 +192,7 @@ def _description_embeddings(session: Session, kb: KnowledgeBase, kb_classes: lis
         return kb.class_embeddings(kb_classes), f"stored ({model_id})"
     clip, problems = _load_matching(session, _specs(session, kb), model_id)
     if clip is None:
-        raise KbuildError(f"{kb.info.name} was embedded with {kb_clip.get('model_id')} but the image features "
+        raise KplError(f"{kb.info.name} was embedded with {kb_clip.get('model_id')} but the image features "
                           f"come from {model_id}; pass --model/--pretrained for {model_id} to re-embed its "
                           f"descriptions ({'; '.join(dict.fromkeys(problems))})")
     rows = kb.rows_by_class()
@@ -226,7 +227,7 @@ def prepare_knowledge(session: Session, kb: KnowledgeBase, need_names: bool = Tr
     embeddings, source = _description_embeddings(session, kb, kb_classes, model_id, template)
     dims = {e.shape[1] for e in embeddings}
     if dims != {features.dim}:
-        raise KbuildError(f"The image features have dim {features.dim} but {kb.info.name}'s description "
+        raise KplError(f"The image features have dim {features.dim} but {kb.info.name}'s description "
                           f"embeddings have dim {', '.join(map(str, sorted(dims)))}: they come from different "
                           "models (pass the features' --model, or features encoded with the snapshot's model)")
     names = _name_embeddings(session, kb, kb_classes, model_id) if need_names else None

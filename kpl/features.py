@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kbuild.errors import InputFileError, KbuildError, UsageError
+from kbuild.errors import KbuildError
+from kpl.errors import InputFileError, KplError, UsageError
 
 from .datasets import ImageDataset
 
@@ -204,7 +205,7 @@ class FeatureCache:
             _atomic_savez(path, {"features": features.astype(np.float32), "ok": ok.astype(bool),
                                  "meta": np.asarray(json.dumps(meta, sort_keys=True))})
         except OSError as err:
-            raise KbuildError(f"Cannot write the feature cache in {self.folder}: {err.strerror or err} "
+            raise KplError(f"Cannot write the feature cache in {self.folder}: {err.strerror or err} "
                               "(pass --cache-dir DIR, or --no-cache)") from err
         return path
 
@@ -263,7 +264,7 @@ def encode_images(paths: list[Path], clip, batch_size: int = 64, workers: int | 
                   progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Encode image files: ((N_ok, D) float32 unit rows, (N,) bool mask of decodable files)."""
     if batch_size < 1:
-        raise KbuildError(f"batch size must be >= 1 (got {batch_size})")
+        raise KplError(f"batch size must be >= 1 (got {batch_size})")
     workers = default_workers(len(paths), batch_size, clip.device) if workers is None else workers
     loader = make_loader(paths, clip.preprocess, batch_size, workers, pin_memory=clip.device == "cuda")
     chunks, ok = [], np.zeros(len(paths), dtype=bool)
@@ -311,7 +312,7 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
     else:
         features, ok = hit
     if not ok.any():
-        raise KbuildError(f"None of the {len(dataset)} images in {dataset.root} could be decoded (all corrupt?)")
+        raise KplError(f"None of the {len(dataset)} images in {dataset.root} could be decoded (all corrupt?)")
     return FeatureSet(
         features, dataset.labels[ok], list(dataset.class_names), clip.model_id,
         [str(p) for p, good in zip(dataset.paths, ok) if good],
@@ -330,7 +331,7 @@ def load_or_encode(data: Path | None, features: Path | None, split: str | None, 
     Exactly one of the two is given; ``cache_dir`` None encodes without caching. ``check_classes``
     sees the dataset's class names before any model is loaded or image encoded (it raises to stop).
     """
-    from kbuild.encoder import load_clip
+    from kbuild.clip.models import load_clip
 
     from .datasets import load_dataset
 

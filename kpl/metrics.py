@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kbuild.errors import KbuildError
+from kpl.errors import KplError
 
 
 @dataclass
@@ -48,9 +48,9 @@ class Metrics:
 def _labels(values, name: str) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise KbuildError(f"{name} must be a 1-D array of integer class indices (got {arr.dtype}, shape {arr.shape})")
+        raise KplError(f"{name} must be a 1-D array of integer class indices (got {arr.dtype}, shape {arr.shape})")
     if arr.size and arr.min() < 0:
-        raise KbuildError(f"{name} has negative class index {int(arr.min())}; use 0..C-1")
+        raise KplError(f"{name} has negative class index {int(arr.min())}; use 0..C-1")
     return arr.astype(np.int64)
 
 
@@ -58,10 +58,10 @@ def confusion_matrix(labels, predictions, num_classes: int | None = None) -> np.
     """(C, C) int64 counts, rows = true class, columns = predicted class."""
     y, p = _labels(labels, "labels"), _labels(predictions, "predictions")
     if y.shape != p.shape:
-        raise KbuildError(f"labels ({y.size}) and predictions ({p.size}) differ in length")
+        raise KplError(f"labels ({y.size}) and predictions ({p.size}) differ in length")
     c = int(max(y.max(initial=-1), p.max(initial=-1)) + 1) if num_classes is None else int(num_classes)
     if y.size and max(y.max(), p.max()) >= c:
-        raise KbuildError(f"class index {int(max(y.max(), p.max()))} is out of range for {c} classes")
+        raise KplError(f"class index {int(max(y.max(), p.max()))} is out of range for {c} classes")
     return np.bincount(y * c + p, minlength=c * c).reshape(c, c)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from kbuild.errors import UsageError
+from kpl.errors import UsageError
 
 
 def _column_prior(col_mass: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kbuild.errors import KbuildError, UsageError
+from kpl.errors import KplError, UsageError
 
 
 # Float32 rounding leaves unit vectors within ~2e-7 of norm 1; features kept in float16 are
@@ -41,12 +41,12 @@ def as_matrix(values, name: str, device: str | torch.device = "cpu") -> torch.Te
     else:
         array = np.asarray(values)
         if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-            raise KbuildError(f"{name} must hold numbers (got dtype {array.dtype})")
+            raise KplError(f"{name} must hold numbers (got dtype {array.dtype})")
         tensor = torch.from_numpy(np.ascontiguousarray(array))
     if tensor.ndim != 2:
-        raise KbuildError(f"{name} must be a 2-D (rows, dim) array, got shape {tuple(tensor.shape)}")
+        raise KplError(f"{name} must be a 2-D (rows, dim) array, got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 0 or tensor.shape[1] == 0:
-        raise KbuildError(f"{name} is empty (shape {tuple(tensor.shape)}); give at least one row")
+        raise KplError(f"{name} is empty (shape {tuple(tensor.shape)}); give at least one row")
     tensor = tensor.to(device=device, dtype=torch.float32).contiguous()
     _check_rows(tensor, name)
     if float((tensor.norm(dim=1) - 1).abs().max()) > UNIT_NORM_TOL:
@@ -55,16 +55,16 @@ def as_matrix(values, name: str, device: str | torch.device = "cpu") -> torch.Te
 
 
 def _check_rows(tensor: torch.Tensor, name: str) -> None:
-    """Raise a KbuildError for NaN/inf or all-zero rows, which have no direction."""
+    """Raise a KplError for NaN/inf or all-zero rows, which have no direction."""
     bad = (~torch.isfinite(tensor)).any(dim=1).nonzero().flatten()
     if bad.numel():
-        raise KbuildError(
+        raise KplError(
             f"{name} has NaN/inf in {bad.numel()} row(s), first row {int(bad[0])}; "
             "re-encode those inputs or drop them"
         )
     zero = (tensor == 0).all(dim=1).nonzero().flatten()
     if zero.numel():
-        raise KbuildError(f"{name} has {zero.numel()} all-zero row(s), first row {int(zero[0])}; drop them")
+        raise KplError(f"{name} has {zero.numel()} all-zero row(s), first row {int(zero[0])}; drop them")
 
 
 def prepare_inputs(
@@ -80,10 +80,10 @@ def prepare_inputs(
     classes = []
     for c, emb in enumerate(class_embeddings):
         if emb is None or (emb.numel() if isinstance(emb, torch.Tensor) else np.size(emb)) == 0:
-            raise KbuildError(f"class {c} has no description embeddings; add descriptions or drop the class")
+            raise KplError(f"class {c} has no description embeddings; add descriptions or drop the class")
         e = as_matrix(emb, f"class_embeddings[{c}]", device)
         if e.shape[1] != x.shape[1]:
-            raise KbuildError(
+            raise KplError(
                 f"class_embeddings[{c}] has dim {e.shape[1]} but image_features has dim {x.shape[1]}; "
                 "encode images and descriptions with the same CLIP model"
             )

@@ -57,9 +57,8 @@ def clip_env(monkeypatch, tiny_model, tmp_path):
 @pytest.fixture()
 def kbuild(capsys) -> CliRunner:
     """Run ``kbuild`` in-process: ``kbuild("list", "--json")`` -> result with code/out/err."""
-    from kbuild.cli.app import _register_commands, app
+    from kbuild.cli.app import app
 
-    _register_commands()
     return CliRunner(app, "kbuild", capsys)
 
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PRELOAD = ("numpy", "torch", "open_clip", "chromadb", "chromadb.api.rust", "langchain_openai", "openai",
-           "kbuild.cli.app", "kbuild.encoder", "kbuild.store", "kbuild.llm.generate", "kbuild.prune_op",
-           "kbuild.load_op", "kpl.cli")
+           "kbuild.cli.app", "kbuild.clip.models", "kbuild.store", "kbuild.sources.llm.generate", "kbuild.ops.prune",
+           "kbuild.ops.load", "kpl.cli")
 
 
 # ---- the server side (runs in its own process) ---------------------------------------------------
@@ -89,8 +89,8 @@ def _capture(argv: list[str]) -> tuple[int, str, str]:
 def store_report(home: str, url: str = "", cli_verify: str = "") -> int:
     """Print (JSON) what a fresh process sees in a store: every collection, the published snapshots with
     their content hashes (``kbuild list --json``), the tags, and the verification of every snapshot:
-    the core check ``kbuild verify`` runs (``inspect_ops.verify``), or with ``cli_verify`` the command itself."""
-    from kbuild.inspect_ops import verify
+    the core check ``kbuild verify`` runs (``kbuild.ops.inspect.verify``), or with ``cli_verify`` the command itself."""
+    from kbuild.ops.inspect import verify
     from kbuild.store import SnapshotStore
 
     where = ["--store", home] + (["--chroma-url", url] if url else [])
@@ -163,10 +163,7 @@ def _check_new(name: str, manifest: dict, where: list[str]) -> list[str]:
 
 def serve() -> None:
     for name in PRELOAD:
-        __import__(name)
-    from kbuild.cli.app import _register_commands
-
-    _register_commands()
+        __import__(name)  # kbuild.cli.app among them: it builds the app with every command
     reply = sys.stdout
     reply.write("ready\n")
     reply.flush()

@@ -28,7 +28,7 @@ def build_tiny_clip_dir(folder: Path, seed: int = 0) -> Path:
     import open_clip
     import torch
 
-    from kbuild.encoder import write_local_dir
+    from kbuild.clip.models import write_local_dir
 
     torch.manual_seed(seed)
     model = open_clip.CLIP(**TINY_CLIP_CONFIG)
@@ -150,9 +150,8 @@ def store_fingerprint(home: Path, url: str | None = None) -> dict:
 def run_kbuild(*args) -> Result:
     """Run ``kbuild`` in-process through the real error boundary, without pytest's capsys
     (usable from module-scoped fixtures)."""
-    from kbuild.cli.app import _register_commands, app, run_with_boundary
+    from kbuild.cli.app import app, run_with_boundary
 
-    _register_commands()
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = run_with_boundary(app, "kbuild", [str(a) for a in args])

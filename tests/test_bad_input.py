@@ -42,13 +42,13 @@ def env(tmp_path_factory, tiny_model):
 
 
 def run(prog: str, args) -> Result:
-    from kbuild.cli.app import _register_commands, run_with_boundary
+    from kbuild.cli.app import run_with_boundary
 
     if prog == "kpl":
         from kpl.cli import app
     else:
         from kbuild.cli.app import app
-        _register_commands()
+
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = run_with_boundary(app, prog, [str(a) for a in args])

@@ -21,8 +21,8 @@ import pytest
 from helpers import cli_env, run_subprocess, start_processes, stop_process
 from kbuild import settings
 from kbuild.descriptions import Description
-from kbuild.embed_cache import TextEmbeddingCache
-from kbuild.encoder import ModelSpec, model_id
+from kbuild.clip.cache import TextEmbeddingCache
+from kbuild.clip.models import ModelSpec, model_id
 from kbuild.store import SnapshotStore
 from kbuild.store.manifest import SnapshotDraft
 

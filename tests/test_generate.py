@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from helpers import REPO, cli_env
-from kbuild.llm.calllog import CallLog, CallRecord, cache_key
-from kbuild.llm.client import RetryPolicy, estimate_cost, public_url, redact, retry_after_seconds
-from kbuild.llm.parse import ReplyParseError, parse_reply
-from kbuild.prompts import load_prompt
+from kbuild.sources.llm.calllog import CallLog, CallRecord, cache_key
+from kbuild.sources.llm.client import RetryPolicy, estimate_cost, public_url, redact, retry_after_seconds
+from kbuild.sources.llm.parse import ReplyParseError, parse_reply
+from kbuild.sources.llm.prompts import load_prompt
 from llm_server import FakeLLMServer
 
 FAKE_KEY = "sk-test-SECRET-7f3a9c2b"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kbuild.errors import KbuildError, UsageError
+from kpl.errors import KplError, UsageError
 from kpl.datasets import load_dataset, looks_like_split_layout, match_classes
 
 
@@ -54,18 +54,18 @@ def test_split_layout(tmp_path):
     touch(tmp_path / "train" / "dog" / "1.jpg")
     ds = load_dataset(tmp_path, split="val")
     assert ds.class_names == ["cat"] and ds.split == "val"
-    with pytest.raises(KbuildError, match="No split folder 'test'.*train, val"):
+    with pytest.raises(KplError, match="No split folder 'test'.*train, val"):
         load_dataset(tmp_path, split="test")
     assert looks_like_split_layout(load_dataset(tmp_path).class_names)
 
 
 def test_missing_and_empty_paths(tmp_path):
-    with pytest.raises(KbuildError, match="does not exist"):
+    with pytest.raises(KplError, match="does not exist"):
         load_dataset(tmp_path / "nope")
-    with pytest.raises(KbuildError, match="has no images"):
+    with pytest.raises(KplError, match="has no images"):
         load_dataset(tmp_path)
     touch(tmp_path / "cls" / "notes.txt")
-    with pytest.raises(KbuildError, match="1 non-image files skipped"):
+    with pytest.raises(KplError, match="1 non-image files skipped"):
         load_dataset(tmp_path)
 
 
@@ -89,11 +89,11 @@ def test_csv_manifest_errors(tmp_path):
     touch(tmp_path / "1.jpg")
     bad = tmp_path / "bad.csv"
     bad.write_text("1.jpg\n", encoding="utf-8")
-    with pytest.raises(KbuildError, match="line 1: expected 'path,label'"):
+    with pytest.raises(KplError, match="line 1: expected 'path,label'"):
         load_dataset(bad)
     twice = tmp_path / "twice.csv"
     twice.write_text("1.jpg,a\n1.jpg,b\n", encoding="utf-8")
-    with pytest.raises(KbuildError, match="more than once"):
+    with pytest.raises(KplError, match="more than once"):
         load_dataset(twice)
 
 
@@ -105,15 +105,15 @@ def test_match_classes_by_name_and_map():
 
 def test_match_classes_errors():
     kb = ["cat", "Golden retriever"]
-    with pytest.raises(KbuildError, match=r"without descriptions in v1: zebra\. Available classes: Golden retriever, cat"):
+    with pytest.raises(KplError, match=r"without descriptions in v1: zebra\. Available classes: Golden retriever, cat"):
         match_classes(["cat", "zebra"], kb, "v1")
-    with pytest.raises(KbuildError, match="did you mean 'Golden retriever' for 'golden_retriever'"):
+    with pytest.raises(KplError, match="did you mean 'Golden retriever' for 'golden_retriever'"):
         match_classes(["golden_retriever"], kb, "v1")
-    with pytest.raises(KbuildError, match="pass --split val"):
+    with pytest.raises(KplError, match="pass --split val"):
         match_classes(["train", "val"], kb, "v1")
-    with pytest.raises(KbuildError, match="kitty \\(mapped to lion\\)"):
+    with pytest.raises(KplError, match="kitty \\(mapped to lion\\)"):
         match_classes(["kitty"], kb, "v1", {"kitty": "lion"})
-    with pytest.raises(KbuildError, match="both map to 'cat'"):
+    with pytest.raises(KplError, match="both map to 'cat'"):
         match_classes(["cat", "kitty"], kb, "v1", {"kitty": "cat"})
 
 

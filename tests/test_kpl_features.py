@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kbuild.errors import InputFileError, KbuildError
+from kpl.errors import InputFileError, KplError
 from kpl.datasets import load_dataset
 from kpl.features import (FeatureSet, cache_key, encode_dataset, encode_images, load_features_npz,
                           save_features_npz)
@@ -36,7 +36,7 @@ def make_image_folder(root: Path, per_class: int = 6, size: int = 32, seed: int 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tiny_model):
-    from kbuild.encoder import load_clip
+    from kbuild.clip.models import load_clip
 
     return load_clip(tiny_model, None)
 
@@ -88,7 +88,7 @@ def test_worker_processes_keep_order(images, tiny_clip):
 def test_no_decodable_images_is_an_error(tmp_path, tiny_clip):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.jpg").write_bytes(b"nope")
-    with pytest.raises(KbuildError, match="could be decoded"):
+    with pytest.raises(KplError, match="could be decoded"):
         encode_dataset(load_dataset(tmp_path), tiny_clip, None)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kbuild.errors import KbuildError, UsageError
+from kpl.errors import KplError, UsageError
 from kpl import BASELINES, OT_METHODS, KPLParams, run_baseline, run_kpl, run_kpl_many
 from kpl.core import torch_threads
 from kpl.metrics import compute_metrics, confusion_matrix
@@ -232,13 +232,13 @@ def test_bad_parameters_raise_usage_error(data, kwargs, error, text):
 
 def test_bad_inputs_raise_kbuild_error(data):
     x, _, classes, _ = data
-    with pytest.raises(KbuildError, match="has dim 16 but image_features has dim 32"):
+    with pytest.raises(KplError, match="has dim 16 but image_features has dim 32"):
         run_kpl(x, [e[:, :16] for e in classes])
-    with pytest.raises(KbuildError, match="class 1 has no description embeddings"):
+    with pytest.raises(KplError, match="class 1 has no description embeddings"):
         run_kpl(x, [classes[0], np.zeros((0, 32), np.float32)])
     bad = x.copy()
     bad[7, 3] = np.nan
-    with pytest.raises(KbuildError, match="NaN/inf in 1 row.*first row 7"):
+    with pytest.raises(KplError, match="NaN/inf in 1 row.*first row 7"):
         run_kpl(bad, classes)
     with pytest.raises(UsageError, match="list with one"):
         run_kpl(x, np.vstack(classes))
@@ -328,7 +328,7 @@ def test_metrics_on_hand_computed_confusion():
 
 
 def test_metrics_errors():
-    with pytest.raises(KbuildError, match="differ in length"):
+    with pytest.raises(KplError, match="differ in length"):
         confusion_matrix([0, 1], [0])
-    with pytest.raises(KbuildError, match="out of range"):
+    with pytest.raises(KplError, match="out of range"):
         confusion_matrix([0, 3], [0, 1], num_classes=2)

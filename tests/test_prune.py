@@ -22,8 +22,8 @@ import pytest
 
 from kbuild.descriptions import Description, normalise_text
 from kbuild.errors import KbuildError, UsageError
-from kbuild.prune import TABLE_COLUMNS, PruneParams, prune_descriptions
-from kbuild.prune_similarity import greedy_suppress, pairs_above, unit_rows
+from kbuild.prune.core import TABLE_COLUMNS, PruneParams, prune_descriptions
+from kbuild.prune.similarity import greedy_suppress, pairs_above, unit_rows
 
 KB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kb"
 LABO_RAW = "LaBo__HAM10000_class2concepts.json"

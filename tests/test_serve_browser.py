@@ -35,9 +35,8 @@ def chromium_path() -> str:
 
 def kbuild_in_process(*args: str) -> int:
     """Run a kbuild command in this process (torch is loaded already: much faster than a new process)."""
-    from kbuild.cli.app import _register_commands, app, run_with_boundary
+    from kbuild.cli.app import app, run_with_boundary
 
-    _register_commands()
     return run_with_boundary(app, "kbuild", [str(a) for a in args])
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO, cli_env, start_chroma_server, stop_process
-from kbuild.review import Decision, ReviewError, apply_review
+from kbuild.ops.review import Decision, ReviewError, apply_review
 from kbuild.serve.drafts import DraftStore, StaleDraft
 
 TOKEN = "test-token-123"
@@ -77,8 +77,8 @@ def home(clip_env, kbuild, tmp_path) -> Path:
 # ---- the review core -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def embedder(tiny_model):
-    from kbuild.embedding import TextEmbedder
-    from kbuild.encoder import load_clip
+    from kbuild.clip.text import TextEmbedder
+    from kbuild.clip.models import load_clip
 
     return TextEmbedder(load_clip(tiny_model, None), None)
 

@@ -9,7 +9,7 @@ import pytest
 from helpers import cli_env, finish, start_processes, write_class_lists
 from kbuild.descriptions import Description, content_hash
 from kbuild.errors import KbuildError, SnapshotNotFound, UsageError
-from kbuild.inspect_ops import verify
+from kbuild.ops.inspect import verify
 from kbuild.store import RemovedRecord, SnapshotStore
 from kbuild.store.manifest import SnapshotDraft
 from kbuild.store.names import PENDING_PREFIX

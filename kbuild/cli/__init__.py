@@ -1,5 +1,5 @@
 """The ``kbuild`` command line: thin commands over the core modules (see ``app.py``)."""
 
-from .app import app, main
+from kbuild.cli.app import app, main
 
 __all__ = ["app", "main"]

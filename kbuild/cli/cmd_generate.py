@@ -1,4 +1,4 @@
-"""``kbuild generate`` (LLM descriptions -> a new snapshot) and ``kbuild prompts list|show``."""
+"""``kbuild generate``: LLM descriptions of each class -> a new snapshot (core: ``kbuild.ops.generate``)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import settings
-from ..classes_file import parse_classes_file
-from ..embedding import check_template
-from ..errors import KbuildError, UsageError
-from ..llm.calllog import CallLog
-from ..llm.generate import (GenerateOptions, GenerateResult, check_request, generate_descriptions,
-                            generation_parameters, snapshot_draft)
-from ..prompts import list_prompts, load_prompt
-from ..store import validate_snapshot_name
-from .app import app
-from .context import clip_provenance, info, load_embedder, open_store, print_json
-from .options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt, TemplateOpt
+from kbuild import settings
+from kbuild.classes_file import parse_classes_file
+from kbuild.clip.text import check_template
+from kbuild.errors import UsageError
+from kbuild.ops.generate import check_name_free, generate_snapshot
+from kbuild.sources.llm.generate import GenerateOptions, GenerateResult, check_request
+from kbuild.sources.llm.prompts import load_prompt
+from kbuild.store import validate_snapshot_name
+from kbuild.cli.commands import CommandSpec
+from kbuild.cli.context import info, load_embedder, open_store, print_json
+from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt, TemplateOpt
 
 PromptsDirOpt = Annotated[Optional[Path], typer.Option(
     "--prompts-dir", envvar=settings.ENV_PROMPTS_DIR, show_envvar=True,
@@ -29,11 +28,8 @@ ModalityOpt = Annotated[Optional[str], typer.Option(
 VarOpt = Annotated[Optional[list[str]], typer.Option(
     "--var", help="Another template variable as NAME=VALUE (repeatable).")]
 
-prompts_app = typer.Typer(help="Prompt templates for 'kbuild generate'.", no_args_is_help=True)
-app.add_typer(prompts_app, name="prompts")
 
-
-def _variables(modality: str | None, pairs: list[str] | None) -> dict[str, str]:
+def template_variables(modality: str | None, pairs: list[str] | None) -> dict[str, str]:
     values: dict[str, str] = {}
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
@@ -45,9 +41,6 @@ def _variables(modality: str | None, pairs: list[str] | None) -> dict[str, str]:
     return values
 
 
-@app.command(epilog="Examples: kbuild generate --classes classes.txt | kbuild generate --classes derm.txt "
-                    "--prompt medical --modality dermoscopy --per-class 30 | kbuild generate --classes classes.txt "
-                    "--base-url http://127.0.0.1:11434/v1 --llm-model llama3.1")
 def generate(
     classes: Annotated[Path, typer.Option("--classes", help="Classes file: one class per line, "
                                           "optionally 'folder_name: display name'.")],
@@ -90,12 +83,12 @@ def generate(
     json_out: JsonOpt = False,
 ) -> None:
     """Ask an LLM for visual descriptions of each class; every call is logged and cached; write a snapshot."""
-    from ..llm.client import ChatClient, RetryPolicy, resolve_api_key
+    from kbuild.sources.llm.client import ChatClient, RetryPolicy, resolve_api_key
 
     entries = parse_classes_file(classes)
     template_ = load_prompt(prompt, settings.prompts_dir(str(prompts_dir) if prompts_dir else None))
     options = GenerateOptions(per_class, concurrency, max_rounds, max_reasks, min_per_class,
-                              _variables(modality, var))
+                              template_variables(modality, var))
     check_request(entries, template_, options)
     check_template(template)
     if name is not None:
@@ -103,29 +96,24 @@ def generate(
     url = settings.openai_base_url(base_url)
     api_key = resolve_api_key(settings.openai_api_key(), url)
     kb_store = open_store(store, chroma_url)
-    if name is not None and any(s.name == name for s in kb_store.list()):
-        raise UsageError(f"Snapshot '{name}' already exists and snapshots are immutable (choose another --name)")
+    check_name_free(kb_store, name)
     client = ChatClient(settings.llm_model(llm_model), url, api_key, temperature=temperature, seed=seed,
                         timeout_s=timeout, policy=RetryPolicy(retries=retries, base_s=backoff))
     info(f"Asking {client.model} at {client.base_url} for {per_class} descriptions of each of "
          f"{len(entries)} classes (prompt {template_.name}, {template_.hash[:15]}...)")
-    with CallLog.for_store(kb_store.home) as log:
-        result = generate_descriptions(entries, template_, options, log, client,
-                                       progress=lambda event: info(event.describe()))
-    _print_stats(result, client.model)
-    if result.failures:
-        _fail(result, len(entries))
-    # CLIP is loaded only now: its load time does not delay the first call, and should it fail,
-    # the rerun finds every call in the log and costs nothing.
-    embedder = load_embedder(kb_store, model, pretrained)
-    parameters = generation_parameters(template_, options, client, classes.name)
-    draft = snapshot_draft(result, embedder, template, parameters, clip_provenance(embedder, template))
-    snapshot = kb_store.publish(draft, name=name)
+    outcome = generate_snapshot(kb_store, entries, template_, options, client,
+                                lambda: load_embedder(kb_store, model, pretrained), template, classes.name,
+                                name=name, progress=lambda event: info(event.describe()))
+    _print_stats(outcome.result, client.model)
+    if outcome.snapshot is None:
+        for class_name, reason in outcome.result.failures.items():
+            info(f"failed: {class_name}: {reason}")
+        raise outcome.failure(len(entries))
     if json_out:
-        print_json({"snapshot": snapshot.name, "content_hash": snapshot.content_hash, **result.to_json()})
+        print_json(outcome.to_json())
         return
-    manifest = snapshot.manifest
-    print(f"{snapshot.name}: {manifest['total']} descriptions in {manifest['classes']} classes "
+    manifest = outcome.snapshot.manifest
+    print(f"{outcome.snapshot.name}: {manifest['total']} descriptions in {manifest['classes']} classes "
           f"({manifest['content_hash'][:19]}...)")
 
 
@@ -145,56 +133,9 @@ def _cost_text(stats, model: str) -> str:
     return f"cost unknown (no price known for '{model}')"
 
 
-def _fail(result: GenerateResult, total: int) -> None:
-    for class_name, reason in result.failures.items():
-        info(f"failed: {class_name}: {reason}")
-    raise KbuildError(f"{len(result.failures)} of {total} classes failed (listed above), so no snapshot was "
-                      "written; every finished call is cached, so rerunning the same command completes "
-                      "the rest without paying for them again")
-
-
-# ---- kbuild prompts ---------------------------------------------------------------------------
-
-@prompts_app.command("list")
-def prompts_list(prompts_dir: PromptsDirOpt = None, json_out: JsonOpt = False) -> None:
-    """List the prompt templates, their variables and hashes."""
-    good, bad = list_prompts(settings.prompts_dir(str(prompts_dir) if prompts_dir else None))
-    for line in bad:
-        info(f"skipped: {line}")
-    if json_out:
-        print_json([p.to_json() for p in good])
-        return
-    for p in good:
-        variables = ", ".join(v.name + ("" if v.default is None else f"={v.default}") for v in p.variables.values())
-        print(f"{p.name:<14} {p.hash[:19]}  {p.description}\n{'':<14} variables: {variables}")
-
-
-@prompts_app.command("show", epilog="Example: kbuild prompts show medical --class pneumonia --modality 'chest X-ray'")
-def prompts_show(
-    prompt_name: Annotated[str, typer.Argument(metavar="NAME", help="Template name or .toml file.")],
-    class_name: Annotated[Optional[str], typer.Option("--class", help="Render the messages for this class.")] = None,
-    count: Annotated[Optional[int], typer.Option("--count", min=1, help="Descriptions asked for when rendering.")] = None,
-    modality: ModalityOpt = None,
-    var: VarOpt = None,
-    prompts_dir: PromptsDirOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Show a template; with --class, the system and user messages exactly as they would be sent."""
-    p = load_prompt(prompt_name, settings.prompts_dir(str(prompts_dir) if prompts_dir else None))
-    rendered = None
-    if class_name is not None:
-        values = {**_variables(modality, var), "class_name": class_name}
-        if count is not None:
-            values["count"] = str(count)
-        rendered = dict(zip(("system", "user"), p.render(values)))
-    if json_out:
-        print_json({**p.to_json(), "rendered": rendered})
-        return
-    print(f"{p.name}  {p.hash}\n{p.description}\nfile: {p.path}")
-    for v in p.variables.values():
-        default = "required" if v.default is None else f"default {v.default}"
-        examples = f"; e.g. {', '.join(v.examples)}" if v.examples else ""
-        print(f"  {{{v.name}}}: {v.description} ({default}{examples})")
-    print(f"output ({p.output_format}): {p.output_description}")
-    for part, text in (rendered or {"system": p.system, "user": p.user, "follow_up": p.follow_up}).items():
-        print(f"\n--- {part} ---\n{text}")
+# Registered on the app by kbuild.cli.app, in this order.
+COMMANDS = [
+    CommandSpec(generate, None, "Examples: kbuild generate --classes classes.txt | kbuild generate --classes derm.txt "
+                    "--prompt medical --modality dermoscopy --per-class 30 | kbuild generate --classes classes.txt "
+                    "--base-url http://127.0.0.1:11434/v1 --llm-model llama3.1"),
+]

@@ -7,18 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..diff import diff_stored
-from ..errors import KbuildError, UsageError
-from ..inspect_ops import EXPORT_FORMATS, export_text, verify
-from .app import app
-from .context import info, open_store, print_json
-from .options import ChromaUrlOpt, JsonOpt, StoreOpt
-from .render import console, print_diff, snapshots_table
+from kbuild.diff import diff_stored
+from kbuild.errors import KbuildError, UsageError
+from kbuild.ops.inspect import EXPORT_FORMATS, export_text, verify
+from kbuild.cli.commands import CommandSpec
+from kbuild.cli.context import info, open_store, print_json
+from kbuild.cli.options import ChromaUrlOpt, JsonOpt, StoreOpt
+from kbuild.cli.render import console, print_diff, snapshots_table
 
 SnapArg = Annotated[str, typer.Argument(help="Snapshot: snapshot_v3, v3, latest or a tag.")]
 
 
-@app.command("list", epilog="Example: kbuild list --json | jq '.[].name'")
 def list_(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False) -> None:
     """List snapshots, oldest first, with tags and provenance."""
     kb_store = open_store(store, chroma_url)
@@ -31,7 +30,6 @@ def list_(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: Jso
         console.print(snapshots_table(snapshots))
 
 
-@app.command(epilog="Examples: kbuild show latest | kbuild show v2 --class melanoma --removed")
 def show(
     snapshot: SnapArg,
     class_name: Annotated[Optional[str], typer.Option("--class", help="Only this class.")] = None,
@@ -62,7 +60,6 @@ def show(
             console.print(f"  - {kb.descriptions[row].text}", markup=False)
 
 
-@app.command(epilog="Examples: kbuild diff v1 v2 | kbuild diff latest (against its parent) | kbuild diff v1 v2 --json")
 def diff(
     old: SnapArg,
     new: Annotated[Optional[str], typer.Argument(help="Second snapshot \\[default: compare OLD with its parent].")] = None,
@@ -85,7 +82,6 @@ def diff(
         print_diff(result)
 
 
-@app.command(epilog="Example: kbuild tag v3 reviewed")
 def tag(snapshot: SnapArg, tag_name: Annotated[str, typer.Argument(metavar="TAG", help="Tag to set or move.")],
         store: StoreOpt = None, chroma_url: ChromaUrlOpt = None) -> None:
     """Point a tag at a snapshot (tags can move; snapshots never change)."""
@@ -94,7 +90,6 @@ def tag(snapshot: SnapArg, tag_name: Annotated[str, typer.Argument(metavar="TAG"
     print(f"{tag_name} -> {target}{moved}")
 
 
-@app.command(epilog="Examples: kbuild export v2 --format dclip -o kb.json | kbuild export latest --format csv")
 def export(
     snapshot: SnapArg,
     format: Annotated[str, typer.Option("--format", "-f", help=f"One of: {', '.join(EXPORT_FORMATS)}.")] = "json",
@@ -112,7 +107,6 @@ def export(
     info(f"wrote {output}")
 
 
-@app.command("verify", epilog="Example: kbuild verify snapshot_v2")
 def verify_(snapshot: SnapArg, store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False) -> None:
     """Recompute a snapshot's content hash and check it against its manifest."""
     result = verify(open_store(store, chroma_url).read(snapshot))
@@ -124,17 +118,15 @@ def verify_(snapshot: SnapArg, store: StoreOpt = None, chroma_url: ChromaUrlOpt 
         raise KbuildError(f"{result.name} failed verification: {'; '.join(result.problems)}")
 
 
-@app.command(epilog="Example: kbuild gc")
 def gc(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None) -> None:
     """Delete pending collections left behind by killed writes (published snapshots are never touched)."""
     removed = open_store(store, chroma_url).gc()
     print(f"removed {len(removed)} unfinished write(s)")
 
 
-@app.command(epilog="Example: kbuild path")
 def path(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False) -> None:
     """Show where kbuild keeps its store, caches and LLM call log."""
-    from .. import settings
+    from kbuild import settings
 
     home = settings.store_path(store)
     url = settings.chroma_url(chroma_url)
@@ -145,3 +137,16 @@ def path(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: Json
     else:
         for key, value in payload.items():
             print(f"{key}: {value}")
+
+
+# Registered on the app by kbuild.cli.app, in this order.
+COMMANDS = [
+    CommandSpec(list_, "list", "Example: kbuild list --json | jq '.[].name'"),
+    CommandSpec(show, None, "Examples: kbuild show latest | kbuild show v2 --class melanoma --removed"),
+    CommandSpec(diff, None, "Examples: kbuild diff v1 v2 | kbuild diff latest (against its parent) | kbuild diff v1 v2 --json"),
+    CommandSpec(tag, None, "Example: kbuild tag v3 reviewed"),
+    CommandSpec(export, None, "Examples: kbuild export v2 --format dclip -o kb.json | kbuild export latest --format csv"),
+    CommandSpec(verify_, "verify", "Example: kbuild verify snapshot_v2"),
+    CommandSpec(gc, None, "Example: kbuild gc"),
+    CommandSpec(path, None, "Example: kbuild path"),
+]

@@ -7,16 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import settings
-from ..load_op import load_files
-from ..store import validate_snapshot_name
-from .app import app
-from .context import info, load_embedder, open_store, print_json
-from .options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt, TemplateOpt
+from kbuild import settings
+from kbuild.ops.load import load_files
+from kbuild.store import validate_snapshot_name
+from kbuild.cli.commands import CommandSpec
+from kbuild.cli.context import info, load_embedder, open_store, print_json
+from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt, TemplateOpt
 
 
-@app.command(epilog="Examples: kbuild load descriptors_food101.json | kbuild load feature_50.json --section "
-                    "Brain_Tumor_Features | kbuild load kb.csv --classes classes.txt --name derm_v1")
 def load(
     files: Annotated[list[Path], typer.Argument(help="Curated files: JSON {class: [text]}, KPL JSON, CSV or JSONL.")],
     format: Annotated[Optional[str], typer.Option("--format", "-f", help="Force a format: csv, cupl, dclip, jsonl, kpl, labo.")] = None,
@@ -45,3 +43,10 @@ def load(
     manifest = result.snapshot.manifest
     print(f"{result.snapshot.name}: {manifest['total']} descriptions in {manifest['classes']} classes "
           f"({manifest['content_hash'][:19]}...)")
+
+
+# Registered on the app by kbuild.cli.app, in this order.
+COMMANDS = [
+    CommandSpec(load, None, "Examples: kbuild load descriptors_food101.json | kbuild load feature_50.json --section "
+                    "Brain_Tumor_Features | kbuild load kb.csv --classes classes.txt --name derm_v1"),
+]

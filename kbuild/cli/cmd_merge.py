@@ -6,14 +6,13 @@ from typing import Annotated
 
 import typer
 
-from ..embedding import snapshot_embedder
-from ..merge_op import merge_snapshots
-from .app import app
-from .context import open_store, print_json
-from .options import ChromaUrlOpt, JsonOpt, SnapshotModelOpt, NameOpt, SnapshotPretrainedOpt, StoreOpt
+from kbuild.clip.text import snapshot_embedder
+from kbuild.ops.merge import merge_snapshots
+from kbuild.cli.commands import CommandSpec
+from kbuild.cli.context import open_store, print_json
+from kbuild.cli.options import ChromaUrlOpt, JsonOpt, SnapshotModelOpt, NameOpt, SnapshotPretrainedOpt, StoreOpt
 
 
-@app.command(epilog="Example: kbuild merge v2 v3 --name derm_combined")
 def merge(
     first: Annotated[str, typer.Argument(help="First snapshot (its CLIP model and template are kept).")],
     second: Annotated[str, typer.Argument(help="Second snapshot.")],
@@ -33,3 +32,9 @@ def merge(
         return
     print(f"{result.snapshot.name}: {result.snapshot.manifest['total']} descriptions "
           f"({result.from_first} from {first}, {result.from_second} new from {second}, {result.shared} shared)")
+
+
+# Registered on the app by kbuild.cli.app, in this order.
+COMMANDS = [
+    CommandSpec(merge, None, "Example: kbuild merge v2 v3 --name derm_combined"),
+]

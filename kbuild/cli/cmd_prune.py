@@ -7,13 +7,13 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..embedding import snapshot_embedder
-from ..prune import STAGES, TABLE_COLUMNS, PruneParams
-from ..prune_op import prune_snapshot
-from .app import app
-from .context import info, open_store, print_json
-from .options import ChromaUrlOpt, JsonOpt, SnapshotModelOpt, NameOpt, SnapshotPretrainedOpt, StoreOpt
-from .render import console
+from kbuild.clip.text import snapshot_embedder
+from kbuild.prune.core import STAGES, TABLE_COLUMNS, PruneParams
+from kbuild.ops.prune import prune_snapshot
+from kbuild.cli.commands import CommandSpec
+from kbuild.cli.context import info, open_store, print_json
+from kbuild.cli.options import ChromaUrlOpt, JsonOpt, SnapshotModelOpt, NameOpt, SnapshotPretrainedOpt, StoreOpt
+from kbuild.cli.render import console
 
 _SIM = {"min": -1.0, "max": 1.0}
 
@@ -30,8 +30,6 @@ def _prune_table(result) -> Table:
     return table
 
 
-@app.command(epilog="Examples: kbuild prune | kbuild prune v1 --dedup-threshold 0.9 --cross-class best "
-                    "--max-per-class 30 | kbuild show latest --removed")
 def prune(
     snapshot: Annotated[str, typer.Argument(help="Snapshot to prune.")] = "latest",
     min_chars: Annotated[int, typer.Option("--min-chars", min=0, help="Drop texts shorter than this.")] = PruneParams.min_chars,
@@ -60,7 +58,7 @@ def prune(
     embedder = snapshot_embedder(kb_store.home, kb_store.resolve(snapshot).manifest.get("clip", {}), model, pretrained)
     similarity = None
     if similarity_model:
-        from ..similarity_models import sentence_embedder
+        from kbuild.clip.sentence import sentence_embedder
 
         similarity = sentence_embedder(similarity_model)
     outcome = prune_snapshot(kb_store, embedder, snapshot, params, name, similarity, similarity_model)
@@ -78,3 +76,10 @@ def prune(
     console.print(f"{outcome.parent.name} -> {outcome.snapshot.name}: kept {totals.kept} of {totals.before}"
                   f" (removed: {removed or 'none'}); see 'kbuild show {outcome.snapshot.name} --removed'",
                   markup=False)
+
+
+# Registered on the app by kbuild.cli.app, in this order.
+COMMANDS = [
+    CommandSpec(prune, None, "Examples: kbuild prune | kbuild prune v1 --dedup-threshold 0.9 --cross-class best "
+                    "--max-per-class 30 | kbuild show latest --removed"),
+]

@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import UsageError
-from .app import app
-from .context import info, open_store
-from .options import ChromaUrlOpt, SnapshotModelOpt, SnapshotPretrainedOpt, StoreOpt
+from kbuild.errors import UsageError
+from kbuild.cli.commands import CommandSpec
+from kbuild.cli.context import info, open_store
+from kbuild.cli.options import ChromaUrlOpt, SnapshotModelOpt, SnapshotPretrainedOpt, StoreOpt
 
 
 def _stop_on_sigterm():
@@ -28,8 +28,6 @@ def _stop_on_sigterm():
     return signal.signal(signal.SIGTERM, handler)
 
 
-@app.command(epilog="Examples: kbuild serve | kbuild serve --port 9000 --results results/ | "
-                    "kbuild serve --chroma-url http://127.0.0.1:8000")
 def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8765,
     host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback exposes the store to the network.")] = "127.0.0.1",
@@ -40,7 +38,7 @@ def serve(
     chroma_url: ChromaUrlOpt = None,
 ) -> None:
     """Browse, compare and review snapshots in a local web app; a saved review becomes a new snapshot."""
-    from ..serve import ServeOptions, is_loopback, open_server
+    from kbuild.serve import ServeOptions, is_loopback, open_server
 
     if results is not None and not results.is_dir():
         raise UsageError(f"--results {results}: not a folder (point it at a 'kpl eval --out' folder)")
@@ -61,3 +59,10 @@ def serve(
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     info("kbuild serve: stopped")
+
+
+# Registered on the app by kbuild.cli.app, in this order.
+COMMANDS = [
+    CommandSpec(serve, None, "Examples: kbuild serve | kbuild serve --port 9000 --results results/ | "
+                    "kbuild serve --chroma-url http://127.0.0.1:8000"),
+]

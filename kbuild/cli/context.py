@@ -6,8 +6,8 @@ import json
 import sys
 from typing import Any
 
-from .. import settings
-from ..store import SnapshotStore
+from kbuild import settings
+from kbuild.store import SnapshotStore
 
 
 def open_store(store: str | None, chroma_url: str | None) -> SnapshotStore:
@@ -16,15 +16,12 @@ def open_store(store: str | None, chroma_url: str | None) -> SnapshotStore:
 
 def load_embedder(store: SnapshotStore, model: str | None, pretrained: str | None):
     """The CLIP text embedder named by the flags/environment, with the store's embedding cache."""
-    from ..embedding import TextEmbedder, cache_path
-    from ..encoder import load_clip
+    from kbuild.clip.text import TextEmbedder, cache_path
+    from kbuild.clip.models import load_clip
 
     clip = load_clip(settings.clip_model(model), settings.clip_pretrained(pretrained))
     return TextEmbedder(clip, cache_path(store.home))
 
-
-def clip_provenance(embedder, template: str) -> dict[str, Any]:
-    return {**embedder.clip.describe(), "template": template}
 
 
 def info(message: str) -> None:

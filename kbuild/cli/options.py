@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import settings
+from kbuild import settings
 
 StoreOpt = Annotated[Optional[str], typer.Option(
     "--store", envvar=settings.ENV_STORE, show_envvar=True,

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import KbuildError
-from ..store.locking import store_write_lock
-from ..store.manifest import now_iso
+from kbuild.errors import KbuildError
+from kbuild.store.locking import store_write_lock
+from kbuild.store.manifest import now_iso
 
 FOLDER = "review_drafts"
 

@@ -12,7 +12,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import KbuildError, SnapshotNotFound
+from kbuild.errors import KbuildError, SnapshotNotFound
 
 REPORT_NAME = "report.html"
 _MAX_REPORTS = 2000

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .. import settings
-from ..errors import KbuildError, SnapshotNotFound, UsageError
-from .drafts import StaleDraft
-from .service import ReviewService
+from kbuild import settings
+from kbuild.errors import KbuildError, SnapshotNotFound, UsageError
+from kbuild.serve.drafts import StaleDraft
+from kbuild.serve.service import ReviewService
 
 STATIC = Path(__file__).with_name("static")
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",

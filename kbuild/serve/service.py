@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..descriptions import normalise_text
-from ..diff import diff_stored
-from ..errors import UsageError
-from ..review import MAX_NAME, Decision, ReviewError, check_decision, review_snapshot, snapshot_embedder, stamp
-from ..store import KnowledgeBase, SnapshotStore, validate_snapshot_name
-from .drafts import FOLDER, DraftStore, drop_decision, put_decision
-from .results import find_reports, report_file
+from kbuild import __version__
+from kbuild.descriptions import normalise_text
+from kbuild.diff import diff_stored
+from kbuild.errors import UsageError
+from kbuild.ops.review import MAX_NAME, Decision, ReviewError, check_decision, review_snapshot, snapshot_embedder, stamp
+from kbuild.store import KnowledgeBase, SnapshotStore, validate_snapshot_name
+from kbuild.serve.drafts import FOLDER, DraftStore, drop_decision, put_decision
+from kbuild.serve.results import find_reports, report_file
 
 _CACHED_SNAPSHOTS = 8
 

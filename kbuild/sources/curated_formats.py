@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from kbuild.classes_file import decode_utf8, load_json, read_checked_bytes
+from kbuild.inputs import decode_utf8, load_json, read_checked_bytes
 from kbuild.errors import InputFileError, KbuildError, UsageError
 
 CLASS_COLUMNS = ("class", "class_name", "classname", "label", "category")

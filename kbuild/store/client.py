@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..errors import StoreUnavailable, UsageError
-from .locking import store_write_lock
+from kbuild.errors import StoreUnavailable, UsageError
+from kbuild.store.locking import store_write_lock
 
 
 def _settings(token: str | None):

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import KbuildError
+from kbuild.errors import KbuildError
 
 
 @contextlib.contextmanager

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..descriptions import Description, content_hash
-from ..errors import KbuildError
-from .records import RemovedRecord
+from kbuild import __version__
+from kbuild.descriptions import Description, content_hash
+from kbuild.errors import KbuildError
+from kbuild.store.records import RemovedRecord
 
 MANIFEST_VERSION = 1
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from ..errors import UsageError
+from kbuild.errors import UsageError
 
 AUTO_PREFIX = "snapshot_v"
 INTERNAL_PREFIX = "kbuild-"

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..descriptions import Description
+from kbuild.descriptions import Description
 
 KEPT = "kept"
 REMOVED = "removed"

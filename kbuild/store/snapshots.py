@@ -22,13 +22,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .. import settings
-from ..errors import KbuildError, SnapshotNotFound, StoreUnavailable
-from . import names
-from .client import is_auth_error, open_embedded, open_server, refused
-from .locking import store_write_lock
-from .manifest import SnapshotDraft, build_manifest, now_iso
-from .records import REMOVED, RemovedRecord, kept_metadata, removed_metadata, to_description, to_removed
+from kbuild import settings
+from kbuild.errors import KbuildError, SnapshotNotFound, StoreUnavailable
+from kbuild.store import names
+from kbuild.store.client import is_auth_error, open_embedded, open_server, refused
+from kbuild.store.locking import store_write_lock
+from kbuild.store.manifest import SnapshotDraft, build_manifest, now_iso
+from kbuild.store.records import REMOVED, RemovedRecord, kept_metadata, removed_metadata, to_description, to_removed
 
 _PAGE = 5000
 _WRITE_BATCH = 5000  # records per add(): Chroma's own limit is larger; this bounds one request's size

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
-from .store import SnapshotInfo, SnapshotStore
-from .store.manifest import SnapshotDraft
+from kbuild.errors import UsageError
+from kbuild.store import SnapshotInfo, SnapshotStore
+from kbuild.store.manifest import SnapshotDraft
 
 
 @dataclass

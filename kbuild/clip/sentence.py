@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import KbuildError
+from kbuild.errors import KbuildError
 
 
 # Models that a pip package carries for offline use: hub id -> (package, folder inside it).

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .classes_file import read_utf8
-from .errors import InputFileError, KbuildError, UsageError
+from kbuild.inputs import read_utf8
+from kbuild.errors import InputFileError, KbuildError, UsageError
 
 PROMPT_SUFFIX = ".toml"
 PROMPT_MAX_BYTES = 1024 * 1024
@@ -46,7 +46,7 @@ GENERATE_VARIABLES = ("class_name", "count")
 
 def default_prompts_dir() -> Path:
     """The ``prompts/`` folder shipped next to the ``kbuild`` package."""
-    return Path(__file__).resolve().parents[1] / "prompts"
+    return Path(__file__).resolve().parents[3] / "prompts"
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .descriptions import Description
-from .errors import KbuildError, UsageError
-from .store.records import RemovedRecord
-from .prune_similarity import unit_rows
-from .prune_stages import cross_class, low_margin, max_per_class, near_duplicates
-from .prune_text import FIX_TRUNCATED, Drop, Item, canonical_items, exact_duplicates, overlong, sanitise
+from kbuild.descriptions import Description
+from kbuild.errors import KbuildError, UsageError
+from kbuild.store.records import RemovedRecord
+from kbuild.prune.similarity import unit_rows
+from kbuild.prune.stages import cross_class, low_margin, max_per_class, near_duplicates
+from kbuild.prune.text import FIX_TRUNCATED, Drop, Item, canonical_items, exact_duplicates, overlong, sanitise
 
 STAGES = ("sanitise", "overlong", "exact", "near_duplicate", "cross_class", "margin", "max_per_class")
 DEFAULT_TEMPLATE = "a photo of a {}, which has {}"

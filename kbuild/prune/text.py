@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
-from .descriptions import Description, normalise_text
+from kbuild.descriptions import Description, normalise_text
 
 FIX_ENDS = "stripped leading/trailing whitespace"
 FIX_INNER = "collapsed inner whitespace"

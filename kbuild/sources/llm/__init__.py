@@ -8,7 +8,7 @@
 langchain is imported only when a client is built, so other ``kbuild`` commands start fast.
 """
 
-from .calllog import LOG_RELATIVE_PATH, CallLog
-from .parse import ReplyParseError, parse_reply
+from kbuild.sources.llm.calllog import LOG_RELATIVE_PATH, CallLog
+from kbuild.sources.llm.parse import ReplyParseError, parse_reply
 
 __all__ = ["LOG_RELATIVE_PATH", "CallLog", "ReplyParseError", "parse_reply"]

@@ -20,14 +20,14 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any, Callable
 
-from ..classes_file import ClassEntry
-from ..descriptions import Description, normalise_text
-from ..errors import UsageError
-from ..prompts import GENERATE_VARIABLES, PromptTemplate
-from ..store.manifest import SnapshotDraft, now_iso
-from .calllog import ERROR, MALFORMED, OK, CallLog, CallRecord, cache_key
-from .client import Attempt, CallFailed, ChatClient, ChatReply, Interrupted, estimate_cost, url_host
-from .parse import ReplyParseError, parse_reply
+from kbuild.classes_file import ClassEntry
+from kbuild.descriptions import Description, normalise_text
+from kbuild.errors import UsageError
+from kbuild.sources.llm.prompts import GENERATE_VARIABLES, PromptTemplate
+from kbuild.store.manifest import SnapshotDraft, now_iso
+from kbuild.sources.llm.calllog import ERROR, MALFORMED, OK, CallLog, CallRecord, cache_key
+from kbuild.sources.llm.client import Attempt, CallFailed, ChatClient, ChatReply, Interrupted, estimate_cost, url_host
+from kbuild.sources.llm.parse import ReplyParseError, parse_reply
 
 SIBLINGS = "siblings"
 

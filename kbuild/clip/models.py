@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import KbuildError, UsageError
+from kbuild.errors import KbuildError, UsageError
 
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"

@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .embedding import TextEmbedder, templated_embeddings
-from .prune import PruneParams, PruneResult, prune_descriptions
-from .store import SnapshotInfo, SnapshotStore
-from .store.manifest import SnapshotDraft
+from kbuild.clip.text import TextEmbedder, templated_embeddings
+from kbuild.prune.core import PruneParams, PruneResult, prune_descriptions
+from kbuild.store import SnapshotInfo, SnapshotStore
+from kbuild.store.manifest import SnapshotDraft
 
 
 @dataclass

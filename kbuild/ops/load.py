@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .classes_file import parse_classes_file
-from .embedding import check_template
-from .errors import KbuildError
-from .sources.curated import CuratedImport, load_curated
-from .store import SnapshotInfo, SnapshotStore, validate_snapshot_name
-from .store.manifest import SnapshotDraft
+from kbuild.classes_file import parse_classes_file
+from kbuild.clip.text import check_template
+from kbuild.errors import KbuildError
+from kbuild.sources.curated import CuratedImport, load_curated
+from kbuild.store import SnapshotInfo, SnapshotStore, validate_snapshot_name
+from kbuild.store.manifest import SnapshotDraft
 
 
 @dataclass

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .prune_similarity import BLOCK, greedy_suppress, mmr_order, normalise_vector, pairs_above
-from .prune_text import Drop, Item
+from kbuild.prune.similarity import BLOCK, greedy_suppress, mmr_order, normalise_vector, pairs_above
+from kbuild.prune.text import Drop, Item
 
 MMR_RELEVANCE_WEIGHT = 0.5  # equal weight to representativeness and to novelty
 

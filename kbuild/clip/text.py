@@ -11,10 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
-from . import settings
-from .descriptions import Description
-from .embed_cache import TextEmbeddingCache
-from .errors import UsageError
+from kbuild import settings
+from kbuild.descriptions import Description
+from kbuild.clip.cache import TextEmbeddingCache
+from kbuild.errors import UsageError
 
 BARE_TEMPLATE = "{}"
 
@@ -63,7 +63,7 @@ def cache_path(home: Path) -> Path:
 def snapshot_embedder(home: Path, clip: dict, model: str | None = None, pretrained: str | None = None) -> TextEmbedder:
     """An embedder for work on an existing snapshot: the snapshot's own CLIP model (``clip`` from its
     manifest) unless a flag or the environment names another."""
-    from .encoder import load_clip
+    from kbuild.clip.models import load_clip
 
     chosen = settings.clip_override(model, pretrained) or (clip.get("model"), clip.get("pretrained"))
     return TextEmbedder(load_clip(*chosen), cache_path(home))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-from ..descriptions import normalise_text
+from kbuild.descriptions import normalise_text
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
 _MARKED_LINE = re.compile(r"^\s*(?:[-*+\u2022\u2023\u25e6]|\(?\d{1,3}[.):]|\[\d{1,3}\])\s+(.*\S)\s*$")

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from .descriptions import content_hash, description_id
-from .errors import UsageError
-from .store import KnowledgeBase
+from kbuild.descriptions import content_hash, description_id
+from kbuild.errors import UsageError
+from kbuild.store import KnowledgeBase
 
 EXPORT_FORMATS = ("json", "csv", "dclip")
 

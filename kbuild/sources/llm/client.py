@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import KbuildError
+from kbuild.errors import KbuildError
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 # Sent to servers that check no key (Ollama, vLLM, llama.cpp, LM Studio) when none is set.

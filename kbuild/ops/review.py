@@ -21,13 +21,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import settings
-from .descriptions import Description, normalise_text
-from . import embedding
-from .embedding import TextEmbedder, templated_embeddings
-from .errors import KbuildError
-from .store import KnowledgeBase, RemovedRecord, SnapshotInfo, SnapshotStore
-from .store.manifest import SnapshotDraft, now_iso
+from kbuild import settings
+from kbuild.descriptions import Description, normalise_text
+from kbuild.clip import text as clip_text
+from kbuild.clip.text import TextEmbedder, templated_embeddings
+from kbuild.errors import KbuildError
+from kbuild.store import KnowledgeBase, RemovedRecord, SnapshotInfo, SnapshotStore
+from kbuild.store.manifest import SnapshotDraft, now_iso
 
 ACTIONS = ("accept", "reject", "edit", "add")
 STAGE = "review"
@@ -196,7 +196,7 @@ def apply_review(parent: KnowledgeBase, decisions: list[Decision],
 def snapshot_embedder(store: SnapshotStore, info: SnapshotInfo, model: str | None = None,
                       pretrained: str | None = None) -> TextEmbedder:
     """The parent snapshot's own CLIP model unless a flag or the environment names another."""
-    return embedding.snapshot_embedder(store.home, info.manifest.get("clip", {}), model, pretrained)
+    return clip_text.snapshot_embedder(store.home, info.manifest.get("clip", {}), model, pretrained)
 
 
 def review_snapshot(store: SnapshotStore, reference: str, decisions: list[Decision], model: str | None = None,

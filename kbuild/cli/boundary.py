@@ -1,0 +1,72 @@
+"""The one error boundary both CLIs (``kbuild`` and ``kpl``) run through.
+
+User errors (``KbuildError`` and its kin) become one ``Error:`` line on stderr and their exit code;
+bad flags become one line and exit 2; anything else is one ``Error: unexpected ...`` line. A
+traceback appears only with ``KBUILD_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import typer
+
+from kbuild import settings
+from kbuild.errors import KbuildError
+
+
+def run_with_boundary(typer_app: typer.Typer, prog_name: str, argv: list[str] | None = None) -> int:
+    """Run a Typer app; user errors become one ``Error:`` line on stderr and an exit code."""
+    settings.quiet_third_parties()
+    try:
+        outcome = typer_app(args=argv, prog_name=prog_name, standalone_mode=False)
+        return outcome if isinstance(outcome, int) else 0
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
+    except KbuildError as err:
+        if settings.debug():
+            traceback.print_exc()
+        print_error(f"Error: {err}")
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("Error: interrupted; nothing half-written was published", file=sys.stderr)
+        return 130
+    except typer.Abort:
+        print("Error: aborted", file=sys.stderr)
+        return 1
+    except typer.TyperException as err:
+        return _report_usage(err, prog_name)
+    except Exception as err:
+        return _report_unexpected(err)
+
+
+def print_error(line: str) -> None:
+    """The one way an error reaches the terminal: an API key or Chroma token that a server echoed into
+    an exception's text is masked here, whichever code path raised it."""
+    for secret in settings.secrets():
+        line = line.replace(secret, "***")
+    print(line, file=sys.stderr)
+
+
+def _report_usage(err: typer.TyperException, prog_name: str) -> int:
+    """A bad flag or argument: one line naming the command to ask for help, exit 2. A group called
+    without a subcommand raises the same family with the group's help as its message: print the help."""
+    ctx = getattr(err, "ctx", None)
+    message = err.format_message() if hasattr(err, "format_message") else str(err)
+    if ctx is not None and message == ctx.get_help():
+        print(message, file=sys.stderr)
+        return 2
+    command = ctx.command_path if ctx is not None else prog_name
+    print_error(f"Error: {' '.join(message.split())} (see '{command} --help')")
+    code = getattr(err, "exit_code", 2)
+    return int(code) if code else 2
+
+
+def _report_unexpected(err: Exception) -> int:
+    """The last line of defence: one line, never a traceback unless KBUILD_DEBUG asks for it."""
+    if settings.debug():
+        traceback.print_exc()
+    first = str(err).splitlines()[0] if str(err) else ""
+    print_error(f"Error: unexpected {type(err).__name__}: {first} (set {settings.ENV_DEBUG}=1 for the traceback)")
+    return 1

@@ -1,0 +1,62 @@
+"""``kbuild generate``: classes x prompt template -> LLM descriptions -> a new snapshot.
+
+The LLM work (rounds, retries, the call log that doubles as a cache) lives in
+``kbuild.sources.llm.generate``; this module decides what is checked before the first call, when
+CLIP is loaded (only after every call succeeded, so a failed load costs no LLM call on the rerun),
+and what gets published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from kbuild.classes_file import ClassEntry
+from kbuild.errors import KbuildError, UsageError
+from kbuild.sources.llm.calllog import CallLog
+from kbuild.sources.llm.generate import (GenerateOptions, GenerateResult, ProgressEvent,
+                                         generate_descriptions, generation_parameters, snapshot_draft)
+from kbuild.sources.llm.prompts import PromptTemplate
+from kbuild.store import SnapshotInfo, SnapshotStore, validate_snapshot_name
+
+
+@dataclass
+class GenerateOutcome:
+    """The LLM run and, when every class succeeded, the snapshot it became."""
+
+    result: GenerateResult
+    snapshot: SnapshotInfo | None
+
+    def failure(self, total: int) -> KbuildError:
+        return KbuildError(f"{len(self.result.failures)} of {total} classes failed (listed above), so no snapshot "
+                           "was written; every finished call is cached, so rerunning the same command completes "
+                           "the rest without paying for them again")
+
+    def to_json(self) -> dict[str, Any]:
+        head = {"snapshot": self.snapshot.name, "content_hash": self.snapshot.content_hash} if self.snapshot else {}
+        return {**head, **self.result.to_json()}
+
+
+def check_name_free(store: SnapshotStore, name: str | None) -> None:
+    """Refuse a taken or invalid ``--name`` before the first paid call, not after the whole run."""
+    if name is not None:
+        validate_snapshot_name(name)
+        if any(s.name == name for s in store.list()):
+            raise UsageError(f"Snapshot '{name}' already exists and snapshots are immutable (choose another --name)")
+
+
+def generate_snapshot(store: SnapshotStore, entries: list[ClassEntry], prompt: PromptTemplate,
+                      options: GenerateOptions, client, load_embedder: Callable[[], Any], template: str,
+                      classes_label: str, name: str | None = None,
+                      progress: Callable[[ProgressEvent], None] | None = None) -> GenerateOutcome:
+    """Ask ``client`` for every class through the store's call log; publish only when no class failed."""
+    check_name_free(store, name)
+    with CallLog.for_store(store.home) as log:
+        result = generate_descriptions(entries, prompt, options, log, client, progress=progress)
+    if result.failures:
+        return GenerateOutcome(result, None)
+    embedder = load_embedder()
+    parameters = generation_parameters(prompt, options, client, classes_label)
+    clip = {**embedder.clip.describe(), "template": template}
+    draft = snapshot_draft(result, embedder, template, parameters, clip)
+    return GenerateOutcome(result, store.publish(draft, name=name))

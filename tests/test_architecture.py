@@ -1,0 +1,130 @@
+"""The layering of docs/ARCHITECTURE.md, checked on the source: no import circle, arrows point down.
+
+Imports are read with ``ast`` (module level and inside functions alike), so a lazy import that
+would close a circle is caught too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("kbuild", "kpl")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for package in PACKAGES for p in (REPO / package).rglob("*.py")}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules ``name`` imports (``from a.b import c`` counts a.b.c when c is a module)."""
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        else:
+            continue
+        found.update(t for t in targets if t in known and t != name)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {name: _imports(name, path, known) for name, path in modules.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_circle_in_kbuild_or_kpl():
+    graph = _graph()
+    assert _cycle(graph) is None, f"import circle: {' -> '.join(_cycle(graph))}"
+
+
+def test_kbuild_never_imports_kpl():
+    offenders = sorted(n for n, deps in _graph().items() if n.startswith("kbuild") and any(d.startswith("kpl") for d in deps))
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_only_the_cli_modules_import_typer(package):
+    offenders = []
+    for name, path in _modules().items():
+        if name.startswith(("kbuild.cli", "kpl.cli")) or not name.startswith(package):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "typer" or n.startswith("typer.") for n in names):
+                offenders.append(name)
+    assert not offenders, f"core modules importing typer: {offenders}"
+
+
+def test_command_modules_never_import_the_app():
+    graph = _graph()
+    commands = [n for n in graph if n.startswith("kbuild.cli.cmd_")]
+    assert commands, "no command modules found: the layout moved?"
+    assert all("kbuild.cli.app" not in graph[n] for n in commands)
+
+
+def test_layers_point_down():
+    """Lower layers never import higher ones (docs/ARCHITECTURE.md, "What may import what")."""
+    layers = [
+        ("kbuild.cli", "kbuild.serve"),
+        ("kbuild.ops",),
+        ("kbuild.sources", "kbuild.prune", "kbuild.diff", "kbuild.classes_file"),
+        ("kbuild.store", "kbuild.clip", "kbuild.inputs"),
+        ("kbuild.descriptions", "kbuild.errors", "kbuild.settings"),
+    ]
+
+    def layer_of(module: str) -> int | None:
+        for index, prefixes in enumerate(layers):
+            if any(module == p or module.startswith(p + ".") for p in prefixes):
+                return index
+        return None
+
+    upward = []
+    for name, deps in _graph().items():
+        here = layer_of(name)
+        for dep in deps:
+            there = layer_of(dep)
+            if here is not None and there is not None and there < here:
+                upward.append(f"{name} -> {dep}")
+    assert not upward, f"imports pointing up a layer: {sorted(upward)}"
