@@ -127,8 +127,11 @@ class Trials:
         else:
             self.outcomes["killed before writing"] += 1
 
-    def finish(self, before: dict[str, str], limit_s: float) -> None:
-        """``kbuild gc`` removes every leftover; everything still verifies; the loop stayed within time."""
+    def finish(self, before: dict[str, str]) -> None:
+        """``kbuild gc`` removes every leftover; everything still verifies; every trial was counted.
+
+        The time the trials took is printed, not asserted (speed belongs to benchmarks/): a hang is
+        caught by the per-command timeouts of the fork server."""
         out, _ = self.run("gc")
         assert out.startswith("removed "), out
         report = self.check(before, new_allowed=0, cli_verify=True)  # 'kbuild verify' itself, on every snapshot
@@ -137,7 +140,6 @@ class Trials:
         elapsed = time.monotonic() - self.started
         print(f"{self.name}: {TRIALS} trials in {elapsed:.1f} s: {dict(self.outcomes)}")
         assert sum(self.outcomes.values()) == TRIALS
-        assert elapsed < limit_s, f"{self.where()} {TRIALS} trials took {elapsed:.0f} s (limit {limit_s:.0f} s)"
 
 
 def write_kb(path: Path, prefix: str, classes: int = 10, per_class: int = 20) -> Path:
@@ -180,7 +182,7 @@ def test_load_killed_at_random_points(forks, tmp_path, tiny_model):
     # A new file each trial, so every run embeds (and caches) new texts before it writes.
     files = [write_kb(tmp_path / f"kb{i}.json", f"trial {i}") for i in range(TRIALS + 1)]
     final = write_trials(trials, lambda i: ["load", files[i], "--json"], base)
-    trials.finish(final, limit_s=120)
+    trials.finish(final)
 
 
 @pytest.mark.timeout(240)
@@ -196,7 +198,7 @@ def test_prune_killed_at_random_points(forks, tmp_path, tiny_model):
         return ["prune", "v1", "--dedup-threshold", f"{0.80 + 0.01 * (i % 15):.2f}", "--json"]
 
     final = write_trials(trials, args_for, base)
-    trials.finish(final, limit_s=120)
+    trials.finish(final)
 
 
 CLASSES = ["melanoma", "nevus", "keratosis", "dermatofibroma"]
@@ -233,7 +235,7 @@ def test_generate_killed_at_random_points(forks, tmp_path, tiny_model):
             assert set(counts) == {(c, r) for c in CLASSES for r in (0, 1)}, (trials.where(), i, counts)
             # Only a call in flight at the kill (at most --concurrency 2 of them) can have been sent twice.
             assert sum(counts.values()) - len(counts) <= 2 and max(counts.values()) <= 2, (trials.where(), i, counts)
-        trials.finish(final, limit_s=120)
+        trials.finish(final)
     finally:
         server.stop()
 
@@ -265,4 +267,4 @@ def test_tag_killed_at_random_points(forks, tmp_path, tiny_model):
         tags[tag] = target
     report = trials.check(snapshots, new_allowed=0)
     assert report["tags"] == tags
-    trials.finish(snapshots, limit_s=60)
+    trials.finish(snapshots)
