@@ -23,6 +23,12 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
+# The browser tests drive the system's Chromium: install Debian's package when it is missing (root).
+.PHONY: chromium
+test: chromium
+chromium:
+	@bash .ci/install-chromium
+
 # No HF_HUB_OFFLINE here: the demo uses pretrained CLIP when the hub is reachable (it checks first).
 demo: $(STAMP)
 	ANONYMIZED_TELEMETRY=False PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
