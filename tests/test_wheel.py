@@ -40,7 +40,7 @@ def installed(tmp_path_factory) -> Path:
         else:
             shutil.copy2(source, src / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", root / "dist", src],
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", root / "dist", src],
                    check=True, capture_output=True, timeout=300, cwd=root)
     wheels = list((root / "dist").glob("kpl_toolkit-*.whl"))
     assert len(wheels) == 1, wheels
