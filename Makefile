@@ -23,12 +23,19 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
+# The browser tests drive the system's Chromium: install Debian's package when it is missing (root).
+.PHONY: chromium
+test: chromium
+chromium:
+	@bash .ci/install-chromium
+
 # No HF_HUB_OFFLINE here: the demo uses pretrained CLIP when the hub is reachable (it checks first).
 demo: $(STAMP)
 	ANONYMIZED_TELEMETRY=False PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
 # Each script prints its own table; together they take several minutes on 2 cores.
 BENCHMARKS := bench_kpl bench_sweep bench_loader bench_prune bench_store
+BENCHMARKS += bench_startup
 bench: $(STAMP)
 	for b in $(BENCHMARKS); do echo "== $$b"; $(OFFLINE) $(BIN)/python benchmarks/$$b.py || exit 1; done
 

@@ -14,6 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Shared test data (golden vectors, real features, curated KBs): never copied into the repo.
+# KPL_TEST_SHARED points elsewhere (a git worktree, or a deliberately missing folder in a test).
+SHARED = Path(os.environ.get("KPL_TEST_SHARED") or REPO.parent / "shared")
+
+
+def in_ci() -> bool:
+    """True under CI (CI=true): there a skipped test is a failure, and missing shared data too."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def shared_data_missing(what: str):
+    """Skip locally, fail in CI: a test that needs ../shared never passes silently there."""
+    import pytest
+
+    message = f"{what} is absent (shared test data lives in {SHARED}; set KPL_TEST_SHARED to move it)"
+    if in_ci():
+        pytest.fail(f"CI needs shared test data: {message}", pytrace=False)
+    pytest.skip(message)
 
 # Small enough to build in a fraction of a second; vocab 49408 matches the bundled BPE tokenizer.
 TINY_CLIP_CONFIG = {

@@ -13,7 +13,6 @@ from kbuild.descriptions import normalise_text
 from kbuild.errors import InputFileError, KbuildError, UsageError
 from kbuild.sources.curated import load_curated
 
-KB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kb"
 LABO_RAW = "LaBo__HAM10000_class2concepts.json"
 LABO_SELECTED = "LaBo__HAM10000_selected_concepts.json"
 DCLIP_FOOD = "WaffleCLIP__descriptors_food101.json"
@@ -24,10 +23,8 @@ EMPTY_DCLIP = ["donuts", "french fries", "fried calamari", "mussels", "oysters"]
 
 
 @pytest.fixture(scope="module")
-def kb() -> Path:
-    if not KB_DIR.is_dir():
-        pytest.skip("../shared is absent: curated test files unavailable")
-    return KB_DIR
+def kb(kb_files) -> Path:
+    return kb_files
 
 
 def texts_by_class(result) -> dict[str, list[str]]:

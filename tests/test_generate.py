@@ -9,7 +9,6 @@ and the call log come first.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import signal
@@ -451,15 +450,6 @@ def test_bad_classes_file_is_one_line_and_costs_nothing(gen, server, tmp_path):
 
 # ---- the whole pipeline ----------------------------------------------------------------------------------
 
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not (_has("kbuild.cli.cmd_prune") and _has("kpl.cli")),
-                    reason="kbuild prune or kpl eval is not built yet")
 def test_generate_then_prune_then_kpl_eval(gen, server, kbuild, capsys, tmp_path, tiny_clip_dir):
     from helpers import CliRunner
     from kpl.cli import app as kpl_app

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import CliRunner, cli_env, run_subprocess
+from helpers import CliRunner, cli_env, run_subprocess, shared_data_missing
 from test_kpl_features import make_image_folder
 
 FAST = ("--iters", "300")  # the proxy loops stop early on real data; random features need a cap
@@ -213,7 +213,7 @@ def publish_ph2(store_home: Path, features_dir: Path) -> dict:
 def test_ph2_real_features_reproduce_paper_accuracies(kpl, clip_env, shared_dir):
     features_dir = shared_dir / "datasets" / "features"
     if not (features_dir / "ph2_vitb16.npz").is_file():
-        pytest.skip("../shared/datasets/features/ph2_vitb16.npz is absent")
+        shared_data_missing("../shared/datasets/features/ph2_vitb16.npz")
     golden = publish_ph2(clip_env, features_dir)
     expected = json.loads((features_dir / "ph2_vitb16.json").read_text())["results"]["k=8"]
     npz = features_dir / "ph2_vitb16.npz"

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import SHARED, shared_data_missing
 from kpl import run_kpl
 from kpl.metrics import compute_metrics
 from kpl.retrieval import split_by_class
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TOL = 1e-5
 TIE_MARGIN = 1e-5
 SPREAD_FACTOR = 20
@@ -112,7 +112,7 @@ _RESULTS: dict[str, Case] = {}
 @pytest.fixture(params=CASES or [None], ids=[c[0] for c in CASES] or ["no-shared"])
 def case(request) -> Case:
     if request.param is None:
-        pytest.skip("../shared is absent: parity data unavailable")
+        shared_data_missing("../shared (parity data)")
     name, npz, prefix, k = request.param
     if name not in _RESULTS:
         _RESULTS[name] = Case(npz, prefix, k)
@@ -178,7 +178,7 @@ def test_exact_iters_matches_golden():
     """The full 2000-iteration loop (no early stop) also lands within tolerance."""
     matches = [c for c in CASES if c[0] == "tb2_k8"]
     if not matches:
-        pytest.skip("../shared/golden/tb2_k8.npz is absent: parity data unavailable")
+        shared_data_missing("../shared/golden/tb2_k8.npz (parity data)")
     _, npz, prefix, k = matches[0]
     data = np.load(npz)
     classes = split_by_class(data["description_embeddings"], data["description_class"])

@@ -25,7 +25,6 @@ from kbuild.errors import KbuildError, UsageError
 from kbuild.prune.core import TABLE_COLUMNS, PruneParams, prune_descriptions
 from kbuild.prune.similarity import greedy_suppress, pairs_above, unit_rows
 
-KB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kb"
 LABO_RAW = "LaBo__HAM10000_class2concepts.json"
 LABO_SELECTED = "LaBo__HAM10000_selected_concepts.json"
 DCLIP_FOOD = "WaffleCLIP__descriptors_food101.json"
@@ -405,10 +404,8 @@ def bag_of_words(texts: list[str], dim: int = 512) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def kb() -> Path:
-    if not KB_DIR.is_dir():
-        pytest.skip("../shared/datasets/kb is absent: curated test files unavailable")
-    return KB_DIR
+def kb(kb_files) -> Path:
+    return kb_files
 
 
 def load(folder: Path, name: str) -> tuple[dict[str, list[str]], list[Description]]:
@@ -494,17 +491,26 @@ def test_default_min_chars_keeps_short_real_descriptors(kb):
     assert {"red", "fur", "eggs"} <= {d.text for d in result.kept}
 
 
-def test_labo_selected_overlap_with_max_per_class_50(kb):
+def test_max_per_class_50_on_labo_raw_only_trims_classes_over_the_cap(kb):
+    """LaBo's raw list has hundreds of concepts per class (its published selection keeps 50): the
+    cap runs last, so it keeps exactly 50 of what the other stages kept in each larger class, drops
+    nothing else, and records every text it drops under its own stage."""
     data, descriptions = load(kb, LABO_RAW)
     selected = json.loads((kb / LABO_SELECTED).read_text(encoding="utf-8"))
-    assert not shared_phrases(selected)  # LaBo's own list has no cross-class phrase
-    result = prune_descriptions(descriptions, bag_of_words, PruneParams(max_per_class=50))
-    ours: dict[str, set[str]] = {}
-    for d in result.kept:
-        ours.setdefault(d.class_name, set()).add(d.text)
-    print("\nLaBo selected vs prune --max-per-class 50 (bag-of-words stand-in, not CLIP):")
-    for c in sorted(data):
-        overlap = len(ours.get(c, set()) & set(selected[c]))
-        chance = 50 * 50 / max(len(data[c]), 1)
-        print(f"  {c:32s} kept {len(ours.get(c, ())):3d}  overlap {overlap:2d}/50  (random ~{chance:.1f})")
-        assert len(ours.get(c, ())) <= 50
+    assert {len(texts) for texts in selected.values()} == {50} and not shared_phrases(selected)
+    uncapped = prune_descriptions(descriptions, bag_of_words, PruneParams())
+    capped = prune_descriptions(descriptions, bag_of_words, PruneParams(max_per_class=50))
+
+    def by_class(kept) -> dict[str, set[str]]:
+        grouped: dict[str, set[str]] = {c: set() for c in data}
+        for d in kept:
+            grouped[d.class_name].add(d.text)
+        return grouped
+
+    before, after = by_class(uncapped.kept), by_class(capped.kept)
+    assert min(len(texts) for texts in before.values()) > 50  # the cap has work in every class
+    trimmed = {(r.description.class_name, r.description.text) for r in capped.removed_by("max_per_class")}
+    for c in data:
+        assert after[c] <= before[c] and len(after[c]) == 50, c
+        assert {t for k, t in trimmed if k == c} == before[c] - after[c], c
+    assert all("MMR" in r.reason for r in capped.removed_by("max_per_class"))

@@ -45,8 +45,11 @@ GENERATE_VARIABLES = ("class_name", "count")
 
 
 def default_prompts_dir() -> Path:
-    """The ``prompts/`` folder shipped next to the ``kbuild`` package."""
-    return Path(__file__).resolve().parents[3] / "prompts"
+    """The shipped templates: ``kbuild/prompts/`` inside an installed wheel (setup.py copies them
+    there), else the checkout's top-level ``prompts/`` (source tree and editable installs)."""
+    package = Path(__file__).resolve().parents[2]
+    packaged = package / "prompts"
+    return packaged if packaged.is_dir() else package.parent / "prompts"
 
 
 @dataclass(frozen=True)
