@@ -7,8 +7,8 @@
 - ``kpl``:   the ``image_ot`` stage of :func:`kpl.core.run_kpl`.
 - ``transclip``: TransCLIP-ZS (Zanella et al., NeurIPS 2024, :mod:`kpl.transclip`), transductive;
   its prototypes are the class-name prompts T when ``name_embeddings`` is given, else the
-  renormalised mean of each class's description embeddings. Its "logits" are the final soft
-  assignments (rows sum to 1).
+  renormalised mean of each class's description embeddings. Its "logits" are the log-scores of
+  the final soft assignments (their softmax is the assignment).
 
 ``run_baseline(name, X, class_embeddings=..., name_embeddings=..., **params)`` dispatches through
 the ``BASELINES`` registry and returns a :class:`BaselineResult`.
@@ -169,8 +169,8 @@ def transclip_baseline(image_features, class_embeddings=None, name_embeddings=No
         x, classes = prepare_inputs(image_features, class_embeddings, device)
         t = torch.stack([F.normalize(e.mean(dim=0), dim=0) for e in classes])
         source = "descriptions"
-    z, _ = transclip(x, t, settings)
-    return _result("transclip", z, None, {**settings.to_json(), "prototypes": source},
+    _, scores, _ = transclip(x, t, settings)
+    return _result("transclip", scores, None, {**settings.to_json(), "prototypes": source},
                    settings.outer_iters * settings.inner_iters)
 
 

@@ -162,7 +162,7 @@ def plot_accuracy_vs_k(result, path: Path) -> Path:
 # ------------------------------------------------------------------ CSV
 def write_predictions_csv(result, path: Path) -> Path:
     """index, path, true label, the predicted class name of every method, then every method's
-    score for every class (columns ``score:METHOD:CLASS``: its logit, or TransCLIP's assignment)."""
+    score for every class (columns ``score:METHOD:CLASS``: its logit; TransCLIP's log-assignment)."""
     fs = result.session.features
     names = fs.class_names
     scored = [(name, r.scores) for name, r in result.runs.items() if getattr(r, "scores", None) is not None]

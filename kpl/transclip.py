@@ -84,10 +84,11 @@ def _initial_means(x: torch.Tensor, y: torch.Tensor, top: int) -> torch.Tensor:
 
 
 def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
-              params: TransCLIPParams | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Z (N, C) final soft assignments, Y (N, C) initial zero-shot prediction) for unit inputs.
+              params: TransCLIPParams | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Z, S, Y), each (N, C), for float32 unit-row ``image_features`` (N, D) and ``prototypes`` (C, D).
 
-    ``image_features`` (N, D) and ``prototypes`` (C, D) are float32 tensors with unit rows.
+    Z are the final soft assignments, S their log-scores (``Z = softmax(S)``; S keeps the ranking
+    that Z, saturated to 0/1 in float32, loses) and Y the initial zero-shot prediction.
     """
     p = (params or TransCLIPParams()).validate()
     x, t = image_features, prototypes
@@ -101,12 +102,14 @@ def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
     means = _initial_means(x, y, p.init_top)
     variance = torch.full((x.shape[1],), 1.0 / x.shape[1], dtype=x.dtype)
     z = y.clone()
+    scores = log_y.clone()
     for _ in range(p.outer_iters):
         log_p = _log_likelihood(x, x_sq, means, variance)
         fixed = p.lam * log_y + log_p
         for _ in range(p.inner_iters):
             neighbours = (w[:, :, None] * z[idx]).sum(dim=1) if idx.shape[1] else 0.0
-            z = torch.softmax(fixed + neighbours, dim=1)
+            scores = fixed + neighbours
+            z = torch.softmax(scores, dim=1)
         mass = z.sum(dim=0)  # (C,)
         weighted = z.T @ x  # (C, D): sum_i z_ic x_i
         # a class that lost every image keeps its mean rather than dividing by zero
@@ -115,7 +118,7 @@ def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
         # sum_i sum_c z_ic (x_i - mu_c)^2 = sum_i x_i^2 - 2 sum_c mu_c * (Z^T X)_c + sum_c m_c mu_c^2
         spread = x_sq.sum(dim=0) - 2.0 * (means * weighted).sum(dim=0) + (mass[:, None] * means * means).sum(dim=0)
         variance = (spread / n).clamp_min(MIN_VARIANCE)
-    return z, y
+    return z, scores, y
 
 
 __all__ = ["TransCLIPParams", "transclip"]

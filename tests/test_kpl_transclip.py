@@ -52,7 +52,7 @@ def test_transclip_recovers_clusters_the_zero_shot_prediction_misses():
     result = run_baseline("transclip", x, name_embeddings=names)
     assert "transclip" in BASELINES and result.name == "transclip"
     np.testing.assert_array_equal(result.predictions, labels)
-    np.testing.assert_allclose(result.logits.sum(axis=1), 1.0, atol=1e-5)  # soft assignments
+    np.testing.assert_array_equal(result.logits.argmax(axis=1), result.predictions)  # log-assignments
     assert result.params["prototypes"] == "class names" and result.params["neighbours"] == 3
 
 
@@ -74,7 +74,7 @@ def test_description_prototypes_are_the_normalised_mean():
     by_name = run_baseline("transclip", x, name_embeddings=names)
     assert by_desc.params["prototypes"] == "descriptions"
     np.testing.assert_array_equal(by_desc.predictions, by_name.predictions)
-    np.testing.assert_allclose(by_desc.logits, by_name.logits, atol=1e-4)
+    np.testing.assert_allclose(by_desc.logits, by_name.logits, rtol=1e-4, atol=1e-3)
 
 
 def test_transclip_bad_input_is_one_usage_error():
