@@ -84,18 +84,21 @@ def _initial_means(x: torch.Tensor, y: torch.Tensor, top: int) -> torch.Tensor:
 
 
 def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
-              params: TransCLIPParams | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              params: TransCLIPParams | None = None,
+              graph: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(Z, S, Y), each (N, C), for float32 unit-row ``image_features`` (N, D) and ``prototypes`` (C, D).
 
     Z are the final soft assignments, S their log-scores (``Z = softmax(S)``; S keeps the ranking
     that Z, saturated to 0/1 in float32, loses) and Y the initial zero-shot prediction.
+    ``graph``: a precomputed ``kpl.knn.knn_graph(image_features, neighbours)``, e.g. shared by
+    runs with different prototypes; built here when None.
     """
     p = (params or TransCLIPParams()).validate()
     x, t = image_features, prototypes
     n = x.shape[0]
     y = torch.softmax(p.temperature * (x @ t.T), dim=1)
     log_y = torch.log(y.clamp_min(torch.finfo(torch.float32).tiny))
-    idx, w = knn_graph(x, p.neighbours, block=p.block)
+    idx, w = graph if graph is not None else knn_graph(x, p.neighbours, block=p.block)
     idx, w = torch.from_numpy(idx), torch.from_numpy(w)
     x_sq = x * x
 
