@@ -147,9 +147,14 @@ def plot_accuracy_vs_k(result, path: Path) -> Path:
             ax.plot([row["chosen_k"]], [100 * row["image_ot_balanced_accuracy"]], marker="*", markersize=14,
                     linestyle="none", label=f"auto: k={row['chosen_k']} {label}".strip())
     ks = sorted({row["chosen_k"] if "chosen_k" in row else row["k"] for row in result.rows})
-    if ks[0] > 0 and ks[-1] / ks[0] >= 8:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, [str(k) for k in ks])
+    if len(ks) <= 12:  # a few k, often powers of two: one labelled tick each
+        if ks[0] > 0 and ks[-1] / ks[0] >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+    else:  # a dense range (e.g. 1-30): a linear axis with matplotlib's integer ticks
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("k (descriptions kept per class)")
     ax.set_ylabel("balanced accuracy (%)")
     ax.set_title(f"KPL balanced accuracy vs k ({result.snapshot['name']})", fontsize=10)
