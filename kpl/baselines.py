@@ -151,9 +151,13 @@ def kpl_baseline(
 
 
 def transclip_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
-    """TransCLIP-ZS with class-name prototypes (name_embeddings) or description-mean ones (class_embeddings)."""
+    """TransCLIP-ZS with class-name prototypes (name_embeddings) or description-mean ones (class_embeddings).
+
+    ``graph``: a precomputed ``kpl.knn.knn_graph(X, neighbours)`` to share between runs on the same images.
+    """
     from kpl.transclip import TransCLIPParams, transclip
 
+    graph = params.pop("graph", None)
     if name_embeddings is None and class_embeddings is None:
         raise UsageError("Baseline 'transclip' needs name_embeddings (a (C, D) array) "
                          "or class_embeddings (a list of C (M_c, D) arrays)")
@@ -169,7 +173,7 @@ def transclip_baseline(image_features, class_embeddings=None, name_embeddings=No
         x, classes = prepare_inputs(image_features, class_embeddings, device)
         t = torch.stack([F.normalize(e.mean(dim=0), dim=0) for e in classes])
         source = "descriptions"
-    _, scores, _ = transclip(x, t, settings)
+    _, scores, _ = transclip(x, t, settings, graph=graph)
     return _result("transclip", scores, None, {**settings.to_json(), "prototypes": source},
                    settings.outer_iters * settings.inner_iters)
 

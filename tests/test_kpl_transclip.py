@@ -85,3 +85,11 @@ def test_transclip_bad_input_is_one_usage_error():
         run_baseline("transclip", x, name_embeddings=names, lamda=1)
     with pytest.raises(UsageError, match="neighbours must be an integer >= 1"):
         run_baseline("transclip", x, name_embeddings=names, neighbours=0)
+
+
+def test_a_shared_graph_gives_the_same_answer():
+    x, _, names = two_clusters(seed=2)
+    alone = run_baseline("transclip", x, name_embeddings=names)
+    shared = run_baseline("transclip", x, name_embeddings=names, graph=knn_graph(x, 3))
+    np.testing.assert_array_equal(alone.logits, shared.logits)
+    assert "graph" not in shared.params
