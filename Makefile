@@ -34,7 +34,7 @@ demo: $(STAMP)
 	ANONYMIZED_TELEMETRY=False PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
 # Each script prints its own table; together they take several minutes on 2 cores.
-BENCHMARKS := bench_kpl bench_sweep bench_loader bench_prune bench_store
+BENCHMARKS := bench_kpl bench_sweep bench_loader bench_prune bench_store bench_auto_k bench_methods
 BENCHMARKS += bench_startup
 bench: $(STAMP)
 	for b in $(BENCHMARKS); do echo "== $$b"; $(OFFLINE) $(BIN)/python benchmarks/$$b.py || exit 1; done

@@ -5,6 +5,8 @@ Public API::
     from kpl import run_kpl, run_baseline
     result = run_kpl(image_features, class_embeddings, k=8, ot="greenkhorn")
     result.image_ot.predictions
+    run_kpl(image_features, class_embeddings, k="auto").auto          # k chosen without labels
+    run_baseline("transclip", image_features, name_embeddings=T)      # TransCLIP-ZS
 
 Errors are ``kpl.KplError`` (and its ``UsageError``, ``InputFileError``); importing ``kpl`` loads only numpy and torch.
 """

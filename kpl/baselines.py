@@ -5,6 +5,10 @@
 - ``cupl``:  per class, the renormalised mean of all description embeddings as proxy (Pratt et al.).
 - ``inmap``: class-name proxies, balanced Sinkhorn pseudo-labels, then vision proxies (Qian et al.).
 - ``kpl``:   the ``image_ot`` stage of :func:`kpl.core.run_kpl`.
+- ``transclip``: TransCLIP-ZS (Zanella et al., NeurIPS 2024, :mod:`kpl.transclip`), transductive;
+  its prototypes are the class-name prompts T when ``name_embeddings`` is given, else the
+  renormalised mean of each class's description embeddings. Its "logits" are the log-scores of
+  the final soft assignments (their softmax is the assignment).
 
 ``run_baseline(name, X, class_embeddings=..., name_embeddings=..., **params)`` dispatches through
 the ``BASELINES`` registry and returns a :class:`BaselineResult`.
@@ -146,12 +150,41 @@ def kpl_baseline(
     )
 
 
+def transclip_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
+    """TransCLIP-ZS with class-name prototypes (name_embeddings) or description-mean ones (class_embeddings).
+
+    ``graph``: a precomputed ``kpl.knn.knn_graph(X, neighbours)`` to share between runs on the same images.
+    """
+    from kpl.transclip import TransCLIPParams, transclip
+
+    graph = params.pop("graph", None)
+    if name_embeddings is None and class_embeddings is None:
+        raise UsageError("Baseline 'transclip' needs name_embeddings (a (C, D) array) "
+                         "or class_embeddings (a list of C (M_c, D) arrays)")
+    unknown = set(params) - set(TransCLIPParams.__dataclass_fields__)
+    if unknown:
+        raise UsageError(f"Unknown transclip parameter(s): {', '.join(sorted(unknown))}. "
+                         f"Available: {', '.join(TransCLIPParams.__dataclass_fields__)}")
+    settings = TransCLIPParams(**params).validate()
+    if name_embeddings is not None:
+        x, t = _names(image_features, name_embeddings, device)
+        source = "class names"
+    else:
+        x, classes = prepare_inputs(image_features, class_embeddings, device)
+        t = torch.stack([F.normalize(e.mean(dim=0), dim=0) for e in classes])
+        source = "descriptions"
+    _, scores, _ = transclip(x, t, settings, graph=graph)
+    return _result("transclip", scores, None, {**settings.to_json(), "prototypes": source},
+                   settings.outer_iters * settings.inner_iters)
+
+
 BASELINES = {
     "clip": clip_baseline,
     "cupl": cupl_baseline,
     "dclip": dclip_baseline,
     "inmap": inmap_baseline,
     "kpl": kpl_baseline,
+    "transclip": transclip_baseline,
 }
 
 
@@ -168,7 +201,8 @@ def run_baseline(
     """Run the baseline registered as ``name`` on (N, D) image features.
 
     ``class_embeddings``: list of C (M_c, D) description embeddings (dclip, cupl, kpl);
-    ``name_embeddings``: (C, D) class-name prompt embeddings (clip, inmap). ``num_threads`` as in
+    ``name_embeddings``: (C, D) class-name prompt embeddings (clip, inmap); transclip takes either
+    (names win when both are given). ``num_threads`` as in
     :func:`kpl.run_kpl`. Hyperparameters (inmap, kpl) come as keywords.
     """
     if name not in BASELINES:

@@ -57,7 +57,7 @@ CacheDirOpt = Annotated[Optional[Path], typer.Option(
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Encode the images even if cached; cache nothing.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write metrics.json, plots, CSV and report.html here.")]
 MethodsOpt = Annotated[Optional[str], typer.Option(
-    "--methods", help="Comma list of clip, dclip, cupl, inmap, kpl \\[default: all].")]
+    "--methods", help="Comma list of clip, dclip, cupl, inmap, transclip, kpl \\[default: all].")]
 OtOpt = Annotated[str, typer.Option("--ot", help="Pseudo-labels: greenkhorn, sinkhorn or none.")]
 TauTOpt = Annotated[float, typer.Option("--tau-t", help="Text-logit temperature.")]
 TauIOpt = Annotated[float, typer.Option("--tau-i", help="Vision-proxy temperature.")]
@@ -66,6 +66,8 @@ LrOpt = Annotated[float, typer.Option("--lr", help="Vision-proxy step size.")]
 ItersOpt = Annotated[int, typer.Option("--iters", help="Vision-proxy iterations (at most).")]
 GammaOpt = Annotated[float, typer.Option("--gamma", help="Class-prior exponent of the OT target (0 = uniform).")]
 ExactOpt = Annotated[bool, typer.Option("--exact-iters", help="Run all --iters, no early stop (for audits).")]
+KOpt = Annotated[str, typer.Option(
+    "--k", help="Descriptions kept per class, or auto: chosen without labels from k = 1..30 (see README).")]
 
 
 def _info(message: str) -> None:
@@ -139,23 +141,24 @@ def _emit(payload: dict[str, Any], json_out: bool, table, title: str, out: Path 
 def eval_(
     kb: KbOpt, data: DataOpt = None, features: FeaturesOpt = None, split: SplitOpt = None,
     class_map: ClassMapOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
-    template: TemplateOpt = None, k: Annotated[int, typer.Option("--k", help="Descriptions kept per class.")] = _D.k,
+    template: TemplateOpt = None, k: KOpt = str(_D.k),
     ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
     cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Run KPL and the baselines (clip, dclip, cupl, inmap) on a dataset with a snapshot's descriptions."""
+    """Run KPL and the baselines (clip, dclip, cupl, inmap, transclip) on a dataset with a snapshot's descriptions."""
     from kpl.evaluate import evaluate
     from kpl.report import eval_table, write_eval_outputs
 
+    k, auto_k = _parse_k(k)
     params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
                        exact_iters=exact_iters).validate()
     chosen = _parse_methods(methods)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
                      cache_dir, no_cache, store, chroma_url)
-    result = evaluate(_open(inputs, [kb]), params, chosen)
+    result = evaluate(_open(inputs, [kb]), params, chosen, auto_k=auto_k)
     for method, why in result.skipped.items():
         _info(f"skipped {method}: {why}")
     title = f"{result.knowledge.kb.info.name} on {result.session.features.features.shape[0]} images"
@@ -173,6 +176,45 @@ def _parse_methods(text: str | None) -> tuple[str, ...]:
     if unknown or not names:
         raise UsageError(f"Unknown method(s) {', '.join(unknown) or repr(text)}. Available: {', '.join(METHODS)}")
     return tuple(m for m in METHODS if m in names)
+
+
+def _parse_k(text: str) -> tuple[int, bool]:
+    """``--k`` of eval/compare: (k, False) for an integer, (default k, True) for ``auto``."""
+    from kpl.auto_k import is_auto
+
+    if is_auto(text):
+        return _D.k, True
+    try:
+        return int(text.strip()), False
+    except ValueError:
+        raise UsageError(f"--k: {text!r} is not an integer or 'auto' (write e.g. --k 8 or --k auto)") from None
+
+
+def _parse_ks(text: str) -> list:
+    """``--k`` of sweep: a comma list of integers, ranges ``1-30`` or ``1..30``, and ``auto``."""
+    from kpl.auto_k import is_auto
+
+    values: list = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if is_auto(part):
+            values.append("auto")
+            continue
+        bounds = part.split("..") if ".." in part else part.split("-") if "-" in part.lstrip("-") else None
+        if bounds is None:
+            values.extend(_parse_list(part, int, "--k"))
+            continue
+        try:
+            low, high = (int(b) for b in bounds)
+        except ValueError:
+            raise UsageError(f"--k: {part!r} is not a range of integers (write e.g. --k 1-30 or --k 1..30)") from None
+        if low > high:
+            raise UsageError(f"--k: the range {part!r} is empty (start {low} > end {high}); write e.g. --k {high}-{low}")
+        values.extend(range(low, high + 1))
+    if not values:
+        raise UsageError("--k needs at least one value (e.g. --k 1-30,auto)")
+    return list(dict.fromkeys(values))
 
 
 def _parse_list(text: str, kind, option: str) -> list:
@@ -195,7 +237,7 @@ def sweep(
     kb: KbOpt, data: DataOpt = None, features: FeaturesOpt = None, split: SplitOpt = None,
     class_map: ClassMapOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
     template: TemplateOpt = None,
-    k: Annotated[str, typer.Option("--k", help="Comma list of k.")] = "1,2,4,8,16,32",
+    k: Annotated[str, typer.Option("--k", help="Comma list of k, ranges (1-30 or 1..30) and auto.")] = "1,2,4,8,16,32",
     ot: Annotated[str, typer.Option("--ot", help="Comma list of OT methods.")] = _D.ot,
     tau_t: Annotated[str, typer.Option("--tau-t", help="Comma list of text temperatures.")] = str(_D.tau_t),
     tau_i: Annotated[str, typer.Option("--tau-i", help="Comma list of vision temperatures.")] = str(_D.tau_i),
@@ -205,19 +247,20 @@ def sweep(
     cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Run KPL for many settings over one feature cache: a table and an accuracy-vs-k plot."""
+    """Run KPL for many settings over one feature cache: a table and a balanced-accuracy-vs-k plot."""
     from kpl.evaluate import sweep as run_sweep
     from kpl.report import sweep_table, write_sweep_outputs
 
-    ks = _parse_list(k, int, "--k")
+    ks = _parse_ks(k)
     grid = {"ot": _parse_list(ot, str, "--ot"), "tau_t": _parse_list(tau_t, float, "--tau-t"),
             "tau_i": _parse_list(tau_i, float, "--tau-i"), "alpha": _parse_list(alpha, float, "--alpha")}
-    base = KPLParams(k=ks[0], lr=lr, iters=iters, gamma=gamma, exact_iters=exact_iters)
+    base = KPLParams(k=next((v for v in ks if v != "auto"), _D.k), lr=lr, iters=iters, gamma=gamma, exact_iters=exact_iters)
     for key, values in grid.items():  # fail on a bad value before any image is encoded
         for value in values:
             KPLParams(**{**base.to_json(), key: value}).validate()
     for value in ks:
-        KPLParams(**{**base.to_json(), "k": value}).validate()
+        if value != "auto":
+            KPLParams(**{**base.to_json(), "k": value}).validate()
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
                      cache_dir, no_cache, store, chroma_url)
     result = run_sweep(_open(inputs, [kb]), base, ks, grid)
@@ -230,7 +273,7 @@ def compare(
     kb: Annotated[list[str], typer.Option("--kb", help="Snapshots to compare (repeat: --kb v1 --kb v2).")],
     data: DataOpt = None, features: FeaturesOpt = None, split: SplitOpt = None,
     class_map: ClassMapOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
-    template: TemplateOpt = None, k: Annotated[int, typer.Option("--k", help="Descriptions kept per class.")] = _D.k,
+    template: TemplateOpt = None, k: KOpt = str(_D.k),
     ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
@@ -243,12 +286,13 @@ def compare(
 
     if len(kb) < 2:
         raise UsageError("compare needs at least two snapshots: --kb A --kb B")
+    k, auto_k = _parse_k(k)
     params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
                        exact_iters=exact_iters).validate()
     chosen = _parse_methods(methods)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
                      cache_dir, no_cache, store, chroma_url)
-    result = run_compare(_open(inputs, list(kb)), params, chosen)
+    result = run_compare(_open(inputs, list(kb)), params, chosen, auto_k=auto_k)
     _emit(result.to_json(), json_out, compare_table(result), "compare", out, write_compare_outputs, result)
     if not json_out:
         for diff in result.diffs:

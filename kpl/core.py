@@ -9,6 +9,8 @@ logits ``L = X W_t``:
 
 All math runs in float32 torch (CPU by default); results come back as numpy arrays.
 ``run_kpl_many`` runs several k over one input, sharing the work that does not depend on k.
+``k="auto"`` chooses k without labels (kpl.auto_k): the result is the chosen k's, with the
+choice recorded in ``KPLResult.auto``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from kpl.auto_k import auto_range, choose_k, is_auto
 from kpl.errors import UsageError
 from kpl.ot import get_ot_method
 from kpl.proxies import fit_vision_proxies
@@ -130,7 +133,11 @@ class StageResult:
 
 @dataclass
 class KPLResult:
-    """Everything ``run_kpl`` computes. ``plan`` (N, C) is the OT plan behind ``image_ot``."""
+    """Everything ``run_kpl`` computes. ``plan`` (N, C) is the OT plan behind ``image_ot``.
+
+    ``auto`` is None for a fixed k; for ``k="auto"`` it records the rule, the k range compared,
+    the chosen k (also ``params.k``) and each k's mean agreement.
+    """
 
     params: KPLParams
     text: StageResult
@@ -138,6 +145,7 @@ class KPLResult:
     image_ot: StageResult
     selected: list[np.ndarray]
     plan: np.ndarray
+    auto: dict | None = None
     stages: ClassVar[tuple[str, ...]] = ("text", "image", "image_ot")
 
     def stage(self, name: str) -> StageResult:
@@ -153,6 +161,8 @@ class KPLResult:
             "selected": [s.tolist() for s in self.selected],
             **{name: getattr(self, name).to_json(arrays) for name in self.stages},
         }
+        if self.auto is not None:
+            out["auto"] = self.auto
         if arrays:
             out["plan"] = self.plan.tolist()
         return out
@@ -210,42 +220,69 @@ def run_kpl(
     params: KPLParams | None = None,
     device: str | torch.device = "cpu",
     num_threads: int | None = None,
+    auto_ks: Iterable[int] | None = None,
     **overrides,
 ) -> KPLResult:
     """Run KPL on (N, D) image features and C per-class (M_c, D) description embeddings.
 
     Hyperparameters come as keywords (``k=8, ot="greenkhorn", tau_t=0.01, ...``, see KPLParams)
-    or as ``params``; keywords win. ``num_threads`` None picks 1 thread for small problems and
-    torch's setting otherwise. Inputs are never modified.
+    or as ``params``; keywords win. ``k="auto"`` chooses k without labels among ``auto_ks``
+    (default 1..min(30, largest class), see kpl.auto_k). ``num_threads`` None picks 1 thread for
+    small problems and torch's setting otherwise. Inputs are never modified.
     """
+    auto = is_auto(overrides.get("k"))
+    if auto:
+        overrides = {key: value for key, value in overrides.items() if key != "k"}
     p = _params(params, overrides)
     with torch.inference_mode():
         x, classes = prepare_inputs(image_features, class_embeddings, device)
         with torch_threads(pick_threads(num_threads, x.shape[0], x.shape[1], len(classes))):
+            if auto:
+                candidates = _auto_ks(classes, auto_ks)
+                return _auto_from(_run_many(x, classes, candidates, p), candidates)
             return _run_with_scores(x, classes, description_scores(x, classes), p)
 
 
 def run_kpl_many(
     image_features,
     class_embeddings: Sequence,
-    ks: Iterable[int],
+    ks: Iterable[int | str],
     *,
     params: KPLParams | None = None,
     device: str | torch.device = "cpu",
     num_threads: int | None = None,
+    auto_ks: Iterable[int] | None = None,
     **overrides,
-) -> dict[int, KPLResult]:
+) -> dict[int | str, KPLResult]:
     """``{k: run_kpl(..., k=k)}`` for every k, sharing input conversion and description scores.
 
     Values of k that select the same descriptions for every class (e.g. all k >= max M_c)
-    share one computation.
+    share one computation. ``"auto"`` among ``ks`` adds the key "auto" (runs shared with the
+    fixed k).
     """
-    ks = [check_k(k) for k in ks]
+    ks = list(ks)
+    auto = any(is_auto(k) for k in ks)
+    fixed = [check_k(k) for k in ks if not is_auto(k)]
     base = _params(params, overrides)
     with torch.inference_mode():
         x, classes = prepare_inputs(image_features, class_embeddings, device)
         with torch_threads(pick_threads(num_threads, x.shape[0], x.shape[1], len(classes))):
-            return _run_many(x, classes, ks, base)
+            if not auto:
+                return _run_many(x, classes, fixed, base)
+            candidates = _auto_ks(classes, auto_ks)
+            every = _run_many(x, classes, list(dict.fromkeys(fixed + candidates)), base)
+            chosen = _auto_from(every, candidates)
+            return {("auto" if is_auto(k) else check_k(k)): (chosen if is_auto(k) else every[check_k(k)]) for k in ks}
+
+
+def _auto_ks(classes, auto_ks) -> list[int]:
+    return auto_range([int(e.shape[0]) for e in classes], auto_ks)
+
+
+def _auto_from(results: dict[int, KPLResult], ks: list[int]) -> KPLResult:
+    """The result of the k that kpl.auto_k chooses among ``ks``, with the choice recorded."""
+    chosen, record = choose_k(ks, np.stack([results[k].image_ot.predictions for k in ks]))
+    return replace(results[chosen], auto=record)
 
 
 def _run_many(x, classes, ks, base: KPLParams) -> dict[int, KPLResult]:

@@ -32,11 +32,14 @@ from kbuild.errors import KbuildError
 from kpl.errors import KplError
 from kbuild.store import KnowledgeBase, SnapshotStore
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
+from kpl.ranking import ranking_metrics
 
 from .datasets import ImageDataset, match_classes
 from .features import FeatureSet, Progress, feature_notes, load_or_encode
 
-METHODS = ("clip", "dclip", "cupl", "inmap", "kpl")
+METHODS = ("clip", "dclip", "cupl", "inmap", "transclip", "kpl")
+# transclip gives two rows: with class-name prototypes (needs a text model) and with description ones
+TRANSCLIP_ROWS = {"transclip": "name_embeddings", "transclip_desc": "class_embeddings"}
 KPL_STAGES = ("text", "image", "image_ot")
 SWEEP_KEYS = ("tau_t", "tau_i", "alpha", "ot")
 NAME_TEMPLATE = "a photo of a {}."
@@ -246,11 +249,13 @@ class MethodRun:
     iterations: int = 0
     converged: bool = True
     params: dict = field(default_factory=dict)
+    scores: np.ndarray | None = None
+    ranking: dict = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         m = self.metrics.to_json()
         m["per_class_recall"] = dict(zip(m.pop("class_names"), m["per_class_recall"]))
-        return {**m, "iterations": self.iterations, "converged": self.converged,
+        return {**m, **self.ranking, "iterations": self.iterations, "converged": self.converged,
                 "seconds": round(self.seconds, 4), "params": self.params}
 
 
@@ -258,8 +263,18 @@ def _metrics(features: FeatureSet, predictions: np.ndarray):
     return compute_metrics(features.labels, predictions, class_names=features.class_names)
 
 
-def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, methods: tuple[str, ...]):
-    """({row name: MethodRun}, {skipped method: why}, the KPL result or None)."""
+def _row(features: FeatureSet, name: str, predictions, scores, seconds, iterations, converged, params) -> MethodRun:
+    """A table row with its metrics, including AUROC from the method's (N, C) scores."""
+    return MethodRun(name, predictions, _metrics(features, predictions), seconds, iterations, converged, params,
+                     scores, ranking_metrics(features.labels, scores, features.class_names))
+
+
+def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, methods: tuple[str, ...],
+                auto_k: bool = False):
+    """({row name: MethodRun}, {skipped method: why}, the KPL result or None).
+
+    ``auto_k``: KPL chooses k without labels (kpl.auto_k); its rows carry the chosen k.
+    """
     runs: dict[str, MethodRun] = {}
     skipped: dict[str, str] = {}
     kpl_result = None
@@ -268,12 +283,31 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
     for method in methods:
         start = time.perf_counter()
         if method == "kpl":
-            kpl_result = run_kpl(x, knowledge.class_embeddings, params=params)
+            kpl_result = (run_kpl(x, knowledge.class_embeddings, params=params, k="auto") if auto_k
+                          else run_kpl(x, knowledge.class_embeddings, params=params))
             share = (time.perf_counter() - start) / len(KPL_STAGES)
+            used = kpl_result.params.to_json()
             for stage in KPL_STAGES:
                 s = kpl_result.stage(stage)
-                runs[f"kpl.{stage}"] = MethodRun(f"kpl.{stage}", s.predictions, _metrics(features, s.predictions),
-                                                 share, s.iterations, s.converged, params.to_json())
+                runs[f"kpl.{stage}"] = _row(features, f"kpl.{stage}", s.predictions, s.logits, share,
+                                            s.iterations, s.converged, used)
+            continue
+        if method == "transclip":
+            from kpl.knn import knn_graph
+            from kpl.retrieval import as_matrix
+            from kpl.transclip import TransCLIPParams
+
+            graph = knn_graph(as_matrix(x, "image_features"), TransCLIPParams().neighbours)  # shared by both rows
+            graph_share = (time.perf_counter() - start) / len(TRANSCLIP_ROWS)  # each row is charged half
+            for row, source in TRANSCLIP_ROWS.items():
+                given = getattr(knowledge, source)
+                if given is None:
+                    skipped[row] = "no text model to embed class-name prompts"
+                    continue
+                start = time.perf_counter()
+                r = run_baseline("transclip", x, **{source: given}, graph=graph)
+                runs[row] = _row(features, row, r.predictions, r.logits, time.perf_counter() - start + graph_share,
+                                 r.iterations, r.converged, r.params)
             continue
         if method in ("clip", "inmap") and knowledge.name_embeddings is None:
             skipped[method] = "no text model to embed class-name prompts"
@@ -281,8 +315,8 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
         extra = inmap if method == "inmap" else {}
         r = run_baseline(method, x, class_embeddings=knowledge.class_embeddings,
                          name_embeddings=knowledge.name_embeddings, **extra)
-        runs[method] = MethodRun(method, r.predictions, _metrics(features, r.predictions),
-                                 time.perf_counter() - start, r.iterations, r.converged, r.params)
+        runs[method] = _row(features, method, r.predictions, r.logits, time.perf_counter() - start,
+                            r.iterations, r.converged, r.params)
     return runs, skipped, kpl_result
 
 
@@ -306,6 +340,7 @@ class EvalResult:
     skipped: dict[str, str]
     selected: dict[str, list[str]]
     created: str = ""
+    k_auto: dict | None = None
 
     def to_json(self) -> dict[str, Any]:
         kb, fs = self.knowledge.kb, self.session.features
@@ -323,7 +358,9 @@ class EvalResult:
                               "corrupt": len(fs.corrupt)},
             "classes": {"names": fs.class_names, "kb_classes": short, "ignored_kb_classes": self.knowledge.ignored_classes,
                         "class_map": str(self.session.inputs.class_map) if self.session.inputs.class_map else None},
-            "params": {**self.params.to_json(), "methods": list(self.methods), "device": "cpu"},
+            "params": {**self.params.to_json(), "k_mode": "auto" if self.k_auto else "fixed",
+                       "methods": list(self.methods), "device": "cpu"},
+            "k_auto": self.k_auto,
             "results": {name: run.to_json() for name, run in self.runs.items()},
             "skipped_methods": self.skipped,
             "selected_descriptions": self.selected,
@@ -331,25 +368,36 @@ class EvalResult:
         }
 
 
-def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS, kb_index: int = 0) -> EvalResult:
-    """Run ``methods`` on the session's features with snapshot ``kb_index``; metrics per row."""
+def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS, kb_index: int = 0,
+             auto_k: bool = False) -> EvalResult:
+    """Run ``methods`` on the session's features with snapshot ``kb_index``; metrics per row.
+
+    ``auto_k``: KPL picks k without labels; ``params.k`` of the result is the chosen k and
+    ``k_auto`` the record of the choice.
+    """
     params = params.validate()
-    need_names = any(m in ("clip", "inmap") for m in methods)
+    need_names = any(m in ("clip", "inmap", "transclip") for m in methods)
     knowledge = prepare_knowledge(session, session.kbs[kb_index], need_names)
     short = {c: len(e) for c, e in zip(knowledge.kb_classes, knowledge.class_embeddings) if len(e) < params.k}
-    if short and "kpl" in methods:
+    if short and "kpl" in methods and not auto_k:
         session.note(f"k={params.k} exceeds the descriptions of {len(short)} class(es), which use all of theirs: "
                      + ", ".join(f"{c} ({n})" for c, n in list(short.items())[:5]))
-    runs, skipped, kpl_result = run_methods(session.features, knowledge, params, methods)
+    runs, skipped, kpl_result = run_methods(session.features, knowledge, params, methods, auto_k)
+    if kpl_result is not None:
+        params = kpl_result.params
     return EvalResult(session, knowledge, params, methods, runs, skipped, _selected_texts(knowledge, kpl_result),
-                      datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                      datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      kpl_result.auto if kpl_result is not None else None)
 
 
 # ------------------------------------------------------------------ sweep and compare
 
 @dataclass
 class SweepResult:
-    """One row per setting: the accuracy of each KPL stage, balanced accuracy and macro-F1 of image_ot."""
+    """One row per setting: accuracy and balanced accuracy of each KPL stage, macro-F1 of image_ot.
+
+    A row of k "auto" carries the k it chose in ``chosen_k``.
+    """
 
     snapshot: dict[str, Any]
     grid: dict[str, list]
@@ -362,8 +410,8 @@ class SweepResult:
                 "features": self.features, "rows": self.rows, "notes": self.notes}
 
 
-def sweep(session: Session, base: KPLParams, ks: list[int], grid: dict[str, list]) -> SweepResult:
-    """KPL for every k in ``ks`` times every combination of the ``grid`` values (keys in SWEEP_KEYS)."""
+def sweep(session: Session, base: KPLParams, ks: list[int | str], grid: dict[str, list]) -> SweepResult:
+    """KPL for every k in ``ks`` (ints, or "auto") times every combination of the ``grid`` values."""
     knowledge = prepare_knowledge(session, session.kbs[0], need_names=False)
     fs, rows = session.features, []
     keys = [key for key in SWEEP_KEYS if grid.get(key)]
@@ -374,11 +422,13 @@ def sweep(session: Session, base: KPLParams, ks: list[int], grid: dict[str, list
         seconds = (time.perf_counter() - start) / len(ks)
         for k, result in results.items():
             row = {"k": k, **{key: getattr(params, key) for key in SWEEP_KEYS}}
+            if result.auto is not None:
+                row["chosen_k"] = result.auto["chosen_k"]
             for stage in KPL_STAGES:
-                row[f"{stage}_accuracy"] = _metrics(fs, result.stage(stage).predictions).accuracy
+                m = _metrics(fs, result.stage(stage).predictions)
+                row[f"{stage}_accuracy"], row[f"{stage}_balanced_accuracy"] = m.accuracy, m.balanced_accuracy
             final = _metrics(fs, result.image_ot.predictions)
-            row.update(image_ot_balanced_accuracy=final.balanced_accuracy, image_ot_macro_f1=final.macro_f1,
-                       seconds=round(seconds, 4))
+            row.update(image_ot_macro_f1=final.macro_f1, seconds=round(seconds, 4))
             rows.append(row)
     kb = knowledge.kb
     return SweepResult({"name": kb.info.name, "content_hash": kb.info.content_hash},
@@ -398,9 +448,10 @@ class CompareResult:
                 "snapshots": [r.to_json() for r in self.results], "diffs": self.diffs}
 
 
-def compare(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS) -> CompareResult:
+def compare(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS,
+            auto_k: bool = False) -> CompareResult:
     """``evaluate`` each of the session's snapshots; diff each against the one before it."""
-    results = [evaluate(session, params, methods, i) for i in range(len(session.kbs))]
+    results = [evaluate(session, params, methods, i, auto_k) for i in range(len(session.kbs))]
     diffs = []
     for old, new in zip(session.kbs, session.kbs[1:]):
         d = diff_snapshots(old, new)

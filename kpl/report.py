@@ -38,10 +38,17 @@ def write_json(payload: Any, path: Path) -> Path:
 # ------------------------------------------------------------------ tables
 def eval_table(result) -> Table:
     """Rows: every method run, in table order (skipped methods are in the notes, with the reason)."""
-    headers = ["method", "top-1", "balanced acc", "macro-F1", "iters", "seconds"]
+    headers = ["method", "top-1", "balanced acc", "macro-F1", "AUROC", "iters", "seconds"]
     rows = [[name, pct(r.metrics.accuracy), pct(r.metrics.balanced_accuracy), pct(r.metrics.macro_f1),
-             str(r.iterations or "-"), f"{r.seconds:.2f}"] for name, r in result.runs.items()]
+             pct(_auroc(r)), str(r.iterations or "-"), f"{r.seconds:.2f}"] for name, r in result.runs.items()]
     return headers, rows
+
+
+def _auroc(run) -> float | None:
+    """Binary AUROC for two classes, else the macro one-vs-rest AUROC."""
+    ranking = getattr(run, "ranking", None) or {}
+    value = ranking.get("auroc")
+    return value if value is not None else ranking.get("macro_auroc_ovr")
 
 
 def _varying(rows: list[dict], keys: tuple[str, ...]) -> list[str]:
@@ -49,13 +56,22 @@ def _varying(rows: list[dict], keys: tuple[str, ...]) -> list[str]:
 
 
 def sweep_table(result) -> Table:
-    """Rows: one per (k, setting); only the parameters that vary get a column."""
+    """Rows: one per (k, setting); only the parameters that vary get a column.
+
+    Per stage top-1 and balanced accuracy; a k "auto" row shows the k it chose, e.g. ``auto (24)``.
+    """
     params = ["k", *_varying(result.rows, ("tau_t", "tau_i", "alpha", "ot"))]
-    headers = params + ["text", "image", "image_ot", "balanced acc", "macro-F1"]
-    rows = [[str(row[key]) for key in params]
-            + [pct(row[f"{stage}_accuracy"]) for stage in ("text", "image", "image_ot")]
-            + [pct(row["image_ot_balanced_accuracy"]), pct(row["image_ot_macro_f1"])] for row in result.rows]
+    stages = ("text", "image", "image_ot")
+    headers = params + list(stages) + [f"{stage} bal" for stage in stages] + ["macro-F1"]
+    rows = [[_k_cell(row) if key == "k" else str(row[key]) for key in params]
+            + [pct(row[f"{stage}_accuracy"]) for stage in stages]
+            + [pct(row[f"{stage}_balanced_accuracy"]) for stage in stages]
+            + [pct(row["image_ot_macro_f1"])] for row in result.rows]
     return headers, rows
+
+
+def _k_cell(row: dict) -> str:
+    return f"{row['k']} ({row['chosen_k']})" if "chosen_k" in row else str(row["k"])
 
 
 def compare_table(result) -> Table:
@@ -109,27 +125,39 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str, pa
 
 
 def plot_accuracy_vs_k(result, path: Path) -> Path:
-    """KPL's final stage per setting; with a single setting also the text and image stages."""
+    """Balanced accuracy of KPL's final stage per setting; with a single setting also the text and
+    image stages. A k "auto" row is drawn as a star at the k it chose."""
     figure = _figure(7, 4.5)
     ax = figure.add_subplot()
     varying = _varying(result.rows, ("tau_t", "tau_i", "alpha", "ot"))
     groups: dict[tuple, list[dict]] = {}
-    for row in result.rows:
+    fixed = [row for row in result.rows if "chosen_k" not in row]
+    for row in fixed:
         groups.setdefault(tuple(row[key] for key in varying), []).append(row)
     stages = ("text", "image", "image_ot") if len(groups) == 1 else ("image_ot",)
     for setting, rows in groups.items():
         rows = sorted(rows, key=lambda r: r["k"])
         label = ", ".join(f"{key}={value}" for key, value in zip(varying, setting))
         for stage in stages:
-            ax.plot([r["k"] for r in rows], [100 * r[f"{stage}_accuracy"] for r in rows], marker="o",
+            ax.plot([r["k"] for r in rows], [100 * r[f"{stage}_balanced_accuracy"] for r in rows], marker="o",
                     linestyle="-" if stage == "image_ot" else "--", label=f"{stage} {label}".strip())
-    ks = sorted({row["k"] for row in result.rows})
-    if ks[0] > 0 and ks[-1] / ks[0] >= 8:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, [str(k) for k in ks])
+    for row in result.rows:
+        if "chosen_k" in row:
+            label = ", ".join(f"{key}={row[key]}" for key in varying)
+            ax.plot([row["chosen_k"]], [100 * row["image_ot_balanced_accuracy"]], marker="*", markersize=14,
+                    linestyle="none", label=f"auto: k={row['chosen_k']} {label}".strip())
+    ks = sorted({row["chosen_k"] if "chosen_k" in row else row["k"] for row in result.rows})
+    if len(ks) <= 12:  # a few k, often powers of two: one labelled tick each
+        if ks[0] > 0 and ks[-1] / ks[0] >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+    else:  # a dense range (e.g. 1-30): a linear axis with matplotlib's integer ticks
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("k (descriptions kept per class)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"KPL accuracy vs k ({result.snapshot['name']})", fontsize=10)
+    ax.set_ylabel("balanced accuracy (%)")
+    ax.set_title(f"KPL balanced accuracy vs k ({result.snapshot['name']})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     figure.savefig(path)
@@ -138,15 +166,19 @@ def plot_accuracy_vs_k(result, path: Path) -> Path:
 
 # ------------------------------------------------------------------ CSV
 def write_predictions_csv(result, path: Path) -> Path:
-    """index, path, true label, then the predicted class name of every method."""
+    """index, path, true label, the predicted class name of every method, then every method's
+    score for every class (columns ``score:METHOD:CLASS``: its logit; TransCLIP's log-assignment)."""
     fs = result.session.features
     names = fs.class_names
+    scored = [(name, r.scores) for name, r in result.runs.items() if getattr(r, "scores", None) is not None]
+    score_headers = [f"score:{name}:{cls}" for name, _ in scored for cls in names]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["index", "path", "label", *result.runs])
+        writer.writerow(["index", "path", "label", *result.runs, *score_headers])
         for i, label in enumerate(fs.labels):
             path_cell = fs.paths[i] if fs.paths else ""
-            writer.writerow([i, path_cell, names[label], *(names[r.predictions[i]] for r in result.runs.values())])
+            writer.writerow([i, path_cell, names[label], *(names[r.predictions[i]] for r in result.runs.values()),
+                             *(f"{float(v):.6g}" for _, scores in scored for v in scores[i])])
     return path
 
 
@@ -202,7 +234,7 @@ def _eval_facts(payload: dict) -> dict[str, Any]:
     return {"snapshot": f"{snap['name']} ({snap['content_hash']})", "image features": payload["model"]["image_features"],
             "descriptions": payload["model"]["descriptions"], "template": payload["model"]["template"],
             "data": f"{features.get('path')} ({features['images']} images, {len(payload['classes']['names'])} classes)",
-            "k": payload["params"]["k"], "ot": payload["params"]["ot"], "created": payload["created"]}
+            "k": f"auto ({payload['params']['k']})" if payload.get("k_auto") else payload["params"]["k"], "ot": payload["params"]["ot"], "created": payload["created"]}
 
 
 # ------------------------------------------------------------------ writers per command

@@ -1,0 +1,127 @@
+"""TransCLIP-ZS (Zanella, Gerin, Ben Ayed, NeurIPS 2024), written from the paper's equations.
+
+Transductive zero-shot classification of all N images at once. Inputs: unit image features
+X (N, D) and one unit text prototype per class, T (C, D) (class-name prompts, or the
+renormalised mean of a class's description embeddings). The method minimises over soft
+assignments z_i (rows of Z, on the simplex), class means mu_c and one shared diagonal
+covariance Sigma:
+
+    - sum_i z_i . log p_i                   Gaussian mixture fit, p_ic ~ N(x_i; mu_c, Sigma)
+    - sum_i sum_{j in kNN(i)} w_ij z_i . z_j  neighbours share labels (Laplacian term)
+    + lambda * sum_i KL(z_i || y_i)          stay close to the zero-shot prediction y_i
+
+with ``y_i = softmax(temperature * T x_i)``. Block majorize-minimize gives closed-form updates:
+
+    z_i   <- softmax(lambda * log y_i + log p_i + sum_j w_ij z_j)    (inner steps, mu and Sigma fixed)
+    mu_c  <- sum_i z_ic x_i / sum_i z_ic
+    Sigma <- diag( (1/N) sum_i sum_c z_ic (x_i - mu_c)^2 )
+
+Settings are the paper's zero-shot ones: 3 neighbours weighted by cosine, lambda 1, 10 outer
+iterations of 5 assignment updates, means initialised from the 8 most confident images of each
+class, temperature 100. The paper gives no initial covariance for the first assignment steps;
+we start from Sigma = I / D, the per-dimension variance of random unit vectors. The log-det of
+Sigma is common to all classes (one shared covariance) and cancels in the softmax.
+
+Memory is O(N (k + C) + C D): the kNN graph is built in blocks (kpl.knn), never N x N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from kpl.errors import UsageError
+from kpl.knn import DEFAULT_BLOCK, knn_graph
+
+# Variances below this are rounding noise of a collapsed dimension; dividing by them would blow up.
+MIN_VARIANCE = 1e-8
+
+
+@dataclass(frozen=True)
+class TransCLIPParams:
+    """The paper's zero-shot settings."""
+
+    neighbours: int = 3
+    lam: float = 1.0
+    outer_iters: int = 10
+    inner_iters: int = 5
+    init_top: int = 8
+    temperature: float = 100.0
+    block: int = DEFAULT_BLOCK
+
+    def validate(self) -> "TransCLIPParams":
+        for name in ("neighbours", "outer_iters", "inner_iters", "init_top", "block"):
+            value = getattr(self, name)
+            low = 0 if name in ("outer_iters", "inner_iters") else 1
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise UsageError(f"transclip: {name} must be an integer >= {low} (got {value!r})")
+        for name in ("lam", "temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+                raise UsageError(f"transclip: {name} must be a number >= 0 (got {value!r})")
+        return self
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _log_likelihood(x: torch.Tensor, x_sq: torch.Tensor, means: torch.Tensor,
+                    variance: torch.Tensor) -> torch.Tensor:
+    """(N, C) log N(x_i; mu_c, diag(variance)) up to a constant shared by all classes."""
+    inv = 1.0 / variance
+    cross = x @ (means * inv).T
+    mean_term = (means * means * inv).sum(dim=1)
+    return -0.5 * ((x_sq @ inv)[:, None] - 2.0 * cross + mean_term[None, :])
+
+
+def _initial_means(x: torch.Tensor, y: torch.Tensor, top: int) -> torch.Tensor:
+    """(C, D): mean of the ``top`` images the zero-shot prediction is most confident about, per class."""
+    count = min(top, x.shape[0])
+    best = torch.topk(y, count, dim=0).indices  # (count, C)
+    return x[best].mean(dim=0)
+
+
+def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
+              params: TransCLIPParams | None = None,
+              graph: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Z, S, Y), each (N, C), for float32 unit-row ``image_features`` (N, D) and ``prototypes`` (C, D).
+
+    Z are the final soft assignments, S their log-scores (``Z = softmax(S)``; S keeps the ranking
+    that Z, saturated to 0/1 in float32, loses) and Y the initial zero-shot prediction.
+    ``graph``: a precomputed ``kpl.knn.knn_graph(image_features, neighbours)``, e.g. shared by
+    runs with different prototypes; built here when None.
+    """
+    p = (params or TransCLIPParams()).validate()
+    x, t = image_features, prototypes
+    n = x.shape[0]
+    y = torch.softmax(p.temperature * (x @ t.T), dim=1)
+    log_y = torch.log(y.clamp_min(torch.finfo(torch.float32).tiny))
+    idx, w = graph if graph is not None else knn_graph(x, p.neighbours, block=p.block)
+    idx, w = torch.from_numpy(idx), torch.from_numpy(w)
+    x_sq = x * x
+
+    means = _initial_means(x, y, p.init_top)
+    variance = torch.full((x.shape[1],), 1.0 / x.shape[1], dtype=x.dtype)
+    z = y.clone()
+    scores = log_y.clone()
+    for _ in range(p.outer_iters):
+        log_p = _log_likelihood(x, x_sq, means, variance)
+        fixed = p.lam * log_y + log_p
+        for _ in range(p.inner_iters):
+            neighbours = (w[:, :, None] * z[idx]).sum(dim=1) if idx.shape[1] else 0.0
+            scores = fixed + neighbours
+            z = torch.softmax(scores, dim=1)
+        mass = z.sum(dim=0)  # (C,)
+        weighted = z.T @ x  # (C, D): sum_i z_ic x_i
+        # a class that lost every image keeps its mean rather than dividing by zero
+        keep = mass > 0
+        means = torch.where(keep[:, None], weighted / mass.clamp_min(1e-12)[:, None], means)
+        # sum_i sum_c z_ic (x_i - mu_c)^2 = sum_i x_i^2 - 2 sum_c mu_c * (Z^T X)_c + sum_c m_c mu_c^2
+        spread = x_sq.sum(dim=0) - 2.0 * (means * weighted).sum(dim=0) + (mass[:, None] * means * means).sum(dim=0)
+        variance = (spread / n).clamp_min(MIN_VARIANCE)
+    return z, scores, y
+
+
+__all__ = ["TransCLIPParams", "transclip"]
