@@ -210,7 +210,7 @@ def _description_embeddings(session: Session, kb: KnowledgeBase, kb_classes: lis
 def _name_embeddings(session: Session, kb: KnowledgeBase, kb_classes: list[str], model_id: str) -> np.ndarray | None:
     clip, problems = _load_matching(session, _specs(session, kb), model_id)
     if clip is None:
-        session.note(f"skipping clip and inmap: no text model for {model_id} could be loaded "
+        session.note(f"skipping clip, inmap and transclip (class names): no text model for {model_id} could be loaded "
                      f"({problems[0] if problems else 'no candidate'})")
         return None
     return _embedder(session, clip).embed_class_names(kb_classes, NAME_TEMPLATE)
