@@ -127,7 +127,7 @@ class Knowledge:
     kb_classes: list[str]
     class_embeddings: list[np.ndarray]
     name_embeddings: np.ndarray | None
-    template: str
+    template: str | None
     text_source: str
     ignored_classes: list[str]
 
@@ -188,6 +188,8 @@ def _description_embeddings(session: Session, kb: KnowledgeBase, kb_classes: lis
     """Stored (M_c, D) embeddings when model and template agree, else re-embedded (and said so)."""
     kb_clip = _kb_clip(kb)
     kb_template = kb_clip.get("template")
+    if kb_clip.get("imported"):
+        return _imported_embeddings(session, kb, kb_classes, model_id)
     if kb_clip.get("model_id") == model_id and template == kb_template:
         return kb.class_embeddings(kb_classes), f"stored ({model_id})"
     clip, problems = _load_matching(session, _specs(session, kb), model_id)
@@ -204,7 +206,27 @@ def _description_embeddings(session: Session, kb: KnowledgeBase, kb_classes: lis
     return embeddings, f"re-embedded ({model_id})"
 
 
+def _imported_embeddings(session: Session, kb: KnowledgeBase, kb_classes: list[str],
+                         model_id: str) -> tuple[list[np.ndarray], str]:
+    """A snapshot that brought its own vectors: usable only in its own space, and never re-embedded."""
+    space = _kb_clip(kb).get("model_id")
+    if space != model_id:
+        raise KplError(f"{kb.info.name} holds imported embeddings in space {space!r} but the image features are "
+                       f"in {model_id!r}: use features from the same model (their model_id must be {space!r})")
+    if session.inputs.template:
+        session.note(f"--template ignored: {kb.info.name} holds imported embeddings, which cannot be re-templated")
+    return kb.class_embeddings(kb_classes), f"stored, imported ({model_id})"
+
+
 def _name_embeddings(session: Session, kb: KnowledgeBase, kb_classes: list[str], model_id: str) -> np.ndarray | None:
+    given = session.features.name_embeddings
+    if given is not None:  # rows follow the features' class_names, which kb_classes is lined up with
+        session.note(f"class-name embeddings for clip and inmap: name_embeddings of {session.inputs.features}")
+        return given
+    if _kb_clip(kb).get("imported") and not _kb_clip(kb).get("model"):
+        session.note(f"skipping clip and inmap: {kb.info.name} holds imported embeddings and the features file "
+                     "has no name_embeddings (add name_embeddings (C, D), one row per class_names entry)")
+        return None
     clip, problems = _load_matching(session, _specs(session, kb), model_id)
     if clip is None:
         session.note(f"skipping clip and inmap: no text model for {model_id} could be loaded "
@@ -224,6 +246,8 @@ def prepare_knowledge(session: Session, kb: KnowledgeBase, need_names: bool = Tr
                      f"{', '.join(ignored[:10])}{' ...' if len(ignored) > 10 else ''}")
     model_id = _features_model_id(session, kb)
     template = session.inputs.template or _kb_clip(kb).get("template") or settings.DEFAULT_TEMPLATE
+    if _kb_clip(kb).get("imported"):
+        template = None  # imported vectors: whatever text the other pipeline embedded
     embeddings, source = _description_embeddings(session, kb, kb_classes, model_id, template)
     dims = {e.shape[1] for e in embeddings}
     if dims != {features.dim}:
