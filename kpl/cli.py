@@ -285,5 +285,22 @@ def embed(
           f"{sum(summary['dataset']['skipped'].values()) if dataset else 0} skipped")
 
 
+@app.command(epilog="Example: kpl models | kpl eval --kb latest --data derm/ --model monet")
+def models(json_out: JsonOpt = False) -> None:
+    """List the model names --model accepts besides open_clip's own (medical CLIP models), with their sources."""
+    from kbuild.clip.registry import registry_rows
+
+    rows = registry_rows()
+    if json_out:
+        _print_json(rows)
+        return
+    cached = {True: "yes", False: "no", None: "?"}
+    _print_table((["name", "model", "library", "domain", "cached"],
+                  [[r["name"], r["model"], r["library"], r["domain"], cached[r["cached"]]] for r in rows]))
+    for r in rows:
+        console.print(f"{r['name']}: {r['source']}", markup=False)
+    _info("use any of them as --model NAME; offline, pre-download with 'huggingface-cli download ORG/REPO'")
+
+
 def main(argv: list[str] | None = None) -> None:
     sys.exit(run_with_boundary(app, "kpl", argv))
