@@ -47,7 +47,12 @@ ClassMapOpt = Annotated[Optional[Path], typer.Option(
 TemplateOpt = Annotated[Optional[str], typer.Option(
     "--template", help="Description template (class name, description) \\[default: the snapshot's]; "
                        "another one re-embeds the descriptions.")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu for image encoding \\[default: auto].")]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", help="cuda, mps or cpu for image encoding \\[default: auto]; an explicit cuda also runs KPL and the "
+                     "baselines on the GPU.")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="auto, fp32, fp16 or bf16: image encoding (autocast) and KPL's proxy loop. auto = fp16 "
+                        "encoding on CUDA, fp32 elsewhere and for the loop (half changes some predictions).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", help="DataLoader worker processes \\[default: 0 on CPU, one per core (up to 8) on a GPU].")]
@@ -89,15 +94,31 @@ def _progress():
 
 
 def _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-            cache_dir, no_cache, store, chroma_url):
+            cache_dir, no_cache, store, chroma_url, precision: str = "auto"):
     from kpl.evaluate import Inputs
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1 (got {batch_size})")
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be >= 0 (got {workers})")
+    _check_precision(precision)
     return Inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                  cache_dir, not no_cache, store, chroma_url)
+                  cache_dir, not no_cache, store, chroma_url, precision)
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise UsageError(f"--precision must be auto, fp32, fp16 or bf16 (got {precision!r})")
+
+
+def _loop_precision(precision: str, device: str | None) -> str:
+    """KPL's proxy-loop precision: fp32 unless asked for by name.
+
+    Unlike image encoding, auto never picks half precision here: on synthetic data (bench_kpl
+    --quick) the fp16 loop changed 11 % of image_ot predictions and bf16 70 %, so it is opt-in.
+    """
+    _check_precision(precision)
+    return "fp32" if precision == "auto" else precision
 
 
 def _open(inputs, kb_refs: list[str]):
@@ -143,6 +164,7 @@ def eval_(
     ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
@@ -151,10 +173,10 @@ def eval_(
     from kpl.report import eval_table, write_eval_outputs
 
     params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
-                       exact_iters=exact_iters).validate()
+                       exact_iters=exact_iters, precision=_loop_precision(precision, device)).validate()
     chosen = _parse_methods(methods)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url)
+                     cache_dir, no_cache, store, chroma_url, precision)
     result = evaluate(_open(inputs, [kb]), params, chosen)
     for method, why in result.skipped.items():
         _info(f"skipped {method}: {why}")
@@ -202,6 +224,7 @@ def sweep(
     alpha: Annotated[str, typer.Option("--alpha", help="Comma list of alphas.")] = str(_D.alpha),
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
@@ -212,14 +235,15 @@ def sweep(
     ks = _parse_list(k, int, "--k")
     grid = {"ot": _parse_list(ot, str, "--ot"), "tau_t": _parse_list(tau_t, float, "--tau-t"),
             "tau_i": _parse_list(tau_i, float, "--tau-i"), "alpha": _parse_list(alpha, float, "--alpha")}
-    base = KPLParams(k=ks[0], lr=lr, iters=iters, gamma=gamma, exact_iters=exact_iters)
+    base = KPLParams(k=ks[0], lr=lr, iters=iters, gamma=gamma, exact_iters=exact_iters,
+                     precision=_loop_precision(precision, device))
     for key, values in grid.items():  # fail on a bad value before any image is encoded
         for value in values:
             KPLParams(**{**base.to_json(), key: value}).validate()
     for value in ks:
         KPLParams(**{**base.to_json(), "k": value}).validate()
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url)
+                     cache_dir, no_cache, store, chroma_url, precision)
     result = run_sweep(_open(inputs, [kb]), base, ks, grid)
     _emit(result.to_json(), json_out, sweep_table(result), f"sweep of {result.snapshot['name']}", out,
           write_sweep_outputs, result)
@@ -234,6 +258,7 @@ def compare(
     ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
@@ -244,10 +269,10 @@ def compare(
     if len(kb) < 2:
         raise UsageError("compare needs at least two snapshots: --kb A --kb B")
     params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
-                       exact_iters=exact_iters).validate()
+                       exact_iters=exact_iters, precision=_loop_precision(precision, device)).validate()
     chosen = _parse_methods(methods)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url)
+                     cache_dir, no_cache, store, chroma_url, precision)
     result = run_compare(_open(inputs, list(kb)), params, chosen)
     _emit(result.to_json(), json_out, compare_table(result), "compare", out, write_compare_outputs, result)
     if not json_out:
@@ -261,6 +286,7 @@ def embed(
     split: SplitOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
     export: Annotated[Optional[Path], typer.Option("--export", help="Also write the features to this .npz.")] = None,
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False,
     store: StoreOpt = None, json_out: JsonOpt = False,
 ) -> None:
@@ -269,7 +295,7 @@ def embed(
     from kpl.features import feature_notes, save_features_npz
 
     inputs = _inputs(data, None, split, None, model, pretrained, None, device, batch_size, workers,
-                     cache_dir, no_cache, store, None)
+                     cache_dir, no_cache, store, None, precision)
     fs, dataset, _clip = load_image_features(inputs, _progress())
     for message in feature_notes(fs, dataset):
         _info(message)

@@ -10,7 +10,9 @@ The steps, each a small function usable from a notebook:
    embeddings for ``clip``/``inmap`` come from the features' model when it can be loaded.
 3. ``evaluate`` / ``sweep`` / ``compare``: run the methods and compute metrics.
 
-KPL math always runs on the CPU in float32, which is where its parity with the paper was checked.
+KPL math runs on the CPU in float32 (where its parity with the paper was checked) unless
+``--device cuda`` is given explicitly; then on the GPU. The proxy loop's products run in the
+precision ``KPLParams.precision`` names: fp32 unless ``--precision fp16|bf16`` asks for half.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Inputs:
     use_cache: bool = True
     store: str | None = None
     chroma_url: str | None = None
+    precision: str | None = None  # image encoding: auto (fp16 on CUDA), fp32, fp16, bf16
 
 
 @dataclass
@@ -94,7 +97,7 @@ def load_image_features(inputs: Inputs, progress: Progress | None = None,
     cache_dir = (inputs.cache_dir or settings.kpl_feature_cache(None, inputs.store)) if inputs.use_cache else None
     return load_or_encode(inputs.data, inputs.features, inputs.split, settings.clip_model(inputs.model),
                           settings.clip_pretrained(inputs.pretrained), inputs.device, inputs.batch_size,
-                          inputs.workers, cache_dir, progress, check_classes)
+                          inputs.workers, cache_dir, progress, check_classes, inputs.precision)
 
 
 def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progress: Progress | None = None) -> Session:
@@ -282,7 +285,14 @@ def _metrics(features: FeatureSet, predictions: np.ndarray):
     return compute_metrics(features.labels, predictions, class_names=features.class_names)
 
 
-def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, methods: tuple[str, ...]):
+def math_device(session: Session) -> str:
+    """Where KPL and the baselines run: the GPU only when asked for by name (--device cuda[:N])."""
+    device = session.inputs.device or "cpu"
+    return device if device.startswith("cuda") else "cpu"
+
+
+def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, methods: tuple[str, ...],
+                device: str = "cpu"):
     """({row name: MethodRun}, {skipped method: why}, the KPL result or None)."""
     runs: dict[str, MethodRun] = {}
     skipped: dict[str, str] = {}
@@ -292,7 +302,7 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
     for method in methods:
         start = time.perf_counter()
         if method == "kpl":
-            kpl_result = run_kpl(x, knowledge.class_embeddings, params=params)
+            kpl_result = run_kpl(x, knowledge.class_embeddings, params=params, device=device)
             share = (time.perf_counter() - start) / len(KPL_STAGES)
             for stage in KPL_STAGES:
                 s = kpl_result.stage(stage)
@@ -304,7 +314,7 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
             continue
         extra = inmap if method == "inmap" else {}
         r = run_baseline(method, x, class_embeddings=knowledge.class_embeddings,
-                         name_embeddings=knowledge.name_embeddings, **extra)
+                         name_embeddings=knowledge.name_embeddings, device=device, **extra)
         runs[method] = MethodRun(method, r.predictions, _metrics(features, r.predictions),
                                  time.perf_counter() - start, r.iterations, r.converged, r.params)
     return runs, skipped, kpl_result
@@ -347,7 +357,7 @@ class EvalResult:
                               "corrupt": len(fs.corrupt)},
             "classes": {"names": fs.class_names, "kb_classes": short, "ignored_kb_classes": self.knowledge.ignored_classes,
                         "class_map": str(self.session.inputs.class_map) if self.session.inputs.class_map else None},
-            "params": {**self.params.to_json(), "methods": list(self.methods), "device": "cpu"},
+            "params": {**self.params.to_json(), "methods": list(self.methods), "device": math_device(self.session)},
             "results": {name: run.to_json() for name, run in self.runs.items()},
             "skipped_methods": self.skipped,
             "selected_descriptions": self.selected,
@@ -364,7 +374,7 @@ def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = MET
     if short and "kpl" in methods:
         session.note(f"k={params.k} exceeds the descriptions of {len(short)} class(es), which use all of theirs: "
                      + ", ".join(f"{c} ({n})" for c, n in list(short.items())[:5]))
-    runs, skipped, kpl_result = run_methods(session.features, knowledge, params, methods)
+    runs, skipped, kpl_result = run_methods(session.features, knowledge, params, methods, math_device(session))
     return EvalResult(session, knowledge, params, methods, runs, skipped, _selected_texts(knowledge, kpl_result),
                       datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -394,7 +404,7 @@ def sweep(session: Session, base: KPLParams, ks: list[int], grid: dict[str, list
     for combo in itertools.product(*(grid[key] for key in keys)):
         params = replace(base, **dict(zip(keys, combo))).validate()
         start = time.perf_counter()
-        results = run_kpl_many(fs.features, knowledge.class_embeddings, ks, params=params)
+        results = run_kpl_many(fs.features, knowledge.class_embeddings, ks, params=params, device=math_device(session))
         seconds = (time.perf_counter() - start) / len(ks)
         for k, result in results.items():
             row = {"k": k, **{key: getattr(params, key) for key in SWEEP_KEYS}}

@@ -304,7 +304,9 @@ def encode_images(paths: list[Path], clip, batch_size: int = 64, workers: int | 
 
 
 def precision_of(clip) -> str:
-    return "fp16-autocast" if clip.device == "cuda" else "fp32"
+    """Part of the cache key: fp32, or fp16/bf16 autocast (the names keep older cache entries valid)."""
+    precision = getattr(clip, "precision", None) or ("fp16" if clip.device == "cuda" else "fp32")
+    return "fp32" if precision == "fp32" else f"{precision}-autocast"
 
 
 def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_size: int = 64,
@@ -347,7 +349,7 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
 def load_or_encode(data: Path | None, features: Path | None, split: str | None, model: str, pretrained: str | None,
                    device: str | None = None, batch_size: int = 64, workers: int | None = None,
                    cache_dir: Path | None = None, progress: Progress | None = None,
-                   check_classes: Callable[[list[str]], None] | None = None):
+                   check_classes: Callable[[list[str]], None] | None = None, precision: str | None = None):
     """(FeatureSet, ImageDataset or None, image model or None): read ``features`` or encode ``data``.
 
     Exactly one of the two is given; ``cache_dir`` None encodes without caching. ``check_classes``
@@ -367,7 +369,7 @@ def load_or_encode(data: Path | None, features: Path | None, split: str | None, 
     dataset = load_dataset(data, split)
     if check_classes is not None:
         check_classes(dataset.class_names)
-    clip = load_clip(model, pretrained, device)
+    clip = load_clip(model, pretrained, device, precision)
     return encode_dataset(dataset, clip, cache_dir, batch_size, workers, progress), dataset, clip
 
 

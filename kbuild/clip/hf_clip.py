@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from kbuild.clip.precision import image_autocast
 from kbuild.errors import KbuildError, UsageError
 
 TRANSFORMERS = "transformers:"
@@ -80,13 +81,13 @@ def _features(output):
 class HFClipModel:
     """A transformers CLIP model with batched, normalised text and image encoding. Build via ``load_clip``."""
 
-    def __init__(self, model: str, device: str, model_id: str, dtype: str = "fp32"):
+    def __init__(self, model: str, device: str, model_id: str, precision: str = "fp32"):
         check_transformers_spec(model)
         folder = _folder(model)
         # A folder is recorded by absolute path, so prune or review can reload it from anywhere.
         self.spec_model = f"{TRANSFORMERS}{folder.resolve()}" if folder else model
         self.device = device
-        self.precision = dtype
+        self.precision = precision
         try:
             from transformers import CLIPModel, CLIPProcessor
             from transformers.utils import logging as hf_logging
@@ -110,23 +111,12 @@ class HFClipModel:
         self.context_length = int(getattr(self.model.config.text_config, "max_position_embeddings", 77))
         self.dim = int(self.model.config.projection_dim)
 
-    def _autocast(self):
-        import contextlib
-
-        import torch
-
-        if self.device == "cuda" and self.precision in ("fp16", "bf16"):
-            return torch.autocast("cuda", dtype=torch.float16 if self.precision == "fp16" else torch.bfloat16)
-        if self.device == "cpu" and self.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """(len(texts), D) float32 unit rows; texts longer than the context are truncated."""
         import torch
 
         chunks = []
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode():  # fp32 always: the text cache does not key on precision
             for start in range(0, len(texts), batch_size):
                 batch = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
                                        max_length=self.context_length, return_tensors="pt").to(self.device)
@@ -141,7 +131,7 @@ class HFClipModel:
         """(B, 3, H, W) preprocessed tensor -> (B, D) float32 unit rows."""
         import torch
 
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), image_autocast(self.device, self.precision):
             out = _features(self.model.get_image_features(pixel_values=images.to(self.device)))
             return torch.nn.functional.normalize(out.float(), dim=-1).cpu().numpy()
 
