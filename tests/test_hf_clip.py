@@ -92,6 +92,17 @@ def test_load_prune_and_eval_with_a_transformers_model(hf_dir, kbuild, kpl, monk
     second = kpl(*args)
     assert second.code == 0 and json.loads(second.out)["features"]["cache"]["status"] == "hit"
 
+    # Round trip: exported features name their space, and eval on them uses the stored vectors.
+    exported = kpl("embed", "--data", images, "--model", f"transformers:{hf_dir}", "--export", tmp_path / "f.npz")
+    assert exported.code == 0, exported.err
+    assert str(np.load(tmp_path / "f.npz")["model_id"]) == manifest["clip"]["model_id"]
+    again = kpl("eval", "--kb", "v2", "--features", tmp_path / "f.npz", "--iters", "50", "--json")
+    assert again.code == 0, again.err
+    again_results = json.loads(again.out)["results"]
+    assert json.loads(again.out)["model"]["descriptions"].startswith("stored")
+    for row in ("dclip", "kpl.image_ot", "clip"):
+        assert again_results[row]["accuracy"] == payload["results"][row]["accuracy"]
+
 
 def test_a_folder_without_config_is_one_line(kbuild, monkeypatch, tmp_path):
     monkeypatch.setenv("KBUILD_STORE", str(tmp_path / "store"))
