@@ -40,7 +40,8 @@ KbOpt = Annotated[str, typer.Option("--kb", help="Snapshot: snapshot_v3, v3, lat
 DataOpt = Annotated[Optional[Path], typer.Option(
     "--data", help="Images: an ImageFolder DIR/<class>/*.jpg, or a CSV manifest (path,label).")]
 FeaturesOpt = Annotated[Optional[Path], typer.Option(
-    "--features", help="Precomputed features .npz (image_features, labels, class_names[, model_id]).")]
+    "--features", help="Precomputed features .npz (image_features, labels, class_names[, model_id, "
+                       "name_embeddings]); with the snapshot's model_id no CLIP model is loaded.")]
 SplitOpt = Annotated[Optional[str], typer.Option("--split", help="Use DIR/<split>/<class>/ (e.g. val).")]
 ClassMapOpt = Annotated[Optional[Path], typer.Option(
     "--class-map", help="JSON {folder: kb class} or CSV folder,class mapping dataset classes to snapshot classes.")]
