@@ -180,3 +180,41 @@ def test_features_file_round_trip_keeps_space_and_name_embeddings(tmp_path):
 
     with pytest.raises(KplError, match=r"name_embeddings must be \(C, D\) = \(2, 4\)"):
         load_features_npz(tmp_path / "bad.npz")
+
+
+def test_jsonl_with_embeddings_loads_like_the_npz(kbuild, store, tmp_path):
+    rows = [{"class": "cat", "text": "whiskers", "embedding": [1.0, 0.0, 0.0], "model_id": "my-space"},
+            {"class": "dog", "text": "a tail", "embedding": [0.0, 2.0, 0.0], "model_id": "my-space"}]
+    path = tmp_path / "kb.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    result = kbuild("load", path)
+    assert result.code == 0, result.err
+    assert "no CLIP model loaded" in result.err and "1 rows were not unit length" in result.err
+    manifest = json.loads(kbuild("show", "latest", "--json").out)["manifest"]
+    assert manifest["clip"]["model_id"] == "my-space" and manifest["clip"]["imported"] is True
+
+    # A JSONL of class/text records is still a curated file (it needs a model, so it is not loaded here).
+    from kbuild.sources.embedded import is_embedded_file
+
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"class": "cat", "text": "whiskers"}\n', encoding="utf-8")
+    assert is_embedded_file(path) and not is_embedded_file(plain)
+
+
+@pytest.mark.parametrize("lines, fragment", [
+    (['{"class": "c", "text": "t", "embedding": [1, 0], "model_id": "a"}',
+      '{"class": "c", "text": "u", "embedding": [1, 0], "model_id": "b"}'], "2 different model_id values"),
+    (['{"class": "c", "text": "t", "embedding": [1, 0], "model_id": "a"}',
+      '{"class": "c", "text": "u", "embedding": [1, 0, 0], "model_id": "a"}'], "line 2: embedding has 3 numbers"),
+    (['{"class": "c", "text": "t", "embedding": [1, 0], "model_id": "a"}', '{"class": "c"}'],
+     "line 2 needs class, text, embedding and model_id"),
+    (['{"class": "c", "text": "t", "embedding": [1, 0], "model_id": "a"}', 'not json'], "line 2 is not JSON"),
+    (['{"class": "c", "text": "t", "embedding": ["x", 0], "model_id": "a"}'], "embedding must be a list of numbers"),
+])
+def test_bad_jsonl_embeddings_are_one_line(kbuild, store, tmp_path, lines, fragment):
+    path = tmp_path / "kb.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = kbuild("load", path)
+    assert result.code == 1, (result.out, result.err)
+    err = result.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error: ") and fragment in err[0] and "kb.jsonl" in err[0], result.err

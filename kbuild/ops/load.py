@@ -58,7 +58,7 @@ def _load_embedded(store: SnapshotStore, paths: list[Path], classes: list[str] |
                    name: str | None, classes_file: Path | None) -> LoadResult:
     """A knowledge base that brings its own vectors: stored as given, no CLIP model loaded."""
     if len(paths) != 1:
-        raise UsageError("Load an embeddings file (.npz) on its own, not with other files "
+        raise UsageError("Load an embeddings file (.npz, or .jsonl with embeddings) on its own, not with other files "
                          "(load each separately, then combine them with 'kbuild merge')")
     imported = read_embedded(paths[0], classes, restrict)
     if not imported.descriptions:

@@ -6,6 +6,11 @@ An ``.npz`` file holds
 - ``embeddings`` (M, D) float: one vector per description,
 - ``model_id``: a scalar string naming the embedding space (e.g. ``ViT-B-16/openai``).
 
+The same as JSONL (``.jsonl``), one description per line:
+``{"class": "nevus", "text": "...", "embedding": [0.01, ...], "model_id": "ViT-B-16/openai"}``;
+a JSONL file is read this way when its first record has an ``embedding`` (otherwise it is a curated
+file of class/text records), and every line names the same ``model_id``.
+
 No CLIP model is involved: the vectors are stored as given (rows further than 1e-3 from unit
 length are normalised, and said so), and the snapshot records ``model_id`` as its embedding space, so
 ``kpl eval --features`` can check that the image features live in the same one.
@@ -17,6 +22,7 @@ their first vector and are counted, like curated files.
 
 from __future__ import annotations
 
+import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +59,8 @@ class EmbeddedImport:
         return list(dict.fromkeys(d.class_name for d in self.descriptions))
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "format": "embeddings", "model_id": self.model_id, "dim": self.dim,
+        return {"path": self.path, "format": "embeddings-" + Path(self.path).suffix.lower().lstrip("."),
+                "model_id": self.model_id, "dim": self.dim,
                 "classes": self.classes(), "kept_count": len(self.descriptions),
                 "normalised_rows": self.normalised_rows, "duplicates": self.duplicates,
                 "dropped_classes": self.dropped_classes, "dropped_texts": self.dropped_texts}
@@ -72,8 +79,61 @@ class EmbeddedImport:
         return [line] + [f"{name}: {note}" for note in notes]
 
 
+MAX_JSONL_BYTES = 2_000_000_000  # vectors as text are large: ~10 bytes a number
+
+
 def is_embedded_file(path: Path) -> bool:
-    return Path(path).suffix.lower() in EMBEDDED_SUFFIXES
+    """An .npz, or a .jsonl whose first record carries an ``embedding``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in EMBEDDED_SUFFIXES:
+        return True
+    if suffix != ".jsonl" or not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                try:
+                    first = json.loads(raw.decode("utf-8-sig"))
+                except (UnicodeDecodeError, ValueError):
+                    return False  # the curated reader reports it properly
+                return isinstance(first, dict) and "embedding" in first
+    return False
+
+
+def _read_jsonl(path: Path) -> dict[str, np.ndarray]:
+    """The JSONL form as the arrays of the .npz form (checked by the same code afterwards)."""
+    from kbuild.inputs import read_utf8
+
+    classes, texts, vectors, spaces = [], [], [], set()
+    for number, line in enumerate(read_utf8(path, MAX_JSONL_BYTES, "embeddings file").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            raise InputFileError(path, f"line {number} is not JSON ({err})", "one JSON object per line") from None
+        if not isinstance(record, dict) or not {"class", "text", "embedding", "model_id"} <= set(record):
+            raise InputFileError(path, f"line {number} needs class, text, embedding and model_id",
+                                 'e.g. {"class": "c", "text": "t", "embedding": [...], "model_id": "m"}')
+        vector = record["embedding"]
+        if not isinstance(vector, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   for v in vector):
+            raise InputFileError(path, f"line {number}: embedding must be a list of numbers")
+        if vectors and len(vector) != len(vectors[0]):
+            raise InputFileError(path, f"line {number}: embedding has {len(vector)} numbers, the first line "
+                                 f"{len(vectors[0])}", "every vector comes from the same model")
+        classes.append(str(record["class"]))
+        texts.append(str(record["text"]))
+        vectors.append(vector)
+        spaces.add(str(record["model_id"]))
+    if len(spaces) > 1:
+        raise InputFileError(path, f"lines name {len(spaces)} different model_id values "
+                             f"({', '.join(sorted(spaces)[:3])})", "one file holds one embedding space")
+    if not vectors:
+        raise InputFileError(path, "no records", "one JSON object per line")
+    return {"classes": np.asarray(classes, dtype=str), "texts": np.asarray(texts, dtype=str),
+            "embeddings": np.asarray(vectors, dtype=np.float64), "model_id": np.asarray(spaces.pop())}
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
@@ -127,7 +187,7 @@ def check_embeddings(path: Path, embeddings, rows: int) -> tuple[np.ndarray, int
 def read_embedded(path: Path | str, classes: list[str] | None = None, restrict: bool = False) -> EmbeddedImport:
     """Read and check one embeddings file; ``classes``/``restrict`` as for curated files."""
     path = Path(path).expanduser()
-    data = _read(path)
+    data = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else _read(path)
     missing = [key for key in REQUIRED_KEYS if key not in data]
     if missing:
         raise InputFileError(path, f"missing key(s) {', '.join(missing)} (has: {', '.join(sorted(data)) or 'none'})",
