@@ -142,3 +142,20 @@ def test_an_uncached_name_offline_says_how_to_download(kbuild, monkeypatch, tmp_
     assert lines[-1].startswith("Error: ") and "not in the Hugging Face cache" in lines[-1]
     assert f"huggingface-cli download {repo}" in lines[-1] and name in lines[-1]
     assert time.monotonic() - start < 30  # a message, not a network timeout
+
+
+def test_an_uncached_name_without_network_fails_fast_when_not_offline(kbuild, monkeypatch, tmp_path):
+    from helpers import free_port
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("KBUILD_STORE", str(tmp_path / "store"))
+    (tmp_path / "kb.json").write_text(json.dumps(KB), encoding="utf-8")
+    start = time.monotonic()
+    result = kbuild("load", tmp_path / "kb.json", "--model", "plip")
+    assert result.code == 1, result.err
+    line = result.err.strip().splitlines()[-1]
+    assert "cannot be reached" in line and "huggingface-cli download vinid/plip" in line, line
+    assert time.monotonic() - start < 30

@@ -93,19 +93,46 @@ def check_cached(model: str, alias: str | None = None) -> None:
     long chain of retries or a confusing 'cannot find the requested files'.
     """
     repo = hub_repo(model)
-    if repo is None or not offline():
+    if repo is None:
         return
     from huggingface_hub import try_to_load_from_cache
 
     repo_id, marker = repo
-    found = try_to_load_from_cache(repo_id, marker)
-    if isinstance(found, str):
+    if isinstance(try_to_load_from_cache(repo_id, marker), str):
         return
+    if offline():
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        endpoint = _unreachable_endpoint()
+        if endpoint is None:
+            return  # online: the library downloads it
+        why = f"{endpoint} cannot be reached"
     name = f"{alias} ({model})" if alias else model
     raise KbuildError(
-        f"The weights of {name} are not in the Hugging Face cache and HF_HUB_OFFLINE is set: pre-download them "
+        f"The weights of {name} are not in the Hugging Face cache and {why}: pre-download them "
         f"where there is network with 'huggingface-cli download {repo_id}' (same HF_HOME), "
         "or pass a local folder (transformers:DIR or local-dir:DIR)")
+
+
+def _unreachable_endpoint(timeout: float = 3.0) -> str | None:
+    """The hub endpoint if a TCP connection to it fails within ``timeout`` seconds, else None.
+
+    Without this, a machine with no network spends ~30 s in the hub client's retries
+    (1 + 2 + 4 + 8 + 16 s) before the same failure.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return None  # through a proxy a direct connection says nothing; let the library try
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return None
+    except OSError:
+        return endpoint
 
 
 def registry_rows() -> list[dict[str, str]]:
