@@ -11,6 +11,7 @@ and descriptions are noisy copies of it, and a few generic descriptions are shar
 
     python benchmarks/bench_kpl.py            # N 8000, D 256, C 50, M 50
     python benchmarks/bench_kpl.py --quick    # N 2000, D 128, C 20, M 30
+    python benchmarks/bench_kpl.py --device cuda --precision fp16   # adds a GPU row (not part of parity)
 """
 
 from __future__ import annotations
@@ -143,6 +144,9 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=1, help="repeats of run_kpl (best time is kept)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     ap.add_argument("--exact", action="store_true", help="also time run_kpl with exact_iters (no early stop)")
+    ap.add_argument("--device", default="cpu", help="also time run_kpl on this device (e.g. cuda)")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                    help="proxy-loop precision of that extra row")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,6 +169,16 @@ def main(argv=None):
         t_exact, exact = timed(lambda: run_kpl(x, classes, k=args.k, num_threads=threads, exact_iters=True), 1)
         exact_diff = max(float(np.abs(ref[s].numpy() - exact.stage(s).proxies).max()) for s in exact.stages)
         rows.append(("run_kpl --exact-iters", t_exact, "2000+2000", t_ref / t_exact, f"{exact_diff:.2e}"))
+    if args.device != "cpu" or args.precision != "fp32":
+        run = lambda: run_kpl(x, classes, k=args.k, device=args.device, precision=args.precision)  # noqa: E731
+        run()  # warm-up: CUDA context and kernels
+        t_dev, dev = timed(run, args.repeat)
+        dev_diff = max(float(np.abs(ref[s].numpy() - dev.stage(s).proxies).max()) for s in dev.stages)
+        same = (dev.image_ot.predictions == res.image_ot.predictions).mean() * 100
+        rows.append((f"run_kpl {args.device} {args.precision}", t_dev,
+                     f"{dev.image.iterations}+{dev.image_ot.iterations}", t_ref / t_dev, f"{dev_diff:.2e}"))
+        acc += (f"; {args.device} {args.precision}: image_ot {(dev.image_ot.predictions == labels).mean() * 100:.1f}%, "
+                f"{same:.1f}% same predictions as fp32 (not part of parity)")
     print(f"{'method':<24} {'seconds':>8} {'iterations':>11} {'speedup':>8} {'max proxy diff':>15}")
     for name, secs, iters, speed, d_ in rows:
         print(f"{name:<24} {secs:>8.2f} {iters:>11} {speed:>7.1f}x {d_:>15}")

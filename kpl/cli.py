@@ -40,14 +40,20 @@ KbOpt = Annotated[str, typer.Option("--kb", help="Snapshot: snapshot_v3, v3, lat
 DataOpt = Annotated[Optional[Path], typer.Option(
     "--data", help="Images: an ImageFolder DIR/<class>/*.jpg, or a CSV manifest (path,label).")]
 FeaturesOpt = Annotated[Optional[Path], typer.Option(
-    "--features", help="Precomputed features .npz (image_features, labels, class_names[, model_id]).")]
+    "--features", help="Precomputed features .npz (image_features, labels, class_names[, model_id, "
+                       "name_embeddings]); with the snapshot's model_id no CLIP model is loaded.")]
 SplitOpt = Annotated[Optional[str], typer.Option("--split", help="Use DIR/<split>/<class>/ (e.g. val).")]
 ClassMapOpt = Annotated[Optional[Path], typer.Option(
     "--class-map", help="JSON {folder: kb class} or CSV folder,class mapping dataset classes to snapshot classes.")]
 TemplateOpt = Annotated[Optional[str], typer.Option(
     "--template", help="Description template (class name, description) \\[default: the snapshot's]; "
                        "another one re-embeds the descriptions.")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu for image encoding \\[default: auto].")]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", help="cuda, mps or cpu for image encoding \\[default: auto]; an explicit cuda also runs KPL and the "
+                     "baselines on the GPU.")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="auto, fp32, fp16 or bf16: image encoding (autocast) and KPL's proxy loop. auto = fp16 "
+                        "encoding on CUDA, fp32 elsewhere and for the loop (half changes some predictions).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", help="DataLoader worker processes \\[default: 0 on CPU, one per core (up to 8) on a GPU].")]
@@ -91,15 +97,31 @@ def _progress():
 
 
 def _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-            cache_dir, no_cache, store, chroma_url):
+            cache_dir, no_cache, store, chroma_url, precision: str = "auto"):
     from kpl.evaluate import Inputs
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1 (got {batch_size})")
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be >= 0 (got {workers})")
+    _check_precision(precision)
     return Inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                  cache_dir, not no_cache, store, chroma_url)
+                  cache_dir, not no_cache, store, chroma_url, precision)
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise UsageError(f"--precision must be auto, fp32, fp16 or bf16 (got {precision!r})")
+
+
+def _loop_precision(precision: str, device: str | None) -> str:
+    """KPL's proxy-loop precision: fp32 unless asked for by name.
+
+    Unlike image encoding, auto never picks half precision here: on synthetic data (bench_kpl
+    --quick) the fp16 loop changed 11 % of image_ot predictions and bf16 70 %, so it is opt-in.
+    """
+    _check_precision(precision)
+    return "fp32" if precision == "auto" else precision
 
 
 def _open(inputs, kb_refs: list[str]):
@@ -145,6 +167,7 @@ def eval_(
     ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
@@ -154,10 +177,10 @@ def eval_(
 
     k, auto_k = _parse_k(k)
     params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
-                       exact_iters=exact_iters).validate()
+                       exact_iters=exact_iters, precision=_loop_precision(precision, device)).validate()
     chosen = _parse_methods(methods)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url)
+                     cache_dir, no_cache, store, chroma_url, precision)
     result = evaluate(_open(inputs, [kb]), params, chosen, auto_k=auto_k)
     for method, why in result.skipped.items():
         _info(f"skipped {method}: {why}")
@@ -244,6 +267,7 @@ def sweep(
     alpha: Annotated[str, typer.Option("--alpha", help="Comma list of alphas.")] = str(_D.alpha),
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
@@ -254,7 +278,8 @@ def sweep(
     ks = _parse_ks(k)
     grid = {"ot": _parse_list(ot, str, "--ot"), "tau_t": _parse_list(tau_t, float, "--tau-t"),
             "tau_i": _parse_list(tau_i, float, "--tau-i"), "alpha": _parse_list(alpha, float, "--alpha")}
-    base = KPLParams(k=next((v for v in ks if v != "auto"), _D.k), lr=lr, iters=iters, gamma=gamma, exact_iters=exact_iters)
+    base = KPLParams(k=next((v for v in ks if v != "auto"), _D.k), lr=lr, iters=iters, gamma=gamma,
+                     exact_iters=exact_iters, precision=_loop_precision(precision, device))
     for key, values in grid.items():  # fail on a bad value before any image is encoded
         for value in values:
             KPLParams(**{**base.to_json(), key: value}).validate()
@@ -262,7 +287,7 @@ def sweep(
         if value != "auto":
             KPLParams(**{**base.to_json(), "k": value}).validate()
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url)
+                     cache_dir, no_cache, store, chroma_url, precision)
     result = run_sweep(_open(inputs, [kb]), base, ks, grid)
     _emit(result.to_json(), json_out, sweep_table(result), f"sweep of {result.snapshot['name']}", out,
           write_sweep_outputs, result)
@@ -277,6 +302,7 @@ def compare(
     ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
@@ -288,10 +314,10 @@ def compare(
         raise UsageError("compare needs at least two snapshots: --kb A --kb B")
     k, auto_k = _parse_k(k)
     params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
-                       exact_iters=exact_iters).validate()
+                       exact_iters=exact_iters, precision=_loop_precision(precision, device)).validate()
     chosen = _parse_methods(methods)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url)
+                     cache_dir, no_cache, store, chroma_url, precision)
     result = run_compare(_open(inputs, list(kb)), params, chosen, auto_k=auto_k)
     _emit(result.to_json(), json_out, compare_table(result), "compare", out, write_compare_outputs, result)
     if not json_out:
@@ -305,6 +331,7 @@ def embed(
     split: SplitOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
     export: Annotated[Optional[Path], typer.Option("--export", help="Also write the features to this .npz.")] = None,
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False,
     store: StoreOpt = None, json_out: JsonOpt = False,
 ) -> None:
@@ -313,7 +340,7 @@ def embed(
     from kpl.features import feature_notes, save_features_npz
 
     inputs = _inputs(data, None, split, None, model, pretrained, None, device, batch_size, workers,
-                     cache_dir, no_cache, store, None)
+                     cache_dir, no_cache, store, None, precision)
     fs, dataset, _clip = load_image_features(inputs, _progress())
     for message in feature_notes(fs, dataset):
         _info(message)
@@ -327,6 +354,23 @@ def embed(
     print(f"{fs.features.shape[0]} images x {fs.dim} from {fs.source.get('path')}: cache {fs.cache['status']}, "
           f"{fs.encoded} encoded, {len(fs.corrupt)} corrupt, "
           f"{sum(summary['dataset']['skipped'].values()) if dataset else 0} skipped")
+
+
+@app.command(epilog="Example: kpl models | kpl eval --kb latest --data derm/ --model monet")
+def models(json_out: JsonOpt = False) -> None:
+    """List the model names --model accepts besides open_clip's own (medical CLIP models), with their sources."""
+    from kbuild.clip.registry import registry_rows
+
+    rows = registry_rows()
+    if json_out:
+        _print_json(rows)
+        return
+    cached = {True: "yes", False: "no", None: "?"}
+    _print_table((["name", "model", "library", "domain", "cached"],
+                  [[r["name"], r["model"], r["library"], r["domain"], cached[r["cached"]]] for r in rows]))
+    for r in rows:
+        console.print(f"{r['name']}: {r['source']}", markup=False)
+    _info("use any of them as --model NAME; offline, pre-download with 'huggingface-cli download ORG/REPO'")
 
 
 def main(argv: list[str] | None = None) -> None:

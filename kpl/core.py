@@ -36,6 +36,7 @@ from kpl.retrieval import check_k, description_scores, prepare_inputs, select_to
 # core stalls every iteration (measured on a loaded 2-core machine: PH2, 200 x 512 x 2, took
 # 0.4 s on one thread and 1.6-9.7 s on two).
 SMALL_WORK = 4_000_000
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @contextmanager
@@ -77,6 +78,9 @@ class KPLParams:
     tol: float = 1e-6
     patience: int = 20
     exact_iters: bool = False
+    # The proxy loop's two big products: fp32 (the paper's), or fp16/bf16 for speed on a GPU, with
+    # W and the gradient kept in float32; retrieval and OT always run in float32.
+    precision: str = "fp32"
 
     def __post_init__(self):
         # numpy scalars (e.g. k from np.arange) would not survive json.dumps in to_json
@@ -100,6 +104,8 @@ class KPLParams:
             raise UsageError(f"gamma must be a number >= 0 (got {self.gamma!r}); 0 means uniform classes")
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
             raise UsageError(f"tol must be a number >= 0 (got {self.tol!r})")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         return self
 
     def to_json(self) -> dict:
@@ -178,9 +184,11 @@ def _stage(name: str, x: torch.Tensor, proxies: torch.Tensor, iterations=0, conv
 
 
 def _fit(x, plan, init, p: KPLParams):
+    dtype = PRECISIONS[p.precision]
     return fit_vision_proxies(
         x, plan, init, tau_i=p.tau_i, alpha=p.alpha, lr=p.lr, iters=p.iters,
         tol=p.tol, patience=p.patience, exact_iters=p.exact_iters,
+        compute_dtype=None if dtype == torch.float32 else dtype,
     )
 
 

@@ -10,7 +10,9 @@ The steps, each a small function usable from a notebook:
    embeddings for ``clip``/``inmap`` come from the features' model when it can be loaded.
 3. ``evaluate`` / ``sweep`` / ``compare``: run the methods and compute metrics.
 
-KPL math always runs on the CPU in float32, which is where its parity with the paper was checked.
+KPL math runs on the CPU in float32 (where its parity with the paper was checked) unless
+``--device cuda`` is given explicitly; then on the GPU. The proxy loop's products run in the
+precision ``KPLParams.precision`` names: fp32 unless ``--precision fp16|bf16`` asks for half.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Inputs:
     use_cache: bool = True
     store: str | None = None
     chroma_url: str | None = None
+    precision: str | None = None  # image encoding: auto (fp16 on CUDA), fp32, fp16, bf16
 
 
 @dataclass
@@ -97,7 +100,7 @@ def load_image_features(inputs: Inputs, progress: Progress | None = None,
     cache_dir = (inputs.cache_dir or settings.kpl_feature_cache(None, inputs.store)) if inputs.use_cache else None
     return load_or_encode(inputs.data, inputs.features, inputs.split, settings.clip_model(inputs.model),
                           settings.clip_pretrained(inputs.pretrained), inputs.device, inputs.batch_size,
-                          inputs.workers, cache_dir, progress, check_classes)
+                          inputs.workers, cache_dir, progress, check_classes, inputs.precision)
 
 
 def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progress: Progress | None = None) -> Session:
@@ -130,7 +133,7 @@ class Knowledge:
     kb_classes: list[str]
     class_embeddings: list[np.ndarray]
     name_embeddings: np.ndarray | None
-    template: str
+    template: str | None
     text_source: str
     ignored_classes: list[str]
 
@@ -191,6 +194,8 @@ def _description_embeddings(session: Session, kb: KnowledgeBase, kb_classes: lis
     """Stored (M_c, D) embeddings when model and template agree, else re-embedded (and said so)."""
     kb_clip = _kb_clip(kb)
     kb_template = kb_clip.get("template")
+    if kb_clip.get("imported"):
+        return _imported_embeddings(session, kb, kb_classes, model_id)
     if kb_clip.get("model_id") == model_id and template == kb_template:
         return kb.class_embeddings(kb_classes), f"stored ({model_id})"
     clip, problems = _load_matching(session, _specs(session, kb), model_id)
@@ -207,7 +212,27 @@ def _description_embeddings(session: Session, kb: KnowledgeBase, kb_classes: lis
     return embeddings, f"re-embedded ({model_id})"
 
 
+def _imported_embeddings(session: Session, kb: KnowledgeBase, kb_classes: list[str],
+                         model_id: str) -> tuple[list[np.ndarray], str]:
+    """A snapshot that brought its own vectors: usable only in its own space, and never re-embedded."""
+    space = _kb_clip(kb).get("model_id")
+    if space != model_id:
+        raise KplError(f"{kb.info.name} holds imported embeddings in space {space!r} but the image features are "
+                       f"in {model_id!r}: use features from the same model (their model_id must be {space!r})")
+    if session.inputs.template:
+        session.note(f"--template ignored: {kb.info.name} holds imported embeddings, which cannot be re-templated")
+    return kb.class_embeddings(kb_classes), f"stored, imported ({model_id})"
+
+
 def _name_embeddings(session: Session, kb: KnowledgeBase, kb_classes: list[str], model_id: str) -> np.ndarray | None:
+    given = session.features.name_embeddings
+    if given is not None:  # rows follow the features' class_names, which kb_classes is lined up with
+        session.note(f"class-name embeddings for clip, inmap and transclip: name_embeddings of {session.inputs.features}")
+        return given
+    if _kb_clip(kb).get("imported") and not _kb_clip(kb).get("model"):
+        session.note(f"skipping clip, inmap and transclip (class names): {kb.info.name} holds imported embeddings and the features file "
+                     "has no name_embeddings (add name_embeddings (C, D), one row per class_names entry)")
+        return None
     clip, problems = _load_matching(session, _specs(session, kb), model_id)
     if clip is None:
         session.note(f"skipping clip, inmap and transclip (class names): no text model for {model_id} could be loaded "
@@ -227,6 +252,8 @@ def prepare_knowledge(session: Session, kb: KnowledgeBase, need_names: bool = Tr
                      f"{', '.join(ignored[:10])}{' ...' if len(ignored) > 10 else ''}")
     model_id = _features_model_id(session, kb)
     template = session.inputs.template or _kb_clip(kb).get("template") or settings.DEFAULT_TEMPLATE
+    if _kb_clip(kb).get("imported"):
+        template = None  # imported vectors: whatever text the other pipeline embedded
     embeddings, source = _description_embeddings(session, kb, kb_classes, model_id, template)
     dims = {e.shape[1] for e in embeddings}
     if dims != {features.dim}:
@@ -269,8 +296,14 @@ def _row(features: FeatureSet, name: str, predictions, scores, seconds, iteratio
                      scores, ranking_metrics(features.labels, scores, features.class_names))
 
 
+def math_device(session: Session) -> str:
+    """Where KPL and the baselines run: the GPU only when asked for by name (--device cuda[:N])."""
+    device = session.inputs.device or "cpu"
+    return device if device.startswith("cuda") else "cpu"
+
+
 def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, methods: tuple[str, ...],
-                auto_k: bool = False):
+                auto_k: bool = False, device: str = "cpu"):
     """({row name: MethodRun}, {skipped method: why}, the KPL result or None).
 
     ``auto_k``: KPL chooses k without labels (kpl.auto_k); its rows carry the chosen k.
@@ -283,8 +316,8 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
     for method in methods:
         start = time.perf_counter()
         if method == "kpl":
-            kpl_result = (run_kpl(x, knowledge.class_embeddings, params=params, k="auto") if auto_k
-                          else run_kpl(x, knowledge.class_embeddings, params=params))
+            kpl_result = (run_kpl(x, knowledge.class_embeddings, params=params, device=device, k="auto") if auto_k
+                          else run_kpl(x, knowledge.class_embeddings, params=params, device=device))
             share = (time.perf_counter() - start) / len(KPL_STAGES)
             used = kpl_result.params.to_json()
             for stage in KPL_STAGES:
@@ -314,7 +347,7 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
             continue
         extra = inmap if method == "inmap" else {}
         r = run_baseline(method, x, class_embeddings=knowledge.class_embeddings,
-                         name_embeddings=knowledge.name_embeddings, **extra)
+                         name_embeddings=knowledge.name_embeddings, device=device, **extra)
         runs[method] = _row(features, method, r.predictions, r.logits, time.perf_counter() - start,
                             r.iterations, r.converged, r.params)
     return runs, skipped, kpl_result
@@ -359,7 +392,7 @@ class EvalResult:
             "classes": {"names": fs.class_names, "kb_classes": short, "ignored_kb_classes": self.knowledge.ignored_classes,
                         "class_map": str(self.session.inputs.class_map) if self.session.inputs.class_map else None},
             "params": {**self.params.to_json(), "k_mode": "auto" if self.k_auto else "fixed",
-                       "methods": list(self.methods), "device": "cpu"},
+                       "methods": list(self.methods), "device": math_device(self.session)},
             "k_auto": self.k_auto,
             "results": {name: run.to_json() for name, run in self.runs.items()},
             "skipped_methods": self.skipped,
@@ -382,7 +415,8 @@ def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = MET
     if short and "kpl" in methods and not auto_k:
         session.note(f"k={params.k} exceeds the descriptions of {len(short)} class(es), which use all of theirs: "
                      + ", ".join(f"{c} ({n})" for c, n in list(short.items())[:5]))
-    runs, skipped, kpl_result = run_methods(session.features, knowledge, params, methods, auto_k)
+    runs, skipped, kpl_result = run_methods(session.features, knowledge, params, methods, auto_k,
+                                            math_device(session))
     if kpl_result is not None:
         params = kpl_result.params
     return EvalResult(session, knowledge, params, methods, runs, skipped, _selected_texts(knowledge, kpl_result),
@@ -418,7 +452,7 @@ def sweep(session: Session, base: KPLParams, ks: list[int | str], grid: dict[str
     for combo in itertools.product(*(grid[key] for key in keys)):
         params = replace(base, **dict(zip(keys, combo))).validate()
         start = time.perf_counter()
-        results = run_kpl_many(fs.features, knowledge.class_embeddings, ks, params=params)
+        results = run_kpl_many(fs.features, knowledge.class_embeddings, ks, params=params, device=math_device(session))
         seconds = (time.perf_counter() - start) / len(ks)
         for k, result in results.items():
             row = {"k": k, **{key: getattr(params, key) for key in SWEEP_KEYS}}

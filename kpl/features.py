@@ -7,7 +7,9 @@ each file's size and modification time. Labels are not part of the key, since fe
 depend on them: relabelling a manifest reuses the cache. Entries are written atomically.
 
 Feature files (``kpl eval --features``) hold ``image_features`` (N, D) float with unit rows,
-``labels`` (N,) int and ``class_names`` (C,) str, optionally ``model_id`` and ``paths``.
+``labels`` (N,) int and ``class_names`` (C,) str, optionally ``model_id`` (the embedding space),
+``paths`` and ``name_embeddings`` (C, D): class-name prompt embeddings in the same space, for the
+baselines that need them when no text model is at hand (e.g. vectors from another pipeline).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class FeatureSet:
     cache: dict[str, Any] = field(default_factory=dict)
     encoded: int = 0
     corrupt: list[str] = field(default_factory=list)
+    name_embeddings: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -133,9 +136,26 @@ def load_features_npz(path: Path | str) -> FeatureSet:
     features, labels, names = check_features(path, data["image_features"], data["labels"], data["class_names"])
     paths = data.get("paths")
     paths = [str(p) for p in paths.tolist()] if paths is not None and paths.shape == labels.shape else None
+    name_embeddings = _name_embeddings(path, data.get("name_embeddings"), len(names), features.shape[1])
     return FeatureSet(features, labels, names, _optional_str(data, "model_id"), paths,
                       source={"kind": "features", "path": str(path.resolve())},
-                      cache={"status": "file"})
+                      cache={"status": "file"}, name_embeddings=name_embeddings)
+
+
+def _name_embeddings(path: Path, matrix, classes: int, dim: int) -> np.ndarray | None:
+    """Optional (C, D) class-name embeddings, one per class_names entry; rows off unit length are normalised."""
+    if matrix is None:
+        return None
+    if matrix.shape != (classes, dim) or not np.issubdtype(matrix.dtype, np.floating):
+        raise _bad(path, f"name_embeddings must be (C, D) = ({classes}, {dim}) floats, one row per class_names "
+                   f"entry, got {matrix.dtype} {matrix.shape}", "drop the key, or save one row per class")
+    matrix = matrix.astype(np.float32)
+    norms = np.linalg.norm(matrix, axis=1)
+    if not np.isfinite(matrix).all() or (norms == 0).any():
+        raise _bad(path, "name_embeddings has NaN/inf or all-zero rows", "re-embed the class names")
+    off = np.abs(norms - 1.0) > NORM_TOLERANCE  # near-unit rows stay as given, bit for bit
+    matrix[off] /= norms[off, None]
+    return matrix
 
 
 def save_features_npz(features: FeatureSet, path: Path | str) -> Path:
@@ -147,6 +167,8 @@ def save_features_npz(features: FeatureSet, path: Path | str) -> Path:
               "model_id": np.asarray(features.model_id or "", dtype=str)}
     if features.paths is not None:
         arrays["paths"] = np.asarray(features.paths, dtype=str)
+    if features.name_embeddings is not None:
+        arrays["name_embeddings"] = features.name_embeddings.astype(np.float32)
     _atomic_savez(path, arrays)
     return path
 
@@ -282,7 +304,9 @@ def encode_images(paths: list[Path], clip, batch_size: int = 64, workers: int | 
 
 
 def precision_of(clip) -> str:
-    return "fp16-autocast" if clip.device == "cuda" else "fp32"
+    """Part of the cache key: fp32, or fp16/bf16 autocast (the names keep older cache entries valid)."""
+    precision = getattr(clip, "precision", None) or ("fp16" if clip.device == "cuda" else "fp32")
+    return "fp32" if precision == "fp32" else f"{precision}-autocast"
 
 
 def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_size: int = 64,
@@ -325,7 +349,7 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
 def load_or_encode(data: Path | None, features: Path | None, split: str | None, model: str, pretrained: str | None,
                    device: str | None = None, batch_size: int = 64, workers: int | None = None,
                    cache_dir: Path | None = None, progress: Progress | None = None,
-                   check_classes: Callable[[list[str]], None] | None = None):
+                   check_classes: Callable[[list[str]], None] | None = None, precision: str | None = None):
     """(FeatureSet, ImageDataset or None, image model or None): read ``features`` or encode ``data``.
 
     Exactly one of the two is given; ``cache_dir`` None encodes without caching. ``check_classes``
@@ -345,7 +369,7 @@ def load_or_encode(data: Path | None, features: Path | None, split: str | None, 
     dataset = load_dataset(data, split)
     if check_classes is not None:
         check_classes(dataset.class_names)
-    clip = load_clip(model, pretrained, device)
+    clip = load_clip(model, pretrained, device, precision)
     return encode_dataset(dataset, clip, cache_dir, batch_size, workers, progress), dataset, clip
 
 

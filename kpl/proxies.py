@@ -53,6 +53,7 @@ def fit_vision_proxies(
     tol: float = 1e-6,
     patience: int = 20,
     exact_iters: bool = False,
+    compute_dtype: torch.dtype | None = None,
 ) -> ProxyFit:
     """Fit (D, C) vision proxies to the (N, C) plan, starting from the (D, C) ``init``.
 
@@ -64,12 +65,42 @@ def fit_vision_proxies(
     # equal results on MKL (checked up to N 50 000); it is copied once, not per iteration.
     xt = x.T.contiguous()
     target = xt @ harden_labels(plan, alpha)
+    if compute_dtype is not None and compute_dtype != x.dtype:
+        return _fit_mixed(x, xt, target, init, compute_dtype, tau_i, lr, iters, tol, patience, exact_iters)
     w = init.clone()
     prev_norm = math.inf
     step = lr
     quiet = 0  # consecutive iterations with max |W_new - W| < tol
     for it in range(iters):
         grad = xt @ torch.softmax(x @ w / tau_i, dim=1) - target
+        grad_norm = float(torch.norm(grad))
+        if grad_norm > prev_norm:
+            step /= 2
+        prev_norm = grad_norm
+        w_new = F.normalize(w - (step / (n * tau_i)) * grad, dim=0)
+        quiet = quiet + 1 if float((w_new - w).abs().max()) < tol else 0
+        w = w_new
+        if quiet >= patience and not exact_iters:
+            return ProxyFit(w, it + 1, True)
+    return ProxyFit(w, iters, quiet >= patience)
+
+
+def _fit_mixed(x, xt, target, init, dtype, tau_i, lr, iters, tol, patience, exact_iters) -> ProxyFit:
+    """The same loop with its two (N, D) x (D, C) products in ``dtype`` (fp16/bf16 on a GPU).
+
+    W, the gradient and the stop test stay float32 (mixed precision): the per-step update
+    ``step / (N tau_i) * G`` is far below half precision's resolution of W, and updating W in half
+    would swallow it.
+    """
+    n = x.shape[0]
+    x_half, xt_half = x.to(dtype), xt.to(dtype)
+    w = init.clone()
+    prev_norm = math.inf
+    step = lr
+    quiet = 0
+    for it in range(iters):
+        logits = (x_half @ w.to(dtype)).float()
+        grad = (xt_half @ torch.softmax(logits / tau_i, dim=1).to(dtype)).float() - target
         grad_norm = float(torch.norm(grad))
         if grad_norm > prev_norm:
             step /= 2

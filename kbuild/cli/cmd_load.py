@@ -16,7 +16,7 @@ from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, Pretrai
 
 
 def load(
-    files: Annotated[list[Path], typer.Argument(help="Curated files: JSON {class: [text]}, KPL JSON, CSV or JSONL.")],
+    files: Annotated[list[Path], typer.Argument(help="Curated files: JSON {class: [text]}, KPL JSON, CSV or JSONL; or one .npz with classes, texts, embeddings and model_id (your own vectors, no CLIP model loaded).")],
     format: Annotated[Optional[str], typer.Option("--format", "-f", help="Force a format: csv, cupl, dclip, jsonl, kpl, labo.")] = None,
     section: Annotated[Optional[str], typer.Option("--section", help="Section of a KPL-style file, e.g. Brain_Tumor_Features.")] = None,
     classes: Annotated[Optional[Path], typer.Option("--classes", help="classes.txt to check class names against.")] = None,

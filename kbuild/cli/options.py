@@ -18,7 +18,8 @@ ChromaUrlOpt = Annotated[Optional[str], typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", envvar=settings.ENV_CLIP_MODEL, show_envvar=True,
-    help="CLIP model: an open_clip name, local-dir:PATH or hf-hub:ORG/REPO "
+    help="CLIP model: an open_clip name, local-dir:PATH, hf-hub:ORG/REPO, transformers:ID_OR_DIR "
+         "or a name from 'kpl models' (biomedclip, monet, plip, ...) "
          f"\\[default: {settings.DEFAULT_CLIP_MODEL}].")]
 PretrainedOpt = Annotated[Optional[str], typer.Option(
     "--pretrained", envvar=settings.ENV_CLIP_PRETRAINED, show_envvar=True,

@@ -5,7 +5,9 @@ Accepted forms (the same as open_clip's own):
 - a model name plus a checkpoint file (``--pretrained weights.pt|.safetensors``), always loaded with
   ``weights_only=True`` or safetensors, so a checkpoint cannot run code;
 - ``local-dir:PATH``: open_clip's self-describing folder (``open_clip_config.json`` + weights);
-- ``hf-hub:ORG/REPO`` (e.g. BiomedCLIP).
+- ``hf-hub:ORG/REPO`` (e.g. BiomedCLIP);
+- ``transformers:ID_OR_DIR``: a transformers ``CLIPModel`` (MONET, PLIP, PubMedCLIP), see ``hf_clip``;
+- a registry name (``biomedclip``, ``monet``, ...; ``registry.MODELS``), resolved to one of the above.
 
 Every model gets a stable ``model_id`` used in provenance and as a cache key; for files it includes a
 hash of the weights, so two different checkpoints never share cached embeddings.
@@ -25,6 +27,9 @@ from typing import Sequence
 import numpy as np
 
 from kbuild.errors import KbuildError, UsageError
+
+from kbuild.clip.precision import image_autocast, pick_precision
+from kbuild.clip.registry import TRANSFORMERS, check_cached, resolve
 
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
@@ -55,6 +60,11 @@ def _local_dir_weights(folder: Path) -> Path | None:
 
 def model_id(spec: ModelSpec) -> str:
     """Stable identity of a model for provenance and cache keys."""
+    spec = _resolved(spec)
+    if spec.model.startswith(TRANSFORMERS):
+        from kbuild.clip.hf_clip import transformers_model_id
+
+        return transformers_model_id(spec.model, file_sha256)
     if spec.model.startswith(LOCAL_DIR):
         folder = Path(spec.model[len(LOCAL_DIR):]).expanduser()
         weights = _local_dir_weights(folder)
@@ -65,6 +75,12 @@ def model_id(spec: ModelSpec) -> str:
     if spec.pretrained and Path(spec.pretrained).expanduser().is_file():
         return f"{spec.model}@sha256:{file_sha256(Path(spec.pretrained).expanduser())[:16]}"
     return f"{spec.model}/{spec.pretrained or 'random'}"
+
+
+def _resolved(spec: ModelSpec) -> ModelSpec:
+    """A registry name replaced by its full spec (hub models carry their own weights: no pretrained)."""
+    full = resolve(spec.model)
+    return spec if full == spec.model else ModelSpec(full, None)
 
 
 def _check_spec(spec: ModelSpec) -> None:
@@ -81,8 +97,8 @@ def _check_spec(spec: ModelSpec) -> None:
 
     if spec.model not in open_clip.list_models():
         raise UsageError(
-            f"Unknown CLIP model '{spec.model}' (see open_clip.list_models(), or pass "
-            "--model local-dir:PATH or hf-hub:ORG/REPO)")
+            f"Unknown CLIP model '{spec.model}' (see open_clip.list_models() and 'kpl models', or pass "
+            "--model local-dir:PATH, hf-hub:ORG/REPO or transformers:ID_OR_DIR)")
     pretrained = spec.pretrained
     looks_like_file = pretrained and (("/" in pretrained) or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")))
     if looks_like_file and not Path(pretrained).expanduser().is_file():
@@ -141,10 +157,11 @@ def pick_device(device: str | None = None) -> str:
 class ClipModel:
     """A loaded CLIP model with batched, normalised text and image encoding. Build via ``load_clip``."""
 
-    def __init__(self, spec: ModelSpec, device: str | None = None):
+    def __init__(self, spec: ModelSpec, device: str | None = None, precision: str | None = None):
         _check_spec(spec)
         self.spec = spec
         self.device = pick_device(device)
+        self.precision = pick_precision(self.device, precision)
         logging.getLogger("open_clip").setLevel(logging.ERROR)  # "no pretrained weights" is expected in tests
         self.model, self.preprocess, self.tokenizer = _create(spec, self.device)
         self.model_id = model_id(spec)
@@ -172,13 +189,10 @@ class ClipModel:
         import torch
 
         with torch.inference_mode():
-            images = images.to(self.device)
-            if self.device == "cuda":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    out = self.model.encode_image(images, normalize=True)
-            else:
-                out = self.model.encode_image(images, normalize=True)
-        return out.float().cpu().numpy()
+            with image_autocast(self.device, self.precision):
+                out = self.model.encode_image(images.to(self.device))
+            # Normalised in float32: a half-precision norm leaves rows ~2e-3 off unit length.
+            return torch.nn.functional.normalize(out.float(), dim=-1).cpu().numpy()
 
     def count_tokens(self, text: str) -> int:
         """Number of BPE tokens plus start/end markers, compared against the context length."""
@@ -204,9 +218,17 @@ def _public_pretrained(pretrained: str | None) -> str | None:
 
 
 @lru_cache(maxsize=4)
-def load_clip(model: str, pretrained: str | None, device: str | None = None) -> ClipModel:
-    """Load (once per process) the CLIP model named by ``--model/--pretrained``."""
-    return ClipModel(ModelSpec(model, pretrained), device)
+def load_clip(model: str, pretrained: str | None, device: str | None = None,
+              precision: str | None = None) -> ClipModel:
+    """Load (once per process) the CLIP model named by ``--model/--pretrained`` (or a registry name)."""
+    spec = _resolved(ModelSpec(model, pretrained))
+    check_cached(spec.model, alias=model if spec.model != model else None)
+    if spec.model.startswith(TRANSFORMERS):
+        from kbuild.clip.hf_clip import HFClipModel
+
+        chosen = pick_device(device)
+        return HFClipModel(spec.model, chosen, model_id(spec), pick_precision(chosen, precision))
+    return ClipModel(spec, device, precision)
 
 
 def write_local_dir(model, config: dict, folder: Path) -> Path:

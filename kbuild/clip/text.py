@@ -66,6 +66,9 @@ def snapshot_embedder(home: Path, clip: dict, model: str | None = None, pretrain
     from kbuild.clip.models import load_clip
 
     chosen = settings.clip_override(model, pretrained) or (clip.get("model"), clip.get("pretrained"))
+    if not chosen[0]:
+        raise UsageError(f"This snapshot holds imported embeddings ({clip.get('model_id')}) and names no CLIP "
+                         "model to embed new texts with: pass --model (and --pretrained) for that space")
     return TextEmbedder(load_clip(*chosen), cache_path(home))
 
 

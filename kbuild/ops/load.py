@@ -9,7 +9,9 @@ from typing import Any, Callable
 from kbuild.classes_file import parse_classes_file
 from kbuild.clip.text import check_template
 from kbuild.errors import KbuildError
+from kbuild.errors import UsageError
 from kbuild.sources.curated import CuratedImport, load_curated
+from kbuild.sources.embedded import EmbeddedImport, is_embedded_file, read_embedded
 from kbuild.store import SnapshotInfo, SnapshotStore, validate_snapshot_name
 from kbuild.store.manifest import SnapshotDraft
 
@@ -17,7 +19,7 @@ from kbuild.store.manifest import SnapshotDraft
 @dataclass
 class LoadResult:
     snapshot: SnapshotInfo
-    imported: CuratedImport
+    imported: CuratedImport | EmbeddedImport
 
     def to_json(self) -> dict[str, Any]:
         return {"snapshot": self.snapshot.name, "content_hash": self.snapshot.content_hash,
@@ -36,6 +38,8 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
         validate_snapshot_name(name)  # a bad --name is a usage error before any file is read
     check_template(template)
     classes = [entry.name for entry in parse_classes_file(classes_file)] if classes_file else None
+    if any(is_embedded_file(p) for p in paths):
+        return _load_embedded(store, paths, classes, restrict, name, classes_file)
     imported = load_curated(paths, format=fmt, section=section, classes=classes, restrict=restrict)
     if not imported.descriptions:  # before anything is embedded or written
         raise KbuildError(f"Nothing to load: no descriptions in {', '.join(r.name for r in imported.files)} "
@@ -46,5 +50,24 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
                   "classes_file": Path(classes_file).name if classes_file else None, "restrict": restrict}
     draft = SnapshotDraft(imported.descriptions, embeddings, "load", parameters,
                           clip={**embedder.clip.describe(), "template": template},
+                          extra={"import": imported.to_json()})
+    return LoadResult(store.publish(draft, name=name), imported)
+
+
+def _load_embedded(store: SnapshotStore, paths: list[Path], classes: list[str] | None, restrict: bool,
+                   name: str | None, classes_file: Path | None) -> LoadResult:
+    """A knowledge base that brings its own vectors: stored as given, no CLIP model loaded."""
+    if len(paths) != 1:
+        raise UsageError("Load an embeddings file (.npz, or .jsonl with embeddings) on its own, not with other files "
+                         "(load each separately, then combine them with 'kbuild merge')")
+    imported = read_embedded(paths[0], classes, restrict)
+    if not imported.descriptions:
+        raise KbuildError(f"Nothing to load: no descriptions left in {Path(paths[0]).name} (check --classes)")
+    parameters = {"files": [Path(paths[0]).name], "format": "embeddings", "section": None,
+                  "classes_file": Path(classes_file).name if classes_file else None, "restrict": restrict}
+    # The embedding space is named by the file; there is no model to reload and no known template.
+    clip = {"model": None, "pretrained": None, "model_id": imported.model_id, "dim": imported.dim,
+            "template": None, "imported": True}
+    draft = SnapshotDraft(imported.descriptions, imported.embeddings, "load", parameters, clip=clip,
                           extra={"import": imported.to_json()})
     return LoadResult(store.publish(draft, name=name), imported)
