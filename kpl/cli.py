@@ -22,6 +22,7 @@ from kbuild.cli.app import run_with_boundary
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt
 from kbuild.errors import UsageError
 from kpl import KPLParams
+from kpl.shards import DEFAULT_SHARD_SIZE
 
 app = typer.Typer(
     name="kpl",
@@ -66,6 +67,16 @@ LrOpt = Annotated[float, typer.Option("--lr", help="Vision-proxy step size.")]
 ItersOpt = Annotated[int, typer.Option("--iters", help="Vision-proxy iterations (at most).")]
 GammaOpt = Annotated[float, typer.Option("--gamma", help="Class-prior exponent of the OT target (0 = uniform).")]
 ExactOpt = Annotated[bool, typer.Option("--exact-iters", help="Run all --iters, no early stop (for audits).")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="Image encoding: local (this process) or ray (a Ray cluster; needs kpl-toolkit[distributed]).")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address",
+    help="With --engine ray: auto or ray://HOST:10001 for a running cluster \\[default: start a local one].")]
+RayActorsOpt = Annotated[Optional[int], typer.Option(
+    "--ray-actors", help="With --engine ray: encoder actors \\[default: one per GPU; on CPUs one per 4 cores].")]
+ShardSizeOpt = Annotated[int, typer.Option(
+    "--shard-size",
+    help="With --engine ray: images per resumable shard (a killed run re-encodes only the missing shards).")]
 
 
 def _info(message: str) -> None:
@@ -88,8 +99,14 @@ def _progress():
     return report
 
 
+def _engine(name: str, address: str | None, actors: int | None, shard_size: int):
+    from kpl.ray_engine import EngineSpec
+
+    return EngineSpec(name, address, actors, shard_size).validate()
+
+
 def _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-            cache_dir, no_cache, store, chroma_url):
+            cache_dir, no_cache, store, chroma_url, engine=None):
     from kpl.evaluate import Inputs
 
     if batch_size < 1:
@@ -97,7 +114,7 @@ def _inputs(data, features, split, class_map, model, pretrained, template, devic
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be >= 0 (got {workers})")
     return Inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                  cache_dir, not no_cache, store, chroma_url)
+                  cache_dir, not no_cache, store, chroma_url, engine)
 
 
 def _open(inputs, kb_refs: list[str]):
@@ -143,7 +160,9 @@ def eval_(
     ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
-    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
+    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None, ray_actors: RayActorsOpt = None, shard_size: ShardSizeOpt = DEFAULT_SHARD_SIZE,
+    out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Run KPL and the baselines (clip, dclip, cupl, inmap) on a dataset with a snapshot's descriptions."""
@@ -154,7 +173,7 @@ def eval_(
                        exact_iters=exact_iters).validate()
     chosen = _parse_methods(methods)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url)
+                     cache_dir, no_cache, store, chroma_url, _engine(engine, ray_address, ray_actors, shard_size))
     result = evaluate(_open(inputs, [kb]), params, chosen)
     for method, why in result.skipped.items():
         _info(f"skipped {method}: {why}")
@@ -202,7 +221,9 @@ def sweep(
     alpha: Annotated[str, typer.Option("--alpha", help="Comma list of alphas.")] = str(_D.alpha),
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
-    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
+    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None, ray_actors: RayActorsOpt = None, shard_size: ShardSizeOpt = DEFAULT_SHARD_SIZE,
+    out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Run KPL for many settings over one feature cache: a table and an accuracy-vs-k plot."""
@@ -219,7 +240,7 @@ def sweep(
     for value in ks:
         KPLParams(**{**base.to_json(), "k": value}).validate()
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url)
+                     cache_dir, no_cache, store, chroma_url, _engine(engine, ray_address, ray_actors, shard_size))
     result = run_sweep(_open(inputs, [kb]), base, ks, grid)
     _emit(result.to_json(), json_out, sweep_table(result), f"sweep of {result.snapshot['name']}", out,
           write_sweep_outputs, result)
@@ -234,7 +255,9 @@ def compare(
     ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
-    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
+    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None, ray_actors: RayActorsOpt = None, shard_size: ShardSizeOpt = DEFAULT_SHARD_SIZE,
+    out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Evaluate two or more snapshots on the same features, side by side, with their differences."""
@@ -247,7 +270,7 @@ def compare(
                        exact_iters=exact_iters).validate()
     chosen = _parse_methods(methods)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url)
+                     cache_dir, no_cache, store, chroma_url, _engine(engine, ray_address, ray_actors, shard_size))
     result = run_compare(_open(inputs, list(kb)), params, chosen)
     _emit(result.to_json(), json_out, compare_table(result), "compare", out, write_compare_outputs, result)
     if not json_out:
@@ -261,7 +284,8 @@ def embed(
     split: SplitOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
     export: Annotated[Optional[Path], typer.Option("--export", help="Also write the features to this .npz.")] = None,
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
-    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False,
+    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None, ray_actors: RayActorsOpt = None, shard_size: ShardSizeOpt = DEFAULT_SHARD_SIZE,
     store: StoreOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Encode a dataset's images into the feature cache (and optionally export them as .npz)."""
@@ -269,7 +293,7 @@ def embed(
     from kpl.features import feature_notes, save_features_npz
 
     inputs = _inputs(data, None, split, None, model, pretrained, None, device, batch_size, workers,
-                     cache_dir, no_cache, store, None)
+                     cache_dir, no_cache, store, None, _engine(engine, ray_address, ray_actors, shard_size))
     fs, dataset, _clip = load_image_features(inputs, _progress())
     for message in feature_notes(fs, dataset):
         _info(message)

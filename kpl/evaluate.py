@@ -66,6 +66,7 @@ class Inputs:
     use_cache: bool = True
     store: str | None = None
     chroma_url: str | None = None
+    engine: Any = None  # kpl.ray_engine.EngineSpec; None: encode in this process
 
 
 @dataclass
@@ -93,7 +94,7 @@ def load_image_features(inputs: Inputs, progress: Progress | None = None,
     cache_dir = (inputs.cache_dir or settings.kpl_feature_cache(None, inputs.store)) if inputs.use_cache else None
     return load_or_encode(inputs.data, inputs.features, inputs.split, settings.clip_model(inputs.model),
                           settings.clip_pretrained(inputs.pretrained), inputs.device, inputs.batch_size,
-                          inputs.workers, cache_dir, progress, check_classes)
+                          inputs.workers, cache_dir, progress, check_classes, inputs.engine)
 
 
 def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progress: Progress | None = None) -> Session:
