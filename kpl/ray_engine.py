@@ -34,8 +34,10 @@ from .shards import DEFAULT_SHARD_SIZE, ShardFolder
 ENGINES = ("local", "ray")
 INSTALL_HINT = "pip install 'kpl-toolkit[distributed]'"
 # Ray must never phone home or wait on the network from this offline tool.
+# Its core-worker log line about actor constructor arguments (Ray Data's own actors) is noise for
+# our users; failures still surface as Python exceptions.
 _RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
-            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_BACKEND_LOG_LEVEL": "fatal"}
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,12 @@ class _Cluster:
         self.ray, self.address, self.started = import_ray(), address, False
 
     def __enter__(self):
+        import logging
+
         ray = self.ray
+        # Ray's own notices (token auth, progress bars) are not ours to print; its errors still come through.
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         if not ray.is_initialized():
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
@@ -97,9 +104,6 @@ class _Cluster:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
-        import logging
-
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
         return ray
 
     def __exit__(self, *exc):

@@ -118,8 +118,26 @@ def description_scores(x: torch.Tensor, classes: Sequence[torch.Tensor]) -> list
     closest scores within a class are 4e-7 apart, so both happen to select the same sets there,
     but near-duplicate descriptions (paraphrases, shared generic texts) can sit closer than
     that, and there the two forms can rank them differently.
+
+    Past ``SCORE_CHUNK_ELEMENTS`` entries in one (N, M_c) product (a million images), the product
+    is summed over row blocks (float64 across blocks) so it never exists whole.
     """
-    return [(x @ e.T).mean(dim=0) for e in classes]
+    return [_mean_similarity(x, e) for e in classes]
+
+
+# One (N, M_c) similarity matrix larger than this (256 MB in float32) is computed in row blocks.
+SCORE_CHUNK_ELEMENTS = 1 << 26
+
+
+def _mean_similarity(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    n = x.shape[0]
+    if n * e.shape[0] <= SCORE_CHUNK_ELEMENTS:
+        return (x @ e.T).mean(dim=0)
+    rows = max(1, SCORE_CHUNK_ELEMENTS // (8 * e.shape[0]))
+    total = torch.zeros(e.shape[0], dtype=torch.float64, device=x.device)
+    for start in range(0, n, rows):
+        total += (x[start:start + rows] @ e.T).sum(dim=0, dtype=torch.float64)
+    return (total / n).to(torch.float32)
 
 
 def select_top_k(scores: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
