@@ -4,7 +4,10 @@ to float32 summation order, so a million images run in bounded memory without ch
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+
+from kbuild.errors import KbuildError
 
 import kpl.retrieval as retrieval
 from kpl.proxies import fit_vision_proxies
@@ -45,3 +48,15 @@ def test_row_block_scores_match(monkeypatch):
     blocks = retrieval.description_scores(x, [e])[0]
     assert blocks.dtype == torch.float32 and (whole - blocks).abs().max() < 1e-6
     assert torch.equal(torch.argsort(whole), torch.argsort(blocks))
+
+
+def test_row_block_checks_name_the_bad_row_of_the_whole_matrix(monkeypatch):
+    monkeypatch.setattr(retrieval, "SCORE_CHUNK_ELEMENTS", 16 * 10)  # blocks of 1 row
+    x, _ = clustered(n=300, d=16)
+    x[123, 4] = float("nan")
+    x[200] = 0
+    with pytest.raises(KbuildError, match=r"NaN/inf in 1 row\(s\), first row 123;"):
+        retrieval.as_matrix(x, "image_features")
+    x[123, 4] = 0.5
+    with pytest.raises(KbuildError, match=r"1 all-zero row\(s\), first row 200;"):
+        retrieval.as_matrix(x, "image_features")
