@@ -56,7 +56,7 @@ def test_ray_engine_equals_local_engine_and_shares_its_cache(kpl, clip_env, ray_
 
 def test_killed_ray_run_resumes_with_the_missing_shards(kpl, clip_env, ray_cluster, tmp_path):
     # Large images so the run lasts long enough to be killed in the middle of it.
-    images = make_image_folder(tmp_path / "images", per_class=40, size=384, junk=False)
+    images = make_image_folder(tmp_path / "images", per_class=20, size=384, junk=False)
     cache = tmp_path / "cache"
     args = ["embed", "--data", images, "--cache-dir", cache, "--engine", "ray", "--ray-address", ray_cluster,
             "--ray-actors", "1", "--shard-size", "6", "--batch-size", "2", "--json"]
@@ -74,13 +74,13 @@ def test_killed_ray_run_resumes_with_the_missing_shards(kpl, clip_env, ray_clust
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert not list(cache.glob("*.npz")), "the run finished before it could be killed"
     kept = {p.name for p in cache.glob("*.shards/*.npz")}
-    assert 2 <= len(kept) < 20  # 120 images in shards of 6
+    assert 2 <= len(kept) < 10  # 60 images in shards of 6
 
     resumed = run_subprocess("kpl", *args, env=cli_env())
     assert resumed.code == 0, resumed.err
     report = resumed.json()
     reused = report["cache"]["shards"]["reused"]
-    assert reused >= len(kept) and report["encoded"] == 120 - 6 * reused
+    assert reused >= len(kept) and report["encoded"] == 60 - 6 * reused
     assert not list(cache.glob("*.shards")), "shards are removed once joined into the cache entry"
     local = embed(kpl, images, tmp_path / "local_cache", "--export", tmp_path / "local.npz")
     hit = embed(kpl, images, cache, "--export", tmp_path / "ray.npz")
@@ -127,3 +127,19 @@ def test_without_ray_one_line_says_what_to_install(clip_env, tmp_path):
 def test_bad_engine_options_are_usage_errors(kpl, clip_env, tmp_path, args, message):
     result = kpl("embed", "--data", tmp_path, *args)
     assert result.code == 2 and message in result.err.strip().splitlines()[-1], result.err
+
+
+def test_eval_with_ray_engine_then_default_engine_hits_the_cache(kpl, clip_env, kbuild, ray_cluster, tmp_path):
+    (tmp_path / "kb.json").write_text(json.dumps({"bird": ["feathers", "a beak"], "cat": ["whiskers"],
+                                                  "dog": ["floppy ears", "a wet nose"]}), encoding="utf-8")
+    assert kbuild("load", tmp_path / "kb.json").code == 0
+    images = make_image_folder(tmp_path / "images", per_class=4)
+    common = ["eval", "--kb", "latest", "--data", images, "--cache-dir", tmp_path / "cache", "--iters", "50",
+              "--methods", "clip,kpl", "--json"]
+    first = kpl(*common, "--engine", "ray", "--shard-size", "4")
+    assert first.code == 0, first.err
+    assert "(miss, 13 encoded)" in first.err
+    second = kpl(*common)
+    assert second.code == 0 and "(hit, 0 encoded)" in second.err, second.err
+    confusion = [{m: r["confusion_matrix"] for m, r in run.json()["results"].items()} for run in (first, second)]
+    assert confusion[0] == confusion[1] and len(confusion[0]) >= 2
