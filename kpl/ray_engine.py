@@ -150,7 +150,8 @@ def _actor_plan(ray, device: str | None, actors: int | None) -> tuple[str, int, 
     if device == "cuda":
         if not gpus:
             raise KbuildError("--device cuda, but the Ray cluster has no GPU (drop --device, or add GPU nodes)")
-        return device, actors or gpus, {"num_gpus": 1}, 1
+        count = actors or gpus
+        return device, count, {"num_gpus": min(1.0, gpus / count)}, 1  # more actors than GPUs share them
     if device != "cpu":
         raise UsageError(f"--engine ray encodes on cuda or cpu (got --device {device})")
     cpus = max(1, int(resources.get("CPU", 1)))

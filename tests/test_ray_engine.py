@@ -54,6 +54,7 @@ def test_ray_engine_equals_local_engine_and_shares_its_cache(kpl, clip_env, ray_
     assert again["cache"]["status"] == "hit" and again["encoded"] == 0
 
 
+@pytest.mark.slow
 def test_killed_ray_run_resumes_with_the_missing_shards(kpl, clip_env, ray_cluster, tmp_path):
     # Large images so the run lasts long enough to be killed in the middle of it.
     images = make_image_folder(tmp_path / "images", per_class=20, size=384, junk=False)
