@@ -68,7 +68,7 @@ ItersOpt = Annotated[int, typer.Option("--iters", help="Vision-proxy iterations 
 GammaOpt = Annotated[float, typer.Option("--gamma", help="Class-prior exponent of the OT target (0 = uniform).")]
 ExactOpt = Annotated[bool, typer.Option("--exact-iters", help="Run all --iters, no early stop (for audits).")]
 EngineOpt = Annotated[str, typer.Option(
-    "--engine", help="Image encoding: local (this process) or ray (a Ray cluster; needs kpl-toolkit[distributed]).")]
+    "--engine", help="Image encoding: local (this process) or ray (a Ray cluster; needs kpl-toolkit\\[distributed]).")]
 RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address",
     help="With --engine ray: auto or ray://HOST:10001 for a running cluster \\[default: start a local one].")]
