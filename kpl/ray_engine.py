@@ -187,8 +187,8 @@ def encode_dataset_ray(dataset: ImageDataset, clip, model: str, pretrained: str 
         cache = FeatureCache(Path(scratch.name) if scratch else cache_dir)
         try:
             hit = cache.get(key, count) if scratch is None else None
-            cache_info: dict[str, Any] = {"status": "hit" if hit is not None else "miss", "key": f"sha256:{key}",
-                                          "engine": "ray"}
+            status = "off" if scratch is not None else ("hit" if hit is not None else "miss")
+            cache_info: dict[str, Any] = {"status": status, "key": f"sha256:{key}", "engine": "ray"}
             if scratch is None:
                 cache_info["file"] = str(cache.file(key))
             if hit is not None:

@@ -54,6 +54,15 @@ def test_ray_engine_equals_local_engine_and_shares_its_cache(kpl, clip_env, ray_
     assert again["cache"]["status"] == "hit" and again["encoded"] == 0
 
 
+def test_ray_engine_without_cache_leaves_nothing_behind(kpl, clip_env, ray_cluster, tmp_path):
+    images = make_image_folder(tmp_path / "images", per_class=2, junk=False)
+    result = kpl("embed", "--data", images, "--no-cache", "--engine", "ray", "--shard-size", "2", "--json")
+    assert result.code == 0, result.err
+    report = result.json()
+    assert report["cache"]["status"] == "off" and report["encoded"] == 6 and report["images"] == 6
+    assert not (clip_env / "cache").exists()
+
+
 @pytest.mark.slow
 def test_killed_ray_run_resumes_with_the_missing_shards(kpl, clip_env, ray_cluster, tmp_path):
     # Large images so the run lasts long enough to be killed in the middle of it.
