@@ -22,6 +22,7 @@ from kbuild.cli.boundary import run_with_boundary
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt
 from kpl.errors import UsageError
 from kpl import KPLParams
+from kpl.shards import DEFAULT_SHARD_SIZE
 
 app = typer.Typer(
     name="kpl",
@@ -74,6 +75,16 @@ GammaOpt = Annotated[float, typer.Option("--gamma", help="Class-prior exponent o
 ExactOpt = Annotated[bool, typer.Option("--exact-iters", help="Run all --iters, no early stop (for audits).")]
 KOpt = Annotated[str, typer.Option(
     "--k", help="Descriptions kept per class, or auto: chosen without labels from k = 1..30 (see README).")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="Image encoding: local (this process) or ray (a Ray cluster; needs kpl-toolkit\\[distributed]).")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address",
+    help="With --engine ray: auto or ray://HOST:10001 for a running cluster \\[default: start a local one].")]
+RayActorsOpt = Annotated[Optional[int], typer.Option(
+    "--ray-actors", help="With --engine ray: encoder actors \\[default: one per GPU; on CPUs one per 4 cores].")]
+ShardSizeOpt = Annotated[int, typer.Option(
+    "--shard-size",
+    help="With --engine ray: images per resumable shard (a killed run re-encodes only the missing shards).")]
 
 
 def _info(message: str) -> None:
@@ -96,8 +107,14 @@ def _progress():
     return report
 
 
+def _engine(name: str, address: str | None, actors: int | None, shard_size: int):
+    from kpl.ray_engine import EngineSpec
+
+    return EngineSpec(name, address, actors, shard_size).validate()
+
+
 def _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-            cache_dir, no_cache, store, chroma_url, precision: str = "auto"):
+            cache_dir, no_cache, store, chroma_url, precision: str = "auto", engine=None):
     from kpl.evaluate import Inputs
 
     if batch_size < 1:
@@ -106,7 +123,7 @@ def _inputs(data, features, split, class_map, model, pretrained, template, devic
         raise UsageError(f"--workers must be >= 0 (got {workers})")
     _check_precision(precision)
     return Inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                  cache_dir, not no_cache, store, chroma_url, precision)
+                  cache_dir, not no_cache, store, chroma_url, precision, engine)
 
 
 def _check_precision(precision: str) -> None:
@@ -168,7 +185,9 @@ def eval_(
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
-    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
+    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None, ray_actors: RayActorsOpt = None, shard_size: ShardSizeOpt = DEFAULT_SHARD_SIZE,
+    out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Run KPL and the baselines (clip, dclip, cupl, inmap, transclip) on a dataset with a snapshot's descriptions."""
@@ -180,7 +199,7 @@ def eval_(
                        exact_iters=exact_iters, precision=_loop_precision(precision, device)).validate()
     chosen = _parse_methods(methods)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url, precision)
+                     cache_dir, no_cache, store, chroma_url, precision, _engine(engine, ray_address, ray_actors, shard_size))
     result = evaluate(_open(inputs, [kb]), params, chosen, auto_k=auto_k)
     for method, why in result.skipped.items():
         _info(f"skipped {method}: {why}")
@@ -268,7 +287,9 @@ def sweep(
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
-    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
+    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None, ray_actors: RayActorsOpt = None, shard_size: ShardSizeOpt = DEFAULT_SHARD_SIZE,
+    out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Run KPL for many settings over one feature cache: a table and a balanced-accuracy-vs-k plot."""
@@ -287,7 +308,7 @@ def sweep(
         if value != "auto":
             KPLParams(**{**base.to_json(), "k": value}).validate()
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url, precision)
+                     cache_dir, no_cache, store, chroma_url, precision, _engine(engine, ray_address, ray_actors, shard_size))
     result = run_sweep(_open(inputs, [kb]), base, ks, grid)
     _emit(result.to_json(), json_out, sweep_table(result), f"sweep of {result.snapshot['name']}", out,
           write_sweep_outputs, result)
@@ -303,7 +324,9 @@ def compare(
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
     methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
-    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
+    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None, ray_actors: RayActorsOpt = None, shard_size: ShardSizeOpt = DEFAULT_SHARD_SIZE,
+    out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Evaluate two or more snapshots on the same features, side by side, with their differences."""
@@ -317,7 +340,7 @@ def compare(
                        exact_iters=exact_iters, precision=_loop_precision(precision, device)).validate()
     chosen = _parse_methods(methods)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url, precision)
+                     cache_dir, no_cache, store, chroma_url, precision, _engine(engine, ray_address, ray_actors, shard_size))
     result = run_compare(_open(inputs, list(kb)), params, chosen, auto_k=auto_k)
     _emit(result.to_json(), json_out, compare_table(result), "compare", out, write_compare_outputs, result)
     if not json_out:
@@ -332,7 +355,8 @@ def embed(
     export: Annotated[Optional[Path], typer.Option("--export", help="Also write the features to this .npz.")] = None,
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
-    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False,
+    cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None, ray_actors: RayActorsOpt = None, shard_size: ShardSizeOpt = DEFAULT_SHARD_SIZE,
     store: StoreOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Encode a dataset's images into the feature cache (and optionally export them as .npz)."""
@@ -340,7 +364,7 @@ def embed(
     from kpl.features import feature_notes, save_features_npz
 
     inputs = _inputs(data, None, split, None, model, pretrained, None, device, batch_size, workers,
-                     cache_dir, no_cache, store, None, precision)
+                     cache_dir, no_cache, store, None, precision, _engine(engine, ray_address, ray_actors, shard_size))
     fs, dataset, _clip = load_image_features(inputs, _progress())
     for message in feature_notes(fs, dataset):
         _info(message)

@@ -73,6 +73,7 @@ class Inputs:
     store: str | None = None
     chroma_url: str | None = None
     precision: str | None = None  # image encoding: auto (fp16 on CUDA), fp32, fp16, bf16
+    engine: Any = None  # kpl.ray_engine.EngineSpec; None: encode in this process
 
 
 @dataclass
@@ -100,7 +101,7 @@ def load_image_features(inputs: Inputs, progress: Progress | None = None,
     cache_dir = (inputs.cache_dir or settings.kpl_feature_cache(None, inputs.store)) if inputs.use_cache else None
     return load_or_encode(inputs.data, inputs.features, inputs.split, settings.clip_model(inputs.model),
                           settings.clip_pretrained(inputs.pretrained), inputs.device, inputs.batch_size,
-                          inputs.workers, cache_dir, progress, check_classes, inputs.precision)
+                          inputs.workers, cache_dir, progress, check_classes, inputs.precision, inputs.engine)
 
 
 def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progress: Progress | None = None) -> Session:

@@ -335,13 +335,19 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
                 cache_info["error"] = str(err)
     else:
         features, ok = hit
+    return feature_set(dataset, clip, features, ok, cache_info, encoded, clip.device, precision_of(clip))
+
+
+def feature_set(dataset: ImageDataset, clip, features: np.ndarray, ok: np.ndarray, cache_info: dict[str, Any],
+                encoded: int, device: str, precision: str) -> FeatureSet:
+    """The FeatureSet of ``dataset`` from its decodable rows ``features`` and (N,) ``ok`` mask (any engine)."""
     if not ok.any():
         raise KplError(f"None of the {len(dataset)} images in {dataset.root} could be decoded (all corrupt?)")
     return FeatureSet(
         features, dataset.labels[ok], list(dataset.class_names), clip.model_id,
         [str(p) for p, good in zip(dataset.paths, ok) if good],
-        source={"kind": dataset.kind, "path": str(dataset.root), "split": dataset.split, "device": clip.device,
-                "precision": precision_of(clip)},
+        source={"kind": dataset.kind, "path": str(dataset.root), "split": dataset.split, "device": device,
+                "precision": precision},
         cache=cache_info, encoded=encoded,
         corrupt=[str(p) for p, good in zip(dataset.paths, ok) if not good])
 
@@ -349,11 +355,13 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
 def load_or_encode(data: Path | None, features: Path | None, split: str | None, model: str, pretrained: str | None,
                    device: str | None = None, batch_size: int = 64, workers: int | None = None,
                    cache_dir: Path | None = None, progress: Progress | None = None,
-                   check_classes: Callable[[list[str]], None] | None = None, precision: str | None = None):
+                   check_classes: Callable[[list[str]], None] | None = None, precision: str | None = None,
+                   engine=None):
     """(FeatureSet, ImageDataset or None, image model or None): read ``features`` or encode ``data``.
 
     Exactly one of the two is given; ``cache_dir`` None encodes without caching. ``check_classes``
     sees the dataset's class names before any model is loaded or image encoded (it raises to stop).
+    ``engine`` (a kpl.ray_engine.EngineSpec) None or ``local`` encodes in this process.
     """
     from kbuild.clip.models import load_clip
 
@@ -370,6 +378,11 @@ def load_or_encode(data: Path | None, features: Path | None, split: str | None, 
     if check_classes is not None:
         check_classes(dataset.class_names)
     clip = load_clip(model, pretrained, device, precision)
+    if engine is not None and engine.name == "ray":
+        from .ray_engine import encode_dataset_ray
+
+        fs = encode_dataset_ray(dataset, clip, model, pretrained, device, cache_dir, batch_size, engine, progress)
+        return fs, dataset, clip
     return encode_dataset(dataset, clip, cache_dir, batch_size, workers, progress), dataset, clip
 
 

@@ -25,6 +25,9 @@ from kpl.errors import KplError, UsageError
 # Float32 rounding leaves unit vectors within ~2e-7 of norm 1; features kept in float16 are
 # off by up to ~5e-4. Anything beyond this bound was not normalised in float32.
 UNIT_NORM_TOL = 1e-5
+# Past this many entries (256 MB in float32), a (rows, D) check or an (N, M_c) similarity matrix
+# is computed in row blocks, so a million images never need a second matrix of their size.
+SCORE_CHUNK_ELEMENTS = 1 << 26
 
 
 def as_matrix(values, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -56,13 +59,22 @@ def as_matrix(values, name: str, device: str | torch.device = "cpu") -> torch.Te
 
 def _check_rows(tensor: torch.Tensor, name: str) -> None:
     """Raise a KplError for NaN/inf or all-zero rows, which have no direction."""
-    bad = (~torch.isfinite(tensor)).any(dim=1).nonzero().flatten()
+    # Row blocks: (N, D) boolean temporaries would cost half of a million-image X again.
+    n = tensor.shape[0]
+    rows = max(1, SCORE_CHUNK_ELEMENTS // (8 * tensor.shape[1]))
+    nonfinite = torch.zeros(n, dtype=torch.bool, device=tensor.device)
+    zero_rows = torch.zeros(n, dtype=torch.bool, device=tensor.device)
+    for start in range(0, n, rows):
+        block = tensor[start:start + rows]
+        nonfinite[start:start + rows] = (~torch.isfinite(block)).any(dim=1)
+        zero_rows[start:start + rows] = (block == 0).all(dim=1)
+    bad = nonfinite.nonzero().flatten()
     if bad.numel():
         raise KplError(
             f"{name} has NaN/inf in {bad.numel()} row(s), first row {int(bad[0])}; "
             "re-encode those inputs or drop them"
         )
-    zero = (tensor == 0).all(dim=1).nonzero().flatten()
+    zero = zero_rows.nonzero().flatten()
     if zero.numel():
         raise KplError(f"{name} has {zero.numel()} all-zero row(s), first row {int(zero[0])}; drop them")
 
@@ -118,8 +130,23 @@ def description_scores(x: torch.Tensor, classes: Sequence[torch.Tensor]) -> list
     closest scores within a class are 4e-7 apart, so both happen to select the same sets there,
     but near-duplicate descriptions (paraphrases, shared generic texts) can sit closer than
     that, and there the two forms can rank them differently.
+
+    Past ``SCORE_CHUNK_ELEMENTS`` entries in one (N, M_c) product (a million images), the product
+    is summed over row blocks (float64 across blocks) so it never exists whole.
     """
-    return [(x @ e.T).mean(dim=0) for e in classes]
+    return [_mean_similarity(x, e) for e in classes]
+
+
+
+def _mean_similarity(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    n = x.shape[0]
+    if n * e.shape[0] <= SCORE_CHUNK_ELEMENTS:
+        return (x @ e.T).mean(dim=0)
+    rows = max(1, SCORE_CHUNK_ELEMENTS // (8 * e.shape[0]))
+    total = torch.zeros(e.shape[0], dtype=torch.float64, device=x.device)
+    for start in range(0, n, rows):
+        total += (x[start:start + rows] @ e.T).sum(dim=0, dtype=torch.float64)
+    return (total / n).to(torch.float32)
 
 
 def select_top_k(scores: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:

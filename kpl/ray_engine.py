@@ -1,0 +1,275 @@
+"""``--engine ray``: encode an image collection on a Ray cluster into the ordinary feature cache.
+
+Ray Data reads the file list (index, path), a pool of CLIP encoder actors maps batches of it
+(one actor per GPU, or ``--ray-actors N`` on CPUs), and the driver collects the rows by their
+carried index, never by Ray's row order. Finished ranges of ``shard_size`` files are written
+atomically as shards (kpl.shards), so a killed run resumes with the missing ranges only; when
+all are there they are joined into the same ``<key>.npz`` entry, under the same key, that the
+in-process encoder writes. Everything downstream (``kpl eval``, sweep, compare) is unchanged and
+encodes nothing when the entry is there.
+
+Each actor decodes and preprocesses with the very code of the in-process engine
+(``kpl.features._ImageFiles``) and the same model loader, and checks that its model has the
+driver's ``model_id``, so both engines give the same features (to batch-composition rounding).
+Image paths must be readable at the same path on every node (a shared filesystem); the cache
+only has to be on the driver's machine, since features come back to the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kbuild.errors import KbuildError, UsageError
+
+from .datasets import ImageDataset
+from .features import FeatureCache, FeatureSet, Progress, cache_key, feature_set, precision_of
+from .shards import DEFAULT_SHARD_SIZE, ShardFolder
+
+ENGINES = ("local", "ray")
+INSTALL_HINT = "pip install 'kpl-toolkit[distributed]'"
+# Ray must never phone home or wait on the network from this offline tool.
+# Its core-worker log line about actor constructor arguments (Ray Data's own actors) is noise for
+# our users; failures still surface as Python exceptions.
+_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_BACKEND_LOG_LEVEL": "fatal"}
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How to encode images: in this process (``local``) or on Ray (``address`` None: a local cluster)."""
+
+    name: str = "local"
+    address: str | None = None
+    actors: int | None = None
+    shard_size: int = DEFAULT_SHARD_SIZE
+
+    def validate(self) -> EngineSpec:
+        """Return self, or raise naming the bad value; ``ray`` also needs Ray to be importable."""
+        if self.name not in ENGINES:
+            raise UsageError(f"--engine {self.name!r} is not an engine (choose local or ray)")
+        if self.actors is not None and self.actors < 1:
+            raise UsageError(f"--ray-actors must be >= 1 (got {self.actors})")
+        if self.shard_size < 1:
+            raise UsageError(f"--shard-size must be >= 1 (got {self.shard_size})")
+        if self.name == "local" and (self.address or self.actors):
+            raise UsageError("--ray-address and --ray-actors need --engine ray")
+        if self.name == "ray":
+            import_ray()
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "address": self.address, "actors": self.actors, "shard_size": self.shard_size}
+
+
+def import_ray():
+    """The ``ray`` module with Ray Data, or a one-line error saying what to install."""
+    for key, value in _RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise KbuildError(f"--engine ray needs Ray Data, which is not installed ({INSTALL_HINT})") from None
+    return ray
+
+
+class _Cluster:
+    """Connect to ``address`` or start a local cluster; shut down only a cluster this process started."""
+
+    def __init__(self, address: str | None):
+        self.ray, self.address, self.started = import_ray(), address, False
+
+    def __enter__(self):
+        import logging
+
+        ray = self.ray
+        # Ray's own notices (token auth, progress bars) are not ours to print; its errors still come through.
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False, ignore_reinit_error=True)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                where = self.address or "a local cluster"
+                raise KbuildError(f"Cannot start Ray on {where}: {str(err).splitlines()[0] if str(err) else err} "
+                                  "(check --ray-address, or start one with 'ray start --head')") from None
+            self.started = True
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        return ray
+
+    def __exit__(self, *exc):
+        if self.started:
+            self.ray.shutdown()
+
+
+class _Encoder:
+    """A Ray Data actor: the CLIP model loaded once, applied to batches of (index, path)."""
+
+    def __init__(self, model: str, pretrained: str | None, device: str, model_id: str, threads: int):
+        import torch
+
+        from kbuild.encoder import load_clip
+
+        from .features import _ImageFiles, _placeholder
+
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        self.clip = load_clip(model, pretrained, device)
+        if self.clip.model_id != model_id:
+            raise KbuildError(f"the model on this Ray node is {self.clip.model_id}, the driver's is {model_id} "
+                              "(give every node the same weights)")
+        self.files = lambda paths: _ImageFiles(paths, self.clip.preprocess, _placeholder(self.clip.preprocess))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        files = self.files([Path(p) for p in batch["path"].tolist()])
+        items = [files[i] for i in range(len(files))]
+        ok = np.array([good for _, _, good in items], dtype=bool)
+        features = np.zeros((len(items), self.clip.dim), dtype=np.float32)
+        if ok.any():
+            images = torch.stack([image for image, _, good in items if good])
+            features[ok] = self.clip.encode_image_batch(images)
+        return {"index": batch["index"], "ok": ok, "features": features}
+
+
+def _actor_plan(ray, device: str | None, actors: int | None) -> tuple[str, int, dict[str, float], int]:
+    """(device, actor count, resources per actor, torch threads per actor) for this cluster."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    device = device or ("cuda" if gpus else "cpu")
+    if device == "cuda":
+        if not gpus:
+            raise KbuildError("--device cuda, but the Ray cluster has no GPU (drop --device, or add GPU nodes)")
+        count = actors or gpus
+        return device, count, {"num_gpus": min(1.0, gpus / count)}, 1  # more actors than GPUs share them
+    if device != "cpu":
+        raise UsageError(f"--engine ray encodes on cuda or cpu (got --device {device})")
+    cpus = max(1, int(resources.get("CPU", 1)))
+    node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    count = actors or max(1, cpus // 4)
+    per_actor = max(1, min(min(node_cpus or [cpus]), cpus // count))
+    return device, count, {"num_cpus": per_actor}, per_actor
+
+
+def _precision(device: str) -> str:
+    return "fp16-autocast" if device == "cuda" else "fp32"
+
+
+def encode_dataset_ray(dataset: ImageDataset, clip, model: str, pretrained: str | None, device: str | None,
+                       cache_dir: Path | None, batch_size: int, engine: EngineSpec,
+                       progress: Progress | None = None) -> FeatureSet:
+    """Like ``kpl.features.encode_dataset``, with the encoding done by Ray actors, in shards."""
+    if batch_size < 1:
+        raise KbuildError(f"batch size must be >= 1 (got {batch_size})")
+    count = len(dataset)
+    # A finished entry (from either engine) needs no cluster at all.
+    if cache_dir is not None:
+        early = _from_cache(dataset, clip, cache_dir, precision_of(clip))
+        if early is not None:
+            return early
+    with _Cluster(engine.address) as ray:
+        device, actors, resources, threads = _actor_plan(ray, device, engine.actors)
+        precision = _precision(device)
+        key = cache_key(clip.model_id, repr(clip.preprocess), precision, dataset.paths)
+        scratch = None
+        if cache_dir is None:  # --no-cache: shards still need a home for this run
+            scratch = tempfile.TemporaryDirectory(prefix="kpl-shards-")
+        cache = FeatureCache(Path(scratch.name) if scratch else cache_dir)
+        try:
+            hit = cache.get(key, count) if scratch is None else None
+            status = "off" if scratch is not None else ("hit" if hit is not None else "miss")
+            cache_info: dict[str, Any] = {"status": status, "key": f"sha256:{key}", "engine": "ray"}
+            if scratch is None:
+                cache_info["file"] = str(cache.file(key))
+            if hit is not None:
+                return feature_set(dataset, clip, hit[0], hit[1], cache_info, 0, device, precision)
+            shards = ShardFolder(cache, key, count, engine.shard_size)
+            missing = shards.missing()
+            cache_info["shards"] = {"total": len(shards.ranges), "reused": len(shards.ranges) - len(missing),
+                                    "size": engine.shard_size}
+            spec = {"model": model, "pretrained": pretrained, "device": device, "model_id": clip.model_id,
+                    "threads": threads}
+            encoded = _encode_missing(ray, dataset, shards, missing, spec, batch_size, actors, resources, progress)
+            features, ok = shards.join(clip.dim)
+            if scratch is None:
+                meta = {"model_id": clip.model_id, "preprocess": repr(clip.preprocess), "root": str(dataset.root),
+                        "files": count, "precision": precision, "engine": "ray"}
+                try:
+                    cache.put(key, features, ok, meta)
+                    shards.remove()
+                except KbuildError as err:  # keep the shards: a rerun joins them without encoding
+                    cache_info["error"] = str(err)
+            return feature_set(dataset, clip, features, ok, cache_info, encoded, device, precision)
+        finally:
+            if scratch is not None:
+                scratch.cleanup()
+
+
+def _from_cache(dataset: ImageDataset, clip, cache_dir: Path, precision: str) -> FeatureSet | None:
+    key = cache_key(clip.model_id, repr(clip.preprocess), precision, dataset.paths)
+    cache = FeatureCache(cache_dir)
+    hit = cache.get(key, len(dataset))
+    if hit is None:
+        return None
+    info = {"status": "hit", "key": f"sha256:{key}", "file": str(cache.file(key)), "engine": "ray"}
+    return feature_set(dataset, clip, hit[0], hit[1], info, 0, clip.device, precision)
+
+
+def _encode_missing(ray, dataset: ImageDataset, shards: ShardFolder, missing: list[tuple[int, int]], spec: dict,
+                    batch_size: int, actors: int, resources: dict, progress: Progress | None) -> int:
+    """Encode the ``missing`` ranges on the actor pool, writing each shard as soon as it is complete."""
+    import pyarrow as pa
+
+    total = len(dataset)
+    todo = sum(stop - start for start, stop in missing)
+    done = total - todo
+    if progress:
+        progress(done, total)
+    if not missing:
+        return 0
+    # One block per shard: Ray spreads blocks over the actors, and a shard finishes as a unit.
+    tables = [pa.table({"index": np.arange(start, stop, dtype=np.int64),
+                        "path": [str(p) for p in dataset.paths[start:stop]]}) for start, stop in missing]
+    size = shards.ranges[0][1] - shards.ranges[0][0]
+    pending: dict[int, list] = {}  # range start -> [features (n, D), ok (n,), rows received]
+    ends = dict(missing)
+    mapped = ray.data.from_arrow(tables).map_batches(
+        _Encoder, fn_constructor_kwargs=spec, batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors), **resources)
+    try:
+        for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
+            index = batch["index"].astype(np.int64)
+            starts = (index // size) * size
+            for start in np.unique(starts).tolist():
+                rows = starts == start
+                stop = ends[start]
+                slot = pending.setdefault(start, [np.zeros((stop - start, batch["features"].shape[1]), np.float32),
+                                                  np.zeros(stop - start, dtype=bool), 0])
+                local = index[rows] - start
+                slot[0][local] = batch["features"][rows]
+                slot[1][local] = batch["ok"][rows]
+                slot[2] += int(rows.sum())
+                if slot[2] == stop - start:
+                    shards.write(start, stop, slot[0][slot[1]], slot[1])
+                    del pending[start]
+            done += len(index)
+            if progress:
+                progress(done, total)
+    except KbuildError:
+        raise
+    except Exception as err:  # a Ray task/actor failure: say what, keep the finished shards
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise KbuildError(f"Ray encoding failed: {first[:300]} (finished shards are kept; rerun to resume)") from None
+    if pending:
+        raise KbuildError(f"Ray encoding ended with {len(pending)} shard(s) incomplete (rerun to resume)")
+    return todo
