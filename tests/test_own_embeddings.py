@@ -15,7 +15,7 @@ from kpl import KPLParams, compute_metrics, run_baseline, run_kpl
 from kpl.retrieval import split_by_class
 
 SPACE = "ViT-B-16/openai@concept-based-interpretability-VLM"
-ROWS = ("clip", "dclip", "cupl", "inmap", "kpl.text", "kpl.image", "kpl.image_ot")
+ROWS = ("clip", "dclip", "cupl", "inmap", "transclip", "transclip_desc", "kpl.text", "kpl.image", "kpl.image_ot")
 
 
 @pytest.fixture()
@@ -82,21 +82,23 @@ def test_ph2_round_trip_matches_the_library(kbuild, kpl, store, shared_dir, tmp_
     for method in ("clip", "dclip", "cupl", "inmap"):
         expected[method] = run_baseline(method, x, class_embeddings=classes, name_embeddings=names,
                                         **(inmap if method == "inmap" else {})).predictions
+    expected["transclip"] = run_baseline("transclip", x, name_embeddings=names).predictions
+    expected["transclip_desc"] = run_baseline("transclip", x, class_embeddings=classes).predictions
     for row, predictions in expected.items():
         want = compute_metrics(labels, predictions, class_names=[str(c) for c in data["class_names"]])
         for key in ("accuracy", "balanced_accuracy", "macro_f1"):
             assert table[row][key] == pytest.approx(getattr(want, key), abs=1e-12), (row, key)
 
 
-def test_without_name_embeddings_clip_and_inmap_are_skipped(kbuild, kpl, store, shared_dir, tmp_path):
+def test_without_name_embeddings_the_class_name_rows_are_skipped(kbuild, kpl, store, shared_dir, tmp_path):
     kb, feats, _ = ph2_files(shared_dir, tmp_path, names=False)
     assert kbuild("load", kb).code == 0
     result = kpl("eval", "--kb", "latest", "--features", feats, "--json", "--iters", "50")
     assert result.code == 0, result.err
     assert "no name_embeddings" in result.err
     payload = json.loads(result.out)
-    assert set(payload["skipped_methods"]) == {"clip", "inmap"}
-    assert "kpl.image_ot" in payload["results"] and "dclip" in payload["results"]
+    assert set(payload["skipped_methods"]) == {"clip", "inmap", "transclip"}
+    assert {"kpl.image_ot", "dclip", "transclip_desc"} <= set(payload["results"])
 
 
 def test_features_in_another_space_name_both(kbuild, kpl, store, shared_dir, tmp_path):
