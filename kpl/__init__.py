@@ -8,28 +8,45 @@ Public API::
     run_kpl(image_features, class_embeddings, k="auto").auto          # k chosen without labels
     run_baseline("transclip", image_features, name_embeddings=T)      # TransCLIP-ZS
 
-Errors are ``kpl.KplError`` (and its ``UsageError``, ``InputFileError``); importing ``kpl`` loads only numpy and torch.
+Errors are ``kpl.KplError`` (and its ``UsageError``, ``InputFileError``). Names are imported on first
+use (PEP 562), so ``import kpl`` and ``kpl --help`` load no torch until a function needs it.
 """
 
-from kpl.baselines import BASELINES, BaselineResult, run_baseline
-from kpl.errors import InputFileError, KplError, UsageError
-from kpl.core import KPLParams, KPLResult, StageResult, run_kpl, run_kpl_many
-from kpl.metrics import Metrics, compute_metrics
-from kpl.ot import OT_METHODS
+from __future__ import annotations
 
-__all__ = [
-    "BASELINES",
-    "BaselineResult",
-    "InputFileError",
-    "KPLParams",
-    "KPLResult",
-    "KplError",
-    "Metrics",
-    "OT_METHODS",
-    "StageResult",
-    "UsageError",
-    "compute_metrics",
-    "run_baseline",
-    "run_kpl",
-    "run_kpl_many",
-]
+import importlib
+from typing import TYPE_CHECKING
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "BASELINES": "kpl.baselines", "BaselineResult": "kpl.baselines", "run_baseline": "kpl.baselines",
+    "KPLResult": "kpl.core", "StageResult": "kpl.core", "run_kpl": "kpl.core", "run_kpl_many": "kpl.core",
+    "KPLParams": "kpl.params",
+    "InputFileError": "kpl.errors", "KplError": "kpl.errors", "UsageError": "kpl.errors",
+    "Metrics": "kpl.metrics", "compute_metrics": "kpl.metrics",
+    "OT_METHODS": "kpl.ot",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kpl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from kpl.baselines import BASELINES, BaselineResult, run_baseline
+    from kpl.core import KPLResult, StageResult, run_kpl, run_kpl_many
+    from kpl.errors import InputFileError, KplError, UsageError
+    from kpl.metrics import Metrics, compute_metrics
+    from kpl.ot import OT_METHODS
+    from kpl.params import KPLParams

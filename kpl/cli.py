@@ -21,7 +21,7 @@ from kbuild import settings
 from kbuild.cli.boundary import run_with_boundary
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt
 from kpl.errors import UsageError
-from kpl import KPLParams
+from kpl.params import KPLParams
 from kpl.shards import DEFAULT_SHARD_SIZE
 
 app = typer.Typer(

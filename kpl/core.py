@@ -15,7 +15,6 @@ choice recorded in ``KPLResult.auto``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -26,6 +25,7 @@ import torch
 
 from kpl.auto_k import auto_range, choose_k, is_auto
 from kpl.errors import UsageError
+from kpl.params import KPLParams
 from kpl.ot import get_ot_method
 from kpl.proxies import fit_vision_proxies
 from kpl.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies
@@ -36,7 +36,8 @@ from kpl.retrieval import check_k, description_scores, prepare_inputs, select_to
 # core stalls every iteration (measured on a loaded 2-core machine: PH2, 200 x 512 x 2, took
 # 0.4 s on one thread and 1.6-9.7 s on two).
 SMALL_WORK = 4_000_000
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # one per kpl.params.PRECISIONS
+
 
 
 @contextmanager
@@ -60,56 +61,6 @@ def pick_threads(num_threads: int | None, n: int, d: int, c: int) -> int | None:
             raise UsageError(f"num_threads must be an integer >= 1 (got {num_threads!r})")
         return num_threads
     return 1 if n * d * c < SMALL_WORK else None
-
-
-@dataclass(frozen=True)
-class KPLParams:
-    """Hyperparameters; the defaults are the paper code's."""
-
-    k: int = 8
-    tau_t: float = 0.01
-    tau_i: float = 0.04
-    alpha: float = 0.6
-    lr: float = 10.0
-    iters: int = 2000
-    ot_iters: int = 20
-    gamma: float = 0.0
-    ot: str = "greenkhorn"
-    tol: float = 1e-6
-    patience: int = 20
-    exact_iters: bool = False
-    # The proxy loop's two big products: fp32 (the paper's), or fp16/bf16 for speed on a GPU, with
-    # W and the gradient kept in float32; retrieval and OT always run in float32.
-    precision: str = "fp32"
-
-    def __post_init__(self):
-        # numpy scalars (e.g. k from np.arange) would not survive json.dumps in to_json
-        for name, value in asdict(self).items():
-            if isinstance(value, np.generic):
-                object.__setattr__(self, name, value.item())
-
-    def validate(self) -> KPLParams:
-        """Return self, or raise a UsageError naming the bad value and a valid one."""
-        check_k(self.k)
-        get_ot_method(self.ot)
-        for name in ("tau_t", "tau_i", "lr"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise UsageError(f"{name} must be a positive number (got {value!r})")
-        for name in ("iters", "ot_iters", "patience"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise UsageError(f"{name} must be an integer >= 0 (got {value!r})")
-        if not (isinstance(self.gamma, (int, float)) and self.gamma >= 0):
-            raise UsageError(f"gamma must be a number >= 0 (got {self.gamma!r}); 0 means uniform classes")
-        if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
-            raise UsageError(f"tol must be a number >= 0 (got {self.tol!r})")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        return self
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -184,7 +135,7 @@ def _stage(name: str, x: torch.Tensor, proxies: torch.Tensor, iterations=0, conv
 
 
 def _fit(x, plan, init, p: KPLParams):
-    dtype = PRECISIONS[p.precision]
+    dtype = DTYPES[p.precision]
     return fit_vision_proxies(
         x, plan, init, tau_i=p.tau_i, alpha=p.alpha, lr=p.lr, iters=p.iters,
         tol=p.tol, patience=p.patience, exact_iters=p.exact_iters,

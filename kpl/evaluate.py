@@ -99,9 +99,17 @@ def load_image_features(inputs: Inputs, progress: Progress | None = None,
                         check_classes: Callable[[list[str]], None] | None = None):
     """(FeatureSet, ImageDataset or None, image model or None) from ``--features`` or ``--data``."""
     cache_dir = (inputs.cache_dir or settings.kpl_feature_cache(None, inputs.store)) if inputs.use_cache else None
-    return load_or_encode(inputs.data, inputs.features, inputs.split, settings.clip_model(inputs.model),
-                          settings.clip_pretrained(inputs.pretrained), inputs.device, inputs.batch_size,
-                          inputs.workers, cache_dir, progress, check_classes, inputs.precision, inputs.engine)
+    model, pretrained = settings.clip_model(inputs.model), settings.clip_pretrained(inputs.pretrained)
+    elsewhere = None
+    if inputs.engine is not None and inputs.engine.name == "ray":
+        from kpl.ray_engine import encode_dataset_ray
+
+        def elsewhere(dataset, clip):
+            return encode_dataset_ray(dataset, clip, model, pretrained, inputs.device, cache_dir, inputs.batch_size,
+                                      inputs.engine, progress)
+    return load_or_encode(inputs.data, inputs.features, inputs.split, model, pretrained, inputs.device,
+                          inputs.batch_size, inputs.workers, cache_dir, progress, check_classes, inputs.precision,
+                          elsewhere)
 
 
 def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progress: Progress | None = None) -> Session:

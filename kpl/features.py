@@ -356,12 +356,13 @@ def load_or_encode(data: Path | None, features: Path | None, split: str | None, 
                    device: str | None = None, batch_size: int = 64, workers: int | None = None,
                    cache_dir: Path | None = None, progress: Progress | None = None,
                    check_classes: Callable[[list[str]], None] | None = None, precision: str | None = None,
-                   engine=None):
+                   encode_elsewhere: Callable[[ImageDataset, Any], FeatureSet] | None = None):
     """(FeatureSet, ImageDataset or None, image model or None): read ``features`` or encode ``data``.
 
     Exactly one of the two is given; ``cache_dir`` None encodes without caching. ``check_classes``
     sees the dataset's class names before any model is loaded or image encoded (it raises to stop).
-    ``engine`` (a kpl.ray_engine.EngineSpec) None or ``local`` encodes in this process.
+    ``encode_elsewhere(dataset, clip)`` replaces the in-process encoder (e.g. kpl.ray_engine's);
+    it is passed in, so this module never imports an engine that builds on it.
     """
     from kbuild.clip.models import load_clip
 
@@ -378,11 +379,8 @@ def load_or_encode(data: Path | None, features: Path | None, split: str | None, 
     if check_classes is not None:
         check_classes(dataset.class_names)
     clip = load_clip(model, pretrained, device, precision)
-    if engine is not None and engine.name == "ray":
-        from .ray_engine import encode_dataset_ray
-
-        fs = encode_dataset_ray(dataset, clip, model, pretrained, device, cache_dir, batch_size, engine, progress)
-        return fs, dataset, clip
+    if encode_elsewhere is not None:
+        return encode_elsewhere(dataset, clip), dataset, clip
     return encode_dataset(dataset, clip, cache_dir, batch_size, workers, progress), dataset, clip
 
 

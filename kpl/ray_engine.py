@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from kbuild.errors import KbuildError, UsageError
+from kbuild.errors import KbuildError
+from kpl.errors import KplError, UsageError
 
 from .datasets import ImageDataset
 from .features import FeatureCache, FeatureSet, Progress, cache_key, feature_set, precision_of
@@ -75,7 +76,7 @@ def import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise KbuildError(f"--engine ray needs Ray Data, which is not installed ({INSTALL_HINT})") from None
+        raise KplError(f"--engine ray needs Ray Data, which is not installed ({INSTALL_HINT})") from None
     return ray
 
 
@@ -98,7 +99,7 @@ class _Cluster:
                          configure_logging=False, ignore_reinit_error=True)
             except (ConnectionError, RuntimeError, ValueError) as err:
                 where = self.address or "a local cluster"
-                raise KbuildError(f"Cannot start Ray on {where}: {str(err).splitlines()[0] if str(err) else err} "
+                raise KplError(f"Cannot start Ray on {where}: {str(err).splitlines()[0] if str(err) else err} "
                                   "(check --ray-address, or start one with 'ray start --head')") from None
             self.started = True
         context = ray.data.DataContext.get_current()
@@ -117,7 +118,7 @@ class _Encoder:
     def __init__(self, model: str, pretrained: str | None, device: str, model_id: str, threads: int):
         import torch
 
-        from kbuild.encoder import load_clip
+        from kbuild.clip.models import load_clip
 
         from .features import _ImageFiles, _placeholder
 
@@ -125,7 +126,7 @@ class _Encoder:
             torch.set_num_threads(threads)
         self.clip = load_clip(model, pretrained, device)
         if self.clip.model_id != model_id:
-            raise KbuildError(f"the model on this Ray node is {self.clip.model_id}, the driver's is {model_id} "
+            raise KplError(f"the model on this Ray node is {self.clip.model_id}, the driver's is {model_id} "
                               "(give every node the same weights)")
         self.files = lambda paths: _ImageFiles(paths, self.clip.preprocess, _placeholder(self.clip.preprocess))
 
@@ -149,7 +150,7 @@ def _actor_plan(ray, device: str | None, actors: int | None) -> tuple[str, int, 
     device = device or ("cuda" if gpus else "cpu")
     if device == "cuda":
         if not gpus:
-            raise KbuildError("--device cuda, but the Ray cluster has no GPU (drop --device, or add GPU nodes)")
+            raise KplError("--device cuda, but the Ray cluster has no GPU (drop --device, or add GPU nodes)")
         count = actors or gpus
         return device, count, {"num_gpus": min(1.0, gpus / count)}, 1  # more actors than GPUs share them
     if device != "cpu":
@@ -170,7 +171,7 @@ def encode_dataset_ray(dataset: ImageDataset, clip, model: str, pretrained: str 
                        progress: Progress | None = None) -> FeatureSet:
     """Like ``kpl.features.encode_dataset``, with the encoding done by Ray actors, in shards."""
     if batch_size < 1:
-        raise KbuildError(f"batch size must be >= 1 (got {batch_size})")
+        raise KplError(f"batch size must be >= 1 (got {batch_size})")
     count = len(dataset)
     # A finished entry (from either engine) needs no cluster at all.
     if cache_dir is not None:
@@ -269,7 +270,7 @@ def _encode_missing(ray, dataset: ImageDataset, shards: ShardFolder, missing: li
         raise
     except Exception as err:  # a Ray task/actor failure: say what, keep the finished shards
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise KbuildError(f"Ray encoding failed: {first[:300]} (finished shards are kept; rerun to resume)") from None
+        raise KplError(f"Ray encoding failed: {first[:300]} (finished shards are kept; rerun to resume)") from None
     if pending:
-        raise KbuildError(f"Ray encoding ended with {len(pending)} shard(s) incomplete (rerun to resume)")
+        raise KplError(f"Ray encoding ended with {len(pending)} shard(s) incomplete (rerun to resume)")
     return todo
