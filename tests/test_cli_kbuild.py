@@ -361,7 +361,7 @@ def error_cases(tmp_path: Path, kb_files: Path) -> dict:
         "unknown pretrained tag": (("load", good, "--model", "ViT-B-32", "--pretrained", "no-such-tag"), 1,
                                    "Could not load CLIP model ViT-B-32"),
         "unknown class": (("show", "v4", "--class", "nosuch"), 1, "Class 'nosuch' is not in snapshot_v4"),
-        "existing name": (("load", good, "--name", "snapshot_v2"), 1, "already exists"),
+        "existing name": (("load", good, "--name", "snapshot_v2"), 2, "reserved for automatic numbering"),
     }
 
 
