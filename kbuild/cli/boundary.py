@@ -40,6 +40,8 @@ def run_with_boundary(typer_app: typer.Typer, prog_name: str, argv: list[str] | 
         return _report_usage(err, prog_name)
     except Exception as err:
         return _report_unexpected(err)
+    except BaseException as err:  # a native library's panic (pyo3's PanicException) is no Exception
+        return _report_unexpected(err)
 
 
 def print_error(line: str) -> None:

@@ -119,9 +119,14 @@ def verify_(snapshot: SnapArg, store: StoreOpt = None, chroma_url: ChromaUrlOpt 
 
 
 def gc(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None) -> None:
-    """Delete pending collections left behind by killed writes (published snapshots are never touched)."""
-    removed = open_store(store, chroma_url).gc()
+    """Delete pending collections left behind by killed writes and the segment folders no snapshot uses
+    (published snapshots are never touched)."""
+    kb_store = open_store(store, chroma_url)
+    removed = kb_store.gc()
+    freed = kb_store.gc_segments()
     print(f"removed {len(removed)} unfinished write(s)")
+    if freed:
+        print(f"freed {len(freed)} orphaned segment folder(s), {sum(size for _, size in freed) / 1e6:.1f} MB")
 
 
 def path(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False) -> None:
