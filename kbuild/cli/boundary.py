@@ -57,11 +57,7 @@ def _print_traceback() -> None:
         print(visible(mask_secrets(text)), file=sys.stderr)
 
 
-def mask_secrets(text: str) -> str:
-    """``text`` with every credential set in the environment replaced by ``***``."""
-    for secret in settings.secrets():
-        text = text.replace(secret, "***")
-    return text
+mask_secrets = settings.mask_secrets
 
 
 def _report_usage(err: typer.TyperException, prog_name: str) -> int:

@@ -270,9 +270,10 @@ class Handler(BaseHTTPRequestHandler):
         except KbuildError as exc:
             self._error(exc)
         except Exception as exc:  # the last line of defence: one line to the page, traceback on request
-            if settings.debug():
-                traceback.print_exc()
-            first = str(exc).splitlines()[0] if str(exc) else ""
+            if settings.debug():  # masked and escaped like the CLI's debug traceback
+                for text in traceback.format_exc().splitlines():
+                    sys.stderr.write(visible(settings.mask_secrets(text)) + "\n")
+            first = settings.mask_secrets(str(exc).splitlines()[0]) if str(exc) else ""
             self._json(500, {"error": f"unexpected {type(exc).__name__}: {first}"})
 
     # ---- guards --------------------------------------------------------------------------
