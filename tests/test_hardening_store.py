@@ -161,3 +161,29 @@ def test_a_full_disk_says_so_and_keeps_earlier_snapshots(tiny_disk):
         store.publish(_draft(20_000, dim=64, prefix="big"))
     assert "unexpected" not in str(err.value)
     assert [s.name for s in SnapshotStore(home).list()] == [first.name]
+
+
+def test_the_boundary_gives_a_native_panic_one_line_and_lets_other_base_exceptions_through(capsys):
+    """A panic that escapes every store wrapper still ends as one ``Error:`` line (it is a BaseException,
+    which ``except Exception`` misses); other BaseExceptions (a simulated kill) are not swallowed."""
+    import typer
+
+    from kbuild.cli.boundary import run_with_boundary
+
+    class PanicException(BaseException):  # the name pyo3 gives its panic type
+        pass
+
+    class Killed(BaseException):
+        pass
+
+    app = typer.Typer()
+
+    @app.command()
+    def boom(kind: str) -> None:
+        raise PanicException("called `Option::unwrap()` on a `None` value") if kind == "panic" else Killed()
+
+    assert run_with_boundary(app, "kbuild", ["panic"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("Error: unexpected PanicException")
+    with pytest.raises(Killed):
+        run_with_boundary(app, "kbuild", ["kill"])

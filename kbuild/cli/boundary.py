@@ -40,7 +40,11 @@ def run_with_boundary(typer_app: typer.Typer, prog_name: str, argv: list[str] | 
         return _report_usage(err, prog_name)
     except Exception as err:
         return _report_unexpected(err)
-    except BaseException as err:  # a native library's panic (pyo3's PanicException) is no Exception
+    except BaseException as err:
+        # A native library's panic (pyo3's PanicException, e.g. from Chroma's Rust core) derives from
+        # BaseException; it still gets one line. Anything else of that kind (GeneratorExit...) goes on.
+        if type(err).__name__ != "PanicException":
+            raise
         return _report_unexpected(err)
 
 
