@@ -40,20 +40,27 @@ def open_embedded(home: Path):
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # BaseException: Chroma's Rust panics on a corrupt database are not Exceptions
-        _forget_broken_client()
+        _forget_broken_client(folder)
         if (known := classify(exc, str(home), home)) is not None:
             raise known from exc
+        if not isinstance(exc, Exception):
+            raise
         if isinstance(exc, OSError):
             raise StoreUnavailable(f"Cannot open the store at {home}: {exc.strerror or exc} (pass --store PATH)") from exc
         raise StoreUnavailable(f"Cannot open the Chroma store at {folder}: {exc} (is it a kbuild store?)") from exc
 
 
-def _forget_broken_client() -> None:
+def _forget_broken_client(folder: Path) -> None:
     """Chroma caches one client system per path; after a failed open that system is half-built, and a
-    later open in the same process would fail with an unrelated AttributeError."""
+    later open of the same path in this process would fail with an unrelated AttributeError. Only this
+    path's entry is dropped: other stores open in the process keep theirs."""
+    import contextlib
+
     from chromadb.api.shared_system_client import SharedSystemClient
 
-    SharedSystemClient.clear_system_cache()
+    with contextlib.suppress(Exception):
+        SharedSystemClient._identifier_to_system.pop(str(folder), None)
+        SharedSystemClient._identifier_to_refcount.pop(str(folder), None)
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
