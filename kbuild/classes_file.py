@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kbuild.errors import InputFileError
-from kbuild.inputs import load_json, read_utf8
-
-MAX_NAME_CHARS = 200
+from kbuild.inputs import MAX_NAME_CHARS, load_json, nfc, read_utf8
 # Generous: a classes file of 100k long names is still far below this.
 CLASSES_FILE_MAX_BYTES = 50 * 1024 * 1024
 
@@ -52,6 +50,7 @@ def _entry_from_line(path: Path, number: int, line: str) -> ClassEntry:
             path, f"line {number}: control character U+{ord(bad):04X} in a class name",
             "remove it; use one class per line",
         )
+    line = nfc(line)
     # 'folder: display' splits on the first colon only, so displays may contain colons.
     name, sep, display = line.partition(":")
     name, display = name.strip(), display.strip()
@@ -143,7 +142,7 @@ def parse_class_map(path: Path | str, max_bytes: int = CLASSES_FILE_MAX_BYTES) -
     The format follows the extension; any other extension is sniffed (``{`` means JSON).
     """
     path = Path(path)
-    text = read_utf8(path, max_bytes, what="class map")
+    text = nfc(read_utf8(path, max_bytes, what="class map"))
     suffix = path.suffix.lower()
     is_json = suffix == ".json" or (suffix != ".csv" and text.lstrip().startswith("{"))
     mapping = _class_map_from_json(path, text) if is_json else _class_map_from_csv(path, text)

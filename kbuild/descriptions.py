@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
@@ -65,3 +66,25 @@ def group_by_class(descriptions: Iterable[Description]) -> dict[str, list[Descri
     for d in descriptions:
         groups.setdefault(d.class_name, []).append(d)
     return groups
+
+
+# Characters that would act on a terminal instead of being read: C0/C1 controls (ESC starts colour,
+# cursor and OSC-8 hyperlink sequences), DEL, and the bidirectional overrides that reorder text.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character written out as an escape (``ESC`` -> ``\\x1b``).
+
+    Data (class names, descriptions, paths, request lines) goes through this before it reaches a
+    terminal or a log, so it is always read as text and never acts as a command."""
+    text = str(text)
+    if text.isprintable():
+        return text  # the common case; isprintable() is False for every character escaped below
+    return "".join(_escape_char(c) if (unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS) else c
+                   for c in text)

@@ -9,9 +9,39 @@ from __future__ import annotations
 
 import codecs
 import json
+import unicodedata
 from pathlib import Path
 
 from kbuild.errors import InputFileError
+
+
+# The one set of class-name rules, for classes files, class maps and every curated format alike.
+MAX_NAME_CHARS = 200
+
+
+def nfc(text: str) -> str:
+    """Unicode NFC: the composed form, so 'é' typed as one code point or as 'e' + accent is one name."""
+    return unicodedata.normalize("NFC", text)
+
+
+def class_name_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as a class name (empty, a control character, too long), or None."""
+    if not name.strip():
+        return "empty class name"
+    for char in name:
+        if unicodedata.category(char) == "Cc":  # tabs and newlines too: they hide inside names
+            return f"control character U+{ord(char):04X} in a class name"
+    if len(name) > MAX_NAME_CHARS:
+        return f"class name of {len(name)} characters (limit {MAX_NAME_CHARS})"
+    return None
+
+
+def case_collisions(names) -> list[list[str]]:
+    """Groups of distinct names that differ only in letter case (``Melanoma``/``melanoma``)."""
+    groups: dict[str, list[str]] = {}
+    for name in dict.fromkeys(names):
+        groups.setdefault(name.casefold(), []).append(name)
+    return [group for group in groups.values() if len(group) > 1]
 
 
 def _size(n: int) -> str:

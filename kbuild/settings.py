@@ -80,6 +80,13 @@ def secrets() -> list[str]:
     return [v for v in values if len(v) >= 8]
 
 
+def mask_secrets(text: str) -> str:
+    """``text`` with every credential set in the environment replaced by ``***``."""
+    for secret in secrets():
+        text = text.replace(secret, "***")
+    return text
+
+
 def openai_base_url(flag: str | None = None) -> str | None:
     return _pick(flag, ENV_OPENAI_BASE_URL, None)
 

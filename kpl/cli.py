@@ -19,6 +19,7 @@ from rich.text import Text
 
 from kbuild import settings
 from kbuild.cli.boundary import run_with_boundary
+from kbuild.descriptions import visible
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt
 from kpl.errors import UsageError
 from kpl.params import KPLParams
@@ -33,7 +34,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode="rich",
 )
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+console = Console(highlight=False, markup=False, emoji=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 _D = KPLParams()
 
 # ------------------------------------------------------------------ options
@@ -88,7 +89,7 @@ ShardSizeOpt = Annotated[int, typer.Option(
 
 
 def _info(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(visible(message), file=sys.stderr, flush=True)
 
 
 def _progress():
@@ -156,7 +157,7 @@ def _print_table(table, title: str | None = None) -> None:
     for i, header in enumerate(headers):
         rich_table.add_column(header, justify="left" if i == 0 else "right")
     for row in rows:
-        rich_table.add_row(*(Text(cell) for cell in row))  # names are data, never markup
+        rich_table.add_row(*(Text(visible(str(cell))) for cell in row))  # names are data: no markup, controls escaped
     console.print(rich_table)
 
 
@@ -345,7 +346,7 @@ def compare(
     _emit(result.to_json(), json_out, compare_table(result), "compare", out, write_compare_outputs, result)
     if not json_out:
         for diff in result.diffs:
-            console.print(f"{diff['old']} -> {diff['new']}: {diff['summary']}", markup=False)
+            console.print(Text(visible(f"{diff['old']} -> {diff['new']}: {diff['summary']}")))
 
 
 @app.command(epilog="Example: kpl embed --data derm/ --split val --export derm_val.npz")

@@ -58,6 +58,9 @@ class KPLParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise UsageError(f"{name} must be an integer >= 0 (got {value!r})")
+        if not (isinstance(self.alpha, (int, float)) and 0 <= self.alpha <= 1):
+            raise UsageError(f"alpha must lie in [0, 1] (got {self.alpha!r}): it is a confidence threshold; "
+                             f"1 turns the one-hot step off")
         if not (isinstance(self.gamma, (int, float)) and self.gamma >= 0):
             raise UsageError(f"gamma must be a number >= 0 (got {self.gamma!r}); 0 means uniform classes")
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0):

@@ -13,6 +13,7 @@ import traceback
 import typer
 
 from kbuild import settings
+from kbuild.descriptions import visible
 from kbuild.errors import KbuildError
 
 
@@ -26,7 +27,7 @@ def run_with_boundary(typer_app: typer.Typer, prog_name: str, argv: list[str] | 
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
     except KbuildError as err:
         if settings.debug():
-            traceback.print_exc()
+            _print_traceback()
         print_error(f"Error: {err}")
         return err.exit_code
     except KeyboardInterrupt:
@@ -39,14 +40,28 @@ def run_with_boundary(typer_app: typer.Typer, prog_name: str, argv: list[str] | 
         return _report_usage(err, prog_name)
     except Exception as err:
         return _report_unexpected(err)
+    except BaseException as err:
+        # A native library's panic (pyo3's PanicException, e.g. from Chroma's Rust core) derives from
+        # BaseException; it still gets one line. Anything else of that kind (GeneratorExit...) goes on.
+        if type(err).__name__ != "PanicException":
+            raise
+        return _report_unexpected(err)
 
 
 def print_error(line: str) -> None:
     """The one way an error reaches the terminal: an API key or Chroma token that a server echoed into
     an exception's text is masked here, whichever code path raised it."""
-    for secret in settings.secrets():
-        line = line.replace(secret, "***")
-    print(line, file=sys.stderr)
+    print(visible(mask_secrets(line)), file=sys.stderr)
+
+
+def _print_traceback() -> None:
+    """KBUILD_DEBUG's traceback, masked like the error line: a token in a URL or a header that a
+    library put into a frame's message must not reach a log through the debug switch."""
+    for text in traceback.format_exc().splitlines():
+        print(visible(mask_secrets(text)), file=sys.stderr)
+
+
+mask_secrets = settings.mask_secrets
 
 
 def _report_usage(err: typer.TyperException, prog_name: str) -> int:
@@ -66,7 +81,7 @@ def _report_usage(err: typer.TyperException, prog_name: str) -> int:
 def _report_unexpected(err: Exception) -> int:
     """The last line of defence: one line, never a traceback unless KBUILD_DEBUG asks for it."""
     if settings.debug():
-        traceback.print_exc()
+        _print_traceback()
     first = str(err).splitlines()[0] if str(err) else ""
     print_error(f"Error: unexpected {type(err).__name__}: {first} (set {settings.ENV_DEBUG}=1 for the traceback)")
     return 1

@@ -10,6 +10,7 @@ import typer
 from kbuild import settings
 from kbuild.classes_file import parse_classes_file
 from kbuild.clip.text import check_template
+from kbuild.descriptions import visible
 from kbuild.errors import UsageError
 from kbuild.ops.generate import check_name_free, generate_snapshot
 from kbuild.sources.llm.generate import GenerateOptions, GenerateResult, check_request
@@ -113,8 +114,8 @@ def generate(
         print_json(outcome.to_json())
         return
     manifest = outcome.snapshot.manifest
-    print(f"{outcome.snapshot.name}: {manifest['total']} descriptions in {manifest['classes']} classes "
-          f"({manifest['content_hash'][:19]}...)")
+    print(visible(f"{outcome.snapshot.name}: {manifest['total']} descriptions in {manifest['classes']} classes "
+          f"({manifest['content_hash'][:19]}...)"))
 
 
 def _print_stats(result: GenerateResult, model: str) -> None:

@@ -7,13 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from kbuild.descriptions import visible
 from kbuild.diff import diff_stored
 from kbuild.errors import KbuildError, UsageError
 from kbuild.ops.inspect import EXPORT_FORMATS, export_text, verify
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, open_store, print_json
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, StoreOpt
-from kbuild.cli.render import console, print_diff, snapshots_table
+from kbuild.cli.render import console, line, print_diff, snapshots_table
 
 SnapArg = Annotated[str, typer.Argument(help="Snapshot: snapshot_v3, v3, latest or a tag.")]
 
@@ -45,19 +46,18 @@ def show(
                     "removed": [r.to_json() for r in kb.removed]})
         return
     m = kb.info.manifest
-    console.print(f"[bold]{kb.info.name}[/bold]  {m['operation']}  {m['created'][:19]}  {m['content_hash']}")
-    console.print(f"parents: {', '.join(p['name'] for p in m['parents']) or '-'}   "
-                  f"clip: {m['clip'].get('model_id')}   template: {m['clip'].get('template')!r}")
+    console.print(line((kb.info.name, "bold"), f"  {m['operation']}  {m['created'][:19]}  {m['content_hash']}"))
+    console.print(line(f"parents: {', '.join(p['name'] for p in m['parents']) or '-'}   "
+                       f"clip: {m['clip'].get('model_id')}   template: {m['clip'].get('template')!r}"))
     if removed:
         for r in kb.removed:
             score = "" if r.score is None else f" ({r.score:.3f})"
-            console.print(f"- [{r.description.class_name}] {r.description.text!r}: {r.stage}: {r.reason}{score}",
-                          markup=False)
+            console.print(line(f"- [{r.description.class_name}] {r.description.text!r}: {r.stage}: {r.reason}{score}"))
         return
     for name, rows in kb.rows_by_class().items():
-        console.print(f"[bold]{name}[/bold] ({len(rows)})")
+        console.print(line((name, "bold"), f" ({len(rows)})"))
         for row in rows:
-            console.print(f"  - {kb.descriptions[row].text}", markup=False)
+            console.print(line(f"  - {kb.descriptions[row].text}"))
 
 
 def diff(
@@ -87,7 +87,7 @@ def tag(snapshot: SnapArg, tag_name: Annotated[str, typer.Argument(metavar="TAG"
     """Point a tag at a snapshot (tags can move; snapshots never change)."""
     target, previous = open_store(store, chroma_url).tag(snapshot, tag_name)
     moved = f" (moved from {previous})" if previous else ""
-    print(f"{tag_name} -> {target}{moved}")
+    print(visible(f"{tag_name} -> {target}{moved}"))
 
 
 def export(
@@ -113,15 +113,20 @@ def verify_(snapshot: SnapArg, store: StoreOpt = None, chroma_url: ChromaUrlOpt 
     if json_out:
         print_json(result.to_json())
     else:
-        print(f"{result.name}: {'OK' if result.ok else 'FAILED'} {result.recomputed}")
+        print(visible(f"{result.name}: {'OK' if result.ok else 'FAILED'} {result.recomputed}"))
     if not result.ok:
         raise KbuildError(f"{result.name} failed verification: {'; '.join(result.problems)}")
 
 
 def gc(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None) -> None:
-    """Delete pending collections left behind by killed writes (published snapshots are never touched)."""
-    removed = open_store(store, chroma_url).gc()
+    """Delete pending collections left behind by killed writes and the segment folders no snapshot uses
+    (published snapshots are never touched)."""
+    kb_store = open_store(store, chroma_url)
+    removed = kb_store.gc()
+    freed = kb_store.gc_segments()
     print(f"removed {len(removed)} unfinished write(s)")
+    if freed:
+        print(f"freed {len(freed)} orphaned segment folder(s), {sum(size for _, size in freed) / 1e6:.1f} MB")
 
 
 def path(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False) -> None:
@@ -136,7 +141,7 @@ def path(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: Json
         print_json(payload)
     else:
         for key, value in payload.items():
-            print(f"{key}: {value}")
+            print(visible(f"{key}: {value}"))
 
 
 # Registered on the app by kbuild.cli.app, in this order.

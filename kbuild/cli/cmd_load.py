@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from kbuild.descriptions import visible
 from kbuild import settings
 from kbuild.ops.load import load_files
 from kbuild.store import validate_snapshot_name
@@ -41,8 +42,8 @@ def load(
         print_json(result.to_json())
         return
     manifest = result.snapshot.manifest
-    print(f"{result.snapshot.name}: {manifest['total']} descriptions in {manifest['classes']} classes "
-          f"({manifest['content_hash'][:19]}...)")
+    print(visible(f"{result.snapshot.name}: {manifest['total']} descriptions in {manifest['classes']} classes "
+          f"({manifest['content_hash'][:19]}...)"))
 
 
 # Registered on the app by kbuild.cli.app, in this order.

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from kbuild.descriptions import visible
 from kbuild.clip.text import snapshot_embedder
 from kbuild.ops.merge import merge_snapshots
 from kbuild.cli.commands import CommandSpec
@@ -30,8 +31,8 @@ def merge(
     if json_out:
         print_json(result.to_json())
         return
-    print(f"{result.snapshot.name}: {result.snapshot.manifest['total']} descriptions "
-          f"({result.from_first} from {first}, {result.from_second} new from {second}, {result.shared} shared)")
+    print(visible(f"{result.snapshot.name}: {result.snapshot.manifest['total']} descriptions "
+          f"({result.from_first} from {first}, {result.from_second} new from {second}, {result.shared} shared)"))
 
 
 # Registered on the app by kbuild.cli.app, in this order.

@@ -13,7 +13,7 @@ from kbuild.ops.prune import prune_snapshot
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, open_store, print_json
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, SnapshotModelOpt, NameOpt, SnapshotPretrainedOpt, StoreOpt
-from kbuild.cli.render import console
+from kbuild.cli.render import console, data, line
 
 _SIM = {"min": -1.0, "max": 1.0}
 
@@ -26,7 +26,7 @@ def _prune_table(result) -> Table:
     rows = result.table_rows()
     for i, row in enumerate(rows):
         style = "bold" if i == len(rows) - 1 else None
-        table.add_row(*(str(v) for v in row), style=style)
+        table.add_row(*(data(v) for v in row), style=style)
     return table
 
 
@@ -73,9 +73,8 @@ def prune(
     console.print(_prune_table(outcome.result))
     totals = outcome.result.totals()
     removed = ", ".join(f"{totals.removed[s]} {s}" for s in STAGES if totals.removed[s])
-    console.print(f"{outcome.parent.name} -> {outcome.snapshot.name}: kept {totals.kept} of {totals.before}"
-                  f" (removed: {removed or 'none'}); see 'kbuild show {outcome.snapshot.name} --removed'",
-                  markup=False)
+    console.print(line(f"{outcome.parent.name} -> {outcome.snapshot.name}: kept {totals.kept} of {totals.before}"
+                       f" (removed: {removed or 'none'}); see 'kbuild show {outcome.snapshot.name} --removed'"))
 
 
 # Registered on the app by kbuild.cli.app, in this order.

@@ -31,6 +31,7 @@ def _stop_on_sigterm():
 def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8765,
     host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback exposes the store to the network.")] = "127.0.0.1",
+    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", help="Host name browsers may use to reach a server bound beyond loopback (repeatable); IP addresses are always accepted.")] = None,
     results: Annotated[Optional[Path], typer.Option("--results", help="Folder of 'kpl eval --out' results whose report.html files to list.")] = None,
     model: SnapshotModelOpt = None,
     pretrained: SnapshotPretrainedOpt = None,
@@ -44,10 +45,11 @@ def serve(
         raise UsageError(f"--results {results}: not a folder (point it at a 'kpl eval --out' folder)")
     kb_store = open_store(store, chroma_url)
     # --model/--pretrained only matter for edited or added texts; by default they use each snapshot's model.
-    server = open_server(kb_store, host, port, ServeOptions(results, model, pretrained))
+    server = open_server(kb_store, host, port, ServeOptions(results, model, pretrained),
+                         allowed_hosts=tuple(allow_host or ()))
     if not is_loopback(host):
-        info(f"warning: listening on {host}: anyone who can reach this address can read the store "
-             "(reviews still need the token)")
+        info(f"warning: listening on {host}: anyone who can reach this address can try the server; every read "
+             "and review needs the token in the printed link")
     print(f"kbuild serve: {server.url}?token={server.token}  (store {kb_store.location}; Ctrl-C to stop)", flush=True)
     previous = _stop_on_sigterm()
     try:

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from kbuild import settings
+from kbuild.descriptions import visible
 from kbuild.store import SnapshotStore
 
 
@@ -26,7 +27,7 @@ def load_embedder(store: SnapshotStore, model: str | None, pretrained: str | Non
 
 def info(message: str) -> None:
     """Diagnostics and progress go to stderr so stdout stays data."""
-    print(message, file=sys.stderr, flush=True)
+    print(visible(message), file=sys.stderr, flush=True)
 
 
 def print_json(payload: Any) -> None:

@@ -1,4 +1,9 @@
-"""Terminal renderings of result objects (tables and grouped diffs). Data goes to stdout."""
+"""Terminal renderings of result objects (tables and grouped diffs). Data goes to stdout.
+
+Data is always text: the console has markup and emoji codes switched off (a class named
+``[/bold]`` or ``:x:`` prints as written), styles are applied with ``Text`` objects, and every
+piece of data passes through ``visible`` so control characters (ESC, OSC-8 links) are shown
+escaped instead of acting on the terminal."""
 
 from __future__ import annotations
 
@@ -8,9 +13,25 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kbuild.descriptions import visible
 from kbuild.diff import SnapshotDiff
 
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+console = Console(highlight=False, markup=False, emoji=False, soft_wrap=True,
+                  width=None if sys.stdout.isatty() else 200)
+
+
+def data(value, style: str | None = None) -> Text:
+    """A piece of data as rich ``Text``: never markup, control characters escaped."""
+    return Text(visible(str(value)), style=style or "")
+
+
+def line(*parts) -> Text:
+    """One output line from ``(text, style)`` pairs and plain strings, every part taken as data."""
+    out = Text()
+    for part in parts:
+        text, style = part if isinstance(part, tuple) else (part, None)
+        out.append(visible(str(text)), style=style)
+    return out
 
 
 def _short_time(iso: str) -> str:
@@ -26,9 +47,10 @@ def snapshots_table(snapshots) -> Table:
         parents = ",".join(p["name"] for p in m.get("parents", []))
         params = m.get("parameters", {})
         origin = ", ".join(params.get("files") or []) or params.get("llm_model") or ""
-        table.add_row(s.name, ",".join(s.tags), m.get("operation", ""), parents, str(m.get("classes", "")),
-                      str(m.get("total", "")), str(m.get("removed_total", 0)), _short_time(m.get("created", ""))[:16],
-                      Text(origin), Text(str(m.get("clip", {}).get("model_id", ""))))
+        cells = (s.name, ",".join(s.tags), m.get("operation", ""), parents, m.get("classes", ""),
+                 m.get("total", ""), m.get("removed_total", 0), _short_time(m.get("created", ""))[:16],
+                 origin, m.get("clip", {}).get("model_id", ""))
+        table.add_row(*(data(cell) for cell in cells))
     return table
 
 
@@ -38,23 +60,23 @@ def print_diff(diff: SnapshotDiff) -> None:
         return
     out = console.print
     for name, texts in diff.added_classes.items():
-        out(Text(f"Added class: {name} ({len(texts)} descriptions)", style="green"))
+        out(data(f"Added class: {name} ({len(texts)} descriptions)", "green"))
     for name, texts in diff.removed_classes.items():
-        out(Text(f"Removed class: {name} ({len(texts)} descriptions)", style="red"))
+        out(data(f"Removed class: {name} ({len(texts)} descriptions)", "red"))
     for change in diff.modified:
-        out(Text(f"Modified class: {change.name}", style="yellow"))
+        out(data(f"Modified class: {change.name}", "yellow"))
         for text in change.added:
-            out(Text(f"    added:    {text}", style="green"))
+            out(data(f"    added:    {text}", "green"))
         for text in change.removed:
             reason = change.reasons.get(text)
-            out(Text(f"    removed:  {text}" + (f"  [{reason}]" if reason else ""), style="red"))
+            out(data(f"    removed:  {text}" + (f"  [{reason}]" if reason else ""), "red"))
         for old, new, sim in change.reworded:
-            out(Text(f"    reworded: {old}  ->  {new}  (similarity {sim:.3f})", style="cyan"))
+            out(data(f"    reworded: {old}  ->  {new}  (similarity {sim:.3f})", "cyan"))
     for key, change in diff.manifest.items():
         if key != "parameters":
-            out(Text(f"Manifest {key}: {change['old']} -> {change['new']}"))
+            out(data(f"Manifest {key}: {change['old']} -> {change['new']}"))
         else:
-            out(Text("Manifest parameters changed"))
+            out(data("Manifest parameters changed"))
     if not diff.reword_detection:
-        out(Text("(reword detection skipped: the snapshots were embedded with different CLIP models)"))
-    out(Text(f"{diff.old} -> {diff.new}: {diff.summary()}", style="bold"))
+        out(data("(reword detection skipped: the snapshots were embedded with different CLIP models)"))
+    out(data(f"{diff.old} -> {diff.new}: {diff.summary()}", "bold"))

@@ -51,11 +51,29 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _local_dir_weights(folder: Path) -> Path | None:
-    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_model.pt"):
+# Weight files a local-dir folder may hold, most preferred first (open_clip's own names, plus the
+# ``.pt`` that open_clip's folder loader ignores, which is how a folder silently got random weights).
+_LOCAL_DIR_PREFERRED = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                        "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "open_clip_model.pt",
+                        "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth", "model.pt")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+
+def _local_dir_weights(folder: Path) -> Path:
+    """The one weights file a local-dir folder names: a preferred name if present, else the only
+    weights file there. No weights, or several with none preferred, is refused: a folder must never
+    fall back to random weights or to a file picked by sort order."""
+    for name in _LOCAL_DIR_PREFERRED:
         if (folder / name).is_file():
             return folder / name
-    return None
+    found = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    if len(found) == 1:
+        return folder / found[0]
+    if not found:
+        raise UsageError(f"--model local-dir:{folder}: no weights file in the folder "
+                         f"(expected open_clip_model.safetensors, or a .bin/.pth/.pt state dict)")
+    raise UsageError(f"--model local-dir:{folder}: several weights files ({', '.join(found)}) and none named "
+                     "open_clip_model.safetensors (keep one, or rename the one to use)")
 
 
 def model_id(spec: ModelSpec) -> str:
@@ -67,9 +85,8 @@ def model_id(spec: ModelSpec) -> str:
         return transformers_model_id(spec.model, file_sha256)
     if spec.model.startswith(LOCAL_DIR):
         folder = Path(spec.model[len(LOCAL_DIR):]).expanduser()
-        weights = _local_dir_weights(folder)
-        tag = f"sha256:{file_sha256(weights)[:16]}" if weights else "random"
-        return f"local-dir:{folder.name}@{tag}"
+        # The hash of the file _load_local_dir_weights reads, so the id names what was loaded.
+        return f"local-dir:{folder.name}@sha256:{file_sha256(_local_dir_weights(folder))[:16]}"
     if spec.model.startswith(HF_HUB):
         return spec.model
     if spec.pretrained and Path(spec.pretrained).expanduser().is_file():
@@ -90,6 +107,7 @@ def _check_spec(spec: ModelSpec) -> None:
             raise UsageError(
                 f"--model {spec.model}: no open_clip_config.json in {folder} "
                 "(a local-dir model folder holds open_clip_config.json and its weights)")
+        _local_dir_weights(folder)  # refuses a folder without one clear weights file
         return
     if spec.model.startswith(HF_HUB):
         return
@@ -124,9 +142,33 @@ def _create(spec: ModelSpec, device: str):
             f"Could not load CLIP model {spec.model} ({spec.pretrained or 'random weights'}): "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
             "(offline? use --model local-dir:PATH or --pretrained FILE)") from exc
+    if spec.model.startswith(LOCAL_DIR):
+        _load_local_dir_weights(model, Path(spec.model[len(LOCAL_DIR):]).expanduser())
     tokenizer = open_clip.get_tokenizer(spec.model)
     model.eval()
     return model, preprocess, tokenizer
+
+
+def _load_local_dir_weights(model, folder: Path) -> None:
+    """Load exactly the folder's weights file into ``model``, strictly (every key must match).
+
+    open_clip's own folder loader skips ``.pt`` files and then builds a randomly initialised model
+    without an error; loading the named file here, after it, makes the result independent of that.
+    ``.pt/.bin/.pth`` go through ``torch.load(weights_only=True)``, so a pickle cannot run code."""
+    import open_clip
+
+    weights = _local_dir_weights(folder)
+    open_clips_choice = getattr(getattr(open_clip, "factory", None), "_find_checkpoint_in_dir", None)
+    with contextlib.suppress(Exception):
+        if open_clips_choice and Path(open_clips_choice(folder) or "").resolve() == weights.resolve():
+            return  # open_clip already loaded this very file, strictly; reading it twice costs time
+    try:
+        open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
+    except Exception as exc:  # unpickling refused, missing/unexpected keys, wrong shapes, bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KbuildError(f"--model local-dir:{folder}: cannot load {weights.name} as a plain state dict "
+                          f"({first[:200]}) (save the weights with safetensors, or torch.save(model.state_dict()))"
+                          ) from exc
 
 
 @contextlib.contextmanager

@@ -33,6 +33,9 @@ ACTIONS = ("accept", "reject", "edit", "add")
 STAGE = "review"
 MAX_TEXT = 10_000
 MAX_NAME = 100
+# 'class' and 'old' name what is already stored, which a curated file may have made longer than a
+# reviewer may type: they are bounded only by the request size, and must match a stored description.
+MAX_STORED = 1 << 20
 
 
 class ReviewError(KbuildError):
@@ -72,9 +75,9 @@ class Decision:
             raise ReviewError(f"Unknown review action '{action}'. Available: {', '.join(ACTIONS)}")
         # Existing descriptions are named exactly as stored; only texts the reviewer typed are normalised.
         exact = action != "add"
-        decision = cls(action=action, class_name=_field(payload, "class", MAX_TEXT, exact=exact),
+        decision = cls(action=action, class_name=_field(payload, "class", MAX_STORED, exact=exact),
                        who=_field(payload, "who", MAX_NAME), when=_field(payload, "when", 64, required=False),
-                       old=_field(payload, "old", MAX_TEXT, required=exact, exact=True) or None,
+                       old=_field(payload, "old", MAX_STORED, required=exact, exact=True) or None,
                        new=_field(payload, "new", MAX_TEXT, required=action in ("edit", "add")) or None,
                        comment=_field(payload, "comment", MAX_TEXT, required=False))
         if action in ("accept", "reject"):

@@ -16,6 +16,7 @@ __all__ = ["KbuildHTTPServer", "ReviewService", "ServeOptions", "is_loopback", "
 
 
 def open_server(store: SnapshotStore, host: str, port: int, options: ServeOptions | None = None,
-                token: str | None = None) -> KbuildHTTPServer:
-    """A bound (not yet serving) server over ``store``; ``server.url`` and ``server.token`` say how to reach it."""
-    return make_server(ReviewService(store, options), host, port, token or secrets.token_urlsafe(24))
+                token: str | None = None, **limits) -> KbuildHTTPServer:
+    """A bound (not yet serving) server over ``store``; ``server.url`` and ``server.token`` say how to reach it.
+    ``limits``: ``timeout_s``, ``max_connections``, ``allowed_hosts`` (see ``KbuildHTTPServer``)."""
+    return make_server(ReviewService(store, options), host, port, token or secrets.token_urlsafe(24), **limits)

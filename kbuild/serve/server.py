@@ -1,23 +1,30 @@
 """The HTTP side of ``kbuild serve``: the standard library's ThreadingHTTPServer, a route table, guards.
 
 Guards, in the order a request meets them:
-- the Host header must name this server (on loopback), so a DNS-rebinding page cannot read the store;
+- at most ``max_connections`` connections at once (others get a 503), each with a read timeout, so
+  idle or half-sent requests cannot pin threads or hold up shutdown (idle ones are closed at once);
+- the Host header must name this server: a loopback name on loopback; elsewhere an IP literal or a
+  name given with ``--allow-host``, so a DNS-rebinding page cannot read the store;
+- beyond loopback, reads (``/api/``, ``/reports/``) need the token too (header or ``?token=``);
 - state-changing requests (POST) must carry the per-server token in ``X-Kbuild-Token``, be JSON
   (a cross-site form cannot send that, nor the custom header without a CORS preflight we never grant),
   and, when the browser sends an Origin, come from this server's own origin;
 - files are served only from a fixed table of bundled assets or through the reports allow-list: no
   request path is ever joined onto a folder.
-Every response says ``nosniff``, refuses framing, and sends no referrer (the token lives in the URL).
+Every response, the standard library's own error replies included, says ``nosniff``, refuses framing,
+and sends no referrer (the token lives in the URL). Logged request lines are escaped (``visible``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
 import socket
 import socketserver
 import sys
+import threading
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +33,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from kbuild import settings
+from kbuild.descriptions import visible
 from kbuild.errors import KbuildError, SnapshotNotFound, UsageError
 from kbuild.serve.drafts import StaleDraft
 from kbuild.serve.service import ReviewService
@@ -35,6 +43,10 @@ _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 MAX_BODY = 1 << 20
 TOKEN_HEADER = "X-Kbuild-Token"
+REQUEST_TIMEOUT_S = 30.0  # a client silent this long mid-request (or idle between requests) is dropped
+MAX_CONNECTIONS = 64  # concurrent connections; more get an immediate 503
+_PUBLIC_PREFIXES = ("/static/",)
+_PUBLIC_PATHS = ("/", "/favicon.ico")
 _APP_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 # Reports are self-contained pages: let them style themselves, never run script or reach the API.
@@ -50,6 +62,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+_SECURITY_HEADERS = (f"Content-Security-Policy: {_APP_CSP}", "X-Content-Type-Options: nosniff",
+                     "X-Frame-Options: DENY", "Referrer-Policy: no-referrer", "Cache-Control: no-store")
+
+
 class Refused(KbuildError):
     """A request the guards turn away (HTTP 403)."""
 
@@ -63,24 +79,97 @@ class KbuildHTTPServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, address, service: ReviewService, token: str):
+    def __init__(self, address, service: ReviewService, token: str, *, timeout_s: float = REQUEST_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS, allowed_hosts: tuple[str, ...] = ()):
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__(address, Handler)
         self.service, self.token = service, token
+        self.timeout_s = timeout_s
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._open: dict[socket.socket, bool] = {}  # connection -> busy with a request (else idle)
+        self._open_lock = threading.Lock()
         # Listed once when the server starts: the only files the app itself will ever serve.
         self.assets = {p.name: p for p in sorted(STATIC.iterdir()) if p.suffix in _TYPES}
         self.loopback = is_loopback(host)
         port = self.server_address[1]
         shown = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("", "0.0.0.0") else host)
         self.url = f"http://{shown}:{port}/"
-        names = {"127.0.0.1", "localhost", "[::1]", shown}
+        names = {"127.0.0.1", "localhost", "[::1]", shown, *allowed_hosts}
         self.allowed_hosts = {f"{n}:{port}" for n in names}
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, which can hang for seconds without DNS.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def host_allowed(self, host_header: str) -> bool:
+        """Loopback: exactly our names. Beyond: also any IP literal with our port (a rebinding attack
+        needs a DNS name, so an IP in the Host header is a browser that was pointed at us directly)."""
+        if host_header in self.allowed_hosts:
+            return True
+        if self.loopback:
+            return False
+        name, _, port = host_header.rpartition(":")
+        if port != str(self.server_address[1]):
+            return False
+        try:
+            ipaddress.ip_address(name.strip("[]"))
+            return True
+        except ValueError:
+            return False
+
+    # ---- connections: a cap, timeouts, and a shutdown no client can hold up ---------------------
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        request.settimeout(self.timeout_s)
+        with self._open_lock:
+            self._open[request] = False
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._forget(request)
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._forget(request)
+
+    def _forget(self, request) -> None:
+        with self._open_lock:
+            if self._open.pop(request, None) is not None:
+                self._slots.release()
+
+    def mark(self, request, busy: bool) -> None:
+        with self._open_lock:
+            if request in self._open:
+                self._open[request] = busy
+
+    def server_close(self) -> None:
+        """Stop listening, close idle connections now, let requests in progress finish (each bounded
+        by the timeout), then wait for their threads."""
+        socketserver.TCPServer.server_close(self)
+        with self._open_lock:
+            idle = [conn for conn, busy in self._open.items() if not busy]
+        for conn in idle:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        super().server_close()
+
+
+def _refuse_busy(request) -> None:
+    """An immediate 503 for a connection over the cap, written without a handler thread."""
+    body = b'{"error": "too many connections; retry shortly"}'
+    head = ["HTTP/1.1 503 Service Unavailable", "Content-Type: application/json; charset=utf-8",
+            f"Content-Length: {len(body)}", "Connection: close", "Retry-After: 1", *_SECURITY_HEADERS]
+    with contextlib.suppress(OSError):
+        request.settimeout(1.0)
+        request.sendall(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -89,15 +178,52 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     # ---- plumbing ------------------------------------------------------------------------
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.timeout_s)  # StreamRequestHandler would reset it otherwise
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if ok:  # request line and headers are in: from here the connection is busy, not idle
+            self.server.mark(self.connection, True)
+        return ok
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (TimeoutError, socket.timeout):
+            self.close_connection = True  # a silent client: drop it (the stdlib logs nothing useful here)
+        finally:
+            self.server.mark(self.connection, False)
+
     def log_request(self, code: Any = "-", size: Any = "-") -> None:
         # Successful requests are not worth a line each; refusals and errors are (stderr, never stdout).
         if str(getattr(code, "value", code)).startswith(("4", "5")):
-            self.log_message("%s %s -> %s", self.command, self.path.split("?")[0], getattr(code, "value", code))
+            command = getattr(self, "command", None) or "-"
+            path = (getattr(self, "path", None) or getattr(self, "requestline", "") or "-").split("?")[0]
+            self.log_message("%s %s -> %s", command, path[:200], getattr(code, "value", code))
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
+        if not format.startswith("Request timed out"):  # idle keep-alive connections time out routinely
+            self.log_message(format, *args)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
-        sys.stderr.write(f"kbuild serve: {format % args}\n")
+        # Request lines are the client's bytes: escaped, so they cannot move the cursor or forge lines.
+        sys.stderr.write(f"kbuild serve: {visible(format % args)}\n")
 
-    def _headers(self, status: int, content_type: str, length: int, csp: str = _APP_CSP) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own errors (bad request line, 414, 431, 501) as JSON with our headers.
+        A malformed request line leaves the version at HTTP/0.9, which would send no status line at all."""
+        if not str(getattr(self, "request_version", "")).startswith("HTTP/1."):
+            self.request_version = "HTTP/1.0"
+        self.close_connection = True
+        short = self.responses.get(code, ("error",))[0]
+        body = json.dumps({"error": message or short}).encode("utf-8")
+        self._headers(code, "application/json; charset=utf-8", len(body), close=True)
+        if getattr(self, "command", None) != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+    def _headers(self, status: int, content_type: str, length: int, csp: str = _APP_CSP, close: bool = False) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
@@ -106,6 +232,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Frame-Options", "DENY")
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Cache-Control", "no-store")
+        if close:
+            self.send_header("Connection", "close")
         self.end_headers()
 
     def _json(self, status: int, payload: Any) -> None:
@@ -130,6 +258,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self._check_host()
             parts = urlsplit(self.path)
+            self._check_read(parts)
             if parts.path in routes:
                 routes[parts.path](parts.query)
                 return
@@ -141,15 +270,27 @@ class Handler(BaseHTTPRequestHandler):
         except KbuildError as exc:
             self._error(exc)
         except Exception as exc:  # the last line of defence: one line to the page, traceback on request
-            if settings.debug():
-                traceback.print_exc()
-            first = str(exc).splitlines()[0] if str(exc) else ""
+            if settings.debug():  # masked and escaped like the CLI's debug traceback
+                for text in traceback.format_exc().splitlines():
+                    sys.stderr.write(visible(settings.mask_secrets(text)) + "\n")
+            first = settings.mask_secrets(str(exc).splitlines()[0]) if str(exc) else ""
             self._json(500, {"error": f"unexpected {type(exc).__name__}: {first}"})
 
     # ---- guards --------------------------------------------------------------------------
     def _check_host(self) -> None:
-        if self.server.loopback and self.headers.get("Host", "") not in self.server.allowed_hosts:
-            raise Refused("Unexpected Host header: open the address printed by 'kbuild serve'")
+        if not self.server.host_allowed(self.headers.get("Host", "")):
+            raise Refused("Unexpected Host header: open the address printed by 'kbuild serve' "
+                          "(or start it with --allow-host NAME)")
+
+    def _check_read(self, parts) -> None:
+        """Beyond loopback, data needs the token: anyone on the network can reach the port."""
+        if self.server.loopback or self.command != "GET":
+            return
+        if parts.path in _PUBLIC_PATHS or parts.path.startswith(_PUBLIC_PREFIXES):
+            return
+        given = self.headers.get(TOKEN_HEADER, "") or (parse_qs(parts.query).get("token") or [""])[0]
+        if not hmac.compare_digest(given.encode("utf-8"), self.server.token.encode("utf-8")):
+            raise Refused("Missing or wrong token: open the link printed by 'kbuild serve' (it carries the token)")
 
     def _check_write(self) -> None:
         token = self.headers.get(TOKEN_HEADER, "")
@@ -233,10 +374,11 @@ def _threshold(query: str) -> float:
     return value
 
 
-def make_server(service: ReviewService, host: str, port: int, token: str) -> KbuildHTTPServer:
-    """Bind (port 0 = any free port); the caller runs ``serve_forever`` and ``server_close``."""
+def make_server(service: ReviewService, host: str, port: int, token: str, **limits) -> KbuildHTTPServer:
+    """Bind (port 0 = any free port); the caller runs ``serve_forever`` and ``server_close``.
+    ``limits``: ``timeout_s``, ``max_connections``, ``allowed_hosts`` (see KbuildHTTPServer)."""
     try:
-        return KbuildHTTPServer((host, port), service, token)
+        return KbuildHTTPServer((host, port), service, token, **limits)
     except OSError as exc:
         raise UsageError(f"Cannot listen on {host}:{port}: {exc.strerror or exc} "
                          "(choose another --port, or --port 0 for any free one)") from None

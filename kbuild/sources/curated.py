@@ -25,10 +25,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from kbuild.descriptions import Description, normalise_text
-from kbuild.errors import KbuildError, UsageError
+from kbuild.errors import InputFileError, KbuildError, UsageError
+from kbuild.inputs import case_collisions, nfc
 from kbuild.sources.curated_formats import FORMATS, ParsedFile, get_reader, read_source
 
 DEFAULT_MAX_BYTES = 200_000_000  # "200 MB", decimal like the message
+# Texts one load may hold. Every text becomes a CLIP vector held in memory and written to Chroma;
+# a 96 MB file of 1.9 M texts grew past 7.5 GB without finishing. 300 000 texts stay near 2 GB.
+DEFAULT_MAX_TEXTS = 300_000
 _PREVIEW = 8  # names shown inline before "... and N more"
 
 
@@ -98,6 +102,7 @@ class CuratedImport:
     created: str
     missing_classes: list[str] = field(default_factory=list)
     dropped_classes: list[str] = field(default_factory=list)
+    case_collisions: list[list[str]] = field(default_factory=list)
 
     def class_counts(self) -> dict[str, int]:
         """Descriptions per class, classes in first-seen order."""
@@ -111,6 +116,7 @@ class CuratedImport:
             "files": [report.to_json() for report in self.files],
             "missing_classes": list(self.missing_classes),
             "dropped_classes": list(self.dropped_classes),
+            "case_collisions": [list(group) for group in self.case_collisions],
         }
         if include_descriptions:
             data["descriptions"] = [d.to_json() for d in self.descriptions]
@@ -125,6 +131,9 @@ class CuratedImport:
         if self.missing_classes:
             lines.append(f"{len(self.missing_classes)} classes of the class list have no "
                          f"descriptions: {_preview(self.missing_classes)}")
+        for group in self.case_collisions:
+            lines.append(f"warning: classes that differ only in letter case stay separate: {' / '.join(group)} "
+                         "(rename one to merge them)")
         return lines
 
 
@@ -143,6 +152,17 @@ def _check_unknown_classes(parsed: list[ParsedFile], allowed: set[str] | None, r
             f"{len(unknown)} classes in {files} are not in the class list: {_preview(unknown)} "
             "(add them to the classes file, or pass --restrict to drop them)"
         )
+
+
+def _check_text_count(parsed: list[ParsedFile], max_texts: int) -> None:
+    """Refuse an import too large to embed in memory, before anything is embedded."""
+    total = 0
+    for item in parsed:
+        total += sum(len(items) for items in item.groups.values())
+        if total > max_texts:
+            raise InputFileError(
+                item.path, f"{total:,} texts read so far, over the limit of {max_texts:,} per load",
+                "split the file and load the parts as separate snapshots, then 'kbuild merge' them")
 
 
 def _check_section_used(section: str | None, parsed: list[ParsedFile]) -> None:
@@ -177,12 +197,13 @@ def _clean_class(report: FileReport, class_name: str, items: list[str],
     kept: list[Description] = []
     non_empty = 0
     for index, item in enumerate(items):
-        text = normalise_text(item)
-        if not text:
+        spaced = normalise_text(item)
+        if not spaced:
             report.empty_strings.append((class_name, index))
             continue
         non_empty += 1
-        report.whitespace_fixed += text != item
+        report.whitespace_fixed += spaced != item
+        text = nfc(spaced)  # one spelling per text, so NFC and NFD copies collapse as duplicates
         verdict = dedup.classify((class_name, text))
         if verdict == "new":
             kept.append(make(class_name, text))
@@ -229,6 +250,7 @@ def load_curated(
     restrict: bool = False,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_texts: int | None = None,
     created: str | None = None,
 ) -> CuratedImport:
     """Read curated files into descriptions, with a report of every change made.
@@ -236,7 +258,8 @@ def load_curated(
     ``format``: a name from ``FORMATS`` (autodetected per file when None); ``section``: the
     KPL section (``X`` or ``X_Features``); ``classes``: the class list to check against (by
     name); ``restrict``: drop classes outside it instead of refusing; ``max_bytes``: refuse
-    larger files; ``created``: the ISO timestamp for every description (default: now, UTC).
+    larger files; ``max_texts``: refuse more texts than this in all files together (default
+    ``DEFAULT_MAX_TEXTS``); ``created``: the ISO timestamp for every description (default: now, UTC).
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -244,6 +267,7 @@ def load_curated(
     if format is not None:
         get_reader(format)  # an unknown name fails before any file is read
     parsed = [read_source(path, format, section, max_bytes) for path in paths]
+    _check_text_count(parsed, DEFAULT_MAX_TEXTS if max_texts is None else max_texts)
     _check_section_used(section, parsed)
     allowed = None if classes is None else set(classes)
     _check_unknown_classes(parsed, allowed, restrict)
@@ -258,7 +282,8 @@ def load_curated(
     present = {d.class_name for d in result.descriptions}
     result.missing_classes = [c for c in (classes or []) if c not in present]
     result.dropped_classes = list(dict.fromkeys(c for r in result.files for c in r.dropped_classes))
+    result.case_collisions = case_collisions(d.class_name for d in result.descriptions)
     return result
 
 
-__all__ = ["CuratedImport", "DEFAULT_MAX_BYTES", "FORMATS", "FileReport", "load_curated"]
+__all__ = ["CuratedImport", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_TEXTS", "FORMATS", "FileReport", "load_curated"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from kbuild.inputs import decode_utf8, load_json, read_checked_bytes
+from kbuild.inputs import class_name_problem, decode_utf8, load_json, nfc, read_checked_bytes
 from kbuild.errors import InputFileError, KbuildError, UsageError
 
 CLASS_COLUMNS = ("class", "class_name", "classname", "label", "category")
@@ -72,8 +72,14 @@ def _json_type(value: Any) -> str:
 
 
 def _check_class_name(path: Path, name: str, where: str = "") -> None:
-    if not name.strip():
+    """The classes-file rules (kbuild.inputs.class_name_problem), so every input accepts the same names."""
+    problem = class_name_problem(name)
+    if problem == "empty class name":
         raise InputFileError(path, f"{where}empty class name", "give every class a name")
+    if problem:
+        shown = name if len(name) <= 60 else name[:60] + "..."
+        raise InputFileError(path, f"{where}{problem}: {shown!r}",
+                             "fix the class name; descriptions belong in the list, not the name")
 
 
 def _string_list(path: Path, class_name: str, items: Any, where: str = "") -> list[str]:
@@ -290,4 +296,15 @@ def read_source(path: Path, format: str | None, section: str | None, max_bytes: 
     source = SourceFile(path=path, text=decode_utf8(path, data), sha256=hashlib.sha256(data).hexdigest())
     name = format or detect_format(source)
     groups, chosen = get_reader(name)(source, section)
-    return ParsedFile(path=path, format=name, sha256=source.sha256, groups=groups, section=chosen)
+    return ParsedFile(path=path, format=name, sha256=source.sha256, groups=_nfc_groups(path, groups),
+                      section=chosen)
+
+
+def _nfc_groups(path: Path, groups: Groups) -> Groups:
+    """Class names in NFC, checked by the one set of name rules; names that were one name in two
+    Unicode spellings (NFC 'é' and NFD 'e' + accent) become one class with both lists of texts."""
+    merged: Groups = {}
+    for raw_name, items in groups.items():
+        _check_class_name(path, raw_name)
+        merged.setdefault(nfc(raw_name), []).extend(items)
+    return merged

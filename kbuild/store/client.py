@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from kbuild.errors import StoreUnavailable, UsageError
+from kbuild.store.damage import check_database_present, classify, native_panics_silenced
 from kbuild.store.locking import store_write_lock
 
 
@@ -27,16 +28,39 @@ def open_embedded(home: Path):
     import chromadb
 
     folder = home / "chroma"
+    check_database_present(folder, str(home))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # Processes opening a new store at once would race on Chroma's schema migrations
         # ("table collections already exists"); a short lock of its own never waits on a writer.
-        with store_write_lock(home, timeout_s=120.0, lock_name=".open.lock"):
-            return chromadb.PersistentClient(path=str(folder), settings=_settings(None))
-    except OSError as exc:
-        raise StoreUnavailable(f"Cannot open the store at {home}: {exc.strerror or exc} (pass --store PATH)") from exc
-    except Exception as exc:
+        with store_write_lock(home, timeout_s=120.0, lock_name=".open.lock"), native_panics_silenced():
+            client = chromadb.PersistentClient(path=str(folder), settings=_settings(None))
+            client.list_collections()  # reads the database now, so damage shows here, worded once
+            return client
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # BaseException: Chroma's Rust panics on a corrupt database are not Exceptions
+        _forget_broken_client(folder)
+        if (known := classify(exc, str(home), home)) is not None:
+            raise known from exc
+        if not isinstance(exc, Exception):
+            raise
+        if isinstance(exc, OSError):
+            raise StoreUnavailable(f"Cannot open the store at {home}: {exc.strerror or exc} (pass --store PATH)") from exc
         raise StoreUnavailable(f"Cannot open the Chroma store at {folder}: {exc} (is it a kbuild store?)") from exc
+
+
+def _forget_broken_client(folder: Path) -> None:
+    """Chroma caches one client system per path; after a failed open that system is half-built, and a
+    later open of the same path in this process would fail with an unrelated AttributeError. Only this
+    path's entry is dropped: other stores open in the process keep theirs."""
+    import contextlib
+
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    with contextlib.suppress(Exception):
+        SharedSystemClient._identifier_to_system.pop(str(folder), None)
+        SharedSystemClient._identifier_to_refcount.pop(str(folder), None)
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:

@@ -50,6 +50,10 @@ def validate_snapshot_name(name: str) -> str:
     _check(name, "snapshot")
     if _SHORT.match(name) or name == LATEST:
         raise UsageError(f"'{name}' is a reference form, not a snapshot name (try snapshot_{name})")
+    if _AUTO.match(name):
+        # A chosen snapshot_v99999999999 would set the next automatic number; only numbering makes these.
+        raise UsageError(f"'{name}' is reserved for automatic numbering (leave out --name for the next "
+                         "snapshot_vN, or choose a name without the 'snapshot_v<digits>' form)")
     return name
 
 

@@ -35,7 +35,8 @@ async function answer(response) {
 
 export async function get(path, params) {
   const query = params ? "?" + new URLSearchParams(params).toString() : "";
-  return answer(await fetch(path + query, { headers: { Accept: "application/json" } }));
+  // The token goes with reads too: a server bound beyond loopback refuses reads without it.
+  return answer(await fetch(path + query, { headers: { Accept: "application/json", "X-Kbuild-Token": token() } }));
 }
 
 export async function post(path, body) {

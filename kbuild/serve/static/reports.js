@@ -1,5 +1,5 @@
 // Evaluation reports (report.html from 'kpl eval --out DIR') under the --results folder.
-import { get } from "./api.js";
+import { get, token } from "./api.js";
 import { fill, h, shortTime } from "./dom.js";
 
 export async function renderReports(main) {
@@ -14,7 +14,9 @@ export async function renderReports(main) {
     return;
   }
   // Each path segment is encoded, so a folder name can never change what the link points at.
-  const href = (path) => "/reports/" + path.split("/").map(encodeURIComponent).join("/");
+  // A link cannot send a header, so it carries the token (needed beyond loopback; no-referrer keeps it in).
+  const href = (path) => "/reports/" + path.split("/").map(encodeURIComponent).join("/") +
+    "?token=" + encodeURIComponent(token());
   fill(main, title, h("table", { class: "grid", id: "reports" },
     h("thead", {}, h("tr", {}, h("th", {}, "report"), h("th", {}, "modified"), h("th", {}, "size"))),
     h("tbody", {}, reports.map((r) => h("tr", {},

@@ -12,6 +12,7 @@ import json
 import re
 
 from kbuild.descriptions import normalise_text
+from kbuild.inputs import nfc
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
 _MARKED_LINE = re.compile(r"^\s*(?:[-*+\u2022\u2023\u25e6]|\(?\d{1,3}[.):]|\[\d{1,3}\])\s+(.*\S)\s*$")
@@ -42,7 +43,7 @@ def parse_reply(text: str) -> list[str]:
 
 def clean_item(item: str) -> str:
     """One description without list debris: quotes, trailing commas, markdown bold, extra spaces."""
-    text = normalise_text(item).replace("**", "")
+    text = nfc(normalise_text(item)).replace("**", "")
     text = text.rstrip(",;").strip()
     while len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
         text = text[1:-1].strip()
