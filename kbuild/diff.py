@@ -29,7 +29,7 @@ class ClassDiff:
     reasons: dict[str, str] = field(default_factory=dict)  # removed text -> why the new snapshot dropped it
 
     def to_json(self) -> dict[str, Any]:
-        return {"class": self.name, "added": self.added, "removed": self.removed,
+        return {"class_name": self.name, "added": self.added, "removed": self.removed,
                 "reworded": [{"old": o, "new": n, "similarity": round(s, 4)} for o, n, s in self.reworded],
                 "removal_reasons": self.reasons}
 
@@ -112,7 +112,7 @@ def _class_diff(name, removed, added, new_kb, threshold, old_vecs=None, new_vecs
     diff.reworded = sorted((removed[i], added[j], s) for i, j, s in pairs)
     diff.removed = [t for i, t in enumerate(removed) if i not in paired_old]
     diff.added = [t for j, t in enumerate(added) if j not in paired_new]
-    why = {r.description.text: f"{r.stage}: {r.reason}" for r in new_kb.removed if r.description.class_name == name}
+    why = {r.description.text: r.explain() for r in new_kb.removed if r.description.class_name == name}
     diff.reasons = {t: why[t] for t in diff.removed if t in why}
     return diff
 
@@ -131,8 +131,14 @@ def _vectors_by_class(kb, text_rows, texts_by_class, fetch) -> dict[str, np.ndar
 
 
 def _manifest_changes(old: dict, new: dict) -> dict[str, dict[str, Any]]:
-    return {key: {"old": old.get(key), "new": new.get(key)}
-            for key in _MANIFEST_KEYS if old.get(key) != new.get(key)}
+    """Changed manifest keys; ``parameters`` also lists which of its names changed."""
+    changes = {key: {"old": old.get(key), "new": new.get(key)}
+               for key in _MANIFEST_KEYS if old.get(key) != new.get(key)}
+    if "parameters" in changes:
+        before, after = changes["parameters"]["old"] or {}, changes["parameters"]["new"] or {}
+        changes["parameters"] = {"old": before, "new": after,
+                                 "changed": sorted(k for k in {*before, *after} if before.get(k) != after.get(k))}
+    return changes
 
 
 def _from_matrix(kb: KnowledgeBase, rows: list[int]) -> np.ndarray:

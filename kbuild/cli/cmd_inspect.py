@@ -50,9 +50,7 @@ def show(
                   f"clip: {m['clip'].get('model_id')}   template: {m['clip'].get('template')!r}")
     if removed:
         for r in kb.removed:
-            score = "" if r.score is None else f" ({r.score:.3f})"
-            console.print(f"- [{r.description.class_name}] {r.description.text!r}: {r.stage}: {r.reason}{score}",
-                          markup=False)
+            console.print(f"- [{r.description.class_name}] {r.description.text!r}: {r.explain()}", markup=False)
         return
     for name, rows in kb.rows_by_class().items():
         console.print(f"[bold]{name}[/bold] ({len(rows)})")

@@ -41,6 +41,8 @@ def prune(
     min_margin: Annotated[Optional[float], typer.Option("--min-margin", **_SIM, help="Drop texts closer to another class by more than this \\[default: off].")] = None,
     margin_reference: Annotated[str, typer.Option("--margin-reference", help="name | centroid.")] = PruneParams.margin_reference,
     max_per_class: Annotated[Optional[int], typer.Option("--max-per-class", min=1, help="Keep at most N per class, chosen for coverage and diversity.")] = None,
+    min_per_class: Annotated[int, typer.Option("--min-per-class", min=0, help="A class the cross-class or margin stage would leave with fewer texts gets its most central removed texts back (a shared text then stays in every class that needs it).")] = PruneParams.min_per_class,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Do not restore texts: let classes end up below --min-per-class, even empty (they are still listed).")] = False,
     similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="sentence-transformers model (folder or id) for paraphrase similarity \\[default: the snapshot's CLIP].")] = None,
     name: NameOpt = None,
     model: SnapshotModelOpt = None,
@@ -49,11 +51,19 @@ def prune(
     chroma_url: ChromaUrlOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Filter and deduplicate descriptions by CLIP text similarity into a child snapshot."""
+    """Filter and deduplicate descriptions by CLIP text similarity into a child snapshot.
+
+    Stages: sanitise, overlong, exact, near_duplicate, cross_class, margin, max_per_class. A class
+    is never emptied silently: when cross_class/margin would leave a class with fewer than
+    --min-per-class texts, its most central removed texts are put back (so a text shared by
+    many classes, like "a black bill", stays in each class that needs it); --allow-empty turns
+    that off. Emptied or thin classes are listed in the summary line and in --json.
+    """
     params = PruneParams(min_chars=min_chars, max_tokens=max_tokens, overlong=overlong,
                          dedup_threshold=dedup_threshold, cross_class=cross_class,
                          cross_class_threshold=cross_class_threshold, min_margin=min_margin,
-                         margin_reference=margin_reference, max_per_class=max_per_class).validate()
+                         margin_reference=margin_reference, max_per_class=max_per_class,
+                         min_per_class=min_per_class, allow_empty=allow_empty).validate()
     kb_store = open_store(store, chroma_url)
     embedder = snapshot_embedder(kb_store.home, kb_store.resolve(snapshot).manifest.get("clip", {}), model, pretrained)
     similarity = None
@@ -67,15 +77,39 @@ def prune(
              f"{embedder.model_id}")
     for note in outcome.result.notes:
         info(f"note: {note}")
+    emptied = outcome.result.emptied_classes()
+    if emptied:
+        info(f"warning: {len(emptied)} classes have no description left ({_preview(emptied)}); "
+             "they cannot be classified (drop --allow-empty, or lower the thresholds)")
     if json_out:
         print_json(outcome.to_json())
         return
     console.print(_prune_table(outcome.result))
-    totals = outcome.result.totals()
+    console.print(summary_line(outcome), markup=False)
+
+
+def summary_line(outcome) -> str:
+    """``v1 -> v2: kept K of N (removed: ...); R restored so C classes keep M; E classes emptied: ...``."""
+    result = outcome.result
+    totals = result.totals()
     removed = ", ".join(f"{totals.removed[s]} {s}" for s in STAGES if totals.removed[s])
-    console.print(f"{outcome.parent.name} -> {outcome.snapshot.name}: kept {totals.kept} of {totals.before}"
-                  f" (removed: {removed or 'none'}); see 'kbuild show {outcome.snapshot.name} --removed'",
-                  markup=False)
+    parts = [f"{outcome.parent.name} -> {outcome.snapshot.name}: kept {totals.kept} of {totals.before} "
+             f"(removed: {removed or 'none'})"]
+    if totals.restored:
+        helped = sum(1 for r in result.per_class.values() if r.restored)
+        parts.append(f"{totals.restored} restored so {helped} classes keep {result.params.min_per_class}")
+    emptied, starved = result.emptied_classes(), result.starved_classes()
+    if emptied:
+        parts.append(f"{len(emptied)} classes EMPTIED: {_preview(emptied)}")
+    thin = [name for name in starved if name not in emptied]
+    if thin:
+        parts.append(f"{len(thin)} classes below {result.params.min_per_class}: {_preview(thin)}")
+    parts.append(f"see 'kbuild show {outcome.snapshot.name} --removed'")
+    return "; ".join(parts)
+
+
+def _preview(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f", ... and {len(names) - shown} more" if len(names) > shown else "")
 
 
 # Registered on the app by kbuild.cli.app, in this order.

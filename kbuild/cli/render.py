@@ -54,7 +54,8 @@ def print_diff(diff: SnapshotDiff) -> None:
         if key != "parameters":
             out(Text(f"Manifest {key}: {change['old']} -> {change['new']}"))
         else:
-            out(Text("Manifest parameters changed"))
+            names = ", ".join(f"{k}: {change['old'].get(k)!r} -> {change['new'].get(k)!r}" for k in change["changed"])
+            out(Text(f"Manifest parameters changed: {names}"))
     if not diff.reword_detection:
         out(Text("(reword detection skipped: the snapshots were embedded with different CLIP models)"))
     out(Text(f"{diff.old} -> {diff.new}: {diff.summary()}", style="bold"))

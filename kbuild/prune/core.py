@@ -24,7 +24,7 @@ from kbuild.descriptions import Description
 from kbuild.errors import KbuildError, UsageError
 from kbuild.store.records import RemovedRecord
 from kbuild.prune.similarity import unit_rows
-from kbuild.prune.stages import cross_class, low_margin, max_per_class, near_duplicates
+from kbuild.prune.stages import cross_class, low_margin, max_per_class, near_duplicates, restore_minimum
 from kbuild.prune.text import FIX_TRUNCATED, Drop, Item, canonical_items, exact_duplicates, overlong, sanitise
 
 STAGES = ("sanitise", "overlong", "exact", "near_duplicate", "cross_class", "margin", "max_per_class")
@@ -42,6 +42,12 @@ class PruneParams:
     ``min_margin`` is off by default: CLIP text-text cosines crowd into a narrow band whose width
     depends on the model, so no one margin is right for every model, and for fine-grained classes
     (melanoma vs nevus) a valid description can sit closer to the neighbour's name.
+
+    ``min_per_class``: a class that the cross-class or margin stage would leave with fewer texts
+    than this gets its most central removed texts back (a shared text is then kept in every class
+    that needs it): a class without descriptions cannot be classified, and short-descriptor bases
+    (DCLIP: "a black bill" in dozens of birds) lose whole classes to ``cross_class=drop``.
+    ``allow_empty`` turns that off; starved classes are reported either way.
     """
 
     min_chars: int = 3
@@ -53,6 +59,8 @@ class PruneParams:
     min_margin: float | None = None
     margin_reference: str = "name"
     max_per_class: int | None = None
+    min_per_class: int = 3
+    allow_empty: bool = False
 
     def validate(self) -> "PruneParams":
         """Raise UsageError (one line, naming the flag) for any value out of range; return self."""
@@ -65,6 +73,10 @@ class PruneParams:
             _check_similarity(name, getattr(self, name))
         if self.max_per_class is not None:
             _check_count("max_per_class", self.max_per_class, 1)
+        _check_count("min_per_class", self.min_per_class, 0)
+        if self.max_per_class is not None and self.min_per_class > self.max_per_class:
+            raise UsageError(f"--min-per-class ({self.min_per_class}) must not exceed --max-per-class "
+                             f"({self.max_per_class})")
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -98,13 +110,8 @@ def _check_similarity(name: str, value: Any) -> None:
 
 class Removal(RemovedRecord):
     """One removed description (as it was given), the stage and reason, its score, and what it
-    collided with: the kept text it duplicates, or the other class. It is the store's removed
-    record, so a child snapshot keeps it as is; only the prune report's JSON differs."""
-
-    def to_json(self) -> dict[str, Any]:
-        d = self.description
-        return {"id": d.id, "class_name": d.class_name, "text": d.text, "source": d.source,
-                "stage": self.stage, "reason": self.reason, "score": self.score, "related": self.related}
+    collided with: the kept text it duplicates, or the other class(es) and their text. It is the
+    store's removed record, so a child snapshot keeps it as is, with the same JSON."""
 
 
 @dataclass
@@ -115,12 +122,13 @@ class ClassReport:
     kept: int = 0
     removed: dict[str, int] = field(default_factory=lambda: {stage: 0 for stage in STAGES})
     fixed: dict[str, int] = field(default_factory=dict)
+    restored: int = 0  # removed texts put back to keep the class at its minimum
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-TABLE_COLUMNS = ("class", "before", *STAGES, "fixed", "kept")
+TABLE_COLUMNS = ("class", "before", *STAGES, "fixed", "restored", "kept")
 
 
 @dataclass
@@ -140,6 +148,7 @@ class PruneResult:
         for report in self.per_class.values():
             total.before += report.before
             total.kept += report.kept
+            total.restored += report.restored
             for stage, n in report.removed.items():
                 total.removed[stage] += n
             for reason, n in report.fixed.items():
@@ -149,16 +158,26 @@ class PruneResult:
     def removed_by(self, stage: str) -> list[Removal]:
         return [r for r in self.removed if r.stage == stage]
 
+    def starved_classes(self) -> dict[str, int]:
+        """class -> kept, for classes prune left below ``min_per_class`` (never below what they
+        started with: a class given 2 texts is not starved by keeping both)."""
+        floor = max(self.params.min_per_class, 1)
+        return {name: r.kept for name, r in self.per_class.items() if r.kept < min(floor, r.before)}
+
+    def emptied_classes(self) -> list[str]:
+        return [name for name, r in self.per_class.items() if r.before and not r.kept]
+
     def to_json(self) -> dict[str, Any]:
         return {"params": self.params.to_json(), "stages": list(STAGES), "skipped": self.skipped,
                 "notes": self.notes, "totals": self.totals().to_json(),
+                "emptied_classes": self.emptied_classes(), "starved_classes": self.starved_classes(),
                 "per_class": {name: report.to_json() for name, report in self.per_class.items()},
                 "removed": [r.to_json() for r in self.removed]}
 
     def table_rows(self) -> list[list[Any]]:
         """One row per class in ``TABLE_COLUMNS`` order, then a ``total`` row."""
         reports = [*self.per_class.items(), ("total", self.totals())]
-        return [[name, r.before, *(r.removed[s] for s in STAGES), sum(r.fixed.values()), r.kept]
+        return [[name, r.before, *(r.removed[s] for s in STAGES), sum(r.fixed.values()), r.restored, r.kept]
                 for name, r in reports]
 
 
@@ -192,6 +211,9 @@ def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndar
     if items:
         x = _embed(items, text_embeddings, len(descriptions), run)
         items = _vector_stages(items, x, params, name_embeddings, run)
+    if not params.allow_empty and params.min_per_class > 0:
+        restored = restore_minimum(items, run.drops, params.min_per_class)
+        items = sorted(items + restored, key=lambda item: item.order)
     return run.result(descriptions, items)
 
 
@@ -325,9 +347,11 @@ class _Run:
         for stage in STAGES:
             for drop in sorted(self.drops[stage], key=lambda d: d.item.order):
                 per_class[drop.item.class_name].removed[stage] += 1
-                removed.append(Removal(drop.item.original, stage, drop.reason, _round(drop.score), drop.related))
+                removed.append(Removal(drop.item.original, stage, drop.reason, _round(drop.score), drop.related,
+                                       list(drop.related_classes)))
         for item in kept_items:
             per_class[item.class_name].kept += 1
+            per_class[item.class_name].restored += item.restored is not None
         kept = [_kept_description(item) for item in kept_items]
         return PruneResult(kept, removed, self.params, per_class, self.skipped, self.notes, self.seconds)
 
@@ -341,6 +365,8 @@ def _kept_description(item: Item) -> Description:
     record: dict[str, Any] = {name: _round(value) for name, value in sorted(item.scores.items())}
     if item.fixes:
         record["fixes"] = list(item.fixes)
+    if item.restored:
+        record["restored"] = item.restored
     if FIX_TRUNCATED in item.fixes:
         record["original_text"] = item.original.text
     extra = {**item.original.extra, "prune": record}

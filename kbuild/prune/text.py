@@ -36,15 +36,19 @@ class Item:
     order: int = 0
     fixes: list[str] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
+    restored: str | None = None  # why a removed item was put back (a class's minimum)
 
 
 class Drop(NamedTuple):
-    """A stage's decision to remove an item: why, with which score, next to what."""
+    """A stage's decision to remove an item: why, with which score, and its partner: ``related``
+    is the text it duplicated or collided with, ``related_classes`` the other class(es) involved
+    (empty when the partner is in the item's own class)."""
 
     item: Item
     reason: str
     score: float | None = None
     related: str | None = None
+    related_classes: tuple[str, ...] = ()
 
 
 def canonical_items(descriptions: list[Description]) -> list[Item]:
