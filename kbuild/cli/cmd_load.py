@@ -17,7 +17,7 @@ from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, Pretrai
 
 def load(
     files: Annotated[list[Path], typer.Argument(help="Curated files: JSON {class: [text]}, KPL JSON, CSV or JSONL.")],
-    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Force a format: csv, cupl, dclip, jsonl, kpl, labo.")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Force a format: csv, cupl, dclip, jsonl, kbuild (an export), kpl, labo.")] = None,
     section: Annotated[Optional[str], typer.Option("--section", help="Section of a KPL-style file, e.g. Brain_Tumor_Features.")] = None,
     classes: Annotated[Optional[Path], typer.Option("--classes", help="classes.txt to check class names against.")] = None,
     restrict: Annotated[bool, typer.Option("--restrict", help="Drop classes not in --classes instead of failing.")] = False,

@@ -7,7 +7,9 @@ The formats (``FORMATS``, a plain registry from name to reader):
 * ``kpl``: the KPL paper's ``{"<Name>_Features": {"class": [{"feature": "text"}, ...]}}``,
   of which one section is imported;
 * ``csv``: a header with a class column and a text column (common aliases accepted);
-* ``jsonl``: one ``{"class": ..., "text": ...}`` object per line.
+* ``jsonl``: one ``{"class": ..., "text": ...}`` object per line;
+* ``kbuild``: ``kbuild export --format json`` output (``{"snapshot", "manifest", "descriptions"}``);
+  the kept descriptions are read, the removed ones are not.
 
 Readers check structure and types only and report problems with a position (class key and
 index, or line number). Whitespace, empty strings and duplicates are handled afterwards in
@@ -216,11 +218,34 @@ def read_jsonl(source: SourceFile, section: str | None) -> tuple[Groups, None]:
     return groups, None
 
 
+def _is_kbuild_export(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("descriptions"), list) and isinstance(data.get("manifest"), dict)
+
+
+def read_kbuild_export(source: SourceFile, section: str | None) -> tuple[Groups, None]:
+    """``kbuild export --format json``: ``{"manifest": {...}, "descriptions": [{"class_name", "text"}]}``."""
+    data = source.json()
+    if not _is_kbuild_export(data):
+        raise InputFileError(source.path, 'expected a kbuild export {"manifest": {...}, "descriptions": [...]}',
+                             "export it again with 'kbuild export SNAP --format json'")
+    groups: dict[str, list[str]] = {}
+    for index, item in enumerate(data["descriptions"]):
+        name = item.get("class_name") if isinstance(item, dict) else None
+        text = item.get("text") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise InputFileError(source.path, f"descriptions, index {index}: expected "
+                                 '{"class_name": string, "text": string}', "fix that item")
+        _check_class_name(source.path, name, f"descriptions, index {index}: ")
+        groups.setdefault(name, []).append(text)
+    return groups, None
+
+
 FORMATS: dict[str, Reader] = {
     "csv": read_csv,
     "cupl": read_class_lists,
     "dclip": read_class_lists,
     "jsonl": read_jsonl,
+    "kbuild": read_kbuild_export,
     "kpl": read_kpl,
     "labo": read_class_lists,
 }
@@ -236,6 +261,8 @@ def get_reader(name: str) -> Reader:
 
 def _json_shape(path: Path, data: Any) -> str:
     """dclip when every value is a list, kpl when every value is an object."""
+    if _is_kbuild_export(data):
+        return "kbuild"
     if isinstance(data, dict):
         values = list(data.values())
         if all(isinstance(v, list) for v in values):
