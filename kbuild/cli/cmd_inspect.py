@@ -52,8 +52,10 @@ def show(
         for r in kb.removed:
             console.print(f"- [{r.description.class_name}] {r.description.text!r}: {r.explain()}", markup=False)
         return
+    shown = m.get("display_names") or {}
     for name, rows in kb.rows_by_class().items():
-        console.print(f"[bold]{name}[/bold] ({len(rows)})")
+        label = f"{shown[name]} ({name})" if name in shown else name
+        console.print(f"[bold]{label}[/bold] ({len(rows)})")
         for row in rows:
             console.print(f"  - {kb.descriptions[row].text}", markup=False)
 

@@ -35,16 +35,19 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
     if name is not None:
         validate_snapshot_name(name)  # a bad --name is a usage error before any file is read
     check_template(template)
-    classes = [entry.name for entry in parse_classes_file(classes_file)] if classes_file else None
+    entries = parse_classes_file(classes_file) if classes_file else None
+    classes = [entry.name for entry in entries] if entries else None
+    displays = {e.name: e.display for e in entries or [] if e.display != e.name}
     imported = load_curated(paths, format=fmt, section=section, classes=classes, restrict=restrict)
     if not imported.descriptions:  # before anything is embedded or written
         raise KbuildError(f"Nothing to load: no descriptions in {', '.join(r.name for r in imported.files)} "
                           "(every class is empty or was dropped; add descriptions, or check --section and --classes)")
     embedder = make_embedder()
-    embeddings = embedder.embed_descriptions(imported.descriptions, template)
+    displays = {**imported.display_names, **displays}  # the classes file wins over an export's manifest
+    embeddings = embedder.embed_descriptions(imported.descriptions, template, displays)
     parameters = {"files": [Path(p).name for p in paths], "format": fmt, "section": section,
                   "classes_file": Path(classes_file).name if classes_file else None, "restrict": restrict}
     draft = SnapshotDraft(imported.descriptions, embeddings, "load", parameters,
                           clip={**embedder.clip.describe(), "template": template},
-                          extra={"import": imported.to_json()})
+                          extra={"import": imported.to_json()}, display_names=displays)
     return LoadResult(store.publish(draft, name=name), imported)

@@ -61,6 +61,7 @@ class ParsedFile:
     sha256: str
     groups: dict[str, list[str]]
     section: str | None = None
+    display_names: dict[str, str] = field(default_factory=dict)  # from a kbuild export's manifest
 
 
 # A reader gets the file and the wanted section (used by kpl only) and returns the classes
@@ -317,4 +318,14 @@ def read_source(path: Path, format: str | None, section: str | None, max_bytes: 
     source = SourceFile(path=path, text=decode_utf8(path, data), sha256=hashlib.sha256(data).hexdigest())
     name = format or detect_format(source)
     groups, chosen = get_reader(name)(source, section)
-    return ParsedFile(path=path, format=name, sha256=source.sha256, groups=groups, section=chosen)
+    displays = _export_display_names(source) if name == "kbuild" else {}
+    return ParsedFile(path=path, format=name, sha256=source.sha256, groups=groups, section=chosen,
+                      display_names=displays)
+
+
+def _export_display_names(source: SourceFile) -> dict[str, str]:
+    """The display names an export's manifest recorded (class key -> name), strings only."""
+    names = source.json()["manifest"].get("display_names") or {}
+    if not isinstance(names, dict):
+        return {}
+    return {k: v for k, v in names.items() if isinstance(k, str) and isinstance(v, str) and v.strip()}
