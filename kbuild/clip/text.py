@@ -12,11 +12,13 @@ from typing import Sequence
 import numpy as np
 
 from kbuild import settings
+from kbuild.progress import task
 from kbuild.descriptions import Description
 from kbuild.clip.cache import TextEmbeddingCache
 from kbuild.errors import UsageError
 
 BARE_TEMPLATE = "{}"
+PROGRESS_CHUNK = 1024  # texts encoded between two progress reports
 
 
 def check_template(template: str) -> str:
@@ -41,7 +43,16 @@ class TextEmbedder:
         """(len(texts), D) unit rows for already-rendered texts; ``template_key`` names how they were rendered."""
         if not texts:
             return np.zeros((0, self.clip.dim), dtype=np.float32)
-        return self.cache.embed(self.model_id, template_key, list(texts), self.clip.encode_texts)
+        return self.cache.embed(self.model_id, template_key, list(texts), self._encode)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """The cache misses, encoded in chunks so a long run reports its progress."""
+        chunks = []
+        with task("embedding texts", len(texts)) as progress:
+            for start in range(0, len(texts), PROGRESS_CHUNK):
+                chunks.append(self.clip.encode_texts(texts[start:start + PROGRESS_CHUNK]))
+                progress.advance(len(chunks[-1]))
+        return np.concatenate(chunks)
 
     def embed_descriptions(self, descriptions: Sequence[Description], template: str,
                            display_names: dict[str, str] | None = None) -> np.ndarray:

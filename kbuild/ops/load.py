@@ -10,7 +10,8 @@ from kbuild.classes_file import parse_classes_file
 from kbuild.clip.text import check_template
 from kbuild.errors import KbuildError
 from kbuild.sources.curated import CuratedImport, load_curated
-from kbuild.store import SnapshotInfo, SnapshotStore, validate_snapshot_name
+from kbuild.ops.generate import check_name_free
+from kbuild.store import SnapshotInfo, SnapshotStore
 from kbuild.store.manifest import SnapshotDraft
 
 
@@ -32,8 +33,7 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
     ``make_embedder()`` is called only once the files have parsed, so a malformed file is reported
     before a (possibly large) CLIP model is loaded.
     """
-    if name is not None:
-        validate_snapshot_name(name)  # a bad --name is a usage error before any file is read
+    check_name_free(store, name)  # a bad or taken --name fails before any file is read or embedded
     check_template(template)
     entries = parse_classes_file(classes_file) if classes_file else None
     classes = [entry.name for entry in entries] if entries else None

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kbuild.clip.text import TextEmbedder, templated_embeddings
+from kbuild.ops.generate import check_name_free
 from kbuild.prune.core import PruneParams, PruneResult, prune_descriptions
 from kbuild.store import SnapshotInfo, SnapshotStore
 from kbuild.store.manifest import SnapshotDraft, display_names
@@ -36,6 +37,7 @@ def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str,
                    similarity_name: str | None = None) -> PruneOutcome:
     """Prune the snapshot ``reference`` and publish the result as its child."""
     params.validate()
+    check_name_free(store, name)  # before any reading or embedding
     kb = store.read(reference)
     clip_info = dict(kb.info.manifest.get("clip", {}))
     template = clip_info.get("template") or "a photo of a {}, which has {}"

@@ -22,6 +22,7 @@ import numpy as np
 
 from kbuild.descriptions import Description
 from kbuild.errors import KbuildError, UsageError
+from kbuild.progress import task
 from kbuild.store.records import RemovedRecord
 from kbuild.prune.similarity import unit_rows
 from kbuild.prune.stages import cross_class, low_margin, max_per_class, near_duplicates, restore_minimum
@@ -200,7 +201,12 @@ def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndar
     if params.needs_references() and params.margin_reference == "name" and name_embeddings is None:
         raise UsageError("--margin-reference name needs class-name embeddings; pass them, "
                          "or use --margin-reference centroid")
-    run = _Run(params)
+    with task("pruning (stages)", len(STAGES)) as progress:
+        run = _Run(params, progress)
+        return _prune(descriptions, text_embeddings, params, name_embeddings, token_count, template, run)
+
+
+def _prune(descriptions, text_embeddings, params, name_embeddings, token_count, template, run) -> PruneResult:
     items = canonical_items(descriptions)
     items = run.text_stage("sanitise", sanitise, items, params.min_chars)
     if token_count is None:
@@ -311,8 +317,9 @@ def _name_matrix(classes: list[str], names: dict[str, np.ndarray] | None, dim: i
 class _Run:
     """Bookkeeping for one prune: removals by stage, skipped stages, notes, timings."""
 
-    def __init__(self, params: PruneParams):
+    def __init__(self, params: PruneParams, progress=None):
         self.params = params
+        self.progress = progress
         self.drops: dict[str, list[Drop]] = {stage: [] for stage in STAGES}
         self.skipped: dict[str, str] = {}
         self.notes: list[str] = []
@@ -326,6 +333,7 @@ class _Run:
         kept, drops = fn(items, *args)
         self.seconds[stage] = time.perf_counter() - started
         self.drops[stage] = drops
+        self._advance()
         return kept
 
     def vector_stage(self, stage: str, fn, items: list[Item], x: np.ndarray, *args) -> np.ndarray:
@@ -333,9 +341,16 @@ class _Run:
         keep, drops = fn(items, x, *args)
         self.seconds[stage] = time.perf_counter() - started
         self.drops[stage] = drops
+        self._advance()
         return keep
 
+    def _advance(self) -> None:
+        if self.progress is not None:
+            self.progress.advance()
+
     def result(self, descriptions: list[Description], kept_items: list[Item]) -> PruneResult:
+        if self.progress is not None:  # skipped stages count as done
+            self.progress.advance(len(STAGES) - self.progress.done)
         per_class = {name: ClassReport() for name in sorted({d.class_name for d in descriptions})}
         for d in descriptions:
             per_class[d.class_name].before += 1

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from kbuild import settings
+from kbuild.progress import task
 from kbuild.errors import KbuildError, SnapshotNotFound, StoreUnavailable
 from kbuild.store import names
 from kbuild.store.client import is_auth_error, open_embedded, open_server, refused
@@ -191,8 +192,11 @@ class SnapshotStore:
     def _pages(self, name: str, include: list[str]) -> Iterator[dict]:
         collection = self._collection(name)
         total = collection.count()
-        for offset in range(0, total, _PAGE):
-            yield collection.get(limit=_PAGE, offset=offset, include=include)
+        with task(f"reading {name}", total) as progress:
+            for offset in range(0, total, _PAGE):
+                page = collection.get(limit=_PAGE, offset=offset, include=include)
+                progress.advance(len(page["ids"]))
+                yield page
 
     @_server_faults
     def read(self, reference: str, embeddings: bool = True, class_name: str | None = None) -> KnowledgeBase:
@@ -269,10 +273,12 @@ class SnapshotStore:
         ids, docs, metas, vectors = _records(draft)
         batch = max(1, min(self.client.get_max_batch_size(), _WRITE_BATCH))
         try:
-            for start in range(0, len(ids), batch):
-                end = start + batch
-                collection.add(ids=ids[start:end], documents=docs[start:end],
-                               metadatas=metas[start:end], embeddings=vectors[start:end])
+            with task("writing snapshot", len(ids)) as progress:
+                for start in range(0, len(ids), batch):
+                    end = start + batch
+                    collection.add(ids=ids[start:end], documents=docs[start:end],
+                                   metadatas=metas[start:end], embeddings=vectors[start:end])
+                    progress.advance(end - start if end <= len(ids) else len(ids) - start)
         except Exception:
             self._drop_pending(pending_name)
             raise
