@@ -79,6 +79,17 @@ def test_similarity_model_finds_real_paraphrases(kbuild, tmp_path):
     assert removed == [("melanoma", "near_duplicate")]
     manifest = kbuild("show", "latest", "--json").json()["manifest"]
     assert manifest["parameters"]["similarity_model"] == "all-MiniLM-L6-v2"
+    # the short name of the similarity extra finds the same, offline
+    short = kbuild("prune", "v1", "--similarity-model", "minilm", "--dedup-threshold", "0.85", "--json")
+    assert short.code == 0 and [(r["class_name"], r["stage"]) for r in short.json()["removed"]] == removed
+    # and diff finds rewordings with it: the stored CLIP vectors play no part
+    reworded = dict(kb, melanoma=["a border that is irregular and blurred", *kb["melanoma"][1:]])
+    path.write_text(json.dumps(reworded))
+    kbuild("load", path)
+    diff = kbuild("diff", "v1", "latest", "--similarity-model", "minilm", "--reword-threshold", "0.8", "--json")
+    assert diff.code == 0, diff.err
+    pairs = [(r["old"], r["new"]) for c in diff.json()["modified_classes"] for r in c["reworded"]]
+    assert pairs == [("an irregular border that is blurred", "a border that is irregular and blurred")]
 
 
 def test_prune_never_empties_a_class_and_names_partners(kbuild, tmp_path):

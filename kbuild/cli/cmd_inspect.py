@@ -65,6 +65,7 @@ def diff(
     new: Annotated[Optional[str], typer.Argument(help="Second snapshot \\[default: compare OLD with its parent].")] = None,
     reword_threshold: Annotated[float, typer.Option("--reword-threshold", min=-1.0, max=1.0,
                                                     help="CLIP similarity from which a removed+added pair is a rewording.")] = 0.9,
+    similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="Find rewordings with this sentence-transformers model (minilm: the offline one of the similarity extra) instead of the stored CLIP vectors.")] = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Show what changed between two snapshots (classes, descriptions, rewordings, manifest)."""
@@ -75,7 +76,12 @@ def diff(
         if not parents:
             raise UsageError(f"{child.name} has no parent; name two snapshots: kbuild diff A B")
         old, new = parents[0]["name"], child.name
-    result = diff_stored(kb_store, old, new, reword_threshold)
+    similarity = None
+    if similarity_model:
+        from kbuild.clip.sentence import sentence_embedder
+
+        similarity = sentence_embedder(similarity_model)
+    result = diff_stored(kb_store, old, new, reword_threshold, similarity)
     if json_out:
         print_json(result.to_json())
     else:

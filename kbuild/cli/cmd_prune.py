@@ -44,7 +44,7 @@ def prune(
     max_per_class: Annotated[Optional[int], typer.Option("--max-per-class", min=1, help="Keep at most N per class, chosen for coverage and diversity.")] = None,
     min_per_class: Annotated[int, typer.Option("--min-per-class", min=0, help="A class the cross-class or margin stage would leave with fewer texts gets its most central removed texts back (a shared text then stays in every class that needs it).")] = PruneParams.min_per_class,
     allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Do not restore texts: let classes end up below --min-per-class, even empty (they are still listed).")] = False,
-    similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="sentence-transformers model (folder or id) for paraphrase similarity \\[default: the snapshot's CLIP].")] = None,
+    similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="sentence-transformers model for paraphrase similarity: minilm (offline, pip install \"kpl-toolkit\\[similarity]\"), a folder or an id \\[default: the snapshot's CLIP].")] = None,
     name: NameOpt = None,
     model: SnapshotModelOpt = None,
     pretrained: SnapshotPretrainedOpt = None,
