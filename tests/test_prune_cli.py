@@ -116,3 +116,18 @@ def test_prune_never_empties_a_class_and_names_partners(kbuild, tmp_path):
     assert "also in" in reasons["a black bill"]
     plain = kbuild("diff", "v2", "v3")
     assert "Manifest parameters changed: allow_empty: False -> True" in plain.out
+
+
+def test_a_write_that_changes_nothing_publishes_nothing(kbuild, tmp_path):
+    path = tmp_path / "kb.json"
+    path.write_text(json.dumps({"cat": ["whiskers", "a long tail", "soft fur"], "dog": ["a wet nose", "floppy ears"]}))
+    assert kbuild("load", path).code == 0
+    again = kbuild("load", path, "--json")
+    assert again.code == 0 and again.json()["published"] is False and again.json()["snapshot"] == "snapshot_v1"
+    assert "load changed nothing: same content as snapshot_v1" in again.err and "--force" in again.err
+    strict = ("--dedup-threshold", "1.0", "--cross-class", "off", "--min-chars", "1")
+    same = kbuild("prune", "v1", *strict)
+    assert same.code == 0 and "prune removed nothing: same content as snapshot_v1" in same.err
+    assert [s["name"] for s in kbuild("list", "--json").json()] == ["snapshot_v1"]
+    assert kbuild("prune", "v1", *strict, "--force", "--json").json()["snapshot"] == "snapshot_v2"
+    assert kbuild("load", path, "--force", "--json").json()["snapshot"] == "snapshot_v3"

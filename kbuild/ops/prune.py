@@ -14,6 +14,7 @@ import numpy as np
 
 from kbuild.clip.text import TextEmbedder, templated_embeddings
 from kbuild.ops.generate import check_name_free
+from kbuild.ops.unchanged import same_content
 from kbuild.prune.core import PruneParams, PruneResult, prune_descriptions
 from kbuild.store import SnapshotInfo, SnapshotStore
 from kbuild.store.manifest import SnapshotDraft, display_names
@@ -25,17 +26,19 @@ class PruneOutcome:
     snapshot: SnapshotInfo
     result: PruneResult
     reembedded: bool
+    unchanged: bool = False  # nothing removed: ``snapshot`` is the parent, nothing was published
 
     def to_json(self) -> dict[str, Any]:
-        return {"parent": self.parent.name, "snapshot": self.snapshot.name,
+        return {"parent": self.parent.name, "snapshot": self.snapshot.name, "published": not self.unchanged,
                 "content_hash": self.snapshot.content_hash, "reembedded": self.reembedded,
                 **self.result.to_json()}
 
 
 def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str, params: PruneParams,
                    name: str | None = None, similarity: Callable[[list[str]], np.ndarray] | None = None,
-                   similarity_name: str | None = None) -> PruneOutcome:
-    """Prune the snapshot ``reference`` and publish the result as its child."""
+                   similarity_name: str | None = None, force: bool = False) -> PruneOutcome:
+    """Prune the snapshot ``reference`` and publish the result as its child; a prune that changes
+    nothing (same content, same embedding model) publishes nothing unless ``force``."""
     params.validate()
     check_name_free(store, name)  # before any reading or embedding
     kb = store.read(reference)
@@ -51,6 +54,8 @@ def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str,
     names = dict(zip(classes, name_vectors))
     result = prune_descriptions(kb.descriptions, embed_bare, params, name_embeddings=names,
                                 token_count=embedder.clip.count_tokens, template=template)
+    if not force and reuse and same_content(kb.info, result.kept, clip_info, displays):
+        return PruneOutcome(kb.info, kb.info, result, reembedded=False, unchanged=True)
     parent_vectors = {d.id: v for d, v in zip(kb.descriptions, kb.embeddings)}
     kept_vectors = templated_embeddings(embedder, parent_vectors, result.kept, template, reuse, displays)
     removed = result.removed
