@@ -200,7 +200,9 @@ def test_kpl_several_sections_need_a_choice(tmp_path):
     path = kpl_file(tmp_path, {"A_Features": {"x": ["one"]}, "B_Features": {"y": ["two"]}})
     with pytest.raises(KbuildError, match=r"A_Features, B_Features.*--section"):
         load_curated([path])
-    assert load_curated([path], section="B").files[0].section == "B_Features"
+    with pytest.raises(KbuildError, match="no section 'B' \\(did you mean 'B_Features'\\?\\); available: A_Features, B_Features"):
+        load_curated([path], section="B")  # exact names only: no quiet suffix match
+    assert load_curated([path], section="B_Features").files[0].section == "B_Features"
     assert load_curated([path], section="A_Features").descriptions[0].text == "one"
     with pytest.raises(KbuildError, match="no section 'C'"):
         load_curated([path], section="C")

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from kbuild.diff import diff_stored
-from kbuild.errors import KbuildError, UsageError
-from kbuild.ops.inspect import EXPORT_FORMATS, export_text, verify
+from kbuild.errors import KbuildError, UsageError, did_you_mean
+from kbuild.ops.inspect import EXPORT_FORMATS, export_text, remove_snapshot, verify
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, open_store, print_json
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, StoreOpt
@@ -39,7 +39,8 @@ def show(
     """Show a snapshot's manifest and descriptions."""
     kb = open_store(store, chroma_url).read(snapshot, embeddings=False, class_name=class_name)
     if class_name and not kb.descriptions and not kb.removed:
-        raise KbuildError(f"Class '{class_name}' is not in {kb.info.name} (see 'kbuild show {kb.info.name}')")
+        hint = did_you_mean(class_name, kb.info.manifest.get("counts", {}))
+        raise KbuildError(f"Class '{class_name}' is not in {kb.info.name}{hint} (see 'kbuild show {kb.info.name}')")
     if json_out:
         print_json({**kb.info.to_json(), "descriptions": [d.to_json() for d in kb.descriptions],
                     "removed": [r.to_json() for r in kb.removed]})
@@ -124,6 +125,22 @@ def verify_(snapshot: SnapArg, store: StoreOpt = None, chroma_url: ChromaUrlOpt 
         raise KbuildError(f"{result.name} failed verification: {'; '.join(result.problems)}")
 
 
+def rm(snapshot: SnapArg,
+       force: Annotated[bool, typer.Option("--force", help="Remove it even when it is tagged (the tags go too) or has children.")] = False,
+       store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False) -> None:
+    """Delete a snapshot and free its disk (refused for a tagged snapshot or a parent unless --force)."""
+    result = remove_snapshot(open_store(store, chroma_url), snapshot, force)
+    if json_out:
+        print_json(result.to_json())
+        return
+    freed = "" if result.freed_bytes is None else f", {result.freed_bytes / 1e6:.1f} MB freed"
+    print(f"removed {result.name}{freed}")
+    if result.tags:
+        info(f"tags removed with it: {', '.join(result.tags)}")
+    if result.children:
+        info(f"its children keep their content; their lineage now names a removed parent: {', '.join(result.children)}")
+
+
 def gc(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None) -> None:
     """Delete pending collections left behind by killed writes (published snapshots are never touched)."""
     removed = open_store(store, chroma_url).gc()
@@ -153,6 +170,7 @@ COMMANDS = [
     CommandSpec(tag, None, "Example: kbuild tag v3 reviewed"),
     CommandSpec(export, None, "Examples: kbuild export v2 --format dclip -o kb.json | kbuild export latest --format csv"),
     CommandSpec(verify_, "verify", "Example: kbuild verify snapshot_v2"),
+    CommandSpec(rm, None, "Examples: kbuild rm v3 | kbuild rm old_draft --force"),
     CommandSpec(gc, None, "Example: kbuild gc"),
     CommandSpec(path, None, "Example: kbuild path"),
 ]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kbuild.inputs import decode_utf8, load_json, read_checked_bytes
-from kbuild.errors import InputFileError, KbuildError, UsageError
+from kbuild.errors import InputFileError, KbuildError, UsageError, did_you_mean
 
 CLASS_COLUMNS = ("class", "class_name", "classname", "label", "category")
 TEXT_COLUMNS = ("text", "description", "descriptor", "concept", "feature", "sentence", "prompt")
@@ -102,18 +102,23 @@ def read_class_lists(source: SourceFile, section: str | None) -> tuple[Groups, N
 
 
 def _pick_section(path: Path, sections: list[str], wanted: str | None) -> str:
-    """The section to import: the chosen one (``X`` or ``X_Features``), or the only one."""
+    """The section to import: the one named exactly, or the only one.
+
+    No prefix or suffix matching: ``Skin`` must not quietly pick ``Skin_Features`` (a file may hold
+    both); the error lists the sections and suggests the near miss.
+    """
     listing = ", ".join(sections)
     if wanted is None:
         if len(sections) == 1:
             return sections[0]
         raise KbuildError(f"{path}: {len(sections)} sections ({listing}); "
                           "pass --section to choose one")
-    for name in sections:
-        if wanted in (name, name.removesuffix("_Features")):
-            return name
-    raise KbuildError(f"{path}: no section '{wanted}' (available: {listing}); "
-                      "pass --section with one of them")
+    if wanted in sections:
+        return wanted
+    near = [s for s in sections if s == f"{wanted}_Features"]
+    hint = f" (did you mean '{near[0]}'?)" if near else did_you_mean(wanted, sections)
+    raise KbuildError(f"{path}: no section '{wanted}'{hint}; available: {listing}; "
+                      "pass --section with one of them exactly")
 
 
 def _feature_texts(path: Path, class_name: str, items: Any, where: str) -> list[str]:
