@@ -52,7 +52,8 @@ def test_descriptions_are_embedded_with_display_names(kbuild, loaded, clip_env):
     assert stored(clip_env).info.manifest["display_names"] == DISPLAY
     out = loaded / "export.json"
     assert kbuild("export", "latest", "-o", out).code == 0
-    assert kbuild("load", out).code == 0
+    back = kbuild("load", out, "--force", "--json")
+    assert back.code == 0 and back.json()["published"] is True
     assert stored(clip_env).info.manifest["display_names"] == DISPLAY
 
 

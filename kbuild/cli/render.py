@@ -53,6 +53,8 @@ def print_diff(diff: SnapshotDiff) -> None:
     for key, change in diff.manifest.items():
         if key != "parameters":
             out(Text(f"Manifest {key}: {change['old']} -> {change['new']}"))
+        elif "operation" in diff.manifest:  # another command's parameters: listing them all is noise
+            out(Text(f"Manifest parameters differ ({', '.join(change['changed'])}; see --json)"))
         else:
             names = ", ".join(f"{k}: {change['old'].get(k)!r} -> {change['new'].get(k)!r}" for k in change["changed"])
             out(Text(f"Manifest parameters changed: {names}"))

@@ -1,7 +1,7 @@
 """A write whose result equals what it starts from publishes nothing unless forced.
 
 A prune that removes nothing has its parent's content; a rerun of ``load`` or ``generate`` that
-changes nothing has the content of the snapshot the previous run wrote. Publishing either would
+changes nothing has the content of a snapshot an earlier run of the same command wrote. Publishing either would
 add an identical snapshot to the lineage, so the command says so and stops (``--force`` publishes
 anyway). "Equal" means the same (class, text) pairs, embedded the same way: CLIP model, template
 and display names, since those change the vectors KPL uses.
@@ -29,15 +29,12 @@ def same_content(info: SnapshotInfo, descriptions: list[Description], clip: dict
 
 def repeated_run(store: SnapshotStore, operation: str, descriptions: list[Description], clip: dict[str, Any],
                  displays: dict[str, str]) -> SnapshotInfo | None:
-    """The latest snapshot when it came from the same ``operation`` with the same content (a
-    rerun that changes nothing), else None."""
-    snapshots = store.list()
-    if not snapshots:
-        return None
-    latest = snapshots[-1]
-    if latest.manifest.get("operation") != operation:
-        return None
-    return latest if same_content(latest, descriptions, clip, displays) else None
+    """The newest snapshot made by the same ``operation`` with the same content, embedded the same
+    way (a rerun that changes nothing), else None."""
+    for info in reversed(store.list()):
+        if info.manifest.get("operation") == operation and same_content(info, descriptions, clip, displays):
+            return info
+    return None
 
 
 def unchanged_message(existing: SnapshotInfo, why: str) -> str:
