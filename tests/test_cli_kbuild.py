@@ -255,8 +255,10 @@ def load_selected(kbuild, kb_files, *extra):
 
 
 def test_loading_the_same_file_twice_gives_an_empty_diff(clip_env, kbuild, kb_files):
-    first, second = load_selected(kbuild, kb_files), load_selected(kbuild, kb_files)
-    assert first["content_hash"] == second["content_hash"]
+    first, same = load_selected(kbuild, kb_files), load_selected(kbuild, kb_files)
+    assert same["published"] is False and same["snapshot"] == "snapshot_v1"  # said, not published
+    second = load_selected(kbuild, kb_files, "--force")
+    assert first["content_hash"] == second["content_hash"] and second["snapshot"] == "snapshot_v2"
     result = kbuild("diff", "v1", "v2")
     assert (result.code, result.out) == (0, "")
     assert kbuild("diff", "v1", "v2", "--json").json() == {}
@@ -264,7 +266,7 @@ def test_loading_the_same_file_twice_gives_an_empty_diff(clip_env, kbuild, kb_fi
 
 def test_tag_sets_moves_and_resolves(clip_env, kbuild, kb_files):
     load_selected(kbuild, kb_files)
-    load_selected(kbuild, kb_files, "--name", "derm_second")
+    load_selected(kbuild, kb_files, "--name", "derm_second", "--force")
     assert kbuild("tag", "v1", "reviewed").out.strip() == "reviewed -> snapshot_v1"
     assert kbuild("tag", "derm_second", "reviewed").out.strip() == "reviewed -> derm_second (moved from snapshot_v1)"
     assert kbuild("show", "reviewed", "--json").json()["name"] == "derm_second"

@@ -46,5 +46,5 @@ def test_taken_name_fails_before_clip_is_loaded(kbuild, tmp_path, monkeypatch):
     monkeypatch.setenv("KPL_CLIP_MODEL", "no-such-model-anywhere")  # loading CLIP would fail
     for args in (("load", path, "--name", "derm"), ("prune", "--name", "derm")):
         result = kbuild(*args)
-        assert result.code == 2, result.err
+        assert result.code == 1, result.err
         assert "'derm' already exists" in result.err and "no-such-model" not in result.err

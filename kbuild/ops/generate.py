@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kbuild.classes_file import ClassEntry
-from kbuild.errors import KbuildError, UsageError
+from kbuild.errors import KbuildError
 from kbuild.sources.llm.calllog import CallLog
 from kbuild.sources.llm.generate import (GenerateOptions, GenerateResult, ProgressEvent,
                                          generate_descriptions, generation_parameters, snapshot_draft)
@@ -45,7 +45,8 @@ def check_name_free(store: SnapshotStore, name: str | None) -> None:
     if name is not None:
         validate_snapshot_name(name)
         if any(s.name == name for s in store.list()):
-            raise UsageError(f"Snapshot '{name}' already exists and snapshots are immutable (choose another --name)")
+            # exit 1 like the store's own refusal at publish time: the same error, found earlier
+            raise KbuildError(f"Snapshot '{name}' already exists and snapshots are immutable (choose another --name)")
 
 
 def generate_snapshot(store: SnapshotStore, entries: list[ClassEntry], prompt: PromptTemplate,
