@@ -112,3 +112,17 @@ def test_real_files_lose_no_class_by_default(kb, name):
 
 def _has_words(texts: list[str]) -> bool:
     return any(any(ch.isalnum() for ch in t) and len(t.strip()) >= 3 for t in texts)
+
+
+def test_overlong_counts_the_display_name_clip_sees():
+    words = lambda prompt: len(prompt.split()) + 2  # noqa: E731
+    descriptions = [Description("mel", "one two three four five six"), Description("mel", "a b"),
+                    Description("mel", "c d"), Description("mel", "e f")]
+    params = PruneParams(max_tokens=15, dedup_threshold=None, cross_class="off")
+    plain = prune_descriptions(descriptions, bag_of_words, params, token_count=words)
+    assert plain.totals().fixed == {}  # "a photo of a mel, which has one ... six": 13 words + 2 fits
+    shown = prune_descriptions(descriptions, bag_of_words, params, token_count=words,
+                               display_names={"mel": "melanoma under dermoscopy in {braces}"})
+    kept = {d.text for d in shown.kept}
+    # "a photo of a melanoma under dermoscopy in {braces}, which has" is 11 words: 2 left for the text
+    assert "one two" in kept and shown.totals().fixed == {"truncated to fit the token limit": 1}

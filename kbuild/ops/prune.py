@@ -53,7 +53,7 @@ def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str,
     name_vectors = embedder.embed_class_names(shown) if similarity is None else similarity(shown)
     names = dict(zip(classes, name_vectors))
     result = prune_descriptions(kb.descriptions, embed_bare, params, name_embeddings=names,
-                                token_count=embedder.clip.count_tokens, template=template)
+                                token_count=embedder.clip.count_tokens, template=template, display_names=displays)
     if not force and reuse and same_content(kb.info, result.kept, clip_info, displays):
         return PruneOutcome(kb.info, kb.info, result, reembedded=False, unchanged=True)
     parent_vectors = {d.id: v for d, v in zip(kb.descriptions, kb.embeddings)}

@@ -186,7 +186,8 @@ def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndar
                        params: PruneParams | None = None,
                        name_embeddings: dict[str, np.ndarray] | None = None,
                        token_count: Callable[[str], int] | None = None,
-                       template: str = DEFAULT_TEMPLATE) -> PruneResult:
+                       template: str = DEFAULT_TEMPLATE,
+                       display_names: dict[str, str] | None = None) -> PruneResult:
     """Run every enabled stage over ``descriptions`` and report what each one removed.
 
     ``text_embeddings`` is either (M, D) rows aligned with ``descriptions``, each embedding the
@@ -194,7 +195,8 @@ def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndar
     sanitised texts. ``name_embeddings`` maps class -> (D,) name-prompt embedding (needed with
     ``margin_reference="name"`` when the margin stage or ``cross_class="best"`` runs).
     ``token_count(prompt)`` counts CLIP tokens including start/end; without it the over-long
-    stage is skipped. ``template`` has two ``{}``: class name, then description.
+    stage is skipped. ``template`` has two ``{}``: class name, then description; the class name
+    filled in is its ``display_names`` entry when it has one (what CLIP will see).
     """
     params = (params or PruneParams()).validate()
     _check_template(template)
@@ -203,16 +205,19 @@ def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndar
                          "or use --margin-reference centroid")
     with task("pruning (stages)", len(STAGES)) as progress:
         run = _Run(params, progress)
-        return _prune(descriptions, text_embeddings, params, name_embeddings, token_count, template, run)
+        return _prune(descriptions, text_embeddings, params, name_embeddings, token_count, template, run,
+                      display_names)
 
 
-def _prune(descriptions, text_embeddings, params, name_embeddings, token_count, template, run) -> PruneResult:
+def _prune(descriptions, text_embeddings, params, name_embeddings, token_count, template, run,
+           display_names) -> PruneResult:
     items = canonical_items(descriptions)
     items = run.text_stage("sanitise", sanitise, items, params.min_chars)
     if token_count is None:
         run.skipped["overlong"] = "no token counter given"
     else:
-        items = run.text_stage("overlong", overlong, items, token_count, template, params.max_tokens, params.overlong)
+        items = run.text_stage("overlong", overlong, items, token_count, template, params.max_tokens, params.overlong,
+                               display_names)
     items = run.text_stage("exact", exact_duplicates, items)
     if items:
         x = _embed(items, text_embeddings, len(descriptions), run)
