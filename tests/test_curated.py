@@ -294,7 +294,7 @@ def test_unknown_format_lists_the_available_ones(tmp_path):
     path = write(tmp_path / "d.json", json.dumps({"cat": ["fur"]}))
     with pytest.raises(UsageError) as err:
         load_curated([path], format="yaml")
-    assert str(err.value) == "Unknown format 'yaml'. Available: csv, cupl, dclip, jsonl, kpl, labo"
+    assert str(err.value) == "Unknown format 'yaml'. Available: csv, cupl, dclip, jsonl, kbuild, kpl, labo"
     assert err.value.exit_code == 2
 
 
