@@ -56,12 +56,10 @@ def prune(
 ) -> None:
     """Filter and deduplicate descriptions by CLIP text similarity into a child snapshot.
 
-    Stages: sanitise, overlong, exact, near_duplicate, cross_class, margin, max_per_class. A class
-    is never emptied silently: when cross_class/margin would leave a class with fewer than
-    --min-per-class texts, its most central removed texts are put back (so a text shared by
-    many classes, like "a black bill", stays in each class that needs it); --allow-empty turns
-    that off. Emptied or thin classes are listed in the summary line and in --json.
-    """
+    Stages: sanitise, overlong, exact, near_duplicate, cross_class, margin, max_per_class.
+
+    A class is never emptied silently: when cross_class or margin would leave a class with fewer than --min-per-class texts, its most central removed texts are put back, so a text shared by many classes ("a black bill") stays in each class that needs it. --allow-empty turns that off; emptied or thin classes are listed in the summary line and in --json.
+    """  # noqa: E501 (one line per paragraph: the help reflows it)
     params = PruneParams(min_chars=min_chars, max_tokens=max_tokens, overlong=overlong,
                          dedup_threshold=dedup_threshold, cross_class=cross_class,
                          cross_class_threshold=cross_class_threshold, min_margin=min_margin,
