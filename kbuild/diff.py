@@ -29,7 +29,7 @@ class ClassDiff:
     reasons: dict[str, str] = field(default_factory=dict)  # removed text -> why the new snapshot dropped it
 
     def to_json(self) -> dict[str, Any]:
-        return {"class": self.name, "added": self.added, "removed": self.removed,
+        return {"class_name": self.name, "added": self.added, "removed": self.removed,
                 "reworded": [{"old": o, "new": n, "similarity": round(s, 4)} for o, n, s in self.reworded],
                 "removal_reasons": self.reasons}
 
@@ -112,7 +112,7 @@ def _class_diff(name, removed, added, new_kb, threshold, old_vecs=None, new_vecs
     diff.reworded = sorted((removed[i], added[j], s) for i, j, s in pairs)
     diff.removed = [t for i, t in enumerate(removed) if i not in paired_old]
     diff.added = [t for j, t in enumerate(added) if j not in paired_new]
-    why = {r.description.text: f"{r.stage}: {r.reason}" for r in new_kb.removed if r.description.class_name == name}
+    why = {r.description.text: r.explain() for r in new_kb.removed if r.description.class_name == name}
     diff.reasons = {t: why[t] for t in diff.removed if t in why}
     return diff
 
@@ -131,8 +131,14 @@ def _vectors_by_class(kb, text_rows, texts_by_class, fetch) -> dict[str, np.ndar
 
 
 def _manifest_changes(old: dict, new: dict) -> dict[str, dict[str, Any]]:
-    return {key: {"old": old.get(key), "new": new.get(key)}
-            for key in _MANIFEST_KEYS if old.get(key) != new.get(key)}
+    """Changed manifest keys; ``parameters`` also lists which of its names changed."""
+    changes = {key: {"old": old.get(key), "new": new.get(key)}
+               for key in _MANIFEST_KEYS if old.get(key) != new.get(key)}
+    if "parameters" in changes:
+        before, after = changes["parameters"]["old"] or {}, changes["parameters"]["new"] or {}
+        changes["parameters"] = {"old": before, "new": after,
+                                 "changed": sorted(k for k in {*before, *after} if before.get(k) != after.get(k))}
+    return changes
 
 
 def _from_matrix(kb: KnowledgeBase, rows: list[int]) -> np.ndarray:
@@ -140,16 +146,19 @@ def _from_matrix(kb: KnowledgeBase, rows: list[int]) -> np.ndarray:
 
 
 def diff_snapshots(old: KnowledgeBase, new: KnowledgeBase, reword_threshold: float = 0.9,
-                   vectors: Callable[[KnowledgeBase, list[int]], np.ndarray] | None = None) -> SnapshotDiff:
+                   vectors: Callable[[KnowledgeBase, list[int]], np.ndarray] | None = None,
+                   same_space: bool | None = None) -> SnapshotDiff:
     """Grouped differences from ``old`` to ``new``.
 
     Reword detection needs the embeddings of the changed rows only: by default they come from
     ``kb.embeddings`` (snapshots read with embeddings); ``vectors(kb, rows) -> (len(rows), D)`` can
     fetch just those rows instead (``SnapshotStore.vectors``), so a diff never reads every vector.
+    ``same_space=True`` says ``vectors`` embeds both snapshots alike (a similarity model on the
+    texts), so rewordings are found even when the snapshots' CLIP models differ.
     """
     old_clip = old.info.manifest.get("clip", {}).get("model_id")
     have_vectors = vectors is not None or old.embeddings.size > 0
-    rewords = old_clip == new.info.manifest.get("clip", {}).get("model_id") and have_vectors
+    rewords = (same_space or old_clip == new.info.manifest.get("clip", {}).get("model_id")) and have_vectors
     result = SnapshotDiff(old.info.name, new.info.name, reword_detection=bool(rewords))
     if old.info.content_hash == new.info.content_hash:
         result.manifest = _manifest_changes(old.info.manifest, new.info.manifest) if old.info.name != new.info.name else {}
@@ -174,10 +183,15 @@ def diff_snapshots(old: KnowledgeBase, new: KnowledgeBase, reword_threshold: flo
     return result
 
 
-def diff_stored(store, old: str, new: str, reword_threshold: float = 0.9) -> SnapshotDiff:
+def diff_stored(store, old: str, new: str, reword_threshold: float = 0.9,
+                similarity: Callable[[list[str]], np.ndarray] | None = None) -> SnapshotDiff:
     """``kbuild diff OLD NEW`` on a ``SnapshotStore``: both snapshots' texts are read, and only the
-    vectors of changed rows are fetched (reword detection), so two 50 000-row snapshots diff in seconds."""
+    vectors of changed rows are fetched (reword detection), so two 50 000-row snapshots diff in seconds.
+    ``similarity(texts)`` (a sentence model) replaces the stored CLIP vectors for reword detection."""
     # The two reads run side by side: Chroma's reads release the GIL, so this nearly halves the wait.
     with ThreadPoolExecutor(max_workers=2) as pool:
         old_kb, new_kb = pool.map(lambda ref: store.read(ref, embeddings=False), (old, new))
-    return diff_snapshots(old_kb, new_kb, reword_threshold, vectors=store.vectors)
+    if similarity is None:
+        return diff_snapshots(old_kb, new_kb, reword_threshold, vectors=store.vectors)
+    by_text = lambda kb, rows: similarity([kb.descriptions[r].text for r in rows])  # noqa: E731
+    return diff_snapshots(old_kb, new_kb, reword_threshold, vectors=by_text, same_space=True)

@@ -35,3 +35,22 @@ class InputFileError(KbuildError):
 
 class StoreUnavailable(KbuildError):
     """The Chroma store cannot be opened or reached."""
+
+
+def did_you_mean(name: str, choices) -> str:
+    """``" (did you mean 'melanoma'?)"`` when one choice is one edit (insert, delete, replace,
+    swap of neighbours) or a difference of case away from ``name``, else ``""``."""
+    close = sorted(c for c in choices if c != name and (c.lower() == name.lower() or _one_edit(name, c)))
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _one_edit(a: str, b: str) -> bool:
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                   and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    i = next((k for k in range(len(short)) if short[k] != long[k]), len(short))
+    return short[i:] == long[i + 1:]

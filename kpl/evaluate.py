@@ -33,6 +33,7 @@ from kbuild.diff import diff_snapshots
 from kbuild.errors import KbuildError
 from kpl.errors import KplError
 from kbuild.store import KnowledgeBase, SnapshotStore
+from kbuild.store.manifest import display_name, display_names
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
 from kpl.ranking import ranking_metrics
 
@@ -214,7 +215,9 @@ def _description_embeddings(session: Session, kb: KnowledgeBase, kb_classes: lis
                           f"descriptions ({'; '.join(dict.fromkeys(problems))})")
     rows = kb.rows_by_class()
     embedder = _embedder(session, clip)
-    embeddings = [embedder.embed_descriptions([kb.descriptions[i] for i in rows[c]], template) for c in kb_classes]
+    displays = display_names(kb.info.manifest)
+    embeddings = [embedder.embed_descriptions([kb.descriptions[i] for i in rows[c]], template, displays)
+                  for c in kb_classes]
     session.note(f"{kb.info.name} was embedded with {kb_clip.get('model_id')} (template {kb_template!r}); "
                  f"re-embedded its descriptions with {model_id} (template {template!r}; text cache "
                  f"{embedder.cache.hits} hits, {embedder.cache.misses} encoded)")
@@ -247,7 +250,9 @@ def _name_embeddings(session: Session, kb: KnowledgeBase, kb_classes: list[str],
         session.note(f"skipping clip, inmap and transclip (class names): no text model for {model_id} could be loaded "
                      f"({problems[0] if problems else 'no candidate'})")
         return None
-    return _embedder(session, clip).embed_class_names(kb_classes, NAME_TEMPLATE)
+    # "a photo of a melanoma.", not "a photo of a mel.": the manifest's display names, if any
+    shown = [display_name(kb.info.manifest, c) for c in kb_classes]
+    return _embedder(session, clip).embed_class_names(shown, NAME_TEMPLATE)
 
 
 def prepare_knowledge(session: Session, kb: KnowledgeBase, need_names: bool = True) -> Knowledge:
@@ -399,6 +404,7 @@ class EvalResult:
             "skipped_files": {**(self.session.dataset.describe()["skipped"] if self.session.dataset else {}),
                               "corrupt": len(fs.corrupt)},
             "classes": {"names": fs.class_names, "kb_classes": short, "ignored_kb_classes": self.knowledge.ignored_classes,
+                        "display_names": {c: display_name(kb.info.manifest, k) for c, k in short.items()},
                         "class_map": str(self.session.inputs.class_map) if self.session.inputs.class_map else None},
             "params": {**self.params.to_json(), "k_mode": "auto" if self.k_auto else "fixed",
                        "methods": list(self.methods), "device": math_device(self.session)},

@@ -247,7 +247,8 @@ def write_eval_outputs(result, out: Path) -> list[Path]:
     if result.runs:
         name = FINAL if FINAL in result.runs else next(iter(result.runs))
         run = result.runs[name]
-        png = plot_confusion(run.metrics.confusion, result.session.features.class_names,
+        shown = payload["classes"].get("display_names", {})  # "melanoma", not the folder code "mel"
+        png = plot_confusion(run.metrics.confusion, [shown.get(c, c) for c in result.session.features.class_names],
                              f"{name} on {payload['snapshot']['name']}: top-1 {pct(run.metrics.accuracy)}%",
                              out / "confusion_matrix.png")
         written.append(png)

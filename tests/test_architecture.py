@@ -111,7 +111,7 @@ def test_layers_point_down():
         ("kbuild.ops",),
         ("kbuild.sources", "kbuild.prune", "kbuild.diff", "kbuild.classes_file"),
         ("kbuild.store", "kbuild.clip", "kbuild.inputs"),
-        ("kbuild.descriptions", "kbuild.errors", "kbuild.settings"),
+        ("kbuild.descriptions", "kbuild.errors", "kbuild.settings", "kbuild.progress"),
     ]
 
     def layer_of(module: str) -> int | None:

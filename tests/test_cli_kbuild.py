@@ -124,7 +124,7 @@ def test_diff_labo_selected_is_a_per_class_subset_of_raw(kb):
     assert diff["summary"]["classes_modified"] == 7
     for change in diff["modified_classes"]:
         new_texts = change["added"] + [pair["new"] for pair in change["reworded"]]
-        assert new_texts == [], change["class"]  # every selected concept is already in raw
+        assert new_texts == [], change["class_name"]  # every selected concept is already in raw
     assert diff["summary"]["descriptions_removed"] == 3062 - 350
     labo_raw, selected = raw(kb.files, LABO_RAW), raw(kb.files, LABO_SELECTED)
     assert all(set(selected[c]) <= set(labo_raw[c]) for c in selected)
@@ -148,8 +148,8 @@ def test_diff_cupl_to_dclip_shares_101_keys_and_drops_the_5_empty_classes(kb):
     cupl, dclip = raw(kb.files, CUPL), raw(kb.files, WAFFLE)
     assert set(cupl) == set(dclip) and len(cupl) == 101
     for change in diff["modified_classes"]:
-        old = {normalise_text(t) for t in cupl[change["class"]]}
-        new = {normalise_text(t) for t in dclip[change["class"]]}
+        old = {normalise_text(t) for t in cupl[change["class_name"]]}
+        new = {normalise_text(t) for t in dclip[change["class_name"]]}
         reworded = change["reworded"]
         assert sorted(change["added"] + [r["new"] for r in reworded]) == sorted(new - old)
         assert sorted(change["removed"] + [r["old"] for r in reworded]) == sorted(old - new)
@@ -255,8 +255,10 @@ def load_selected(kbuild, kb_files, *extra):
 
 
 def test_loading_the_same_file_twice_gives_an_empty_diff(clip_env, kbuild, kb_files):
-    first, second = load_selected(kbuild, kb_files), load_selected(kbuild, kb_files)
-    assert first["content_hash"] == second["content_hash"]
+    first, same = load_selected(kbuild, kb_files), load_selected(kbuild, kb_files)
+    assert same["published"] is False and same["snapshot"] == "snapshot_v1"  # said, not published
+    second = load_selected(kbuild, kb_files, "--force")
+    assert first["content_hash"] == second["content_hash"] and second["snapshot"] == "snapshot_v2"
     result = kbuild("diff", "v1", "v2")
     assert (result.code, result.out) == (0, "")
     assert kbuild("diff", "v1", "v2", "--json").json() == {}
@@ -264,7 +266,7 @@ def test_loading_the_same_file_twice_gives_an_empty_diff(clip_env, kbuild, kb_fi
 
 def test_tag_sets_moves_and_resolves(clip_env, kbuild, kb_files):
     load_selected(kbuild, kb_files)
-    load_selected(kbuild, kb_files, "--name", "derm_second")
+    load_selected(kbuild, kb_files, "--name", "derm_second", "--force")
     assert kbuild("tag", "v1", "reviewed").out.strip() == "reviewed -> snapshot_v1"
     assert kbuild("tag", "derm_second", "reviewed").out.strip() == "reviewed -> derm_second (moved from snapshot_v1)"
     assert kbuild("show", "reviewed", "--json").json()["name"] == "derm_second"

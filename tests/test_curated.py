@@ -197,7 +197,9 @@ def test_kpl_several_sections_need_a_choice(tmp_path):
     path = kpl_file(tmp_path, {"A_Features": {"x": ["one"]}, "B_Features": {"y": ["two"]}})
     with pytest.raises(KbuildError, match=r"A_Features, B_Features.*--section"):
         load_curated([path])
-    assert load_curated([path], section="B").files[0].section == "B_Features"
+    with pytest.raises(KbuildError, match="no section 'B' \\(did you mean 'B_Features'\\?\\); available: A_Features, B_Features"):
+        load_curated([path], section="B")  # exact names only: no quiet suffix match
+    assert load_curated([path], section="B_Features").files[0].section == "B_Features"
     assert load_curated([path], section="A_Features").descriptions[0].text == "one"
     with pytest.raises(KbuildError, match="no section 'C'"):
         load_curated([path], section="C")
@@ -289,7 +291,7 @@ def test_unknown_format_lists_the_available_ones(tmp_path):
     path = write(tmp_path / "d.json", json.dumps({"cat": ["fur"]}))
     with pytest.raises(UsageError) as err:
         load_curated([path], format="yaml")
-    assert str(err.value) == "Unknown format 'yaml'. Available: csv, cupl, dclip, jsonl, kpl, labo"
+    assert str(err.value) == "Unknown format 'yaml'. Available: csv, cupl, dclip, jsonl, kbuild, kpl, labo"
     assert err.value.exit_code == 2
 
 

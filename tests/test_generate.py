@@ -187,7 +187,10 @@ def test_generate_writes_a_snapshot_with_full_provenance(gen, server, kbuild):
 def test_rerun_with_identical_inputs_makes_zero_calls(gen, server, kbuild):
     assert gen().code == 0
     assert server.count() == 3
-    again = gen("--name", "again", "--json")
+    same = gen("--json")  # the same snapshot again: said, not published
+    assert same.code == 0 and same.json()["published"] is False and same.json()["snapshot"] == "snapshot_v1"
+    assert "generate changed nothing: same content as snapshot_v1" in same.err
+    again = gen("--name", "again", "--force", "--json")
     assert again.code == 0, again.err
     assert server.count() == 3
     assert again.json()["stats"]["made"] == 0 and again.json()["stats"]["cached"] == 3

@@ -79,7 +79,9 @@ def run(descriptions, x, **params):
 
 
 def removals(result, stage: str) -> dict[tuple[str, str], tuple[str, float | None, str | None]]:
-    return {(r.description.class_name, r.description.text): (r.reason, r.score, r.related)
+    """(class, text) -> (reason, score, partner): the other class when there is one, else the kept text."""
+    return {(r.description.class_name, r.description.text):
+            (r.reason, r.score, r.related_classes[0] if r.related_classes else r.related)
             for r in result.removed_by(stage)}
 
 
@@ -133,6 +135,10 @@ def test_cross_class_drop_removes_every_copy():
     assert got[("beta", "a thin ring")][::2] == ("near-identical text in another class", "gamma")
     assert got[("beta", "a thin ring")][1] == pytest.approx(ring, abs=1e-5)
     assert got[("gamma", "a thin ring shape")][2] == "beta"
+    partner = {r.description.text: (r.related, r.related_classes) for r in result.removed_by("cross_class")
+               if r.description.class_name != "alpha"}
+    assert partner["a thin ring"] == ("a thin ring shape", ["gamma"])
+    assert partner["a clinical photo"] == ("a clinical photo", ["alpha"])
 
 
 @pytest.mark.parametrize("reference", ["centroid", "name"])

@@ -32,7 +32,7 @@ def test_prune_writes_child_with_reasons(kbuild, small_kb):
     assert by_stage[("cat", "a photo")] == "cross_class"
     assert by_stage[("dog", "a photo")] == "cross_class"
     shown = kbuild("show", "v2", "--removed", "--json").json()
-    assert {(r["class"], r["text"]) for r in shown["removed"]} == set(by_stage)
+    assert {(r["class_name"], r["text"]) for r in shown["removed"]} == set(by_stage)
     assert kbuild("verify", "v2").code == 0
 
 
@@ -42,7 +42,7 @@ def test_prune_is_deterministic_and_diff_shows_removals(kbuild, small_kb, tmp_pa
     second = kbuild("prune", "v1", "--json").json()
     assert first["content_hash"] == second["content_hash"]
     diff = kbuild("diff", "v1", "v2", "--json").json()
-    removed = {(c["class"], t) for c in diff["modified_classes"] for t in c["removed"]}
+    removed = {(c["class_name"], t) for c in diff["modified_classes"] for t in c["removed"]}
     assert removed == {(r["class_name"], r["text"]) for r in first["removed"]}
     reasons = {t: why for c in diff["modified_classes"] for t, why in c["removal_reasons"].items()}
     assert reasons["a photo"].startswith("cross_class")
@@ -79,3 +79,55 @@ def test_similarity_model_finds_real_paraphrases(kbuild, tmp_path):
     assert removed == [("melanoma", "near_duplicate")]
     manifest = kbuild("show", "latest", "--json").json()["manifest"]
     assert manifest["parameters"]["similarity_model"] == "all-MiniLM-L6-v2"
+    # the short name of the similarity extra finds the same, offline
+    short = kbuild("prune", "v1", "--similarity-model", "minilm", "--dedup-threshold", "0.85", "--json")
+    assert short.code == 0 and [(r["class_name"], r["stage"]) for r in short.json()["removed"]] == removed
+    # and diff finds rewordings with it: the stored CLIP vectors play no part
+    reworded = dict(kb, melanoma=["a border that is irregular and blurred", *kb["melanoma"][1:]])
+    path.write_text(json.dumps(reworded))
+    kbuild("load", path)
+    diff = kbuild("diff", "v1", "latest", "--similarity-model", "minilm", "--reword-threshold", "0.8", "--json")
+    assert diff.code == 0, diff.err
+    pairs = [(r["old"], r["new"]) for c in diff.json()["modified_classes"] for r in c["reworded"]]
+    assert pairs == [("an irregular border that is blurred", "a border that is irregular and blurred")]
+
+
+def test_prune_never_empties_a_class_and_names_partners(kbuild, tmp_path):
+    """DCLIP-style birds made of shared short phrases: the default keeps every bird described."""
+    birds = {"crow": ["a black bill", "black legs", "black feathers"],
+             "raven": ["a black bill", "black legs", "black feathers", "a wedge-shaped tail"],
+             "robin": ["a red breast", "a black bill"]}
+    path = tmp_path / "birds.json"
+    path.write_text(json.dumps(birds))
+    kbuild("load", path)
+    exact = ("--dedup-threshold", "0.9999", "--cross-class-threshold", "0.9999")  # the tiny CLIP is random
+    table = kbuild("prune", "v1", *exact)
+    assert table.code == 0, table.err
+    # crow gets its 3 back, raven 2 (to 3), robin 1 (to all it had)
+    assert "6 restored so 3 classes keep 3;" in table.out and "EMPTIED" not in table.out
+    kept = kbuild("show", "v2", "--json").json()["descriptions"]
+    assert {d["class_name"] for d in kept} == set(birds)
+    shown = kbuild("show", "v2", "--removed")
+    assert "cross_class: identical text in another class (1.000); also in crow, robin" in shown.out
+    empty = kbuild("prune", "v1", "--allow-empty", "--json", *exact)
+    assert empty.json()["emptied_classes"] == ["crow"] and "warning: 1 classes" in empty.err
+    reasons = {t: why for c in kbuild("diff", "v1", "v3", "--json").json()["modified_classes"]
+               for t, why in c["removal_reasons"].items()}
+    assert "also in" in reasons["a black bill"]
+    plain = kbuild("diff", "v2", "v3")
+    assert "Manifest parameters changed: allow_empty: False -> True" in plain.out
+
+
+def test_a_write_that_changes_nothing_publishes_nothing(kbuild, tmp_path):
+    path = tmp_path / "kb.json"
+    path.write_text(json.dumps({"cat": ["whiskers", "a long tail", "soft fur"], "dog": ["a wet nose", "floppy ears"]}))
+    assert kbuild("load", path).code == 0
+    again = kbuild("load", path, "--json")
+    assert again.code == 0 and again.json()["published"] is False and again.json()["snapshot"] == "snapshot_v1"
+    assert "load changed nothing: same content as snapshot_v1" in again.err and "--force" in again.err
+    strict = ("--dedup-threshold", "1.0", "--cross-class", "off", "--min-chars", "1")
+    same = kbuild("prune", "v1", *strict)
+    assert same.code == 0 and "prune removed nothing: same content as snapshot_v1" in same.err
+    assert [s["name"] for s in kbuild("list", "--json").json()] == ["snapshot_v1"]
+    assert kbuild("prune", "v1", *strict, "--force", "--json").json()["snapshot"] == "snapshot_v2"
+    assert kbuild("load", path, "--force", "--json").json()["snapshot"] == "snapshot_v3"

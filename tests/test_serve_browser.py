@@ -203,7 +203,7 @@ def test_review_reject_edit_reload_save_then_diff(page, served, capsys):
     capsys.readouterr()
     assert kbuild_in_process("diff", "v2", "v3", "--json", "--store", served[2]["KBUILD_STORE"]) == 0
     diff = json.loads(capsys.readouterr().out)
-    changed = {c["class"]: c for c in diff["modified_classes"]}
+    changed = {c["class_name"]: c for c in diff["modified_classes"]}
     assert set(changed) == {"cat", "dog"} and not diff["added_classes"] and not diff["removed_classes"]
     assert changed["dog"]["removed"] == ["a wet nose"] and not changed["dog"]["added"] and not changed["dog"]["reworded"]
     assert changed["dog"]["removal_reasons"] == {"a wet nose": "review: rejected by alice: not visible in a photo"}

@@ -206,10 +206,10 @@ def test_review_through_the_api_lands_exactly_in_a_child_snapshot(home, kbuild):
         status, again, _ = call(f"{base}/api/draft/save", {**target, "version": 3})
         assert status == 409  # a second click or a stale tab cannot publish the same review twice
     diff = kbuild("diff", "v1", "v2", "--json").json()
-    removed = {(c["class"], t) for c in diff["modified_classes"] for t in c["removed"]}
-    removed |= {(c["class"], r["old"]) for c in diff["modified_classes"] for r in c["reworded"]}
-    added = {(c["class"], t) for c in diff["modified_classes"] for t in c["added"]}
-    added |= {(c["class"], r["new"]) for c in diff["modified_classes"] for r in c["reworded"]}
+    removed = {(c["class_name"], t) for c in diff["modified_classes"] for t in c["removed"]}
+    removed |= {(c["class_name"], r["old"]) for c in diff["modified_classes"] for r in c["reworded"]}
+    added = {(c["class_name"], t) for c in diff["modified_classes"] for t in c["added"]}
+    added |= {(c["class_name"], r["new"]) for c in diff["modified_classes"] for r in c["reworded"]}
     assert removed == {("dog", "a wet nose"), ("cat", "pointed ears")}
     assert added == {("cat", "tall pointed ears"), ("dog", "a black nose")}
     assert diff["manifest"]["operation"] == {"old": "load", "new": "review"}

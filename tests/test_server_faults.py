@@ -144,7 +144,7 @@ def test_chroma_server_killed_mid_read_and_mid_write(forks, tmp_path, tiny_model
         # A write of 300 records in batches of 20 (a load of the same size took n requests): killed half-way.
         switch.start_server()
         source = write_class_lists(tmp_path / "new.json", 10, 30, "new")
-        switch.arm(requests_of("load", tmp_path / "2.json") // 2)
+        switch.arm(requests_of("load", tmp_path / "2.json", "--force") // 2)
         child, code = run("load", source, "--json", patch=SMALL_PAGES)
         one_error_line(child, code)
         assert time.monotonic() - child.started < 20

@@ -13,6 +13,7 @@ import traceback
 import typer
 
 from kbuild import settings
+from kbuild.cli.progress import reporting
 from kbuild.descriptions import visible
 from kbuild.errors import KbuildError
 
@@ -21,7 +22,8 @@ def run_with_boundary(typer_app: typer.Typer, prog_name: str, argv: list[str] | 
     """Run a Typer app; user errors become one ``Error:`` line on stderr and an exit code."""
     settings.quiet_third_parties()
     try:
-        outcome = typer_app(args=argv, prog_name=prog_name, standalone_mode=False)
+        with reporting():
+            outcome = typer_app(args=argv, prog_name=prog_name, standalone_mode=False)
         return outcome if isinstance(outcome, int) else 0
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1

@@ -13,6 +13,7 @@ from kbuild.clip.text import check_template
 from kbuild.descriptions import visible
 from kbuild.errors import UsageError
 from kbuild.ops.generate import check_name_free, generate_snapshot
+from kbuild.ops.unchanged import unchanged_message
 from kbuild.sources.llm.generate import GenerateOptions, GenerateResult, check_request
 from kbuild.sources.llm.prompts import load_prompt
 from kbuild.store import validate_snapshot_name
@@ -76,6 +77,7 @@ def generate(
                                            "doubled each retry (with jitter; Retry-After wins).")] = 1.0,
     prompts_dir: PromptsDirOpt = None,
     name: NameOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Publish even when the result equals the latest generated snapshot.")] = False,
     template: TemplateOpt = settings.DEFAULT_TEMPLATE,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -104,14 +106,18 @@ def generate(
          f"{len(entries)} classes (prompt {template_.name}, {template_.hash[:15]}...)")
     outcome = generate_snapshot(kb_store, entries, template_, options, client,
                                 lambda: load_embedder(kb_store, model, pretrained), template, classes.name,
-                                name=name, progress=lambda event: info(event.describe()))
+                                name=name, progress=lambda event: info(event.describe()), force=force)
     _print_stats(outcome.result, client.model)
     if outcome.snapshot is None:
         for class_name, reason in outcome.result.failures.items():
             info(f"failed: {class_name}: {reason}")
         raise outcome.failure(len(entries))
+    if outcome.unchanged:
+        info(unchanged_message(outcome.snapshot, "generate changed nothing"))
     if json_out:
         print_json(outcome.to_json())
+        return
+    if outcome.unchanged:
         return
     manifest = outcome.snapshot.manifest
     print(visible(f"{outcome.snapshot.name}: {manifest['total']} descriptions in {manifest['classes']} classes "

@@ -9,8 +9,8 @@ import typer
 
 from kbuild.descriptions import visible
 from kbuild.diff import diff_stored
-from kbuild.errors import KbuildError, UsageError
-from kbuild.ops.inspect import EXPORT_FORMATS, export_text, verify
+from kbuild.errors import KbuildError, UsageError, did_you_mean
+from kbuild.ops.inspect import EXPORT_FORMATS, export_text, remove_snapshot, verify
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, open_store, print_json
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, StoreOpt
@@ -40,7 +40,8 @@ def show(
     """Show a snapshot's manifest and descriptions."""
     kb = open_store(store, chroma_url).read(snapshot, embeddings=False, class_name=class_name)
     if class_name and not kb.descriptions and not kb.removed:
-        raise KbuildError(f"Class '{class_name}' is not in {kb.info.name} (see 'kbuild show {kb.info.name}')")
+        hint = did_you_mean(class_name, kb.info.manifest.get("counts", {}))
+        raise KbuildError(f"Class '{class_name}' is not in {kb.info.name}{hint} (see 'kbuild show {kb.info.name}')")
     if json_out:
         print_json({**kb.info.to_json(), "descriptions": [d.to_json() for d in kb.descriptions],
                     "removed": [r.to_json() for r in kb.removed]})
@@ -51,11 +52,12 @@ def show(
                        f"clip: {m['clip'].get('model_id')}   template: {m['clip'].get('template')!r}"))
     if removed:
         for r in kb.removed:
-            score = "" if r.score is None else f" ({r.score:.3f})"
-            console.print(line(f"- [{r.description.class_name}] {r.description.text!r}: {r.stage}: {r.reason}{score}"))
+            console.print(line(f"- [{r.description.class_name}] {r.description.text!r}: {r.explain()}"))
         return
+    shown = m.get("display_names") or {}
     for name, rows in kb.rows_by_class().items():
-        console.print(line((name, "bold"), f" ({len(rows)})"))
+        label = f"{shown[name]} ({name})" if name in shown else name
+        console.print(line((label, "bold"), f" ({len(rows)})"))
         for row in rows:
             console.print(line(f"  - {kb.descriptions[row].text}"))
 
@@ -65,6 +67,7 @@ def diff(
     new: Annotated[Optional[str], typer.Argument(help="Second snapshot \\[default: compare OLD with its parent].")] = None,
     reword_threshold: Annotated[float, typer.Option("--reword-threshold", min=-1.0, max=1.0,
                                                     help="CLIP similarity from which a removed+added pair is a rewording.")] = 0.9,
+    similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="Find rewordings with this sentence-transformers model (minilm: the offline one of the similarity extra) instead of the stored CLIP vectors.")] = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Show what changed between two snapshots (classes, descriptions, rewordings, manifest)."""
@@ -75,7 +78,12 @@ def diff(
         if not parents:
             raise UsageError(f"{child.name} has no parent; name two snapshots: kbuild diff A B")
         old, new = parents[0]["name"], child.name
-    result = diff_stored(kb_store, old, new, reword_threshold)
+    similarity = None
+    if similarity_model:
+        from kbuild.clip.sentence import sentence_embedder
+
+        similarity = sentence_embedder(similarity_model)
+    result = diff_stored(kb_store, old, new, reword_threshold, similarity)
     if json_out:
         print_json(result.to_json())
     else:
@@ -118,6 +126,22 @@ def verify_(snapshot: SnapArg, store: StoreOpt = None, chroma_url: ChromaUrlOpt 
         raise KbuildError(f"{result.name} failed verification: {'; '.join(result.problems)}")
 
 
+def rm(snapshot: SnapArg,
+       force: Annotated[bool, typer.Option("--force", help="Remove it even when it is tagged (the tags go too) or has children.")] = False,
+       store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False) -> None:
+    """Delete a snapshot and free its disk (refused for a tagged snapshot or a parent unless --force)."""
+    result = remove_snapshot(open_store(store, chroma_url), snapshot, force)
+    if json_out:
+        print_json(result.to_json())
+        return
+    freed = "" if result.freed_bytes is None else f", {result.freed_bytes / 1e6:.1f} MB freed"
+    print(f"removed {result.name}{freed}")
+    if result.tags:
+        info(f"tags removed with it: {', '.join(result.tags)}")
+    if result.children:
+        info(f"its children keep their content; their lineage now names a removed parent: {', '.join(result.children)}")
+
+
 def gc(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None) -> None:
     """Delete pending collections left behind by killed writes and the segment folders no snapshot uses
     (published snapshots are never touched)."""
@@ -152,6 +176,7 @@ COMMANDS = [
     CommandSpec(tag, None, "Example: kbuild tag v3 reviewed"),
     CommandSpec(export, None, "Examples: kbuild export v2 --format dclip -o kb.json | kbuild export latest --format csv"),
     CommandSpec(verify_, "verify", "Example: kbuild verify snapshot_v2"),
+    CommandSpec(rm, None, "Examples: kbuild rm v3 | kbuild rm old_draft --force"),
     CommandSpec(gc, None, "Example: kbuild gc"),
     CommandSpec(path, None, "Example: kbuild path"),
 ]

@@ -10,6 +10,7 @@ import typer
 from kbuild.descriptions import visible
 from kbuild import settings
 from kbuild.ops.load import load_files
+from kbuild.ops.unchanged import unchanged_message
 from kbuild.store import validate_snapshot_name
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, load_embedder, open_store, print_json
@@ -18,11 +19,12 @@ from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, Pretrai
 
 def load(
     files: Annotated[list[Path], typer.Argument(help="Curated files: JSON {class: [text]}, KPL JSON, CSV or JSONL; or one .npz with classes, texts, embeddings and model_id (your own vectors, no CLIP model loaded).")],
-    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Force a format: csv, cupl, dclip, jsonl, kpl, labo.")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Force a format: csv, cupl, dclip, jsonl, kbuild (an export), kpl, labo.")] = None,
     section: Annotated[Optional[str], typer.Option("--section", help="Section of a KPL-style file, e.g. Brain_Tumor_Features.")] = None,
     classes: Annotated[Optional[Path], typer.Option("--classes", help="classes.txt to check class names against.")] = None,
     restrict: Annotated[bool, typer.Option("--restrict", help="Drop classes not in --classes instead of failing.")] = False,
     name: NameOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Publish even when the result equals the latest snapshot.")] = False,
     template: TemplateOpt = settings.DEFAULT_TEMPLATE,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -35,11 +37,15 @@ def load(
         validate_snapshot_name(name)  # before loading CLIP, which can take a while
     kb_store = open_store(store, chroma_url)
     result = load_files(kb_store, lambda: load_embedder(kb_store, model, pretrained), files, template,
-                        format, section, classes, restrict, name)
+                        format, section, classes, restrict, name, force)
     for line in result.imported.summary_lines():
         info(line)
+    if result.unchanged:
+        info(unchanged_message(result.snapshot, "load changed nothing"))
     if json_out:
         print_json(result.to_json())
+        return
+    if result.unchanged:
         return
     manifest = result.snapshot.manifest
     print(visible(f"{result.snapshot.name}: {manifest['total']} descriptions in {manifest['classes']} classes "

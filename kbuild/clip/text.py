@@ -12,11 +12,13 @@ from typing import Sequence
 import numpy as np
 
 from kbuild import settings
+from kbuild.progress import task
 from kbuild.descriptions import Description
 from kbuild.clip.cache import TextEmbeddingCache
 from kbuild.errors import UsageError
 
 BARE_TEMPLATE = "{}"
+PROGRESS_CHUNK = 1024  # texts encoded between two progress reports
 
 
 def check_template(template: str) -> str:
@@ -41,12 +43,24 @@ class TextEmbedder:
         """(len(texts), D) unit rows for already-rendered texts; ``template_key`` names how they were rendered."""
         if not texts:
             return np.zeros((0, self.clip.dim), dtype=np.float32)
-        return self.cache.embed(self.model_id, template_key, list(texts), self.clip.encode_texts)
+        return self.cache.embed(self.model_id, template_key, list(texts), self._encode)
 
-    def embed_descriptions(self, descriptions: Sequence[Description], template: str) -> np.ndarray:
-        """(M, D) embeddings of ``template.format(class_name, text)`` for each description."""
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """The cache misses, encoded in chunks so a long run reports its progress."""
+        chunks = []
+        with task("embedding texts", len(texts)) as progress:
+            for start in range(0, len(texts), PROGRESS_CHUNK):
+                chunks.append(self.clip.encode_texts(texts[start:start + PROGRESS_CHUNK]))
+                progress.advance(len(chunks[-1]))
+        return np.concatenate(chunks)
+
+    def embed_descriptions(self, descriptions: Sequence[Description], template: str,
+                           display_names: dict[str, str] | None = None) -> np.ndarray:
+        """(M, D) embeddings of ``template.format(name, text)`` for each description, where name is
+        the class's display name (``display_names``, e.g. ``mel -> melanoma``) or else its key."""
         check_template(template)
-        rendered = [template.format(d.class_name, d.text) for d in descriptions]
+        names = display_names or {}
+        rendered = [template.format(names.get(d.class_name, d.class_name), d.text) for d in descriptions]
         return self.embed_texts(rendered, template)
 
     def embed_class_names(self, class_names: Sequence[str], template: str = "a photo of a {}.") -> np.ndarray:
@@ -73,11 +87,13 @@ def snapshot_embedder(home: Path, clip: dict, model: str | None = None, pretrain
 
 
 def templated_embeddings(embedder: TextEmbedder, parent_vectors: dict[str, np.ndarray],
-                         descriptions: Sequence[Description], template: str, reuse: bool) -> np.ndarray:
+                         descriptions: Sequence[Description], template: str, reuse: bool,
+                         display_names: dict[str, str] | None = None) -> np.ndarray:
     """(M, D) templated embeddings for a child snapshot, taking the parent's vector (by description
     id) wherever the description is unchanged and ``reuse`` says the parent shares the model."""
     if not descriptions:
         return np.zeros((0, embedder.clip.dim), dtype=np.float32)
     missing = [d for d in descriptions if not reuse or d.id not in parent_vectors]
-    fresh = dict(zip((d.id for d in missing), embedder.embed_descriptions(missing, template))) if missing else {}
+    fresh = (dict(zip((d.id for d in missing), embedder.embed_descriptions(missing, template, display_names)))
+             if missing else {})
     return np.stack([fresh[d.id] if d.id in fresh else parent_vectors[d.id] for d in descriptions]).astype(np.float32)

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kbuild.classes_file import ClassEntry
-from kbuild.errors import KbuildError, UsageError
+from kbuild.errors import KbuildError
 from kbuild.sources.llm.calllog import CallLog
 from kbuild.sources.llm.generate import (GenerateOptions, GenerateResult, ProgressEvent,
                                          generate_descriptions, generation_parameters, snapshot_draft)
 from kbuild.sources.llm.prompts import PromptTemplate
+from kbuild.ops.unchanged import repeated_run
 from kbuild.store import SnapshotInfo, SnapshotStore, validate_snapshot_name
 
 
@@ -26,6 +27,7 @@ class GenerateOutcome:
 
     result: GenerateResult
     snapshot: SnapshotInfo | None
+    unchanged: bool = False  # a rerun that changed nothing: ``snapshot`` is the existing one
 
     def failure(self, total: int) -> KbuildError:
         return KbuildError(f"{len(self.result.failures)} of {total} classes failed (listed above), so no snapshot "
@@ -33,7 +35,8 @@ class GenerateOutcome:
                            "the rest without paying for them again")
 
     def to_json(self) -> dict[str, Any]:
-        head = {"snapshot": self.snapshot.name, "content_hash": self.snapshot.content_hash} if self.snapshot else {}
+        head = ({"snapshot": self.snapshot.name, "published": not self.unchanged,
+                 "content_hash": self.snapshot.content_hash} if self.snapshot else {})
         return {**head, **self.result.to_json()}
 
 
@@ -42,13 +45,15 @@ def check_name_free(store: SnapshotStore, name: str | None) -> None:
     if name is not None:
         validate_snapshot_name(name)
         if any(s.name == name for s in store.list()):
-            raise UsageError(f"Snapshot '{name}' already exists and snapshots are immutable (choose another --name)")
+            # exit 1 like the store's own refusal at publish time: the same error, found earlier
+            raise KbuildError(f"Snapshot '{name}' already exists and snapshots are immutable (choose another --name)")
 
 
 def generate_snapshot(store: SnapshotStore, entries: list[ClassEntry], prompt: PromptTemplate,
                       options: GenerateOptions, client, load_embedder: Callable[[], Any], template: str,
                       classes_label: str, name: str | None = None,
-                      progress: Callable[[ProgressEvent], None] | None = None) -> GenerateOutcome:
+                      progress: Callable[[ProgressEvent], None] | None = None,
+                      force: bool = False) -> GenerateOutcome:
     """Ask ``client`` for every class through the store's call log; publish only when no class failed."""
     check_name_free(store, name)
     with CallLog.for_store(store.home) as log:
@@ -58,5 +63,9 @@ def generate_snapshot(store: SnapshotStore, entries: list[ClassEntry], prompt: P
     embedder = load_embedder()
     parameters = generation_parameters(prompt, options, client, classes_label)
     clip = {**embedder.clip.describe(), "template": template}
+    displays = {e.name: e.display for e in entries}
+    existing = None if force else repeated_run(store, "generate", result.descriptions, clip, displays)
+    if existing is not None:  # a rerun answered from the call log: the same snapshot again
+        return GenerateOutcome(result, existing, unchanged=True)
     draft = snapshot_draft(result, embedder, template, parameters, clip)
     return GenerateOutcome(result, store.publish(draft, name=name))

@@ -87,3 +87,32 @@ def _vector_problems(kb: KnowledgeBase) -> list[str]:
     if len({description_id(d.class_name, d.text) for d in kb.descriptions}) != len(kb.descriptions):
         problems.append("duplicate descriptions")
     return problems
+
+
+@dataclass
+class RemoveResult:
+    name: str
+    tags: list[str]
+    children: list[str]
+    freed_bytes: int | None  # measured on the store folder (embedded stores only)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"removed": self.name, "tags_removed": self.tags, "orphaned_children": self.children,
+                "freed_bytes": self.freed_bytes}
+
+
+def remove_snapshot(store, reference: str, force: bool = False) -> RemoveResult:
+    """``kbuild rm``: delete one snapshot (tagged or with children only with ``force``)."""
+    before = _folder_bytes(store)
+    info, tags, children = store.remove(reference, force)
+    store.compact()
+    after = _folder_bytes(store)
+    freed = None if before is None or after is None else max(before - after, 0)
+    return RemoveResult(info.name, tags, children, freed)
+
+
+def _folder_bytes(store) -> int | None:
+    if store.mode != "embedded":
+        return None
+    root = store.home / "chroma"
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else None

@@ -8,54 +8,66 @@ from typing import Any, Callable
 
 from kbuild.classes_file import parse_classes_file
 from kbuild.clip.text import check_template
-from kbuild.errors import KbuildError
-from kbuild.errors import UsageError
+from kbuild.errors import KbuildError, UsageError
+from kbuild.ops.generate import check_name_free
+from kbuild.ops.unchanged import repeated_run
 from kbuild.sources.curated import CuratedImport, load_curated
 from kbuild.sources.embedded import EmbeddedImport, is_embedded_file, read_embedded
-from kbuild.store import SnapshotInfo, SnapshotStore, validate_snapshot_name
+from kbuild.store import SnapshotInfo, SnapshotStore
 from kbuild.store.manifest import SnapshotDraft
 
 
 @dataclass
 class LoadResult:
+    """``snapshot`` is the new snapshot, or with ``unchanged`` the existing one it would repeat."""
+
     snapshot: SnapshotInfo
     imported: CuratedImport | EmbeddedImport
+    unchanged: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"snapshot": self.snapshot.name, "content_hash": self.snapshot.content_hash,
+        return {"snapshot": self.snapshot.name, "published": not self.unchanged,
+                "content_hash": self.snapshot.content_hash,
                 "total": self.snapshot.manifest["total"], "import": self.imported.to_json()}
 
 
 def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: list[Path], template: str,
                fmt: str | None = None, section: str | None = None, classes_file: Path | None = None,
-               restrict: bool = False, name: str | None = None) -> LoadResult:
+               restrict: bool = False, name: str | None = None, force: bool = False) -> LoadResult:
     """Import curated files, embed ``template.format(class, text)`` with CLIP, publish a snapshot.
 
     ``make_embedder()`` is called only once the files have parsed, so a malformed file is reported
-    before a (possibly large) CLIP model is loaded.
+    before a (possibly large) CLIP model is loaded. A rerun whose result equals the latest
+    snapshot (a load of the same content, embedded the same way) publishes nothing unless ``force``.
     """
-    if name is not None:
-        validate_snapshot_name(name)  # a bad --name is a usage error before any file is read
+    check_name_free(store, name)  # a bad or taken --name fails before any file is read or embedded
     check_template(template)
-    classes = [entry.name for entry in parse_classes_file(classes_file)] if classes_file else None
+    entries = parse_classes_file(classes_file) if classes_file else None
+    classes = [entry.name for entry in entries] if entries else None
+    displays = {e.name: e.display for e in entries or [] if e.display != e.name}
     if any(is_embedded_file(p) for p in paths):
-        return _load_embedded(store, paths, classes, restrict, name, classes_file)
+        return _load_embedded(store, paths, classes, restrict, name, classes_file, displays, force)
     imported = load_curated(paths, format=fmt, section=section, classes=classes, restrict=restrict)
     if not imported.descriptions:  # before anything is embedded or written
         raise KbuildError(f"Nothing to load: no descriptions in {', '.join(r.name for r in imported.files)} "
                           "(every class is empty or was dropped; add descriptions, or check --section and --classes)")
     embedder = make_embedder()
-    embeddings = embedder.embed_descriptions(imported.descriptions, template)
+    displays = {**imported.display_names, **displays}  # the classes file wins over an export's manifest
+    clip = {**embedder.clip.describe(), "template": template}
+    existing = None if force else repeated_run(store, "load", imported.descriptions, clip, displays)
+    if existing is not None:  # checked before embedding: a rerun costs no CLIP work
+        return LoadResult(existing, imported, unchanged=True)
+    embeddings = embedder.embed_descriptions(imported.descriptions, template, displays)
     parameters = {"files": [Path(p).name for p in paths], "format": fmt, "section": section,
                   "classes_file": Path(classes_file).name if classes_file else None, "restrict": restrict}
-    draft = SnapshotDraft(imported.descriptions, embeddings, "load", parameters,
-                          clip={**embedder.clip.describe(), "template": template},
-                          extra={"import": imported.to_json()})
+    draft = SnapshotDraft(imported.descriptions, embeddings, "load", parameters, clip=clip,
+                          extra={"import": imported.to_json()}, display_names=displays)
     return LoadResult(store.publish(draft, name=name), imported)
 
 
 def _load_embedded(store: SnapshotStore, paths: list[Path], classes: list[str] | None, restrict: bool,
-                   name: str | None, classes_file: Path | None) -> LoadResult:
+                   name: str | None, classes_file: Path | None, displays: dict[str, str],
+                   force: bool) -> LoadResult:
     """A knowledge base that brings its own vectors: stored as given, no CLIP model loaded."""
     if len(paths) != 1:
         raise UsageError("Load an embeddings file (.npz, or .jsonl with embeddings) on its own, not with other files "
@@ -68,6 +80,9 @@ def _load_embedded(store: SnapshotStore, paths: list[Path], classes: list[str] |
     # The embedding space is named by the file; there is no model to reload and no known template.
     clip = {"model": None, "pretrained": None, "model_id": imported.model_id, "dim": imported.dim,
             "template": None, "imported": True}
+    existing = None if force else repeated_run(store, "load", imported.descriptions, clip, displays)
+    if existing is not None:
+        return LoadResult(existing, imported, unchanged=True)
     draft = SnapshotDraft(imported.descriptions, imported.embeddings, "load", parameters, clip=clip,
-                          extra={"import": imported.to_json()})
+                          extra={"import": imported.to_json()}, display_names=displays)
     return LoadResult(store.publish(draft, name=name), imported)

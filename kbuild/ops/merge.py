@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from kbuild.errors import UsageError
+from kbuild.ops.generate import check_name_free
 from kbuild.store import SnapshotInfo, SnapshotStore
-from kbuild.store.manifest import SnapshotDraft
+from kbuild.store.manifest import SnapshotDraft, display_names
 
 
 @dataclass
@@ -38,6 +39,7 @@ def _same_space(a: dict, b: dict) -> bool:
 def merge_snapshots(store: SnapshotStore, first: str, second: str, embedder_for=None,
                     name: str | None = None) -> MergeResult:
     """Publish A ∪ B. ``embedder_for(clip_info)`` returns a TextEmbedder, needed only when B must be re-embedded."""
+    check_name_free(store, name)
     a, b = store.read(first), store.read(second)
     if a.info.name == b.info.name:
         raise UsageError(f"merge needs two different snapshots, got {a.info.name} twice")
@@ -45,14 +47,15 @@ def merge_snapshots(store: SnapshotStore, first: str, second: str, embedder_for=
     new_rows = [i for i, d in enumerate(b.descriptions) if d.id not in seen]
     new_descriptions = [b.descriptions[i] for i in new_rows]
     clip_a = a.info.manifest.get("clip", {})
+    displays = {**display_names(b.info.manifest), **display_names(a.info.manifest)}  # A's names win
     if _same_space(clip_a, b.info.manifest.get("clip", {})) or not new_rows:
         new_vectors = b.embeddings[new_rows] if new_rows else np.zeros((0, a.embeddings.shape[1]), np.float32)
         reembedded = 0
     else:
-        new_vectors = embedder_for(clip_a).embed_descriptions(new_descriptions, clip_a["template"])
+        new_vectors = embedder_for(clip_a).embed_descriptions(new_descriptions, clip_a["template"], displays)
         reembedded = len(new_rows)
     draft = SnapshotDraft(a.descriptions + new_descriptions, np.concatenate([a.embeddings, new_vectors]),
                           "merge", {"first": a.info.name, "second": b.info.name}, clip_a,
-                          parents=[a.info.name, b.info.name])
+                          parents=[a.info.name, b.info.name], display_names=displays)
     published = store.publish(draft, name=name)
     return MergeResult(published, len(a.descriptions), len(new_rows), len(b.descriptions) - len(new_rows), reembedded)

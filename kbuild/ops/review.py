@@ -27,7 +27,7 @@ from kbuild.clip import text as clip_text
 from kbuild.clip.text import TextEmbedder, templated_embeddings
 from kbuild.errors import KbuildError
 from kbuild.store import KnowledgeBase, RemovedRecord, SnapshotInfo, SnapshotStore
-from kbuild.store.manifest import SnapshotDraft, now_iso
+from kbuild.store.manifest import SnapshotDraft, display_names, now_iso
 
 ACTIONS = ("accept", "reject", "edit", "add")
 STAGE = "review"
@@ -181,19 +181,20 @@ def apply_review(parent: KnowledgeBase, decisions: list[Decision],
         reuse = model.model_id == clip_info.get("model_id")
         if not reuse:  # another model was asked for: every vector must come from it, or KPL mixes spaces
             clip_info = {**model.clip.describe(), "template": template}
-    kept_vectors = (templated_embeddings(model, parent_vectors, kept, template, reuse) if model is not None
+    displays = display_names(parent.info.manifest)
+    kept_vectors = (templated_embeddings(model, parent_vectors, kept, template, reuse, displays) if model is not None
                     else np.stack([parent_vectors[d.id] for d in kept]).astype(np.float32))
     removed_descs = [r.description for r in removed]
     removed_vectors = None
     if removed:
-        removed_vectors = (templated_embeddings(model, parent_vectors, removed_descs, template, reuse)
+        removed_vectors = (templated_embeddings(model, parent_vectors, removed_descs, template, reuse, displays)
                            if model is not None else np.stack([parent_vectors[d.id] for d in removed_descs]))
     counts = Counter(x.action for x in decisions)
     parameters = {"reviewers": sorted({x.who for x in decisions}),
                   "decisions": {a: counts[a] for a in ACTIONS if counts[a]}}
     return SnapshotDraft(kept, kept_vectors, STAGE, parameters, clip_info, parents=[parent.info.name],
                          removed=removed, removed_embeddings=removed_vectors,
-                         extra={"review": [x.to_json() for x in decisions]})
+                         extra={"review": [x.to_json() for x in decisions]}, display_names=displays)
 
 
 def snapshot_embedder(store: SnapshotStore, info: SnapshotInfo, model: str | None = None,

@@ -22,9 +22,10 @@ import numpy as np
 
 from kbuild.descriptions import Description
 from kbuild.errors import KbuildError, UsageError
+from kbuild.progress import task
 from kbuild.store.records import RemovedRecord
 from kbuild.prune.similarity import unit_rows
-from kbuild.prune.stages import cross_class, low_margin, max_per_class, near_duplicates
+from kbuild.prune.stages import cross_class, low_margin, max_per_class, near_duplicates, restore_minimum
 from kbuild.prune.text import FIX_TRUNCATED, Drop, Item, canonical_items, exact_duplicates, overlong, sanitise
 
 STAGES = ("sanitise", "overlong", "exact", "near_duplicate", "cross_class", "margin", "max_per_class")
@@ -42,6 +43,12 @@ class PruneParams:
     ``min_margin`` is off by default: CLIP text-text cosines crowd into a narrow band whose width
     depends on the model, so no one margin is right for every model, and for fine-grained classes
     (melanoma vs nevus) a valid description can sit closer to the neighbour's name.
+
+    ``min_per_class``: a class that the cross-class or margin stage would leave with fewer texts
+    than this gets its most central removed texts back (a shared text is then kept in every class
+    that needs it): a class without descriptions cannot be classified, and short-descriptor bases
+    (DCLIP: "a black bill" in dozens of birds) lose whole classes to ``cross_class=drop``.
+    ``allow_empty`` turns that off; starved classes are reported either way.
     """
 
     min_chars: int = 3
@@ -53,6 +60,8 @@ class PruneParams:
     min_margin: float | None = None
     margin_reference: str = "name"
     max_per_class: int | None = None
+    min_per_class: int = 3
+    allow_empty: bool = False
 
     def validate(self) -> "PruneParams":
         """Raise UsageError (one line, naming the flag) for any value out of range; return self."""
@@ -65,6 +74,10 @@ class PruneParams:
             _check_similarity(name, getattr(self, name))
         if self.max_per_class is not None:
             _check_count("max_per_class", self.max_per_class, 1)
+        _check_count("min_per_class", self.min_per_class, 0)
+        if self.max_per_class is not None and self.min_per_class > self.max_per_class:
+            raise UsageError(f"--min-per-class ({self.min_per_class}) must not exceed --max-per-class "
+                             f"({self.max_per_class})")
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -98,13 +111,8 @@ def _check_similarity(name: str, value: Any) -> None:
 
 class Removal(RemovedRecord):
     """One removed description (as it was given), the stage and reason, its score, and what it
-    collided with: the kept text it duplicates, or the other class. It is the store's removed
-    record, so a child snapshot keeps it as is; only the prune report's JSON differs."""
-
-    def to_json(self) -> dict[str, Any]:
-        d = self.description
-        return {"id": d.id, "class_name": d.class_name, "text": d.text, "source": d.source,
-                "stage": self.stage, "reason": self.reason, "score": self.score, "related": self.related}
+    collided with: the kept text it duplicates, or the other class(es) and their text. It is the
+    store's removed record, so a child snapshot keeps it as is, with the same JSON."""
 
 
 @dataclass
@@ -115,12 +123,13 @@ class ClassReport:
     kept: int = 0
     removed: dict[str, int] = field(default_factory=lambda: {stage: 0 for stage in STAGES})
     fixed: dict[str, int] = field(default_factory=dict)
+    restored: int = 0  # removed texts put back to keep the class at its minimum
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-TABLE_COLUMNS = ("class", "before", *STAGES, "fixed", "kept")
+TABLE_COLUMNS = ("class", "before", *STAGES, "fixed", "restored", "kept")
 
 
 @dataclass
@@ -140,6 +149,7 @@ class PruneResult:
         for report in self.per_class.values():
             total.before += report.before
             total.kept += report.kept
+            total.restored += report.restored
             for stage, n in report.removed.items():
                 total.removed[stage] += n
             for reason, n in report.fixed.items():
@@ -149,16 +159,26 @@ class PruneResult:
     def removed_by(self, stage: str) -> list[Removal]:
         return [r for r in self.removed if r.stage == stage]
 
+    def starved_classes(self) -> dict[str, int]:
+        """class -> kept, for classes prune left below ``min_per_class`` (never below what they
+        started with: a class given 2 texts is not starved by keeping both)."""
+        floor = max(self.params.min_per_class, 1)
+        return {name: r.kept for name, r in self.per_class.items() if r.kept < min(floor, r.before)}
+
+    def emptied_classes(self) -> list[str]:
+        return [name for name, r in self.per_class.items() if r.before and not r.kept]
+
     def to_json(self) -> dict[str, Any]:
         return {"params": self.params.to_json(), "stages": list(STAGES), "skipped": self.skipped,
                 "notes": self.notes, "totals": self.totals().to_json(),
+                "emptied_classes": self.emptied_classes(), "starved_classes": self.starved_classes(),
                 "per_class": {name: report.to_json() for name, report in self.per_class.items()},
                 "removed": [r.to_json() for r in self.removed]}
 
     def table_rows(self) -> list[list[Any]]:
         """One row per class in ``TABLE_COLUMNS`` order, then a ``total`` row."""
         reports = [*self.per_class.items(), ("total", self.totals())]
-        return [[name, r.before, *(r.removed[s] for s in STAGES), sum(r.fixed.values()), r.kept]
+        return [[name, r.before, *(r.removed[s] for s in STAGES), sum(r.fixed.values()), r.restored, r.kept]
                 for name, r in reports]
 
 
@@ -166,7 +186,8 @@ def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndar
                        params: PruneParams | None = None,
                        name_embeddings: dict[str, np.ndarray] | None = None,
                        token_count: Callable[[str], int] | None = None,
-                       template: str = DEFAULT_TEMPLATE) -> PruneResult:
+                       template: str = DEFAULT_TEMPLATE,
+                       display_names: dict[str, str] | None = None) -> PruneResult:
     """Run every enabled stage over ``descriptions`` and report what each one removed.
 
     ``text_embeddings`` is either (M, D) rows aligned with ``descriptions``, each embedding the
@@ -174,24 +195,36 @@ def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndar
     sanitised texts. ``name_embeddings`` maps class -> (D,) name-prompt embedding (needed with
     ``margin_reference="name"`` when the margin stage or ``cross_class="best"`` runs).
     ``token_count(prompt)`` counts CLIP tokens including start/end; without it the over-long
-    stage is skipped. ``template`` has two ``{}``: class name, then description.
+    stage is skipped. ``template`` has two ``{}``: class name, then description; the class name
+    filled in is its ``display_names`` entry when it has one (what CLIP will see).
     """
     params = (params or PruneParams()).validate()
     _check_template(template)
     if params.needs_references() and params.margin_reference == "name" and name_embeddings is None:
         raise UsageError("--margin-reference name needs class-name embeddings; pass them, "
                          "or use --margin-reference centroid")
-    run = _Run(params)
+    with task("pruning (stages)", len(STAGES)) as progress:
+        run = _Run(params, progress)
+        return _prune(descriptions, text_embeddings, params, name_embeddings, token_count, template, run,
+                      display_names)
+
+
+def _prune(descriptions, text_embeddings, params, name_embeddings, token_count, template, run,
+           display_names) -> PruneResult:
     items = canonical_items(descriptions)
     items = run.text_stage("sanitise", sanitise, items, params.min_chars)
     if token_count is None:
         run.skipped["overlong"] = "no token counter given"
     else:
-        items = run.text_stage("overlong", overlong, items, token_count, template, params.max_tokens, params.overlong)
+        items = run.text_stage("overlong", overlong, items, token_count, template, params.max_tokens, params.overlong,
+                               display_names)
     items = run.text_stage("exact", exact_duplicates, items)
     if items:
         x = _embed(items, text_embeddings, len(descriptions), run)
         items = _vector_stages(items, x, params, name_embeddings, run)
+    if not params.allow_empty and params.min_per_class > 0:
+        restored = restore_minimum(items, run.drops, params.min_per_class)
+        items = sorted(items + restored, key=lambda item: item.order)
     return run.result(descriptions, items)
 
 
@@ -289,8 +322,9 @@ def _name_matrix(classes: list[str], names: dict[str, np.ndarray] | None, dim: i
 class _Run:
     """Bookkeeping for one prune: removals by stage, skipped stages, notes, timings."""
 
-    def __init__(self, params: PruneParams):
+    def __init__(self, params: PruneParams, progress=None):
         self.params = params
+        self.progress = progress
         self.drops: dict[str, list[Drop]] = {stage: [] for stage in STAGES}
         self.skipped: dict[str, str] = {}
         self.notes: list[str] = []
@@ -304,6 +338,7 @@ class _Run:
         kept, drops = fn(items, *args)
         self.seconds[stage] = time.perf_counter() - started
         self.drops[stage] = drops
+        self._advance()
         return kept
 
     def vector_stage(self, stage: str, fn, items: list[Item], x: np.ndarray, *args) -> np.ndarray:
@@ -311,9 +346,16 @@ class _Run:
         keep, drops = fn(items, x, *args)
         self.seconds[stage] = time.perf_counter() - started
         self.drops[stage] = drops
+        self._advance()
         return keep
 
+    def _advance(self) -> None:
+        if self.progress is not None:
+            self.progress.advance()
+
     def result(self, descriptions: list[Description], kept_items: list[Item]) -> PruneResult:
+        if self.progress is not None:  # skipped stages count as done
+            self.progress.advance(len(STAGES) - self.progress.done)
         per_class = {name: ClassReport() for name in sorted({d.class_name for d in descriptions})}
         for d in descriptions:
             per_class[d.class_name].before += 1
@@ -325,9 +367,11 @@ class _Run:
         for stage in STAGES:
             for drop in sorted(self.drops[stage], key=lambda d: d.item.order):
                 per_class[drop.item.class_name].removed[stage] += 1
-                removed.append(Removal(drop.item.original, stage, drop.reason, _round(drop.score), drop.related))
+                removed.append(Removal(drop.item.original, stage, drop.reason, _round(drop.score), drop.related,
+                                       list(drop.related_classes)))
         for item in kept_items:
             per_class[item.class_name].kept += 1
+            per_class[item.class_name].restored += item.restored is not None
         kept = [_kept_description(item) for item in kept_items]
         return PruneResult(kept, removed, self.params, per_class, self.skipped, self.notes, self.seconds)
 
@@ -341,6 +385,8 @@ def _kept_description(item: Item) -> Description:
     record: dict[str, Any] = {name: _round(value) for name, value in sorted(item.scores.items())}
     if item.fixes:
         record["fixes"] = list(item.fixes)
+    if item.restored:
+        record["restored"] = item.restored
     if FIX_TRUNCATED in item.fixes:
         record["original_text"] = item.original.text
     extra = {**item.original.extra, "prune": record}

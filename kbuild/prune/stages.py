@@ -190,20 +190,32 @@ def _update_best(best_sim, best_partner, a, b, s) -> None:
     best_sim[a[better]], best_partner[a[better]] = s[better], b[better]
 
 
-def _collision(i, classes, labels, exact_other, best_sim, best_partner) -> tuple[str, float, str] | None:
-    """(reason, score, other class) of row i's collision, the identical-text one first, or None."""
+def _collision(i, pool, classes, labels, exact_other, best_sim, best_partner, holders):
+    """(reason, score, partner text, other classes) of row i's collision, the identical-text one
+    first, or None. An identical text names every other class that holds it."""
     if exact_other[i] >= 0:
-        return "identical text in another class", 1.0, classes[exact_other[i]]
+        others = tuple(classes[k] for k in holders[pool[i].text] if k != labels[i])
+        return "identical text in another class", 1.0, pool[i].text, others
     if best_partner[i] >= 0:
-        return "near-identical text in another class", float(best_sim[i]), classes[labels[best_partner[i]]]
+        j = best_partner[i]
+        return "near-identical text in another class", float(best_sim[i]), pool[j].text, (classes[labels[j]],)
     return None
+
+
+def _holders(pool, labels) -> dict[str, list[int]]:
+    """text -> the sorted class indices holding it."""
+    out: dict[str, set[int]] = {}
+    for item, lab in zip(pool, labels.tolist()):
+        out.setdefault(item.text, set()).add(lab)
+    return {text: sorted(ks) for text, ks in out.items()}
 
 
 def _drop_all(pool, alive, classes, labels, exact_other, best_sim, best_partner):
     keep = alive.copy()
     drops = []
+    holders = _holders(pool, labels)
     for i in np.flatnonzero(alive):
-        hit = _collision(i, classes, labels, exact_other, best_sim, best_partner)
+        hit = _collision(i, pool, classes, labels, exact_other, best_sim, best_partner, holders)
         if hit:
             drops.append(Drop(pool[i], *hit))
             keep[i] = False
@@ -221,16 +233,18 @@ def _keep_best(pool, x, alive, classes, labels, exact_other, best_sim, best_part
     for i in alive_idx[np.lexsort((alive_idx, -fit[alive_idx]))]:  # best fit first, then index
         winner.setdefault(group[i], i)
     keep, drops = alive.copy(), []
+    holders = _holders(pool, labels)
     for i in alive_idx:
-        hit = _collision(i, classes, labels, exact_other, best_sim, best_partner)
+        hit = _collision(i, pool, classes, labels, exact_other, best_sim, best_partner, holders)
         w = winner[group[i]]
         if hit is None and labels[w] == labels[i]:
             continue
         if labels[w] == labels[i]:
             pool[i].scores["cross_class_fit"] = float(fit[i])
             continue
-        reason, score, _ = hit or ("linked to a text in another class", None, None)
-        drops.append(Drop(pool[i], f"{reason}; kept only where it fits best", score, classes[labels[w]]))
+        reason, score = hit[:2] if hit else ("linked to a text in another class", None)
+        drops.append(Drop(pool[i], f"{reason}; kept only where it fits best", score, pool[w].text,
+                          (classes[labels[w]],)))
         keep[i] = False
     return keep, drops
 
@@ -268,7 +282,7 @@ def low_margin(items: list[Item], x: np.ndarray, min_margin: float, names: np.nd
             item.scores["margin"] = float(margin[i])
         if not keep[i]:
             drops.append(Drop(item, "closer to another class than to its own", float(margin[i]),
-                              classes[other_class[i]]))
+                              None, (classes[other_class[i]],)))
     return keep, drops
 
 
@@ -287,10 +301,53 @@ def max_per_class(items: list[Item], x: np.ndarray, limit: int) -> tuple[np.ndar
         for rank, (local, score) in enumerate(zip(chosen.tolist(), scores.tolist()), start=1):
             items[start + local].scores.update(mmr_rank=float(rank), mmr_score=score)
         left = np.setdiff1d(np.arange(stop - start), chosen)
-        redundancy = (xc[left] @ xc[chosen].T).max(axis=1)
+        similar = xc[left] @ xc[chosen].T
+        closest = chosen[similar.argmax(axis=1)] if len(left) else chosen[:0]
+        redundancy = similar.max(axis=1) if len(left) else np.zeros(0, dtype=np.float32)
         left_score = MMR_RELEVANCE_WEIGHT * relevance[left] - (1 - MMR_RELEVANCE_WEIGHT) * redundancy
-        for local, score in zip(left.tolist(), left_score.tolist()):
+        for local, score, twin in zip(left.tolist(), left_score.tolist(), closest.tolist()):
+            # the partner is the chosen text it is most similar to: what covers it in the class
             drops.append(Drop(items[start + local], f"not among the {limit} chosen for coverage and diversity (MMR)",
-                              float(score), None))
+                              float(score), items[start + twin].text))
             keep[start + local] = False
     return keep, drops
+
+
+# --- a class's minimum -----------------------------------------------------------------------
+
+# Stages whose removals can be undone to keep a class usable: they remove texts for being shared
+# or ambiguous, not for being broken (sanitise, over-long) or redundant within the class (exact,
+# near duplicate, which always keep one copy).
+RESTORABLE = ("cross_class", "margin")
+
+
+def restore_minimum(kept: list[Item], drops: dict[str, list[Drop]], minimum: int) -> list[Item]:
+    """Put back removed texts into each class that the restorable stages left below ``minimum``.
+
+    A class gets back at most ``minimum - kept`` texts, its most central ones first (cosine to
+    its centroid, measured by the near-duplicate stage; canonical order breaks ties), so a text
+    shared by many classes is kept in every class that needs it. The chosen drops are taken out
+    of ``drops`` and marked on the item. Returns the restored items.
+    """
+    counts: dict[str, int] = {}
+    for item in kept:
+        counts[item.class_name] = counts.get(item.class_name, 0) + 1
+    candidates: dict[str, list[tuple[str, Drop]]] = {}
+    for stage in RESTORABLE:
+        for drop in drops.get(stage, []):
+            candidates.setdefault(drop.item.class_name, []).append((stage, drop))
+    restored: list[Item] = []
+    for class_name, pool in sorted(candidates.items()):
+        need = minimum - counts.get(class_name, 0)
+        if need <= 0:
+            continue
+        pool.sort(key=lambda sd: (-sd[1].item.scores.get("centroid_similarity", 0.0), sd[1].item.order))
+        for stage, drop in pool[:need]:
+            drop.item.restored = (f"restored so '{class_name}' keeps {minimum} descriptions "
+                                  f"(was {stage}: {drop.reason})")
+            restored.append(drop.item)
+    back = {id(item) for item in restored}
+    for stage in RESTORABLE:
+        if stage in drops:
+            drops[stage] = [drop for drop in drops[stage] if id(drop.item) not in back]
+    return restored

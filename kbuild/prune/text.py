@@ -36,15 +36,19 @@ class Item:
     order: int = 0
     fixes: list[str] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
+    restored: str | None = None  # why a removed item was put back (a class's minimum)
 
 
 class Drop(NamedTuple):
-    """A stage's decision to remove an item: why, with which score, next to what."""
+    """A stage's decision to remove an item: why, with which score, and its partner: ``related``
+    is the text it duplicated or collided with, ``related_classes`` the other class(es) involved
+    (empty when the partner is in the item's own class)."""
 
     item: Item
     reason: str
     score: float | None = None
     related: str | None = None
+    related_classes: tuple[str, ...] = ()
 
 
 def canonical_items(descriptions: list[Description]) -> list[Item]:
@@ -96,15 +100,20 @@ def _sanitise_reason(text: str, min_chars: int) -> str | None:
 
 
 def overlong(items: list[Item], token_count: Callable[[str], int], template: str, max_tokens: int,
-             mode: str) -> tuple[list[Item], list[Drop]]:
-    """Texts whose templated prompt exceeds ``max_tokens``: truncate by words, or drop (``mode``)."""
+             mode: str, display_names: dict[str, str] | None = None) -> tuple[list[Item], list[Drop]]:
+    """Texts whose templated prompt exceeds ``max_tokens``: truncate by words, or drop (``mode``).
+
+    The prompt is the one CLIP sees: with the class's display name when it has one."""
     kept, drops = [], []
+    names = display_names or {}
     for item in items:
-        count = token_count(template.format(item.class_name, item.text))
+        shown = names.get(item.class_name, item.class_name)
+        count = token_count(template.format(shown, item.text))
         if count <= max_tokens:
             kept.append(item)
             continue
-        shorter = _truncate(item, token_count, template, max_tokens) if mode == "truncate" else None
+        shorter = _truncate(item, token_count, template.replace("{}", shown.replace("{", "{{").replace("}", "}}"), 1),
+                            max_tokens) if mode == "truncate" else None
         if shorter is None:
             reason = f"over-long ({count} > {max_tokens} tokens)"
             if mode == "truncate":
@@ -119,11 +128,13 @@ def overlong(items: list[Item], token_count: Callable[[str], int], template: str
 
 
 def _truncate(item: Item, token_count, template: str, max_tokens: int) -> str | None:
-    """The longest word prefix of the text whose templated prompt fits (binary search), or None."""
+    """The longest word prefix of the text whose prompt fits (binary search), or None.
+
+    ``template`` has its class name already filled in: one ``{}`` left, for the text."""
     words = item.text.split(" ")
 
     def fits(n: int) -> bool:
-        return token_count(template.format(item.class_name, " ".join(words[:n]))) <= max_tokens
+        return token_count(template.format(" ".join(words[:n]))) <= max_tokens
 
     low, high = 0, len(words) - 1  # invariant: the full text does not fit
     while low < high:

@@ -103,6 +103,7 @@ class CuratedImport:
     missing_classes: list[str] = field(default_factory=list)
     dropped_classes: list[str] = field(default_factory=list)
     case_collisions: list[list[str]] = field(default_factory=list)
+    display_names: dict[str, str] = field(default_factory=dict)  # recorded by a kbuild export
 
     def class_counts(self) -> dict[str, int]:
         """Descriptions per class, classes in first-seen order."""
@@ -279,6 +280,7 @@ def load_curated(
         report, kept = _clean_file(item, allowed, dedup, created)
         result.files.append(report)
         result.descriptions += kept
+        result.display_names.update(item.display_names)
     present = {d.class_name for d in result.descriptions}
     result.missing_classes = [c for c in (classes or []) if c not in present]
     result.dropped_classes = list(dict.fromkeys(c for r in result.files for c in r.dropped_classes))

@@ -7,7 +7,9 @@ The formats (``FORMATS``, a plain registry from name to reader):
 * ``kpl``: the KPL paper's ``{"<Name>_Features": {"class": [{"feature": "text"}, ...]}}``,
   of which one section is imported;
 * ``csv``: a header with a class column and a text column (common aliases accepted);
-* ``jsonl``: one ``{"class": ..., "text": ...}`` object per line.
+* ``jsonl``: one ``{"class": ..., "text": ...}`` object per line;
+* ``kbuild``: ``kbuild export --format json`` output (``{"snapshot", "manifest", "descriptions"}``);
+  the kept descriptions are read, the removed ones are not.
 
 Readers check structure and types only and report problems with a position (class key and
 index, or line number). Whitespace, empty strings and duplicates are handled afterwards in
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kbuild.inputs import class_name_problem, decode_utf8, load_json, nfc, read_checked_bytes
-from kbuild.errors import InputFileError, KbuildError, UsageError
+from kbuild.errors import InputFileError, KbuildError, UsageError, did_you_mean
 
 CLASS_COLUMNS = ("class", "class_name", "classname", "label", "category")
 TEXT_COLUMNS = ("text", "description", "descriptor", "concept", "feature", "sentence", "prompt")
@@ -59,6 +61,7 @@ class ParsedFile:
     sha256: str
     groups: dict[str, list[str]]
     section: str | None = None
+    display_names: dict[str, str] = field(default_factory=dict)  # from a kbuild export's manifest
 
 
 # A reader gets the file and the wanted section (used by kpl only) and returns the classes
@@ -105,18 +108,23 @@ def read_class_lists(source: SourceFile, section: str | None) -> tuple[Groups, N
 
 
 def _pick_section(path: Path, sections: list[str], wanted: str | None) -> str:
-    """The section to import: the chosen one (``X`` or ``X_Features``), or the only one."""
+    """The section to import: the one named exactly, or the only one.
+
+    No prefix or suffix matching: ``Skin`` must not quietly pick ``Skin_Features`` (a file may hold
+    both); the error lists the sections and suggests the near miss.
+    """
     listing = ", ".join(sections)
     if wanted is None:
         if len(sections) == 1:
             return sections[0]
         raise KbuildError(f"{path}: {len(sections)} sections ({listing}); "
                           "pass --section to choose one")
-    for name in sections:
-        if wanted in (name, name.removesuffix("_Features")):
-            return name
-    raise KbuildError(f"{path}: no section '{wanted}' (available: {listing}); "
-                      "pass --section with one of them")
+    if wanted in sections:
+        return wanted
+    near = [s for s in sections if s == f"{wanted}_Features"]
+    hint = f" (did you mean '{near[0]}'?)" if near else did_you_mean(wanted, sections)
+    raise KbuildError(f"{path}: no section '{wanted}'{hint}; available: {listing}; "
+                      "pass --section with one of them exactly")
 
 
 def _feature_texts(path: Path, class_name: str, items: Any, where: str) -> list[str]:
@@ -222,11 +230,34 @@ def read_jsonl(source: SourceFile, section: str | None) -> tuple[Groups, None]:
     return groups, None
 
 
+def _is_kbuild_export(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("descriptions"), list) and isinstance(data.get("manifest"), dict)
+
+
+def read_kbuild_export(source: SourceFile, section: str | None) -> tuple[Groups, None]:
+    """``kbuild export --format json``: ``{"manifest": {...}, "descriptions": [{"class_name", "text"}]}``."""
+    data = source.json()
+    if not _is_kbuild_export(data):
+        raise InputFileError(source.path, 'expected a kbuild export {"manifest": {...}, "descriptions": [...]}',
+                             "export it again with 'kbuild export SNAP --format json'")
+    groups: dict[str, list[str]] = {}
+    for index, item in enumerate(data["descriptions"]):
+        name = item.get("class_name") if isinstance(item, dict) else None
+        text = item.get("text") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise InputFileError(source.path, f"descriptions, index {index}: expected "
+                                 '{"class_name": string, "text": string}', "fix that item")
+        _check_class_name(source.path, name, f"descriptions, index {index}: ")
+        groups.setdefault(name, []).append(text)
+    return groups, None
+
+
 FORMATS: dict[str, Reader] = {
     "csv": read_csv,
     "cupl": read_class_lists,
     "dclip": read_class_lists,
     "jsonl": read_jsonl,
+    "kbuild": read_kbuild_export,
     "kpl": read_kpl,
     "labo": read_class_lists,
 }
@@ -242,6 +273,8 @@ def get_reader(name: str) -> Reader:
 
 def _json_shape(path: Path, data: Any) -> str:
     """dclip when every value is a list, kpl when every value is an object."""
+    if _is_kbuild_export(data):
+        return "kbuild"
     if isinstance(data, dict):
         values = list(data.values())
         if all(isinstance(v, list) for v in values):
@@ -296,8 +329,17 @@ def read_source(path: Path, format: str | None, section: str | None, max_bytes: 
     source = SourceFile(path=path, text=decode_utf8(path, data), sha256=hashlib.sha256(data).hexdigest())
     name = format or detect_format(source)
     groups, chosen = get_reader(name)(source, section)
+    displays = _export_display_names(source) if name == "kbuild" else {}
     return ParsedFile(path=path, format=name, sha256=source.sha256, groups=_nfc_groups(path, groups),
-                      section=chosen)
+                      section=chosen, display_names=displays)
+
+
+def _export_display_names(source: SourceFile) -> dict[str, str]:
+    """The display names an export's manifest recorded (class key -> name), strings only."""
+    names = source.json()["manifest"].get("display_names") or {}
+    if not isinstance(names, dict):
+        return {}
+    return {nfc(k): v for k, v in names.items() if isinstance(k, str) and isinstance(v, str) and v.strip()}
 
 
 def _nfc_groups(path: Path, groups: Groups) -> Groups:

@@ -37,6 +37,7 @@ class SnapshotDraft:
     removed: list[RemovedRecord] = field(default_factory=list)
     removed_embeddings: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    display_names: dict[str, str] = field(default_factory=dict)  # class key -> the name CLIP and people see
 
     def validate(self) -> None:
         if not self.descriptions:
@@ -79,8 +80,19 @@ def build_manifest(draft: SnapshotDraft, parents: list) -> dict[str, Any]:
         "kbuild_version": __version__,
         "created": now_iso(),
         "content_hash": content_hash((d.class_name, d.text) for d in draft.descriptions),
+        "display_names": {k: v for k, v in sorted(draft.display_names.items()) if k in counts and v != k},
         "extra": _jsonable(draft.extra),
     }
+
+
+def display_names(manifest: dict[str, Any]) -> dict[str, str]:
+    """class key -> display name recorded in a manifest (only classes whose display differs)."""
+    return dict(manifest.get("display_names") or {})
+
+
+def display_name(manifest: dict[str, Any], class_name: str) -> str:
+    """The name CLIP and reports use for ``class_name``: its display name, or the key itself."""
+    return (manifest.get("display_names") or {}).get(class_name, class_name)
 
 
 def _jsonable(value: Any) -> Any:

@@ -16,6 +16,7 @@ AUTO_PREFIX = "snapshot_v"
 INTERNAL_PREFIX = "kbuild-"
 PENDING_PREFIX = "kbuild-tmp-"
 TAG_PREFIX = "kbuild-tag-"
+REMOVED_PREFIX = "kbuild-removed-"  # marks a removed snapshot's name as used
 LATEST = "latest"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,126}[A-Za-z0-9]$")

@@ -8,7 +8,7 @@ Removed descriptions (pruning, review) stay in the snapshot with ``state = remov
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kbuild.descriptions import Description
@@ -19,18 +19,41 @@ REMOVED = "removed"
 
 @dataclass
 class RemovedRecord:
-    """A description a write operation dropped, with the stage, reason and score that dropped it."""
+    """A description a write operation dropped, with the stage, reason and score that dropped it,
+    and its partner: ``related`` is the text it duplicated or collided with (None when there is
+    none), ``related_classes`` the other class(es) involved (empty for a same-class partner)."""
 
     description: Description
     stage: str
     reason: str
     score: float | None = None
     related: str | None = None
+    related_classes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"class": self.description.class_name, "text": self.description.text, "stage": self.stage,
-                "reason": self.reason, "score": self.score, "related": self.related,
-                "source": self.description.source}
+        d = self.description
+        return {"id": d.id, "class_name": d.class_name, "text": d.text, "source": d.source,
+                "stage": self.stage, "reason": self.reason, "score": self.score, "related": self.related,
+                "related_classes": list(self.related_classes), "explanation": self.explain()}
+
+    def explain(self) -> str:
+        """One line: stage, reason, score and partner, e.g. ``near_duplicate: near duplicate
+        (0.953) of 'a black bill'`` or ``cross_class: identical text in another class; also in
+        Crow, Raven``."""
+        line = f"{self.stage}: {self.reason}"
+        if self.score is not None:
+            line += f" ({self.score:.3f})"
+        same_text = self.related == self.description.text
+        if self.related is not None and not same_text:
+            line += f" of {self.related!r}" if not self.related_classes else f": {self.related!r}"
+        if self.related_classes:
+            line += (" in " if self.related is not None and not same_text else "; also in ") + _names(self.related_classes)
+        return line
+
+
+def _names(classes: list[str], shown: int = 5) -> str:
+    names = ", ".join(classes[:shown])
+    return names + (f" (+{len(classes) - shown} more)" if len(classes) > shown else "")
 
 
 def kept_metadata(d: Description, index: int) -> dict[str, Any]:
@@ -48,6 +71,8 @@ def removed_metadata(r: RemovedRecord, index: int) -> dict[str, Any]:
         meta["removed_score"] = float(r.score)
     if r.related is not None:
         meta["removed_related"] = r.related
+    if r.related_classes:
+        meta["removed_related_classes"] = json.dumps(list(r.related_classes), ensure_ascii=False)
     return meta
 
 
@@ -58,6 +83,7 @@ def to_description(text: str, meta: dict[str, Any]) -> Description:
 
 
 def to_removed(text: str, meta: dict[str, Any]) -> RemovedRecord:
+    classes = json.loads(meta["removed_related_classes"]) if meta.get("removed_related_classes") else []
     return RemovedRecord(to_description(text, meta), meta.get("removed_stage", ""),
                          meta.get("removed_reason", ""), meta.get("removed_score"),
-                         meta.get("removed_related"))
+                         meta.get("removed_related"), classes)

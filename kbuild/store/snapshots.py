@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from kbuild import settings
+from kbuild.progress import task
 from kbuild.errors import KbuildError, SnapshotNotFound, StoreUnavailable
 from kbuild.store import damage, names
 from kbuild.store.client import is_auth_error, open_embedded, open_server, refused
@@ -201,8 +202,11 @@ class SnapshotStore:
     def _pages(self, name: str, include: list[str]) -> Iterator[dict]:
         collection = self._collection(name)
         total = collection.count()
-        for offset in range(0, total, _PAGE):
-            yield collection.get(limit=_PAGE, offset=offset, include=include)
+        with task(f"reading {name}", total) as progress:
+            for offset in range(0, total, _PAGE):
+                page = collection.get(limit=_PAGE, offset=offset, include=include)
+                progress.advance(len(page["ids"]))
+                yield page
 
     @_server_faults
     def read(self, reference: str, embeddings: bool = True, class_name: str | None = None) -> KnowledgeBase:
@@ -279,10 +283,12 @@ class SnapshotStore:
         ids, docs, metas, vectors = _records(draft)
         batch = max(1, min(self.client.get_max_batch_size(), _WRITE_BATCH))
         try:
-            for start in range(0, len(ids), batch):
-                end = start + batch
-                collection.add(ids=ids[start:end], documents=docs[start:end],
-                               metadatas=metas[start:end], embeddings=vectors[start:end])
+            with task("writing snapshot", len(ids)) as progress:
+                for start in range(0, len(ids), batch):
+                    end = start + batch
+                    collection.add(ids=ids[start:end], documents=docs[start:end],
+                                   metadatas=metas[start:end], embeddings=vectors[start:end])
+                    progress.advance(end - start if end <= len(ids) else len(ids) - start)
         except Exception:
             self._drop_pending(pending_name)
             raise
@@ -298,7 +304,8 @@ class SnapshotStore:
                 self.client.delete_collection(collection.name)
                 raise KbuildError(f"Snapshot '{name}' was created by another writer meanwhile (choose another --name)")
             return name
-        number = 1 + max((names.auto_number(n) or 0 for n in existing), default=0)
+        taken = [*existing, *self._removed_names()]
+        number = 1 + max((names.auto_number(n) or 0 for n in taken), default=0)
         for candidate in range(number, number + 1000):
             if self._try_rename(collection, names.auto_name(candidate), manifest):
                 return names.auto_name(candidate)
@@ -333,6 +340,54 @@ class SnapshotStore:
         if previous != info.name:
             collection.modify(metadata={"kbuild_kind": "tag", "target": info.name})
         return info.name, (previous if previous != info.name else None)
+
+    @_server_faults
+    def remove(self, reference: str, force: bool = False) -> tuple[SnapshotInfo, list[str], list[str]]:
+        """Delete a snapshot; returns (it, the tags removed with it, its children).
+
+        A snapshot that is tagged or is the parent of another is refused unless ``force``: a tag
+        names something someone chose to keep, and a child's lineage would point at nothing.
+        """
+        with self._lock():
+            info = self.resolve(reference)
+            snapshots = self.list()
+            tags = sorted(t for t, target in self.tags().items() if target == info.name)
+            children = [s.name for s in snapshots
+                        if any(p.get("name") == info.name for p in s.manifest.get("parents", []))]
+            if not force and (tags or children):
+                why = "; ".join(part for part in (
+                    f"tagged {', '.join(tags)}" if tags else "",
+                    f"parent of {', '.join(children)}" if children else "") if part)
+                raise KbuildError(f"{info.name} is {why}; pass --force to remove it anyway"
+                                  + (" (its tags go with it)" if tags else ""))
+            for tag in tags:
+                self.client.delete_collection(names.TAG_PREFIX + tag)
+            # A marker keeps the number taken: a later write never becomes a second, different snapshot_vN.
+            self.client.get_or_create_collection(names.REMOVED_PREFIX + info.name, embedding_function=None,
+                                                 metadata={"kbuild_kind": "removed", "name": info.name})
+            self.client.delete_collection(info.name)
+        return info, tags, children
+
+    def compact(self) -> bool:
+        """Give the space of deleted collections back to the disk (embedded stores): SQLite keeps
+        freed pages until VACUUM. Best effort: a store another process is using stays as it is."""
+        database = self.home / "chroma" / "chroma.sqlite3"
+        if self.mode != "embedded" or not database.is_file():
+            return False
+        import sqlite3
+
+        with self._lock(), contextlib.suppress(sqlite3.Error):
+            connection = sqlite3.connect(database, timeout=2.0)
+            try:
+                connection.execute("VACUUM")
+                return True
+            finally:
+                connection.close()
+        return False
+
+    def _removed_names(self) -> list[str]:
+        return [c.name[len(names.REMOVED_PREFIX):] for c in self._collections()
+                if c.name.startswith(names.REMOVED_PREFIX)]
 
     @_server_faults
     def gc(self, older_than_s: float = 3600.0) -> list[str]:

@@ -31,8 +31,8 @@ function classBlock(change, oldName, newName) {
     rows.push(h("tr", { class: "added" }, h("td", { class: "empty" }, ""),
       h("td", { class: "new" }, h("span", { class: "text" }, text))));
   }
-  return h("section", { class: "class-diff", "data-class": change.class },
-    h("h3", {}, "Modified class: ", change.class), twoColumns(oldName, newName, rows));
+  return h("section", { class: "class-diff", "data-class": change.class_name },
+    h("h3", {}, "Modified class: ", change.class_name), twoColumns(oldName, newName, rows));
 }
 
 function wholeClasses(title, classes, side, oldName, newName) {

@@ -21,15 +21,21 @@ function provenance(kb) {
     row("parameters", h("details", {}, h("summary", {}, "show"), json(m.parameters))));
 }
 
+// "melanoma (mel)" when the manifest records a display name for the class key "mel".
+function displayName(kb, cls) {
+  const shown = (kb.manifest.display_names || {})[cls];
+  return shown ? `${shown} (${cls})` : cls;
+}
+
 function removedTable(kb, matches) {
-  const rows = kb.removed.filter((r) => matches(r.class, r.text));
+  const rows = kb.removed.filter((r) => matches(r.class_name, r.text));
   if (!kb.removed.length) return null;
   const score = (s) => (s === null || s === undefined ? "" : Number(s).toFixed(3));
   return h("section", { id: "removed" }, h("h2", {}, `Removed in this snapshot (${kb.removed.length})`),
     h("table", { class: "grid" },
       h("thead", {}, h("tr", {}, ["class", "text", "stage", "reason", "score", "related"].map((c) => h("th", {}, c)))),
-      h("tbody", {}, rows.map((r) => h("tr", { class: "removed-row" }, h("td", {}, r.class), h("td", { class: "text" }, r.text),
-        h("td", {}, r.stage), h("td", {}, r.reason), h("td", { class: "num" }, score(r.score)), h("td", {}, r.related || ""))))));
+      h("tbody", {}, rows.map((r) => h("tr", { class: "removed-row" }, h("td", {}, r.class_name), h("td", { class: "text" }, r.text),
+        h("td", {}, r.stage), h("td", {}, r.reason), h("td", { class: "num" }, score(r.score)), h("td", {}, r.explanation || r.related || ""))))));
 }
 
 function reviewLog(kb) {
@@ -92,7 +98,7 @@ class SnapshotView {
     }
     for (const a of this.review.additions()) if (matches(a.class, a.new)) push(a.class, this.addedRow(a));
     const sections = [...groups].map(([cls, rows]) => h("section", { class: "class-block", "data-class": cls },
-      h("h3", {}, cls, h("span", { class: "muted" }, ` (${rows.length})`)),
+      h("h3", {}, displayName(this.kb, cls), h("span", { class: "muted" }, ` (${rows.length})`)),
       h("table", { class: "grid descs" }, h("tbody", {}, rows))));
     const more = total > drawn ? h("button", { id: "show-all", onclick: () => { this.limit = Infinity; this.renderList(); } },
       `show all ${total}`) : null;

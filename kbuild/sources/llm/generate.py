@@ -108,6 +108,7 @@ class GenerateResult:
     stats: CallStats
     run_id: str
     log_path: str
+    classes: list[ClassEntry] = field(default_factory=list)  # the classes asked for, with display names
 
     def to_json(self) -> dict[str, Any]:
         return {"total": len(self.descriptions), "failures": self.failures, "stats": self.stats.to_json(),
@@ -293,7 +294,7 @@ def generate_descriptions(classes: list[ClassEntry], prompt: PromptTemplate, opt
         run.stats.estimated_cost_usd = _cost(client.model, run.stats)
         log.finish_run(run_id, status, run.stats.to_json())
     return GenerateResult(_descriptions(classes, done, prompt, client.model), failures, run.stats, run_id,
-                          str(log.path))
+                          str(log.path), list(classes))
 
 
 def _cost(model: str, stats: CallStats) -> float | None:
@@ -323,6 +324,8 @@ def generation_parameters(prompt: PromptTemplate, options: GenerateOptions, clie
 def snapshot_draft(result: GenerateResult, embedder, template: str, parameters: dict[str, Any],
                    clip: dict[str, Any]) -> SnapshotDraft:
     """The snapshot to publish: descriptions, their CLIP embeddings of ``template``, provenance."""
-    embeddings = embedder.embed_descriptions(result.descriptions, template)
+    displays = {e.name: e.display for e in result.classes if e.display != e.name}
+    embeddings = embedder.embed_descriptions(result.descriptions, template, displays)
     return SnapshotDraft(result.descriptions, embeddings, "generate", parameters, clip=clip,
-                         extra={"llm_calls": result.stats.to_json(), "llm_run_id": result.run_id})
+                         extra={"llm_calls": result.stats.to_json(), "llm_run_id": result.run_id},
+                         display_names=displays)

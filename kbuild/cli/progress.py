@@ -1,0 +1,94 @@
+"""Progress on stderr for the command line: a rich bar on a terminal, plain lines otherwise.
+
+Plain lines go out at most every ``PLAIN_EVERY_S`` seconds (and once at the end when the task ran
+that long), so a log or CI output gets ``embedding texts: 4096/28200 (15%), 41 s left`` without a
+line per batch, and short tasks print nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from kbuild import progress
+
+PLAIN_EVERY_S = 2.0
+
+
+class PlainSink:
+    def __init__(self, stream=None, every: float | None = None):
+        self.stream, self.every = stream, PLAIN_EVERY_S if every is None else every
+
+    def start(self, label: str, total: int | None) -> dict:
+        now = time.monotonic()
+        return {"label": label, "total": total, "start": now, "last": now, "done": 0, "said": False}
+
+    def update(self, h: dict, done: int) -> None:
+        h["done"] = done
+        now = time.monotonic()
+        if now - h["last"] >= self.every and done != h["total"]:  # the end has its own line
+            h["last"], h["said"] = now, True
+            self._say(h, now)
+
+    def close(self) -> None:
+        pass
+
+    def finish(self, h: dict) -> None:
+        # a task that reported, or ran long enough to, says it ended; a quick one stays silent
+        if h["said"] or time.monotonic() - h["start"] >= self.every:
+            self._say(h, time.monotonic(), final=True)
+
+    def _say(self, h: dict, now: float, final: bool = False) -> None:
+        done, total, elapsed = h["done"], h["total"], now - h["start"]
+        line = f"{h['label']}: {done}" + (f"/{total} ({100 * done / total:.0f}%)" if total else "")
+        if final:
+            line += f", done in {elapsed:.0f} s"
+        elif total and done:
+            line += f", {elapsed * (total - done) / done:.0f} s left"
+        print(line, file=self.stream or sys.stderr, flush=True)
+
+
+class RichSink:
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                            transient=True)
+        self.open = 0
+
+    def start(self, label: str, total: int | None):
+        if not self.open:
+            self.bar.start()
+        self.open += 1
+        return self.bar.add_task(label, total=total)
+
+    def update(self, handle, done: int) -> None:
+        self.bar.update(handle, completed=done)
+
+    def close(self) -> None:
+        if self.open:
+            self.open = 0
+            self.bar.stop()
+
+    def finish(self, handle) -> None:
+        self.bar.remove_task(handle)
+        self.open -= 1
+        if not self.open:
+            self.bar.stop()
+
+
+@contextmanager
+def reporting() -> Iterator[None]:
+    """Report progress on stderr for the duration of one command."""
+    sink = RichSink() if sys.stderr.isatty() else PlainSink()
+    previous = progress.set_sink(sink)
+    try:
+        yield
+    finally:
+        sink.close()  # a task an error interrupted must not leave a bar on the terminal
+        progress.set_sink(previous)

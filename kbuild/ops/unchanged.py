@@ -1,0 +1,42 @@
+"""A write whose result equals what it starts from publishes nothing unless forced.
+
+A prune that removes nothing has its parent's content; a rerun of ``load`` or ``generate`` that
+changes nothing has the content of a snapshot an earlier run of the same command wrote. Publishing either would
+add an identical snapshot to the lineage, so the command says so and stops (``--force`` publishes
+anyway). "Equal" means the same (class, text) pairs, embedded the same way: CLIP model, template
+and display names, since those change the vectors KPL uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kbuild.descriptions import Description, content_hash
+from kbuild.store import SnapshotInfo, SnapshotStore
+from kbuild.store.manifest import display_names
+
+
+def same_content(info: SnapshotInfo, descriptions: list[Description], clip: dict[str, Any],
+                 displays: dict[str, str]) -> bool:
+    """Whether ``info`` holds exactly these descriptions, embedded with ``clip`` and ``displays``."""
+    m = info.manifest
+    own = m.get("clip", {})
+    wanted = {k: v for k, v in displays.items() if v != k}
+    return (m.get("content_hash") == content_hash((d.class_name, d.text) for d in descriptions)
+            and own.get("model_id") == clip.get("model_id") and own.get("template") == clip.get("template")
+            and display_names(m) == wanted)
+
+
+def repeated_run(store: SnapshotStore, operation: str, descriptions: list[Description], clip: dict[str, Any],
+                 displays: dict[str, str]) -> SnapshotInfo | None:
+    """The newest snapshot made by the same ``operation`` with the same content, embedded the same
+    way (a rerun that changes nothing), else None."""
+    for info in reversed(store.list()):
+        if info.manifest.get("operation") == operation and same_content(info, descriptions, clip, displays):
+            return info
+    return None
+
+
+def unchanged_message(existing: SnapshotInfo, why: str) -> str:
+    return (f"{why}: same content as {existing.name} ({existing.content_hash[:19]}...); nothing published "
+            "(pass --force to publish it anyway)")
