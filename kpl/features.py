@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kbuild.errors import KbuildError
+from kbuild.inputs import read_npz
 from kpl.errors import InputFileError, KplError, UsageError
 
 from .datasets import ImageDataset
@@ -73,20 +74,6 @@ def _bad(path: Path, problem: str, fix: str = "") -> InputFileError:
     return InputFileError(path, problem, fix)
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise _bad(path, "features file not found", "check the path, or create one with 'kpl embed --export'")
-    if not zipfile.is_zipfile(path):  # np.load would otherwise try to unpickle it
-        raise _bad(path, "not a readable .npz file (not a zip archive)", "write it with numpy.savez")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except ValueError as err:  # object arrays need pickle, which we never allow
-        raise _bad(path, f"cannot be read without pickle ({err})", "store strings as fixed-width unicode arrays") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise _bad(path, f"not a readable .npz file ({err})", "write it with numpy.savez") from None
-
-
 def check_features(path: Path, features, labels, class_names) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Validate shapes, finiteness and unit norms; returns float32 (N, D), int64 (N,), names."""
     features, labels, names = np.asarray(features), np.asarray(labels), np.asarray(class_names)
@@ -128,7 +115,7 @@ def _optional_str(data: dict, key: str) -> str | None:
 def load_features_npz(path: Path | str) -> FeatureSet:
     """Read and validate a features file (see the module docstring for its keys)."""
     path = Path(path).expanduser()
-    data = _read_npz(path)
+    data = read_npz(path, "features file", "check the path, or create one with 'kpl embed --export'", InputFileError)
     missing = [key for key in REQUIRED_KEYS if key not in data]
     if missing:
         raise _bad(path, f"missing key(s) {', '.join(missing)} (has: {', '.join(sorted(data)) or 'none'})",

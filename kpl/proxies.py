@@ -71,13 +71,11 @@ def fit_vision_proxies(
     early stop differs from the full ``iters`` run only by the skipped rounding-noise updates.
     """
     n = x.shape[0]
-    if compute_dtype is not None and compute_dtype != x.dtype:
-        xt = x.T.contiguous()  # the mixed-precision path serves GPUs, where one (N, D) copy is affordable
-        target = xt @ harden_labels(plan, alpha)
-        return _fit_mixed(x, xt, target, init, compute_dtype, tau_i, lr, iters, tol, patience, exact_iters)
     if chunk_rows is None:
         chunk_rows = n if x.numel() <= CHUNK_ELEMENTS else CHUNK_ROWS
-    if chunk_rows < n:
+    if compute_dtype is not None and compute_dtype != x.dtype:
+        score, target = _mixed_precision_score(x, plan, alpha, compute_dtype)
+    elif chunk_rows < n:
         blocks = _RowBlocks(x, chunk_rows)
         target, score = blocks.xt_times(harden_labels(plan, alpha)), blocks.xt_softmax
     else:
@@ -107,32 +105,22 @@ def fit_vision_proxies(
     return ProxyFit(w, iters, quiet >= patience)
 
 
-def _fit_mixed(x, xt, target, init, dtype, tau_i, lr, iters, tol, patience, exact_iters) -> ProxyFit:
-    """The same loop with its two (N, D) x (D, C) products in ``dtype`` (fp16/bf16 on a GPU).
+def _mixed_precision_score(x: torch.Tensor, plan: torch.Tensor, alpha: float, dtype: torch.dtype):
+    """The loop's two (N, D) x (D, C) products in ``dtype`` (fp16/bf16 on a GPU), results in float32.
 
     W, the gradient and the stop test stay float32 (mixed precision): the per-step update
     ``step / (N tau_i) * G`` is far below half precision's resolution of W, and updating W in half
-    would swallow it.
+    would swallow it. One (N, D) transposed copy is made, affordable on the GPUs this path serves.
     """
-    n = x.shape[0]
+    xt = x.T.contiguous()
+    target = xt @ harden_labels(plan, alpha)
     x_half, xt_half = x.to(dtype), xt.to(dtype)
-    w = init.clone()
-    prev_norm = math.inf
-    step = lr
-    quiet = 0
-    for it in range(iters):
+
+    def score(w, tau):
         logits = (x_half @ w.to(dtype)).float()
-        grad = (xt_half @ torch.softmax(logits / tau_i, dim=1).to(dtype)).float() - target
-        grad_norm = float(torch.norm(grad))
-        if grad_norm > prev_norm:
-            step /= 2
-        prev_norm = grad_norm
-        w_new = F.normalize(w - (step / (n * tau_i)) * grad, dim=0)
-        quiet = quiet + 1 if float((w_new - w).abs().max()) < tol else 0
-        w = w_new
-        if quiet >= patience and not exact_iters:
-            return ProxyFit(w, it + 1, True)
-    return ProxyFit(w, iters, quiet >= patience)
+        return (xt_half @ torch.softmax(logits / tau, dim=1).to(dtype)).float()
+
+    return score, target
 
 
 class _RowBlocks:

@@ -23,7 +23,6 @@ their first vector and are counted, like curated files.
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 
 from kbuild.descriptions import Description, normalise_text
 from kbuild.errors import InputFileError, UsageError
+from kbuild.inputs import read_npz
 
 EMBEDDED_SUFFIXES = (".npz",)
 REQUIRED_KEYS = ("classes", "texts", "embeddings", "model_id")
@@ -136,21 +136,6 @@ def _read_jsonl(path: Path) -> dict[str, np.ndarray]:
             "embeddings": np.asarray(vectors, dtype=np.float64), "model_id": np.asarray(spaces.pop())}
 
 
-def _read(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise InputFileError(path, "file not found", "check the path")
-    if not zipfile.is_zipfile(path):  # np.load would otherwise try to unpickle it
-        raise InputFileError(path, "not a readable .npz file (not a zip archive)", "write it with numpy.savez")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except ValueError as err:
-        raise InputFileError(path, f"cannot be read without pickle ({err})",
-                             "store strings as unicode arrays, e.g. np.asarray(texts, dtype=str)") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise InputFileError(path, f"not a readable .npz file ({err})", "write it with numpy.savez") from None
-
-
 def _strings(path: Path, data: dict, key: str) -> list[str]:
     values = data[key]
     if values.ndim != 1 or values.dtype.kind not in "US":
@@ -187,7 +172,7 @@ def check_embeddings(path: Path, embeddings, rows: int) -> tuple[np.ndarray, int
 def read_embedded(path: Path | str, classes: list[str] | None = None, restrict: bool = False) -> EmbeddedImport:
     """Read and check one embeddings file; ``classes``/``restrict`` as for curated files."""
     path = Path(path).expanduser()
-    data = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else _read(path)
+    data = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else read_npz(path, "embeddings file")
     missing = [key for key in REQUIRED_KEYS if key not in data]
     if missing:
         raise InputFileError(path, f"missing key(s) {', '.join(missing)} (has: {', '.join(sorted(data)) or 'none'})",
