@@ -9,11 +9,14 @@ silently rewritten, ESC went through raw, and ``KBUILD_DEBUG=1`` printed the Chr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from kbuild.descriptions import visible
 from kbuild.store import SnapshotStore
+
+REPO = Path(__file__).resolve().parents[1]
 
 MARKUP_CLASS = "[/bold] oops"
 LINK_CLASS = "[link=file:///etc/passwd]x[/link]"
@@ -97,3 +100,16 @@ def test_debug_traceback_masks_the_chroma_token(loaded, kbuild, monkeypatch):
 ])
 def test_visible_escapes_exactly_the_control_characters(text, shown):
     assert visible(text) == shown
+
+
+def test_prompt_template_texts_are_shown_escaped(kbuild, tmp_path):
+    """A template is a data file too: an ESC in it is written out, not sent to the terminal."""
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    text = (REPO / "prompts" / "general.toml").read_text(encoding="utf-8")
+    start = text.index('description = "') + len('description = "')
+    (folder / "general.toml").write_text(text[:start] + "\\u001B[2J" + text[start:], encoding="utf-8")
+    for args in (("prompts", "list"), ("prompts", "show", "general")):
+        result = kbuild(*args, "--prompts-dir", folder)
+        assert result.code == 0, result.err
+        assert "\x1b" not in result.out and "\\x1b[2J" in result.out

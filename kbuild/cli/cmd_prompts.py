@@ -11,6 +11,7 @@ from kbuild.cli.cmd_generate import ModalityOpt, PromptsDirOpt, VarOpt, template
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, print_json
 from kbuild.cli.options import JsonOpt
+from kbuild.descriptions import visible
 from kbuild.sources.llm.prompts import list_prompts, load_prompt
 
 
@@ -24,7 +25,7 @@ def prompts_list(prompts_dir: PromptsDirOpt = None, json_out: JsonOpt = False) -
         return
     for p in good:
         variables = ", ".join(v.name + ("" if v.default is None else f"={v.default}") for v in p.variables.values())
-        print(f"{p.name:<14} {p.hash[:19]}  {p.description}\n{'':<14} variables: {variables}")
+        _say(f"{p.name:<14} {p.hash[:19]}  {p.description}\n{'':<14} variables: {variables}")
 
 
 def prompts_show(
@@ -47,14 +48,19 @@ def prompts_show(
     if json_out:
         print_json({**p.to_json(), "rendered": rendered})
         return
-    print(f"{p.name}  {p.hash}\n{p.description}\nfile: {p.path}")
+    _say(f"{p.name}  {p.hash}\n{p.description}\nfile: {p.path}")
     for v in p.variables.values():
         default = "required" if v.default is None else f"default {v.default}"
         examples = f"; e.g. {', '.join(v.examples)}" if v.examples else ""
-        print(f"  {{{v.name}}}: {v.description} ({default}{examples})")
-    print(f"output ({p.output_format}): {p.output_description}")
+        _say(f"  {{{v.name}}}: {v.description} ({default}{examples})")
+    _say(f"output ({p.output_format}): {p.output_description}")
     for part, text in (rendered or {"system": p.system, "user": p.user, "follow_up": p.follow_up}).items():
-        print(f"\n--- {part} ---\n{text}")
+        _say(f"\n--- {part} ---\n{text}")
+
+
+def _say(text: str) -> None:
+    """Template texts are data from a file: control characters shown escaped, line breaks kept."""
+    print("\n".join(visible(line) for line in text.split("\n")))
 
 
 # Registered on the 'prompts' group by kbuild.cli.app, in this order.
