@@ -7,13 +7,15 @@ similar other images and the weights ``max(cos(x_i, x_j), 0)``.
 O(block * N + N * k) instead of the O(N^2) of a full similarity matrix; time is O(N^2 D), about
 7.5 minutes at N = 100 000 on 2 cores and so some 12 hours at N = 1 000 000.
 
-``method="faiss"`` (optional dependency, ``pip install kpl-toolkit[scale]``) partitions X with
-k-means into about sqrt(N) inverted lists and compares each row only with the rows of the
-``nprobe`` lists nearest to it. The rows are stored as 8-bit scalar codes (a quarter of the
-float32 matrix, so the index adds 0.5 GB at 1M x 512, not another 2 GB) and the candidates it
-returns are re-ranked with exact float32 cosines, so the weights are true cosines as in the
-exact graph; only some neighbours can be missed (recall is measured in benchmarks/bench_knn.py).
-Settings are fixed (k-means seed, training sample, nprobe), so two runs give the same graph.
+``method="faiss"`` (optional dependency, ``pip install 'kpl-toolkit[scale]'``) is an inverted-file
+(IVF) search on inner product: faiss's spherical k-means splits X into about sqrt(N) lists, and
+the rows of each list are compared, by exact float32 matrix products, only with the rows of the
+``nprobe`` lists whose centroids are nearest to their own list's. Neighbours in other lists can
+be missed (recall is measured in benchmarks/bench_knn.py); the weights are true cosines, as in
+the exact graph. Searching list by list keeps the work in BLAS: faiss's own per-query IVF search
+ran 40x below the matrix-product speed on this project's 2-core machine at D 512, and it keeps no
+copy of X (memory: X, one int64 per row, one list's similarities). Settings are fixed (k-means
+seed, training sample, nprobe), so two runs give the same graph.
 
 ``method="auto"`` (the default) is exact below ``AUTO_FAISS_FROM`` images and faiss from there
 when faiss is installed (exact otherwise).
@@ -41,12 +43,12 @@ MIN_TRAIN_PER_LIST = 39
 TRAIN_PER_LIST = 64
 KMEANS_ITERS = 10
 SEED = 1234
-# fraction of the lists searched per row (1/32: 3 % of the rows are compared with each row).
-# Time grows with it linearly; recall too, slowly (benchmarks/bench_knn.py measures both).
-DEFAULT_NPROBE_FRACTION = 1 / 32
-# candidates fetched beyond k + 1 (the +1 is the row itself), re-ranked with exact cosines
-EXTRA_CANDIDATES = 8
-SEARCH_BLOCK = 4096
+# lists searched per list: 16 of 316 at 100k (5 % of the rows compared with each row), 16 of
+# 1000 at 1M (1.6 %). Time grows with it linearly, recall slowly (benchmarks/bench_knn.py).
+DEFAULT_NPROBE = 16
+SEARCH_BLOCK = 65536
+# similarities held at once when comparing a list's rows with its candidates (64 MB of float32)
+QUERY_SIMS = 16 * 2**20
 
 
 def faiss_module():
@@ -70,7 +72,7 @@ def knn_graph(features, k: int, block: int = DEFAULT_BLOCK, method: str = "auto"
     ``features`` must have unit rows (a float32 tensor or array). Exact: ties go to the lower
     index, as torch.topk orders them. With fewer than k other rows, k shrinks to N - 1.
     ``method``: "exact", "faiss" or "auto" (see the module doc); ``nprobe``: lists searched
-    per row by faiss (default: 1/32 of them).
+    per list by faiss (default 16).
     """
     _check_int("k", k, 1)
     _check_int("block", block, 1)
@@ -122,38 +124,46 @@ def _faiss_graph(features, k: int, nprobe: int | None) -> tuple[np.ndarray, np.n
     if k <= 0:
         return np.empty((n, max(k, 0)), dtype=np.int64), np.empty((n, max(k, 0)), dtype=np.float32)
     lists = index_lists(n)
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFScalarQuantizer(quantizer, d, lists, faiss.ScalarQuantizer.QT_8bit,
-                                          faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = SEED
-    index.cp.niter = KMEANS_ITERS
-    index.cp.max_points_per_centroid = TRAIN_PER_LIST
+    probe = min(lists, nprobe or DEFAULT_NPROBE)
+    # a fixed training sample, in row order, and a fixed k-means seed: the same graph every run
     train = min(n, TRAIN_PER_LIST * lists)
-    # a fixed sample, in row order, so that training (and so the graph) is reproducible
     sample = np.sort(np.random.default_rng(SEED).choice(n, size=train, replace=False))
-    index.train(x[sample])
-    index.add(x)
-    index.nprobe = min(lists, nprobe or max(1, round(lists * DEFAULT_NPROBE_FRACTION)))
-    wanted = min(n, k + 1 + EXTRA_CANDIDATES)
+    kmeans = faiss.Kmeans(d, lists, niter=KMEANS_ITERS, seed=SEED, spherical=True,
+                          max_points_per_centroid=TRAIN_PER_LIST, min_points_per_centroid=1)
+    kmeans.train(x[sample])
+    label = np.concatenate([kmeans.index.search(x[s:s + SEARCH_BLOCK], 1)[1][:, 0]
+                            for s in range(0, n, SEARCH_BLOCK)])
+    # rows grouped by list; list c holds order[bounds[c]:bounds[c + 1]]
+    order = np.argsort(label, kind="stable")
+    bounds = np.searchsorted(label[order], np.arange(lists + 1))
+    centroids = torch.from_numpy(kmeans.centroids)
+    nearest_lists = torch.topk(centroids @ centroids.T, probe, dim=1).indices.numpy()
+    del kmeans, label
     indices = np.empty((n, k), dtype=np.int64)
     weights = np.empty((n, k), dtype=np.float32)
     missing = []
-    for start in range(0, n, SEARCH_BLOCK):
-        stop = min(start + SEARCH_BLOCK, n)
-        queries = x[start:stop]
-        _, cand = index.search(queries, wanted)
-        # exact float32 cosines of the candidates; the row itself and empty slots (-1) go below any cosine
-        sims = np.einsum("bd,bcd->bc", queries, x[np.maximum(cand, 0)])
-        rows = np.arange(start, stop)[:, None]
-        sims[(cand < 0) | (cand == rows)] = -3.0
-        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        best = np.take_along_axis(sims, order, axis=1)
-        indices[start:stop] = np.take_along_axis(cand, order, axis=1)
-        weights[start:stop] = np.maximum(best, 0.0)
-        missing.extend((start + np.flatnonzero(best[:, -1] < -2.0)).tolist())
-    del index, quantizer
+    xt = torch.from_numpy(x)
+    with torch.inference_mode():
+        for c in range(lists):
+            rows = order[bounds[c]:bounds[c + 1]]
+            if len(rows) == 0:
+                continue
+            cand = np.concatenate([order[bounds[j]:bounds[j + 1]] for j in nearest_lists[c]])
+            if len(cand) <= k:  # too few rows nearby: these rows get exact neighbours below
+                missing.extend(rows.tolist())
+                continue
+            cand_t = torch.from_numpy(cand)
+            base = xt[cand_t]
+            step = max(1, QUERY_SIMS // len(cand))
+            for s in range(0, len(rows), step):
+                q = rows[s:s + step]
+                sims = xt[torch.from_numpy(q)] @ base.T
+                # an image is not its own neighbour (its list is always among the probed ones)
+                sims[torch.from_numpy(q)[:, None] == cand_t[None, :]] = -2.0
+                top = torch.topk(sims, k, dim=1)
+                indices[q] = cand[top.indices.numpy()]
+                weights[q] = top.values.clamp_min(0.0).numpy()
     if missing:
-        # the probed lists held fewer than k other rows: those rows get exact neighbours
         _fill_exact(x, np.asarray(missing), k, indices, weights)
     return indices, weights
 
