@@ -69,7 +69,7 @@ def one_run(n: int, method: str, nprobe: int | None, cache: Path | None) -> dict
     import torch
 
     from kpl import run_baseline
-    from kpl.knn import knn_graph, index_lists
+    from kpl.knn import DEFAULT_NPROBE, index_lists, knn_graph
 
     x, labels, t = make_data(n)
     out = {"n": n, "method": method, "data_mb": peak_mb(), "threads": torch.get_num_threads()}
@@ -82,7 +82,7 @@ def one_run(n: int, method: str, nprobe: int | None, cache: Path | None) -> dict
         graph = knn_graph(x, 3, method=method, nprobe=nprobe)
         out.update(graph_seconds=time.perf_counter() - start, graph_peak_mb=peak_mb())
         if method == "faiss":
-            out.update(lists=index_lists(n), nprobe=nprobe or max(1, round(index_lists(n) / 32)))
+            out.update(lists=index_lists(n), nprobe=min(index_lists(n), nprobe or DEFAULT_NPROBE))
         if method == "exact" and cached:
             np.save(cached.with_suffix(".idx.npy"), graph[0])
             np.save(cached.with_suffix(".w.npy"), graph[1])

@@ -43,9 +43,10 @@ MIN_TRAIN_PER_LIST = 39
 TRAIN_PER_LIST = 64
 KMEANS_ITERS = 10
 SEED = 1234
-# lists searched per list: 16 of 316 at 100k (5 % of the rows compared with each row), 16 of
-# 1000 at 1M (1.6 %). Time grows with it linearly, recall slowly (benchmarks/bench_knn.py).
-DEFAULT_NPROBE = 16
+# lists searched per list: 8 of 316 at 100k (2.5 % of the rows compared with each row), 8 of
+# 1000 at 1M (0.8 %, 8000 rows). Time grows with it linearly, recall slowly
+# (benchmarks/bench_knn.py); on 2 cores 8 keeps the 1M graph to minutes.
+DEFAULT_NPROBE = 8
 SEARCH_BLOCK = 65536
 # similarities held at once when comparing a list's rows with its candidates (64 MB of float32)
 QUERY_SIMS = 16 * 2**20
@@ -72,7 +73,7 @@ def knn_graph(features, k: int, block: int = DEFAULT_BLOCK, method: str = "auto"
     ``features`` must have unit rows (a float32 tensor or array). Exact: ties go to the lower
     index, as torch.topk orders them. With fewer than k other rows, k shrinks to N - 1.
     ``method``: "exact", "faiss" or "auto" (see the module doc); ``nprobe``: lists searched
-    per list by faiss (default 16).
+    per list by faiss (default 8).
     """
     _check_int("k", k, 1)
     _check_int("block", block, 1)
