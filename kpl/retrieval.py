@@ -25,6 +25,7 @@ from kpl.errors import KplError, UsageError
 # Float32 rounding leaves unit vectors within ~2e-7 of norm 1; features kept in float16 are
 # off by up to ~5e-4. Anything beyond this bound was not normalised in float32.
 UNIT_NORM_TOL = 1e-5
+CHECK_CHUNK = 65536
 
 
 def as_matrix(values, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -56,13 +57,14 @@ def as_matrix(values, name: str, device: str | torch.device = "cpu") -> torch.Te
 
 def _check_rows(tensor: torch.Tensor, name: str) -> None:
     """Raise a KplError for NaN/inf or all-zero rows, which have no direction."""
-    bad = (~torch.isfinite(tensor)).any(dim=1).nonzero().flatten()
+    # row chunks: a whole-matrix mask would add (N, D) bytes per test (0.5 GB each at 1M x 512)
+    bad = torch.cat([(~torch.isfinite(c)).any(dim=1) for c in tensor.split(CHECK_CHUNK)]).nonzero().flatten()
     if bad.numel():
         raise KplError(
             f"{name} has NaN/inf in {bad.numel()} row(s), first row {int(bad[0])}; "
             "re-encode those inputs or drop them"
         )
-    zero = (tensor == 0).all(dim=1).nonzero().flatten()
+    zero = torch.cat([(c == 0).all(dim=1) for c in tensor.split(CHECK_CHUNK)]).nonzero().flatten()
     if zero.numel():
         raise KplError(f"{name} has {zero.numel()} all-zero row(s), first row {int(zero[0])}; drop them")
 
