@@ -15,7 +15,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade-strategy only-if-needed -c constraints.txt -e ".[test,distributed,similarity]" 2>&1 \
+	$(BIN)/python -m pip install -q --upgrade-strategy only-if-needed -c constraints.txt -e ".[test,distributed,similarity,scale]" 2>&1 \
 	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	$(BIN)/python -c "import kbuild, kpl, open_clip, chromadb"  # fail here, not in the tests, if the install broke
 	touch $(STAMP)

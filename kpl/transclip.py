@@ -22,7 +22,9 @@ class, temperature 100. The paper gives no initial covariance for the first assi
 we start from Sigma = I / D, the per-dimension variance of random unit vectors. The log-det of
 Sigma is common to all classes (one shared covariance) and cancels in the softmax.
 
-Memory is O(N (k + C) + C D): the kNN graph is built in blocks (kpl.knn), never N x N.
+Memory is O(N (k + C) + C D) beyond X itself: the kNN graph is built in blocks (kpl.knn), never
+N x N, and no (N, D) temporary is made (squares are taken in row chunks). At N ~ 1M the graph
+comes from an approximate index (``knn="auto"``, kpl.knn).
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ import numpy as np
 import torch
 
 from kpl.errors import UsageError
-from kpl.knn import DEFAULT_BLOCK, knn_graph
+from kpl.knn import DEFAULT_BLOCK, METHODS as KNN_METHODS, knn_graph
 
 # Variances below this are rounding noise of a collapsed dimension; dividing by them would blow up.
 MIN_VARIANCE = 1e-8
+# rows squared at a time: x * x in one go would be a second (N, D) matrix (2 GB at 1M x 512)
+SQUARE_CHUNK = 65536
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class TransCLIPParams:
     init_top: int = 8
     temperature: float = 100.0
     block: int = DEFAULT_BLOCK
+    knn: str = "auto"  # kNN graph backend: "auto", "exact" or "faiss" (kpl.knn)
 
     def validate(self) -> "TransCLIPParams":
         for name in ("neighbours", "outer_iters", "inner_iters", "init_top", "block"):
@@ -61,19 +66,33 @@ class TransCLIPParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
                 raise UsageError(f"transclip: {name} must be a number >= 0 (got {value!r})")
+        if self.knn not in KNN_METHODS:
+            raise UsageError(f"transclip: knn must be one of {', '.join(KNN_METHODS)} (got {self.knn!r})")
         return self
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def _log_likelihood(x: torch.Tensor, x_sq: torch.Tensor, means: torch.Tensor,
-                    variance: torch.Tensor) -> torch.Tensor:
+def _squares_times(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(N,) sum_d x_id^2 v_d, squaring SQUARE_CHUNK rows at a time."""
+    return torch.cat([(x[s:s + SQUARE_CHUNK] ** 2) @ v for s in range(0, x.shape[0], SQUARE_CHUNK)])
+
+
+def _column_squares(x: torch.Tensor) -> torch.Tensor:
+    """(D,) sum_i x_id^2, squaring SQUARE_CHUNK rows at a time."""
+    total = torch.zeros(x.shape[1], dtype=x.dtype)
+    for s in range(0, x.shape[0], SQUARE_CHUNK):
+        total += (x[s:s + SQUARE_CHUNK] ** 2).sum(dim=0)
+    return total
+
+
+def _log_likelihood(x: torch.Tensor, means: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
     """(N, C) log N(x_i; mu_c, diag(variance)) up to a constant shared by all classes."""
     inv = 1.0 / variance
     cross = x @ (means * inv).T
     mean_term = (means * means * inv).sum(dim=1)
-    return -0.5 * ((x_sq @ inv)[:, None] - 2.0 * cross + mean_term[None, :])
+    return -0.5 * (_squares_times(x, inv)[:, None] - 2.0 * cross + mean_term[None, :])
 
 
 def _initial_means(x: torch.Tensor, y: torch.Tensor, top: int) -> torch.Tensor:
@@ -98,16 +117,16 @@ def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
     n = x.shape[0]
     y = torch.softmax(p.temperature * (x @ t.T), dim=1)
     log_y = torch.log(y.clamp_min(torch.finfo(torch.float32).tiny))
-    idx, w = graph if graph is not None else knn_graph(x, p.neighbours, block=p.block)
+    idx, w = graph if graph is not None else knn_graph(x, p.neighbours, block=p.block, method=p.knn)
     idx, w = torch.from_numpy(idx), torch.from_numpy(w)
-    x_sq = x * x
+    column_squares = _column_squares(x)
 
     means = _initial_means(x, y, p.init_top)
     variance = torch.full((x.shape[1],), 1.0 / x.shape[1], dtype=x.dtype)
     z = y.clone()
     scores = log_y.clone()
     for _ in range(p.outer_iters):
-        log_p = _log_likelihood(x, x_sq, means, variance)
+        log_p = _log_likelihood(x, means, variance)
         fixed = p.lam * log_y + log_p
         for _ in range(p.inner_iters):
             neighbours = (w[:, :, None] * z[idx]).sum(dim=1) if idx.shape[1] else 0.0
@@ -119,7 +138,7 @@ def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
         keep = mass > 0
         means = torch.where(keep[:, None], weighted / mass.clamp_min(1e-12)[:, None], means)
         # sum_i sum_c z_ic (x_i - mu_c)^2 = sum_i x_i^2 - 2 sum_c mu_c * (Z^T X)_c + sum_c m_c mu_c^2
-        spread = x_sq.sum(dim=0) - 2.0 * (means * weighted).sum(dim=0) + (mass[:, None] * means * means).sum(dim=0)
+        spread = column_squares - 2.0 * (means * weighted).sum(dim=0) + (mass[:, None] * means * means).sum(dim=0)
         variance = (spread / n).clamp_min(MIN_VARIANCE)
     return z, scores, y
 
