@@ -174,3 +174,25 @@ def run_kbuild(*args) -> Result:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = run_with_boundary(app, "kbuild", [str(a) for a in args])
     return Result(code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def killed_before_publish(monkeypatch):
+    """Run the block as a write killed after its records are in, before its name is claimed.
+
+    The stand-in for SIGKILL is a BaseException, which no ``except Exception`` in the code can
+    swallow, so the pending collection stays behind exactly as after a real kill."""
+    import pytest
+
+    from kbuild.store import SnapshotStore
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*_args, **_kwargs):
+        raise Killed()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SnapshotStore, "_claim_name", killed)
+        with pytest.raises(Killed):
+            yield

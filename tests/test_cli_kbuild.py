@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from helpers import cli_env, free_port, run_kbuild, run_subprocess, store_fingerprint
+from helpers import cli_env, free_port, killed_before_publish, run_kbuild, run_subprocess, store_fingerprint
 from kbuild.descriptions import Description, content_hash, normalise_text
 from kbuild.store import RemovedRecord, SnapshotStore
 from kbuild.store.manifest import SnapshotDraft
@@ -291,16 +291,8 @@ def test_load_to_an_existing_name_is_refused_with_a_hint(clip_env, kbuild, kb_fi
 def test_gc_removes_an_unfinished_write(clip_env, kbuild, kb_files, monkeypatch):
     load_selected(kbuild, kb_files)
 
-    class Killed(BaseException):
-        pass
-
-    def killed(*_args, **_kwargs):
-        raise Killed()
-
-    with monkeypatch.context() as patch:
-        patch.setattr(SnapshotStore, "_claim_name", killed)
-        with pytest.raises(Killed):
-            kbuild("load", kb_files / WAFFLE)
+    with killed_before_publish(monkeypatch):
+        kbuild("load", kb_files / WAFFLE)
     assert any(n.startswith("kbuild-tmp-") for n in store_fingerprint(clip_env)["collections"])
     assert [s["name"] for s in kbuild("list", "--json").json()] == ["snapshot_v1"]
     assert kbuild("gc").out.splitlines()[0] == "removed 1 unfinished write(s)"

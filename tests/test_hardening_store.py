@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import run_kbuild
+from helpers import killed_before_publish, run_kbuild
 from kbuild.descriptions import Description
 from kbuild.errors import StoreUnavailable
 from kbuild.store import SnapshotStore
@@ -119,16 +119,8 @@ def test_gc_frees_the_segment_folders_of_killed_writes(tmp_path, monkeypatch):
     store.publish(_draft(50))
     kept = {p.name for p in segment_dirs(home / "chroma")}
 
-    class Killed(BaseException):
-        pass
-
-    def killed(*_args, **_kwargs):
-        raise Killed()
-
-    with monkeypatch.context() as patch:
-        patch.setattr(SnapshotStore, "_claim_name", killed)
-        with pytest.raises(Killed):
-            store.publish(_draft(3000, prefix="killed"))
+    with killed_before_publish(monkeypatch):
+        store.publish(_draft(3000, prefix="killed"))
     assert len(segment_dirs(home / "chroma")) > len(kept)
     result = run_kbuild("gc", "--store", home)
     assert result.code == 0, result.err
