@@ -12,7 +12,7 @@ from kbuild.classes_file import parse_classes_file
 from kbuild.clip.text import check_template
 from kbuild.descriptions import visible
 from kbuild.errors import UsageError
-from kbuild.ops.generate import check_name_free, generate_snapshot
+from kbuild.ops.generate import generate_snapshot
 from kbuild.ops.unchanged import unchanged_message
 from kbuild.sources.llm.generate import GenerateOptions, GenerateResult, check_request
 from kbuild.sources.llm.prompts import load_prompt
@@ -99,7 +99,7 @@ def generate(
     url = settings.openai_base_url(base_url)
     api_key = resolve_api_key(settings.openai_api_key(), url)
     kb_store = open_store(store, chroma_url)
-    check_name_free(kb_store, name)
+    kb_store.check_name_free(name)
     client = ChatClient(settings.llm_model(llm_model), url, api_key, temperature=temperature, seed=seed,
                         timeout_s=timeout, policy=RetryPolicy(retries=retries, base_s=backoff))
     info(f"Asking {client.model} at {client.base_url} for {per_class} descriptions of each of "

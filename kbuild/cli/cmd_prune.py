@@ -9,7 +9,6 @@ from rich.table import Table
 
 from kbuild.clip.text import snapshot_embedder
 from kbuild.prune.core import STAGES, TABLE_COLUMNS, PruneParams
-from kbuild.ops.generate import check_name_free
 from kbuild.ops.prune import prune_snapshot
 from kbuild.ops.unchanged import unchanged_message
 from kbuild.cli.commands import CommandSpec
@@ -66,7 +65,7 @@ def prune(
                          margin_reference=margin_reference, max_per_class=max_per_class,
                          min_per_class=min_per_class, allow_empty=allow_empty).validate()
     kb_store = open_store(store, chroma_url)
-    check_name_free(kb_store, name)  # before CLIP is loaded
+    kb_store.check_name_free(name)  # before CLIP is loaded
     embedder = snapshot_embedder(kb_store.home, kb_store.resolve(snapshot).manifest.get("clip", {}), model, pretrained)
     similarity = None
     if similarity_model:

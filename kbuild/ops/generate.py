@@ -18,7 +18,7 @@ from kbuild.sources.llm.generate import (GenerateOptions, GenerateResult, Progre
                                          generate_descriptions, generation_parameters, snapshot_draft)
 from kbuild.sources.llm.prompts import PromptTemplate
 from kbuild.ops.unchanged import repeated_run
-from kbuild.store import SnapshotInfo, SnapshotStore, validate_snapshot_name
+from kbuild.store import SnapshotInfo, SnapshotStore
 
 
 @dataclass
@@ -40,22 +40,13 @@ class GenerateOutcome:
         return {**head, **self.result.to_json()}
 
 
-def check_name_free(store: SnapshotStore, name: str | None) -> None:
-    """Refuse a taken or invalid ``--name`` before the first paid call, not after the whole run."""
-    if name is not None:
-        validate_snapshot_name(name)
-        if any(s.name == name for s in store.list()):
-            # exit 1 like the store's own refusal at publish time: the same error, found earlier
-            raise KbuildError(f"Snapshot '{name}' already exists and snapshots are immutable (choose another --name)")
-
-
 def generate_snapshot(store: SnapshotStore, entries: list[ClassEntry], prompt: PromptTemplate,
                       options: GenerateOptions, client, load_embedder: Callable[[], Any], template: str,
                       classes_label: str, name: str | None = None,
                       progress: Callable[[ProgressEvent], None] | None = None,
                       force: bool = False) -> GenerateOutcome:
     """Ask ``client`` for every class through the store's call log; publish only when no class failed."""
-    check_name_free(store, name)
+    store.check_name_free(name)
     with CallLog.for_store(store.home) as log:
         result = generate_descriptions(entries, prompt, options, log, client, progress=progress)
     if result.failures:

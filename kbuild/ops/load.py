@@ -9,7 +9,6 @@ from typing import Any, Callable
 from kbuild.classes_file import parse_classes_file
 from kbuild.clip.text import check_template
 from kbuild.errors import KbuildError, UsageError
-from kbuild.ops.generate import check_name_free
 from kbuild.ops.unchanged import repeated_run
 from kbuild.sources.curated import CuratedImport, load_curated
 from kbuild.sources.embedded import EmbeddedImport, is_embedded_file, read_embedded
@@ -40,7 +39,7 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
     before a (possibly large) CLIP model is loaded. A rerun whose result equals the latest
     snapshot (a load of the same content, embedded the same way) publishes nothing unless ``force``.
     """
-    check_name_free(store, name)  # a bad or taken --name fails before any file is read or embedded
+    store.check_name_free(name)  # a bad or taken --name fails before any file is read or embedded
     check_template(template)
     entries = parse_classes_file(classes_file) if classes_file else None
     classes = [entry.name for entry in entries] if entries else None

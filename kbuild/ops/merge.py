@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from kbuild.errors import UsageError
-from kbuild.ops.generate import check_name_free
 from kbuild.store import SnapshotInfo, SnapshotStore
 from kbuild.store.manifest import SnapshotDraft, display_names
 
@@ -39,7 +38,7 @@ def _same_space(a: dict, b: dict) -> bool:
 def merge_snapshots(store: SnapshotStore, first: str, second: str, embedder_for=None,
                     name: str | None = None) -> MergeResult:
     """Publish A ∪ B. ``embedder_for(clip_info)`` returns a TextEmbedder, needed only when B must be re-embedded."""
-    check_name_free(store, name)
+    store.check_name_free(name)
     a, b = store.read(first), store.read(second)
     if a.info.name == b.info.name:
         raise UsageError(f"merge needs two different snapshots, got {a.info.name} twice")

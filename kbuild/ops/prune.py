@@ -13,7 +13,6 @@ from typing import Any, Callable
 import numpy as np
 
 from kbuild.clip.text import TextEmbedder, templated_embeddings
-from kbuild.ops.generate import check_name_free
 from kbuild.ops.unchanged import same_content
 from kbuild.prune.core import PruneParams, PruneResult, prune_descriptions
 from kbuild.store import SnapshotInfo, SnapshotStore
@@ -40,7 +39,7 @@ def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str,
     """Prune the snapshot ``reference`` and publish the result as its child; a prune that changes
     nothing (same content, same embedding model) publishes nothing unless ``force``."""
     params.validate()
-    check_name_free(store, name)  # before any reading or embedding
+    store.check_name_free(name)  # before any reading or embedding
     kb = store.read(reference)
     clip_info = dict(kb.info.manifest.get("clip", {}))
     template = clip_info.get("template") or "a photo of a {}, which has {}"

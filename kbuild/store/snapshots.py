@@ -249,6 +249,19 @@ class SnapshotStore:
         # Embedded Chroma is one folder shared by processes: serialise writers on this machine.
         return store_write_lock(self.home) if self.mode == "embedded" else contextlib.nullcontext()
 
+    def check_name_free(self, name: str | None) -> None:
+        """Refuse an invalid or taken ``name`` now, before a command's slow work (embedding, LLM calls);
+        ``publish`` checks again under the write lock."""
+        if name is not None:
+            names.validate_snapshot_name(name)
+            self._refuse_taken(name, {s.name for s in self.list()})
+
+    @staticmethod
+    def _refuse_taken(name: str | None, existing) -> None:
+        if name is not None and name in existing:
+            raise KbuildError(f"Snapshot '{name}' already exists and snapshots are immutable "
+                              "(choose another --name, or leave it out for the next version)")
+
     @_server_faults
     def publish(self, draft: SnapshotDraft, name: str | None = None) -> SnapshotInfo:
         """Write ``draft`` as a new snapshot (named, or the next ``snapshot_vN``) and return it."""
@@ -257,9 +270,7 @@ class SnapshotStore:
         draft.validate()
         with self._lock():
             existing = {s.name: s for s in self.list()}
-            if name is not None and name in existing:
-                raise KbuildError(f"Snapshot '{name}' already exists and snapshots are immutable "
-                                  "(choose another --name, or leave it out for the next version)")
+            self._refuse_taken(name, existing)
             parents = [existing[p] if p in existing else self.resolve(p) for p in draft.parents]
             manifest = build_manifest(draft, parents)
             pending = self._write_pending(draft, manifest)
