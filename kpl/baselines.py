@@ -155,7 +155,7 @@ def transclip_baseline(image_features, class_embeddings=None, name_embeddings=No
 
     ``graph``: a precomputed ``kpl.knn.knn_graph(X, neighbours)`` to share between runs on the same images.
     """
-    from kpl.transclip import TransCLIPParams, transclip
+    from kpl.transclip import TransCLIPParams, graph_for, transclip
 
     graph = params.pop("graph", None)
     if name_embeddings is None and class_embeddings is None:
@@ -173,9 +173,14 @@ def transclip_baseline(image_features, class_embeddings=None, name_embeddings=No
         x, classes = prepare_inputs(image_features, class_embeddings, device)
         t = torch.stack([F.normalize(e.mean(dim=0), dim=0) for e in classes])
         source = "descriptions"
+    if graph is None:
+        graph = graph_for(x, settings)
     _, scores, _ = transclip(x, t, settings, graph=graph)
-    return _result("transclip", scores, None, {**settings.to_json(), "prototypes": source},
-                   settings.outer_iters * settings.inner_iters)
+    used = {**settings.to_json(), "prototypes": source}
+    info = getattr(graph, "info", None)  # a plain (indices, weights) pair carries no record
+    if info is not None:
+        used["graph"] = info.to_json()
+    return _result("transclip", scores, None, used, settings.outer_iters * settings.inner_iters)
 
 
 BASELINES = {

@@ -22,7 +22,7 @@ from kbuild.cli.boundary import run_with_boundary
 from kbuild.descriptions import visible
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt
 from kpl.errors import UsageError
-from kpl.params import KPLParams
+from kpl.params import DEFAULT_KNN_RECALL, KPLParams
 from kpl.shards import DEFAULT_SHARD_SIZE
 
 app = typer.Typer(
@@ -66,6 +66,11 @@ NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Encode the images 
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write metrics.json, plots, CSV and report.html here.")]
 MethodsOpt = Annotated[Optional[str], typer.Option(
     "--methods", help="Comma list of clip, dclip, cupl, inmap, transclip, kpl \\[default: all].")]
+KnnOpt = Annotated[str, typer.Option(
+    "--knn", help="TransCLIP's neighbour graph: auto (exact below 200 000 images, else faiss), exact or faiss "
+                  "(approximate; needs kpl-toolkit\\[scale]).")]
+KnnRecallOpt = Annotated[float, typer.Option(
+    "--knn-recall", help="Recall an approximate graph must reach, measured on 1000 sampled images (0-1].")]
 OtOpt = Annotated[str, typer.Option("--ot", help="Pseudo-labels: greenkhorn, sinkhorn or none.")]
 TauTOpt = Annotated[float, typer.Option("--tau-t", help="Text-logit temperature.")]
 TauIOpt = Annotated[float, typer.Option("--tau-i", help="Vision-proxy temperature.")]
@@ -106,6 +111,13 @@ def _progress():
         print(f"{chr(13) if live else ''}encoding images: {done}/{total}", end=end, file=sys.stderr, flush=True)
 
     return report
+
+
+def _graph_settings(knn: str, knn_recall: float):
+    """TransCLIP's settings with the chosen kNN graph, checked before anything is loaded."""
+    from kpl.transclip import TransCLIPParams
+
+    return TransCLIPParams(knn=knn, knn_recall=knn_recall).validate()
 
 
 def _engine(name: str, address: str | None, actors: int | None, shard_size: int):
@@ -184,7 +196,8 @@ def eval_(
     template: TemplateOpt = None, k: KOpt = str(_D.k),
     ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
-    methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    methods: MethodsOpt = None, knn: KnnOpt = "auto", knn_recall: KnnRecallOpt = DEFAULT_KNN_RECALL,
+    batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None, ray_actors: RayActorsOpt = None, shard_size: ShardSizeOpt = DEFAULT_SHARD_SIZE,
@@ -199,9 +212,10 @@ def eval_(
     params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
                        exact_iters=exact_iters, precision=_loop_precision(precision, device)).validate()
     chosen = _parse_methods(methods)
+    graph = _graph_settings(knn, knn_recall)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
                      cache_dir, no_cache, store, chroma_url, precision, _engine(engine, ray_address, ray_actors, shard_size))
-    result = evaluate(_open(inputs, [kb]), params, chosen, auto_k=auto_k)
+    result = evaluate(_open(inputs, [kb]), params, chosen, auto_k=auto_k, transclip=graph)
     for method, why in result.skipped.items():
         _info(f"skipped {method}: {why}")
     title = f"{result.knowledge.kb.info.name} on {result.session.features.features.shape[0]} images"
@@ -323,7 +337,8 @@ def compare(
     template: TemplateOpt = None, k: KOpt = str(_D.k),
     ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
-    methods: MethodsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
+    methods: MethodsOpt = None, knn: KnnOpt = "auto", knn_recall: KnnRecallOpt = DEFAULT_KNN_RECALL,
+    batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None, ray_actors: RayActorsOpt = None, shard_size: ShardSizeOpt = DEFAULT_SHARD_SIZE,
@@ -340,9 +355,10 @@ def compare(
     params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
                        exact_iters=exact_iters, precision=_loop_precision(precision, device)).validate()
     chosen = _parse_methods(methods)
+    graph = _graph_settings(knn, knn_recall)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
                      cache_dir, no_cache, store, chroma_url, precision, _engine(engine, ray_address, ray_actors, shard_size))
-    result = run_compare(_open(inputs, list(kb)), params, chosen, auto_k=auto_k)
+    result = run_compare(_open(inputs, list(kb)), params, chosen, auto_k=auto_k, transclip=graph)
     _emit(result.to_json(), json_out, compare_table(result), "compare", out, write_compare_outputs, result)
     if not json_out:
         for diff in result.diffs:

@@ -89,11 +89,26 @@ class Session:
     clip: Any = None
     notes: list[str] = field(default_factory=list)
     log: Log = _stderr
+    graphs: dict = field(default_factory=dict)  # TransCLIP's kNN graph per (method, recall): one per session
 
     def note(self, message: str) -> None:
         if message not in self.notes:
             self.notes.append(message)
             self.log(message)
+
+    def knn_graph(self, settings):
+        """The images' kNN graph for TransCLIP ``settings``, built once and shared by every snapshot
+        compared on them (at a million images the graph is the slow part); approximate ones are noted."""
+        from kpl.retrieval import as_matrix
+        from kpl.transclip import graph_for
+
+        key = (settings.knn, settings.knn_recall, settings.neighbours)
+        if key not in self.graphs:
+            graph = graph_for(as_matrix(self.features.features, "image_features"), settings)
+            if graph.info.method != "exact":
+                self.note(graph.info.describe())
+            self.graphs[key] = graph
+        return self.graphs[key]
 
 
 def load_image_features(inputs: Inputs, progress: Progress | None = None,
@@ -101,16 +116,22 @@ def load_image_features(inputs: Inputs, progress: Progress | None = None,
     """(FeatureSet, ImageDataset or None, image model or None) from ``--features`` or ``--data``."""
     cache_dir = (inputs.cache_dir or settings.kpl_feature_cache(None, inputs.store)) if inputs.use_cache else None
     model, pretrained = settings.clip_model(inputs.model), settings.clip_pretrained(inputs.pretrained)
-    elsewhere = None
-    if inputs.engine is not None and inputs.engine.name == "ray":
-        from kpl.ray_engine import encode_dataset_ray
-
-        def elsewhere(dataset, clip):
-            return encode_dataset_ray(dataset, clip, model, pretrained, inputs.device, cache_dir, inputs.batch_size,
-                                      inputs.engine, progress)
     return load_or_encode(inputs.data, inputs.features, inputs.split, model, pretrained, inputs.device,
                           inputs.batch_size, inputs.workers, cache_dir, progress, check_classes, inputs.precision,
-                          elsewhere)
+                          _ray_encoder(inputs, model, pretrained, cache_dir, progress))
+
+
+def _ray_encoder(inputs: Inputs, model: str, pretrained: str | None, cache_dir, progress):
+    """The encoder that runs on Ray when ``--engine ray`` asks for it; None: encode in this process."""
+    if inputs.engine is None or inputs.engine.name != "ray":
+        return None
+    from kpl.ray_engine import encode_dataset_ray
+
+    def encode(dataset, clip):
+        return encode_dataset_ray(dataset, clip, model, pretrained, inputs.device, cache_dir, inputs.batch_size,
+                                  inputs.engine, progress)
+
+    return encode
 
 
 def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progress: Progress | None = None) -> Session:
@@ -317,10 +338,12 @@ def math_device(session: Session) -> str:
 
 
 def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, methods: tuple[str, ...],
-                auto_k: bool = False, device: str = "cpu"):
+                auto_k: bool = False, device: str = "cpu", transclip: Any = None, graph: Callable | None = None):
     """({row name: MethodRun}, {skipped method: why}, the KPL result or None).
 
     ``auto_k``: KPL chooses k without labels (kpl.auto_k); its rows carry the chosen k.
+    ``transclip``: TransCLIPParams (default: the paper's, kNN graph "auto");
+    ``graph(settings)``: where the kNN graph comes from (default: built here).
     """
     runs: dict[str, MethodRun] = {}
     skipped: dict[str, str] = {}
@@ -340,11 +363,12 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
                                             s.iterations, s.converged, used)
             continue
         if method == "transclip":
-            from kpl.knn import knn_graph
             from kpl.retrieval import as_matrix
-            from kpl.transclip import TransCLIPParams
+            from kpl.transclip import TransCLIPParams, graph_for
 
-            graph = knn_graph(as_matrix(x, "image_features"), TransCLIPParams().neighbours)  # shared by both rows
+            settings = (transclip or TransCLIPParams()).validate()
+            shared = (graph(settings) if graph is not None
+                      else graph_for(as_matrix(x, "image_features"), settings))  # shared by both rows
             graph_share = (time.perf_counter() - start) / len(TRANSCLIP_ROWS)  # each row is charged half
             for row, source in TRANSCLIP_ROWS.items():
                 given = getattr(knowledge, source)
@@ -352,7 +376,7 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
                     skipped[row] = "no text model to embed class-name prompts"
                     continue
                 start = time.perf_counter()
-                r = run_baseline("transclip", x, **{source: given}, graph=graph)
+                r = run_baseline("transclip", x, **{source: given}, graph=shared, **settings.to_json())
                 runs[row] = _row(features, row, r.predictions, r.logits, time.perf_counter() - start + graph_share,
                                  r.iterations, r.converged, r.params)
             continue
@@ -417,11 +441,11 @@ class EvalResult:
 
 
 def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS, kb_index: int = 0,
-             auto_k: bool = False) -> EvalResult:
+             auto_k: bool = False, transclip: Any = None) -> EvalResult:
     """Run ``methods`` on the session's features with snapshot ``kb_index``; metrics per row.
 
     ``auto_k``: KPL picks k without labels; ``params.k`` of the result is the chosen k and
-    ``k_auto`` the record of the choice.
+    ``k_auto`` the record of the choice. ``transclip``: TransCLIPParams (kNN graph method, recall).
     """
     params = params.validate()
     need_names = any(m in ("clip", "inmap", "transclip") for m in methods)
@@ -431,7 +455,7 @@ def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = MET
         session.note(f"k={params.k} exceeds the descriptions of {len(short)} class(es), which use all of theirs: "
                      + ", ".join(f"{c} ({n})" for c, n in list(short.items())[:5]))
     runs, skipped, kpl_result = run_methods(session.features, knowledge, params, methods, auto_k,
-                                            math_device(session))
+                                            math_device(session), transclip, session.knn_graph)
     if kpl_result is not None:
         params = kpl_result.params
     return EvalResult(session, knowledge, params, methods, runs, skipped, _selected_texts(knowledge, kpl_result),
@@ -498,9 +522,9 @@ class CompareResult:
 
 
 def compare(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS,
-            auto_k: bool = False) -> CompareResult:
+            auto_k: bool = False, transclip: Any = None) -> CompareResult:
     """``evaluate`` each of the session's snapshots; diff each against the one before it."""
-    results = [evaluate(session, params, methods, i, auto_k) for i in range(len(session.kbs))]
+    results = [evaluate(session, params, methods, i, auto_k, transclip) for i in range(len(session.kbs))]
     diffs = []
     for old, new in zip(session.kbs, session.kbs[1:]):
         d = diff_snapshots(old, new)

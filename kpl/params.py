@@ -14,6 +14,24 @@ import numpy as np
 from kpl.errors import UsageError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+# share of the exact neighbours an approximate kNN graph must find (kpl.knn; here so the CLI can
+# show the default without importing torch)
+DEFAULT_KNN_RECALL = 0.95
+
+
+def require_int(value, label: str, low: int = 0) -> None:
+    """``value`` is an integer (a bool is not) >= ``low``, or a UsageError naming ``label``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise UsageError(f"{label} must be an integer >= {low} (got {value!r})")
+
+
+def require_number(value, label: str, positive: bool = False, hint: str = "") -> None:
+    """``value`` is a finite number > 0 (``positive``) or >= 0, or a UsageError naming ``label``."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+          and math.isfinite(value) and (value > 0 if positive else value >= 0))
+    if not ok:
+        raise UsageError(f"{label} must be {'a positive number' if positive else 'a number >= 0'} "
+                         f"(got {value!r}){hint}")
 
 
 @dataclass(frozen=True)
@@ -51,20 +69,14 @@ class KPLParams:
         check_k(self.k)
         get_ot_method(self.ot)
         for name in ("tau_t", "tau_i", "lr"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise UsageError(f"{name} must be a positive number (got {value!r})")
+            require_number(getattr(self, name), name, positive=True)
         for name in ("iters", "ot_iters", "patience"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise UsageError(f"{name} must be an integer >= 0 (got {value!r})")
+            require_int(getattr(self, name), name)
         if not (isinstance(self.alpha, (int, float)) and 0 <= self.alpha <= 1):
             raise UsageError(f"alpha must lie in [0, 1] (got {self.alpha!r}): it is a confidence threshold; "
                              f"1 turns the one-hot step off")
-        if not (isinstance(self.gamma, (int, float)) and self.gamma >= 0):
-            raise UsageError(f"gamma must be a number >= 0 (got {self.gamma!r}); 0 means uniform classes")
-        if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
-            raise UsageError(f"tol must be a number >= 0 (got {self.tol!r})")
+        require_number(self.gamma, "gamma", hint="; 0 means uniform classes")
+        require_number(self.tol, "tol")
         if self.precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         return self

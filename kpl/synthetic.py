@@ -8,6 +8,14 @@ class direction) to nearly generic, like a knowledge base whose weaker texts say
 
 Kinds: ``well`` (separated), ``overlap`` (classes close), ``imbalanced`` (binary, 4:1),
 ``many`` (40 classes).
+
+``clip_like_features(n)`` draws image features at any size (a million in float32 chunks) whose
+geometry follows real CLIP image features rather than isotropic noise: a common direction, and
+around it a Gaussian spread whose variances fall off as a power law over the dimensions. Fitted to
+the 200 real PH2 ViT-B/16 features: mean length 0.92, spread (total variance) 0.15, variances
+decaying as i^-1 over the leading dimensions (tests/test_kpl_knn.py compares the two). Neighbour
+search on these is harder than on the real features (nearest neighbours sit a little farther away)
+and far easier than on isotropic noise, which has no low-dimensional structure at all.
 """
 
 from __future__ import annotations
@@ -51,4 +59,44 @@ def synthetic_case(kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, li
     return np.vstack(images).astype(np.float32), np.asarray(labels, dtype=np.int64), classes
 
 
-__all__ = ["KINDS", "synthetic_case"]
+# clip_like_features: fitted to the 200 real PH2 CLIP ViT-B/16 image features (see the module doc)
+CLIP_COMMON = 0.92  # length of the features' mean
+CLIP_SPREAD = 0.15  # total variance around it
+CLIP_DECAY = 1.0  # variance of the i-th direction ~ i^-decay
+CLIP_CLASS_SHARE = 0.3  # share of the spread that separates the classes
+CLIP_PROTOTYPE_NOISE = 0.8  # class prototypes: class mean + this much of one image's spread
+CHUNK = 65536
+
+
+def clip_like_features(n: int, d: int = 512, classes: int = 10, seed: int = 0,
+                       decay: float = CLIP_DECAY) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X (n, d) float32 unit rows, labels (n,), prototypes (classes, d) float32 unit rows).
+
+    Drawn in chunks of 65 536 rows, so n = 1 000 000 at d 512 costs the 2 GB of X and little more.
+    The prototypes stand in for class-name text embeddings: noisy class means.
+    """
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(d, d)))  # random orientation of the spread
+    variances = np.arange(1, d + 1, dtype=np.float64) ** -decay
+    variances *= CLIP_SPREAD / variances.sum()
+    spread = (basis * np.sqrt(variances)).astype(np.float32)  # x = common + spread @ z, z ~ N(0, I)
+    common = (_unit(rng.normal(size=d)) * CLIP_COMMON).astype(np.float32)
+    within = np.float32(np.sqrt(1 - CLIP_CLASS_SHARE))
+    between = np.float32(np.sqrt(CLIP_CLASS_SHARE))
+    centers = rng.standard_normal((classes, d), dtype=np.float32) @ spread.T * between
+    labels = rng.integers(0, classes, size=n)
+    x = np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, CHUNK):
+        stop = min(start + CHUNK, n)
+        block = rng.standard_normal((stop - start, d), dtype=np.float32) @ spread.T
+        block *= within
+        block += centers[labels[start:stop]]
+        block += common
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        x[start:stop] = block
+    noise = rng.standard_normal((classes, d), dtype=np.float32) @ spread.T * np.float32(CLIP_PROTOTYPE_NOISE)
+    prototypes = _unit(common + centers + noise).astype(np.float32)
+    return x, labels, prototypes
+
+
+__all__ = ["KINDS", "clip_like_features", "synthetic_case"]

@@ -35,7 +35,9 @@ import numpy as np
 import torch
 
 from kpl.errors import UsageError
-from kpl.knn import DEFAULT_BLOCK, METHODS as KNN_METHODS, knn_graph
+from kpl.knn import (DEFAULT_BLOCK, DEFAULT_TARGET_RECALL, METHODS as KNN_METHODS, check_target_recall, knn_graph,
+                     require_faiss)
+from kpl.params import require_int, require_number
 
 # Variances below this are rounding noise of a collapsed dimension; dividing by them would blow up.
 MIN_VARIANCE = 1e-8
@@ -55,19 +57,19 @@ class TransCLIPParams:
     temperature: float = 100.0
     block: int = DEFAULT_BLOCK
     knn: str = "auto"  # kNN graph backend: "auto", "exact" or "faiss" (kpl.knn)
+    knn_recall: float = DEFAULT_TARGET_RECALL  # recall an approximate graph must reach (kpl.knn)
 
     def validate(self) -> "TransCLIPParams":
         for name in ("neighbours", "outer_iters", "inner_iters", "init_top", "block"):
-            value = getattr(self, name)
             low = 0 if name in ("outer_iters", "inner_iters") else 1
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise UsageError(f"transclip: {name} must be an integer >= {low} (got {value!r})")
+            require_int(getattr(self, name), f"transclip: {name}", low)
         for name in ("lam", "temperature"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-                raise UsageError(f"transclip: {name} must be a number >= 0 (got {value!r})")
+            require_number(getattr(self, name), f"transclip: {name}")
         if self.knn not in KNN_METHODS:
             raise UsageError(f"transclip: knn must be one of {', '.join(KNN_METHODS)} (got {self.knn!r})")
+        check_target_recall(self.knn_recall, "transclip: knn_recall")
+        if self.knn == "faiss":
+            require_faiss("transclip: knn 'faiss'")
         return self
 
     def to_json(self) -> dict:
@@ -102,6 +104,12 @@ def _initial_means(x: torch.Tensor, y: torch.Tensor, top: int) -> torch.Tensor:
     return x[best].mean(dim=0)
 
 
+def graph_for(image_features, params: TransCLIPParams):
+    """The kNN graph TransCLIP uses with these settings (a ``kpl.knn.KnnGraph``)."""
+    return knn_graph(image_features, params.neighbours, block=params.block, method=params.knn,
+                     target_recall=params.knn_recall)
+
+
 def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
               params: TransCLIPParams | None = None,
               graph: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -117,7 +125,7 @@ def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
     n = x.shape[0]
     y = torch.softmax(p.temperature * (x @ t.T), dim=1)
     log_y = torch.log(y.clamp_min(torch.finfo(torch.float32).tiny))
-    idx, w = graph if graph is not None else knn_graph(x, p.neighbours, block=p.block, method=p.knn)
+    idx, w = graph if graph is not None else graph_for(x, p)
     idx, w = torch.from_numpy(idx), torch.from_numpy(w)
     column_squares = _column_squares(x)
 

@@ -210,6 +210,10 @@ CASES = {
                                  r"alpha must lie in \[0, 1\]", None),
     "flag: kpl alpha above 1 in a sweep": ("kpl", ["sweep", "--kb", "v1", "--data", "{data}", "--alpha", "0.5,2"], 2,
                                            r"alpha must lie in \[0, 1\]", None),
+    "flag: kpl unknown knn graph": ("kpl", ["eval", "--kb", "v1", "--data", "{data}", "--knn", "annoy"], 2,
+                                    "knn must be one of auto, exact, faiss", None),
+    "flag: kpl knn recall above 1": ("kpl", ["eval", "--kb", "v1", "--data", "{data}", "--knn-recall", "1.5"], 2,
+                                     r"knn_recall must be a number in \(0, 1\]", None),
     "flag: kpl zero batch size": ("kpl", ["eval", "--kb", "v1", "--data", "{data}", "--batch-size", "0"], 2,
                                   "batch-size", None),
     # datasets

@@ -108,6 +108,37 @@ def test_compare_side_by_side_with_diff(kpl, kbuild, setup, tmp_path):
     one_error_line(kpl("compare", "--kb", "v1", "--data", setup), 2, "at least two snapshots")
 
 
+def test_approximate_graph_is_chosen_reported_and_built_once_per_compare(kpl, kbuild, setup, tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    import kpl.transclip as transclip_module
+
+    built = []
+    real = transclip_module.graph_for
+    monkeypatch.setattr(transclip_module, "graph_for", lambda x, settings: built.append(settings) or real(x, settings))
+    out = tmp_path / "out"
+    result = kpl("eval", "--kb", "v1", "--data", setup, "--methods", "transclip", "--knn", "faiss",
+                 "--knn-recall", "0.9", "--out", out)
+    assert result.code == 0, result.err
+    assert "kNN graph: faiss, 1 of 1 lists probed, recall@3 1.000" in result.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    for row in ("transclip", "transclip_desc"):
+        graph = metrics["results"][row]["params"]["graph"]
+        assert graph["method"] == "faiss" and graph["target_recall"] == 0.9 and graph["target_met"]
+        assert metrics["results"][row]["params"]["knn"] == "faiss"
+    assert any(note.startswith("kNN graph: faiss") for note in metrics["notes"])
+    assert len(built) == 1  # one graph for both TransCLIP rows
+
+    (tmp_path / "kb2.json").write_text(json.dumps({**KB, "cat": KB["cat"][:2]}), encoding="utf-8")
+    assert kbuild("load", tmp_path / "kb2.json").code == 0
+    built.clear()
+    both = kpl("compare", "--kb", "v1", "--kb", "v2", "--data", setup, "--methods", "transclip", "--knn", "faiss",
+               "--json")
+    assert both.code == 0, both.err
+    assert len(built) == 1  # the images are the same: one graph serves every snapshot
+    assert kpl("eval", "--kb", "v1", "--data", setup, "--methods", "transclip", "--json").json()[
+        "results"]["transclip"]["params"]["graph"]["method"] == "exact"  # auto stays exact on few images
+
+
 def test_embed_export_then_eval_features(kpl, setup, tmp_path):
     npz = tmp_path / "feats.npz"
     embedded = kpl("embed", "--data", setup, "--export", npz)

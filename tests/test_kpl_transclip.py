@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -92,4 +94,9 @@ def test_a_shared_graph_gives_the_same_answer():
     alone = run_baseline("transclip", x, name_embeddings=names)
     shared = run_baseline("transclip", x, name_embeddings=names, graph=knn_graph(x, 3))
     np.testing.assert_array_equal(alone.logits, shared.logits)
-    assert "graph" not in shared.params
+    # the params record how the graph was built, never the (N, k) arrays themselves
+    assert shared.params["graph"] == alone.params["graph"] | {"seconds": shared.params["graph"]["seconds"]}
+    assert shared.params["graph"]["method"] == "exact"
+    json.dumps(shared.params)
+    indices, weights = knn_graph(x, 3)
+    assert "graph" not in run_baseline("transclip", x, name_embeddings=names, graph=(indices, weights)).params
