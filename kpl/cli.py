@@ -85,7 +85,7 @@ EngineOpt = Annotated[str, typer.Option(
     "--engine", help="Image encoding: local (this process) or ray (a Ray cluster; needs kpl-toolkit\\[distributed]).")]
 RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address",
-    help="With --engine ray: auto or ray://HOST:10001 for a running cluster \\[default: start a local one].")]
+    help="With --engine ray, on a node of a running cluster: auto or HEAD_IP:6379 \\[default: start a local one].")]
 RayActorsOpt = Annotated[Optional[int], typer.Option(
     "--ray-actors", help="With --engine ray: encoder actors \\[default: one per GPU; on CPUs one per 4 cores].")]
 ShardSizeOpt = Annotated[int, typer.Option(

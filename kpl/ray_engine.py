@@ -61,11 +61,22 @@ class EngineSpec:
         if self.name == "local" and (self.address or self.actors):
             raise UsageError("--ray-address and --ray-actors need --engine ray")
         if self.name == "ray":
+            _refuse_ray_client(self.address)
             import_ray()
         return self
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "address": self.address, "actors": self.actors, "shard_size": self.shard_size}
+
+
+def _refuse_ray_client(address: str | None) -> None:
+    """Ray Data's executor needs a driver on a cluster node: through Ray Client (``ray://``) it fails
+    part-way with Ray's traceback (ray-project/ray#41333). ray.init takes RAY_ADDRESS when no address
+    is given, so that is checked too."""
+    where, value = ("--ray-address", address) if address else ("RAY_ADDRESS", os.environ.get("RAY_ADDRESS"))
+    if value and value.strip().lower().startswith("ray://"):
+        raise UsageError(f"{where} {value} is a Ray Client address, which Ray Data cannot run through: run kpl "
+                         "on a node of the cluster with --ray-address auto (or HEAD_IP:6379)")
 
 
 def import_ray():

@@ -75,7 +75,8 @@ def test_killed_ray_run_resumes_with_the_missing_shards(kpl, clip_env, ray_clust
     deadline = time.monotonic() + 120
     finished = []
     while time.monotonic() < deadline and proc.poll() is None:
-        finished = list(cache.glob("*.shards/*.npz"))
+        # finished shards only: pathlib's * also matches the hidden temp file of a shard being written
+        finished = [p for p in cache.glob("*.shards/*.npz") if not p.name.startswith(".")]
         if len(finished) >= 2:
             break
         time.sleep(0.01)
