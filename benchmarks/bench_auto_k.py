@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from kpl import compute_metrics, run_kpl_many  # noqa: E402
-from kpl.retrieval import split_by_class  # noqa: E402
+from kpl.method.retrieval import split_by_class  # noqa: E402
 from kpl.synthetic import KINDS, synthetic_case  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

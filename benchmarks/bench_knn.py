@@ -83,7 +83,7 @@ def one_run(n: int, kind: str, method: str, nprobe: int | None, cache: Path | No
     import torch
 
     from kpl import run_baseline
-    from kpl.knn import knn_graph
+    from kpl.peers.knn import knn_graph
 
     x, labels, t = make_data(n, kind)
     out = {"n": n, "kind": kind, "method": method, "fixed_nprobe": nprobe, "data_mb": peak_mb(),

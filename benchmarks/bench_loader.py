@@ -6,9 +6,9 @@ delivers at least 80 % of the images per second that the model can encode.
 The model is open_clip's ViT-B-32 with random weights (``pretrained=None``: nothing is
 downloaded), with its own preprocessing (resize to 224, centre crop, normalise). Rows:
 
-- loader: ``kpl.features.make_loader`` alone (decode JPEG, preprocess, collate), per worker count;
+- loader: ``kpl.images.features.make_loader`` alone (decode JPEG, preprocess, collate), per worker count;
 - model: ``encode_image`` on ready (B, 3, 224, 224) tensors, no loading at all;
-- pipeline: ``kpl.features.encode_images``, the product's encode loop (loader + model), per worker
+- pipeline: ``kpl.images.features.encode_images``, the product's encode loop (loader + model), per worker
   count; pipeline / model is the share of the model's speed the product actually gets.
 
 Images are 500 x 375 JPEGs (a typical photo size).
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from kpl.features import default_workers, encode_images, make_loader  # noqa: E402
+from kpl.images.features import default_workers, encode_images, make_loader  # noqa: E402
 
 
 class ClipAdapter:

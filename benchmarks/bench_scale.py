@@ -79,7 +79,7 @@ def transclip(x, labels, prototypes) -> dict:
     import torch
 
     from kpl import run_baseline
-    from kpl.knn import knn_graph
+    from kpl.peers.knn import knn_graph
 
     if THREADS:
         torch.set_num_threads(THREADS)

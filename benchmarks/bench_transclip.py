@@ -1,6 +1,6 @@
 """Benchmark: TransCLIP-ZS at N = 10 000 and 100 000 images (D 512, C 10): time and peak memory.
 
-The kNN graph is built in row blocks (kpl.knn), so memory grows as O(N (k + C) + block N), never
+The kNN graph is built in row blocks (kpl.peers.knn), so memory grows as O(N (k + C) + block N), never
 N x N (at N = 100 000 a full float32 similarity matrix would take 40 GB). Each size runs in a
 fresh subprocess so that its peak resident memory (ru_maxrss) is its own. The data are synthetic
 unit vectors: 10 Gaussian clusters around a shared direction, prototypes = noisy cluster means.
@@ -44,8 +44,8 @@ def one_size(n: int, d: int, c: int) -> dict:
     import torch
 
     from kpl import run_baseline
-    from kpl.knn import knn_graph
-    from kpl.transclip import transclip
+    from kpl.peers.knn import knn_graph
+    from kpl.peers.transclip import transclip
 
     x, labels, t = make_data(n, d, c)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

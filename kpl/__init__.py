@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "BASELINES": "kpl.baselines", "BaselineResult": "kpl.baselines", "run_baseline": "kpl.baselines",
-    "KPLResult": "kpl.core", "StageResult": "kpl.core", "run_kpl": "kpl.core", "run_kpl_many": "kpl.core",
+    "BASELINES": "kpl.peers.baselines", "BaselineResult": "kpl.peers.baselines", "run_baseline": "kpl.peers.baselines",
+    "KPLResult": "kpl.method.core", "StageResult": "kpl.method.core", "run_kpl": "kpl.method.core", "run_kpl_many": "kpl.method.core",
     "KPLParams": "kpl.params",
     "InputFileError": "kpl.errors", "KplError": "kpl.errors", "UsageError": "kpl.errors",
-    "Metrics": "kpl.metrics", "compute_metrics": "kpl.metrics",
-    "OT_METHODS": "kpl.ot",
+    "Metrics": "kpl.results.metrics", "compute_metrics": "kpl.results.metrics",
+    "OT_METHODS": "kpl.method.ot",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -44,9 +44,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from kpl.baselines import BASELINES, BaselineResult, run_baseline
-    from kpl.core import KPLResult, StageResult, run_kpl, run_kpl_many
+    from kpl.peers.baselines import BASELINES, BaselineResult, run_baseline
+    from kpl.method.core import KPLResult, StageResult, run_kpl, run_kpl_many
     from kpl.errors import InputFileError, KplError, UsageError
-    from kpl.metrics import Metrics, compute_metrics
-    from kpl.ot import OT_METHODS
+    from kpl.results.metrics import Metrics, compute_metrics
+    from kpl.method.ot import OT_METHODS
     from kpl.params import KPLParams

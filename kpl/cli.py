@@ -1,4 +1,4 @@
-"""The ``kpl`` command line: thin commands over ``kpl.evaluate`` and ``kpl.report``.
+"""The ``kpl`` command line: thin commands over ``kpl.evaluate`` and ``kpl.results.report``.
 
 Data (tables, ``--json``) goes to stdout; progress, notes and errors go to stderr, so
 ``kpl eval ... --json | jq`` always works. Errors pass through kbuild's single error boundary.
@@ -23,7 +23,7 @@ from kbuild.descriptions import visible
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt
 from kpl.errors import UsageError
 from kpl.params import DEFAULT_KNN_RECALL, KPLParams
-from kpl.shards import DEFAULT_SHARD_SIZE
+from kpl.images.shards import DEFAULT_SHARD_SIZE
 
 app = typer.Typer(
     name="kpl",
@@ -115,13 +115,13 @@ def _progress():
 
 def _graph_settings(knn: str, knn_recall: float):
     """TransCLIP's settings with the chosen kNN graph, checked before anything is loaded."""
-    from kpl.transclip import TransCLIPParams
+    from kpl.peers.transclip import TransCLIPParams
 
     return TransCLIPParams(knn=knn, knn_recall=knn_recall).validate()
 
 
 def _engine(name: str, address: str | None, actors: int | None, shard_size: int):
-    from kpl.ray_engine import EngineSpec
+    from kpl.images.ray_engine import EngineSpec
 
     return EngineSpec(name, address, actors, shard_size).validate()
 
@@ -206,7 +206,7 @@ def eval_(
 ) -> None:
     """Run KPL and the baselines (clip, dclip, cupl, inmap, transclip) on a dataset with a snapshot's descriptions."""
     from kpl.evaluate import evaluate
-    from kpl.report import eval_table, write_eval_outputs
+    from kpl.results.report import eval_table, write_eval_outputs
 
     k, auto_k = _parse_k(k)
     params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
@@ -237,7 +237,7 @@ def _parse_methods(text: str | None) -> tuple[str, ...]:
 
 def _parse_k(text: str) -> tuple[int, bool]:
     """``--k`` of eval/compare: (k, False) for an integer, (default k, True) for ``auto``."""
-    from kpl.auto_k import is_auto
+    from kpl.method.auto_k import is_auto
 
     if is_auto(text):
         return _D.k, True
@@ -249,7 +249,7 @@ def _parse_k(text: str) -> tuple[int, bool]:
 
 def _parse_ks(text: str) -> list:
     """``--k`` of sweep: a comma list of integers, ranges ``1-30`` or ``1..30``, and ``auto``."""
-    from kpl.auto_k import is_auto
+    from kpl.method.auto_k import is_auto
 
     values: list = []
     for part in (p.strip() for p in text.split(",")):
@@ -309,7 +309,7 @@ def sweep(
 ) -> None:
     """Run KPL for many settings over one feature cache: a table and a balanced-accuracy-vs-k plot."""
     from kpl.evaluate import sweep as run_sweep
-    from kpl.report import sweep_table, write_sweep_outputs
+    from kpl.results.report import sweep_table, write_sweep_outputs
 
     ks = _parse_ks(k)
     grid = {"ot": _parse_list(ot, str, "--ot"), "tau_t": _parse_list(tau_t, float, "--tau-t"),
@@ -347,7 +347,7 @@ def compare(
 ) -> None:
     """Evaluate two or more snapshots on the same features, side by side, with their differences."""
     from kpl.evaluate import compare as run_compare
-    from kpl.report import compare_table, write_compare_outputs
+    from kpl.results.report import compare_table, write_compare_outputs
 
     if len(kb) < 2:
         raise UsageError("compare needs at least two snapshots: --kb A --kb B")
@@ -378,7 +378,7 @@ def embed(
 ) -> None:
     """Encode a dataset's images into the feature cache (and optionally export them as .npz)."""
     from kpl.evaluate import load_image_features
-    from kpl.features import feature_notes, save_features_npz
+    from kpl.images.features import feature_notes, save_features_npz
 
     inputs = _inputs(data, None, split, None, model, pretrained, None, device, batch_size, workers,
                      cache_dir, no_cache, store, None, precision, _engine(engine, ray_address, ray_actors, shard_size))

@@ -35,10 +35,10 @@ from kpl.errors import KplError
 from kbuild.store import KnowledgeBase, SnapshotStore
 from kbuild.store.manifest import display_name, display_names
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
-from kpl.ranking import ranking_metrics
+from kpl.results.ranking import ranking_metrics
 
-from .datasets import ImageDataset, match_classes
-from .features import FeatureSet, Progress, feature_notes, load_or_encode
+from kpl.images.datasets import ImageDataset, match_classes
+from kpl.images.features import FeatureSet, Progress, feature_notes, load_or_encode
 
 METHODS = ("clip", "dclip", "cupl", "inmap", "transclip", "kpl")
 # transclip gives two rows: with class-name prototypes (needs a text model) and with description ones
@@ -74,7 +74,7 @@ class Inputs:
     store: str | None = None
     chroma_url: str | None = None
     precision: str | None = None  # image encoding: auto (fp16 on CUDA), fp32, fp16, bf16
-    engine: Any = None  # kpl.ray_engine.EngineSpec; None: encode in this process
+    engine: Any = None  # kpl.images.ray_engine.EngineSpec; None: encode in this process
 
 
 @dataclass
@@ -99,8 +99,8 @@ class Session:
     def knn_graph(self, settings):
         """The images' kNN graph for TransCLIP ``settings``, built once and shared by every snapshot
         compared on them (at a million images the graph is the slow part); approximate ones are noted."""
-        from kpl.retrieval import as_matrix
-        from kpl.transclip import graph_for
+        from kpl.method.retrieval import as_matrix
+        from kpl.peers.transclip import graph_for
 
         key = (settings.knn, settings.knn_recall, settings.neighbours)
         if key not in self.graphs:
@@ -125,7 +125,7 @@ def _ray_encoder(inputs: Inputs, model: str, pretrained: str | None, cache_dir, 
     """The encoder that runs on Ray when ``--engine ray`` asks for it; None: encode in this process."""
     if inputs.engine is None or inputs.engine.name != "ray":
         return None
-    from kpl.ray_engine import encode_dataset_ray
+    from kpl.images.ray_engine import encode_dataset_ray
 
     def encode(dataset, clip):
         return encode_dataset_ray(dataset, clip, model, pretrained, inputs.device, cache_dir, inputs.batch_size,
@@ -341,7 +341,7 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
                 auto_k: bool = False, device: str = "cpu", transclip: Any = None, graph: Callable | None = None):
     """({row name: MethodRun}, {skipped method: why}, the KPL result or None).
 
-    ``auto_k``: KPL chooses k without labels (kpl.auto_k); its rows carry the chosen k.
+    ``auto_k``: KPL chooses k without labels (kpl.method.auto_k); its rows carry the chosen k.
     ``transclip``: TransCLIPParams (default: the paper's, kNN graph "auto");
     ``graph(settings)``: where the kNN graph comes from (default: built here).
     """
@@ -363,8 +363,8 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
                                             s.iterations, s.converged, used)
             continue
         if method == "transclip":
-            from kpl.retrieval import as_matrix
-            from kpl.transclip import TransCLIPParams, graph_for
+            from kpl.method.retrieval import as_matrix
+            from kpl.peers.transclip import TransCLIPParams, graph_for
 
             settings = (transclip or TransCLIPParams()).validate()
             shared = (graph(settings) if graph is not None

@@ -14,7 +14,7 @@ import numpy as np
 from kpl.errors import UsageError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-# share of the exact neighbours an approximate kNN graph must find (kpl.knn; here so the CLI can
+# share of the exact neighbours an approximate kNN graph must find (kpl.peers.knn; here so the CLI can
 # show the default without importing torch)
 DEFAULT_KNN_RECALL = 0.95
 
@@ -63,8 +63,8 @@ class KPLParams:
     def validate(self) -> KPLParams:
         """Return self, or raise a UsageError naming the bad value and a valid one."""
         # torch-backed checks, imported here so that `kpl --help` never loads torch
-        from kpl.ot import get_ot_method
-        from kpl.retrieval import check_k
+        from kpl.method.ot import get_ot_method
+        from kpl.method.retrieval import check_k
 
         check_k(self.k)
         get_ot_method(self.ot)

@@ -110,7 +110,7 @@ def ray_cluster():
     """One small local Ray cluster for the whole test run (2 CPUs, no dashboard, no telemetry);
     ``--engine ray`` in this process reuses it, subprocesses join it by its address."""
     pytest.importorskip("ray", reason="Ray is absent: pip install 'kpl-toolkit[distributed]'")
-    from kpl.ray_engine import import_ray
+    from kpl.images.ray_engine import import_ray
 
     ray = import_ray()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -9,8 +9,8 @@ import pytest
 
 from kpl.errors import UsageError
 from kpl import compute_metrics, run_kpl, run_kpl_many
-from kpl.auto_k import agreement_matrix, auto_range, choose_k
-from kpl.retrieval import split_by_class
+from kpl.method.auto_k import agreement_matrix, auto_range, choose_k
+from kpl.method.retrieval import split_by_class
 from kpl.synthetic import synthetic_case
 
 PH2 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "features" / "ph2_vitb16.npz"

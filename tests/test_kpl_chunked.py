@@ -9,8 +9,8 @@ import torch
 
 from kbuild.errors import KbuildError
 
-import kpl.retrieval as retrieval
-from kpl.proxies import fit_vision_proxies
+import kpl.method.retrieval as retrieval
+from kpl.method.proxies import fit_vision_proxies
 
 
 def unit(a: np.ndarray) -> torch.Tensor:

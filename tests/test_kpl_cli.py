@@ -110,7 +110,7 @@ def test_compare_side_by_side_with_diff(kpl, kbuild, setup, tmp_path):
 
 def test_approximate_graph_is_chosen_reported_and_built_once_per_compare(kpl, kbuild, setup, tmp_path, monkeypatch):
     pytest.importorskip("faiss")
-    import kpl.transclip as transclip_module
+    import kpl.peers.transclip as transclip_module
 
     built = []
     real = transclip_module.graph_for

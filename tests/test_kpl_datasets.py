@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kpl.errors import KplError, UsageError
-from kpl.datasets import load_dataset, looks_like_split_layout, match_classes
+from kpl.images.datasets import load_dataset, looks_like_split_layout, match_classes
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from kpl.ranking import auroc, class_margins, ranking_metrics
+from kpl.results.ranking import auroc, class_margins, ranking_metrics
 from test_kpl_cli import FAST, KB, kpl, one_error_line, setup  # noqa: F401  (fixtures)
 
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-import kpl.knn as knn
-import kpl.transclip as transclip_module
+import kpl.peers.knn as knn
+import kpl.peers.transclip as transclip_module
 from kpl import run_baseline
 from kpl.errors import UsageError
-from kpl.knn import knn_graph
+from kpl.peers.knn import knn_graph
 from kpl.synthetic import clip_like_features
-from kpl.transclip import transclip
+from kpl.peers.transclip import transclip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,13 +107,13 @@ def test_missing_faiss_gives_one_line_how_to_install():
     code = ("import sys; sys.modules['faiss'] = None\n"
             "import numpy as np\n"
             "from kpl.errors import UsageError\n"
-            "from kpl.knn import knn_graph\n"
+            "from kpl.peers.knn import knn_graph\n"
             "x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)\n"
             "x /= np.linalg.norm(x, axis=1, keepdims=True)\n"
             "print(np.array_equal(knn_graph(x, 2, method='auto')[0], knn_graph(x, 2, method='exact')[0]))\n"
             "try:\n    knn_graph(x, 1, method='faiss')\n"
             "except UsageError as e:\n    print(e)\n"
-            "from kpl.transclip import TransCLIPParams\n"
+            "from kpl.peers.transclip import TransCLIPParams\n"
             "try:\n    TransCLIPParams(knn='faiss').validate()\n"  # what kpl eval --knn faiss checks first
             "except UsageError as e:\n    print(e)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

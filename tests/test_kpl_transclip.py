@@ -9,7 +9,7 @@ import pytest
 
 from kpl.errors import UsageError
 from kpl import BASELINES, run_baseline
-from kpl.knn import knn_graph
+from kpl.peers.knn import knn_graph
 
 
 def unit(a: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 from helpers import CliRunner
 from kbuild.clip.models import load_clip
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl
-from kpl.retrieval import split_by_class
+from kpl.method.retrieval import split_by_class
 
 SPACE = "ViT-B-16/openai@concept-based-interpretability-VLM"
 ROWS = ("clip", "dclip", "cupl", "inmap", "transclip", "transclip_desc", "kpl.text", "kpl.image", "kpl.image_ot")
@@ -166,7 +166,7 @@ def test_prune_of_imported_snapshot_asks_for_a_model(kbuild, store, tmp_path):
 
 
 def test_features_file_round_trip_keeps_space_and_name_embeddings(tmp_path):
-    from kpl.features import FeatureSet, load_features_npz, save_features_npz
+    from kpl.images.features import FeatureSet, load_features_npz, save_features_npz
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(5, 4)).astype(np.float32)

@@ -53,7 +53,7 @@ def test_bf16_image_encoding_on_cpu(tiny_model):
     import torch
 
     from kbuild.clip.models import load_clip
-    from kpl.features import precision_of
+    from kpl.images.features import precision_of
 
     full, half = load_clip(tiny_model, None, "cpu"), load_clip(tiny_model, None, "cpu", "bf16")
     assert (full.precision, half.precision) == ("fp32", "bf16")

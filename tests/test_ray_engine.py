@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from helpers import REPO, CliRunner, cli_env, run_subprocess
-from kpl.features import FeatureCache
-from kpl.shards import ShardFolder, shard_ranges
+from kpl.images.features import FeatureCache
+from kpl.images.shards import ShardFolder, shard_ranges
 from test_kpl_features import make_image_folder
 
 

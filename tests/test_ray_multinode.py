@@ -286,7 +286,7 @@ def test_ray_client_address_is_refused_in_one_line(two_nodes, images, tiny_model
     Ray's logged traceback and a "rerun to resume" hint that could never help; kpl now refuses such an
     address, given as --ray-address or in RAY_ADDRESS (which ray.init would take), before any work,
     and says what works. The first check fails once a Ray release lifts the limit (then drop the
-    refusal, kpl.ray_engine._refuse_ray_client)."""
+    refusal, kpl.images.ray_engine._refuse_ray_client)."""
     probe = subprocess.run([sys.executable, "-c", _RAY_DATA_THROUGH_CLIENT, two_nodes.client], capture_output=True,
                            text=True, env=two_nodes.env, timeout=120, cwd=REPO)
     assert "failed: 'Worker' object has no attribute 'core_worker'" in probe.stdout, (

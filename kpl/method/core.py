@@ -9,7 +9,7 @@ logits ``L = X W_t``:
 
 All math runs in float32 torch (CPU by default); results come back as numpy arrays.
 ``run_kpl_many`` runs several k over one input, sharing the work that does not depend on k.
-``k="auto"`` chooses k without labels (kpl.auto_k): the result is the chosen k's, with the
+``k="auto"`` chooses k without labels (kpl.method.auto_k): the result is the chosen k's, with the
 choice recorded in ``KPLResult.auto``.
 """
 
@@ -23,12 +23,12 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from kpl.auto_k import auto_range, choose_k, is_auto
+from kpl.method.auto_k import auto_range, choose_k, is_auto
 from kpl.errors import UsageError
 from kpl.params import KPLParams
-from kpl.ot import get_ot_method
-from kpl.proxies import fit_vision_proxies
-from kpl.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies
+from kpl.method.ot import get_ot_method
+from kpl.method.proxies import fit_vision_proxies
+from kpl.method.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies
 
 
 # Below this many multiply-adds per (N, D) x (D, C) product, splitting a product across threads
@@ -186,7 +186,7 @@ def run_kpl(
 
     Hyperparameters come as keywords (``k=8, ot="greenkhorn", tau_t=0.01, ...``, see KPLParams)
     or as ``params``; keywords win. ``k="auto"`` chooses k without labels among ``auto_ks``
-    (default 1..min(30, largest class), see kpl.auto_k). ``num_threads`` None picks 1 thread for
+    (default 1..min(30, largest class), see kpl.method.auto_k). ``num_threads`` None picks 1 thread for
     small problems and torch's setting otherwise. Inputs are never modified.
     """
     auto = is_auto(overrides.get("k"))
@@ -239,7 +239,7 @@ def _auto_ks(classes, auto_ks) -> list[int]:
 
 
 def _auto_from(results: dict[int, KPLResult], ks: list[int]) -> KPLResult:
-    """The result of the k that kpl.auto_k chooses among ``ks``, with the choice recorded."""
+    """The result of the k that kpl.method.auto_k chooses among ``ks``, with the choice recorded."""
     chosen, record = choose_k(ks, np.stack([results[k].image_ot.predictions for k in ks]))
     return replace(results[chosen], auto=record)
 

@@ -87,7 +87,7 @@ def prepare_inputs(
     if isinstance(class_embeddings, (np.ndarray, torch.Tensor)) or len(class_embeddings) == 0:
         raise UsageError(
             "class_embeddings must be a non-empty list with one (M_c, D) array per class; "
-            "use kpl.retrieval.split_by_class to split a flat (M, D) array"
+            "use kpl.method.retrieval.split_by_class to split a flat (M, D) array"
         )
     classes = []
     for c, emb in enumerate(class_embeddings):

@@ -8,7 +8,7 @@ Layouts (the same as torchvision's ImageFolder and the paper code's loaders):
 
 Scanning never opens an image: files whose extension is not an image's are skipped and counted
 here; files that turn out to be corrupt are found (and counted) when they are decoded, in
-``kpl.features``. Classes are sorted by name, so label indices do not depend on the file system.
+``kpl.images.features``. Classes are sorted by name, so label indices do not depend on the file system.
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ class, temperature 100. The paper gives no initial covariance for the first assi
 we start from Sigma = I / D, the per-dimension variance of random unit vectors. The log-det of
 Sigma is common to all classes (one shared covariance) and cancels in the softmax.
 
-Memory is O(N (k + C) + C D) beyond X itself: the kNN graph is built in blocks (kpl.knn), never
+Memory is O(N (k + C) + C D) beyond X itself: the kNN graph is built in blocks (kpl.peers.knn), never
 N x N, and no (N, D) temporary is made (squares are taken in row chunks). At N ~ 1M the graph
-comes from an approximate index (``knn="auto"``, kpl.knn).
+comes from an approximate index (``knn="auto"``, kpl.peers.knn).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from kpl.errors import UsageError
-from kpl.knn import (DEFAULT_BLOCK, DEFAULT_TARGET_RECALL, METHODS as KNN_METHODS, check_target_recall, knn_graph,
+from kpl.peers.knn import (DEFAULT_BLOCK, DEFAULT_TARGET_RECALL, METHODS as KNN_METHODS, check_target_recall, knn_graph,
                      require_faiss)
 from kpl.params import require_int, require_number
 
@@ -56,8 +56,8 @@ class TransCLIPParams:
     init_top: int = 8
     temperature: float = 100.0
     block: int = DEFAULT_BLOCK
-    knn: str = "auto"  # kNN graph backend: "auto", "exact" or "faiss" (kpl.knn)
-    knn_recall: float = DEFAULT_TARGET_RECALL  # recall an approximate graph must reach (kpl.knn)
+    knn: str = "auto"  # kNN graph backend: "auto", "exact" or "faiss" (kpl.peers.knn)
+    knn_recall: float = DEFAULT_TARGET_RECALL  # recall an approximate graph must reach (kpl.peers.knn)
 
     def validate(self) -> "TransCLIPParams":
         for name in ("neighbours", "outer_iters", "inner_iters", "init_top", "block"):
@@ -105,7 +105,7 @@ def _initial_means(x: torch.Tensor, y: torch.Tensor, top: int) -> torch.Tensor:
 
 
 def graph_for(image_features, params: TransCLIPParams):
-    """The kNN graph TransCLIP uses with these settings (a ``kpl.knn.KnnGraph``)."""
+    """The kNN graph TransCLIP uses with these settings (a ``kpl.peers.knn.KnnGraph``)."""
     return knn_graph(image_features, params.neighbours, block=params.block, method=params.knn,
                      target_recall=params.knn_recall)
 
@@ -117,7 +117,7 @@ def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
 
     Z are the final soft assignments, S their log-scores (``Z = softmax(S)``; S keeps the ranking
     that Z, saturated to 0/1 in float32, loses) and Y the initial zero-shot prediction.
-    ``graph``: a precomputed ``kpl.knn.knn_graph(image_features, neighbours)``, e.g. shared by
+    ``graph``: a precomputed ``kpl.peers.knn.knn_graph(image_features, neighbours)``, e.g. shared by
     runs with different prototypes; built here when None.
     """
     p = (params or TransCLIPParams()).validate()

@@ -39,7 +39,7 @@ def auto_range(sizes: Sequence[int], ks: Iterable[int] | None = None) -> list[in
     max(sizes) and would only repeat a vote. Raises a UsageError for inputs where choosing k
     means nothing (a class with a single description) or an empty range.
     """
-    from kpl.retrieval import check_k
+    from kpl.method.retrieval import check_k
 
     small = [c for c, m in enumerate(sizes) if m < 2]
     if small:

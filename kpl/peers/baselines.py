@@ -4,8 +4,8 @@
 - ``dclip``: per class, the mean of the description scores, ``mean_j X E_c[j]`` (Menon & Vondrick).
 - ``cupl``:  per class, the renormalised mean of all description embeddings as proxy (Pratt et al.).
 - ``inmap``: class-name proxies, balanced Sinkhorn pseudo-labels, then vision proxies (Qian et al.).
-- ``kpl``:   the ``image_ot`` stage of :func:`kpl.core.run_kpl`.
-- ``transclip``: TransCLIP-ZS (Zanella et al., NeurIPS 2024, :mod:`kpl.transclip`), transductive;
+- ``kpl``:   the ``image_ot`` stage of :func:`kpl.method.core.run_kpl`.
+- ``transclip``: TransCLIP-ZS (Zanella et al., NeurIPS 2024, :mod:`kpl.peers.transclip`), transductive;
   its prototypes are the class-name prompts T when ``name_embeddings`` is given, else the
   renormalised mean of each class's description embeddings. Its "logits" are the log-scores of
   the final soft assignments (their softmax is the assignment).
@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from kpl.errors import UsageError
-from kpl.core import KPLParams, pick_threads, run_kpl, torch_threads
-from kpl.ot import sinkhorn
-from kpl.proxies import fit_vision_proxies
-from kpl.retrieval import as_matrix, prepare_inputs
+from kpl.method.core import KPLParams, pick_threads, run_kpl, torch_threads
+from kpl.method.ot import sinkhorn
+from kpl.method.proxies import fit_vision_proxies
+from kpl.method.retrieval import as_matrix, prepare_inputs
 
 
 @dataclass
@@ -153,9 +153,9 @@ def kpl_baseline(
 def transclip_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
     """TransCLIP-ZS with class-name prototypes (name_embeddings) or description-mean ones (class_embeddings).
 
-    ``graph``: a precomputed ``kpl.knn.knn_graph(X, neighbours)`` to share between runs on the same images.
+    ``graph``: a precomputed ``kpl.peers.knn.knn_graph(X, neighbours)`` to share between runs on the same images.
     """
-    from kpl.transclip import TransCLIPParams, graph_for, transclip
+    from kpl.peers.transclip import TransCLIPParams, graph_for, transclip
 
     graph = params.pop("graph", None)
     if name_embeddings is None and class_embeddings is None:

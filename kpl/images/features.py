@@ -29,7 +29,7 @@ from kbuild.errors import KbuildError
 from kbuild.inputs import read_npz
 from kpl.errors import InputFileError, KplError, UsageError
 
-from .datasets import ImageDataset
+from kpl.images.datasets import ImageDataset
 
 CACHE_VERSION = 1
 # Features stored in float16 and converted back are unit to ~5e-4; anything further off was
@@ -348,12 +348,12 @@ def load_or_encode(data: Path | None, features: Path | None, split: str | None, 
 
     Exactly one of the two is given; ``cache_dir`` None encodes without caching. ``check_classes``
     sees the dataset's class names before any model is loaded or image encoded (it raises to stop).
-    ``encode_elsewhere(dataset, clip)`` replaces the in-process encoder (e.g. kpl.ray_engine's);
+    ``encode_elsewhere(dataset, clip)`` replaces the in-process encoder (e.g. kpl.images.ray_engine's);
     it is passed in, so this module never imports an engine that builds on it.
     """
     from kbuild.clip.models import load_clip
 
-    from .datasets import load_dataset
+    from kpl.images.datasets import load_dataset
 
     if (data is None) == (features is None):
         raise UsageError("Pass exactly one of --data DIR (images) or --features FILE.npz")

@@ -3,13 +3,13 @@
 Ray Data reads the file list (index, path), a pool of CLIP encoder actors maps batches of it
 (one actor per GPU, or ``--ray-actors N`` on CPUs), and the driver collects the rows by their
 carried index, never by Ray's row order. Finished ranges of ``shard_size`` files are written
-atomically as shards (kpl.shards), so a killed run resumes with the missing ranges only; when
+atomically as shards (kpl.images.shards), so a killed run resumes with the missing ranges only; when
 all are there they are joined into the same ``<key>.npz`` entry, under the same key, that the
 in-process encoder writes. Everything downstream (``kpl eval``, sweep, compare) is unchanged and
 encodes nothing when the entry is there.
 
 Each actor decodes and preprocesses with the very code of the in-process engine
-(``kpl.features._ImageFiles``) and the same model loader, and checks that its model has the
+(``kpl.images.features._ImageFiles``) and the same model loader, and checks that its model has the
 driver's ``model_id``, so both engines give the same features (to batch-composition rounding).
 Image paths must be readable at the same path on every node (a shared filesystem); the cache
 only has to be on the driver's machine, since features come back to the driver.
@@ -28,9 +28,9 @@ import numpy as np
 from kbuild.errors import KbuildError
 from kpl.errors import KplError, UsageError
 
-from .datasets import ImageDataset
-from .features import FeatureCache, FeatureSet, Progress, cache_key, feature_set, precision_of
-from .shards import DEFAULT_SHARD_SIZE, ShardFolder
+from kpl.images.datasets import ImageDataset
+from kpl.images.features import FeatureCache, FeatureSet, Progress, cache_key, feature_set, precision_of
+from kpl.images.shards import DEFAULT_SHARD_SIZE, ShardFolder
 
 ENGINES = ("local", "ray")
 INSTALL_HINT = "pip install 'kpl-toolkit[distributed]'"
@@ -131,7 +131,7 @@ class _Encoder:
 
         from kbuild.clip.models import load_clip
 
-        from .features import _ImageFiles, _placeholder
+        from kpl.images.features import _ImageFiles, _placeholder
 
         if device == "cpu":
             torch.set_num_threads(threads)
@@ -180,7 +180,7 @@ def _precision(device: str) -> str:
 def encode_dataset_ray(dataset: ImageDataset, clip, model: str, pretrained: str | None, device: str | None,
                        cache_dir: Path | None, batch_size: int, engine: EngineSpec,
                        progress: Progress | None = None) -> FeatureSet:
-    """Like ``kpl.features.encode_dataset``, with the encoding done by Ray actors, in shards."""
+    """Like ``kpl.images.features.encode_dataset``, with the encoding done by Ray actors, in shards."""
     if batch_size < 1:
         raise KplError(f"batch size must be >= 1 (got {batch_size})")
     count = len(dataset)

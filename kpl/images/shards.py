@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import FeatureCache, _atomic_savez
+from kpl.images.features import FeatureCache, _atomic_savez
 
 DEFAULT_SHARD_SIZE = 4096
 
