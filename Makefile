@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Never wait on a model hub or send telemetry: this project runs offline.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ANONYMIZED_TELEMETRY=False
 
-.PHONY: install test demo bench clean chromium
+.PHONY: install test test-fast lint demo bench clean chromium
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 # The browser tests drive the system's Chromium: `chromium` installs Debian's package when it is missing (root).
 test: $(STAMP) chromium
 	$(OFFLINE) $(BIN)/python -m pytest -q
+
+# The edit loop: no crash/concurrency trials, no Chroma server, no browser (about 2 minutes).
+test-fast: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m pytest -q -x -m "not slow and not server and not browser"
 
 chromium:
 	@bash .ci/install-chromium

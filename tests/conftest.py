@@ -38,6 +38,13 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under CI=true (only @pytest.mark.gpu tests may skip): {reason}"
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test that starts `chroma run` is a server test wherever it lives (make test-fast leaves them out)."""
+    for item in items:
+        if "chroma_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
     """A whole module skipped at import (pytest.importorskip at the top) fails under CI too."""
@@ -92,6 +99,14 @@ def kbuild(capsys) -> CliRunner:
     from kbuild.cli.app import app
 
     return CliRunner(app, "kbuild", capsys)
+
+
+@pytest.fixture()
+def kpl(capsys) -> CliRunner:
+    """Run ``kpl`` in-process, like ``kbuild`` above."""
+    from kpl.cli import app
+
+    return CliRunner(app, "kpl", capsys)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from test_kpl_cli import FAST, KB, kpl  # noqa: F401 (kpl is a fixture)
+from test_kpl_cli import FAST, KB
 from test_kpl_features import make_image_folder
 
 pytestmark = pytest.mark.usefixtures("clip_env")

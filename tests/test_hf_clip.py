@@ -28,13 +28,6 @@ def hf_dir(tmp_path_factory) -> Path:
     return build_tiny_hf_clip_dir(tmp_path_factory.mktemp("tiny_hf_clip"))
 
 
-@pytest.fixture()
-def kpl(capsys) -> CliRunner:
-    from kpl.cli import app
-
-    return CliRunner(app, "kpl", capsys)
-
-
 def test_embeddings_equal_a_direct_transformers_call(hf_dir, tmp_path):
     import torch
     from PIL import Image

@@ -25,13 +25,6 @@ KB = {
 
 
 @pytest.fixture()
-def kpl(capsys) -> CliRunner:
-    from kpl.cli import app
-
-    return CliRunner(app, "kpl", capsys)
-
-
-@pytest.fixture()
 def setup(clip_env, kbuild, tmp_path) -> Path:
     """An image folder (3 classes x 6, one text file, one corrupt jpg) and snapshot_v1 from a DCLIP file."""
     (tmp_path / "kb.json").write_text(json.dumps(KB), encoding="utf-8")

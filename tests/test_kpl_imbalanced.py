@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kpl.results.ranking import auroc, class_margins, ranking_metrics
-from test_kpl_cli import FAST, KB, kpl, one_error_line, setup  # noqa: F401  (fixtures)
+from test_kpl_cli import FAST, KB, one_error_line, setup  # noqa: F401  (setup is a fixture)
 
 
 def brute_auroc(positive, score):

@@ -19,13 +19,6 @@ ROWS = ("clip", "dclip", "cupl", "inmap", "transclip", "transclip_desc", "kpl.te
 
 
 @pytest.fixture()
-def kpl(capsys) -> CliRunner:
-    from kpl.cli import app
-
-    return CliRunner(app, "kpl", capsys)
-
-
-@pytest.fixture()
 def store(monkeypatch, tmp_path) -> Path:
     """A fresh store and the default CLIP model (ViT-L-14-336, not cached here): nothing may load it."""
     monkeypatch.setenv("KBUILD_STORE", str(tmp_path / "store"))

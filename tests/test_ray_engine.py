@@ -19,13 +19,6 @@ from kpl.images.shards import ShardFolder, shard_ranges
 from test_kpl_features import make_image_folder
 
 
-@pytest.fixture()
-def kpl(capsys) -> CliRunner:
-    from kpl.cli import app
-
-    return CliRunner(app, "kpl", capsys)
-
-
 def embed(kpl, images: Path, cache: Path, *extra: str) -> dict:
     result = kpl("embed", "--data", images, "--cache-dir", cache, "--json", *extra)
     assert result.code == 0, result.err

@@ -41,13 +41,6 @@ def secret_env(clip_env, monkeypatch):
     return clip_env
 
 
-@pytest.fixture()
-def kpl(capsys) -> CliRunner:
-    from kpl.cli import app
-
-    return CliRunner(app, "kpl", capsys)
-
-
 def files_holding(folder: Path, secrets=SECRETS) -> list[str]:
     """Every file under ``folder`` whose bytes contain a secret (as UTF-8 or UTF-16, as SQLite may store it)."""
     found = []

@@ -17,6 +17,8 @@ import pytest
 
 from helpers import REPO, cli_env, stop_process
 
+pytestmark = pytest.mark.browser
+
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 SHOTS = REPO / "tests" / "output" / "serve"
