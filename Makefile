@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP) chromium
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
+# ruff (pyflakes, import order, bug-prone patterns) and mypy (strict on the core modules; pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check kbuild kpl tests benchmarks examples docs
+	$(BIN)/mypy
+
 # The edit loop: no crash/concurrency trials, no Chroma server, no browser (about 2 minutes).
 test-fast: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q -x -m "not slow and not server and not browser"
