@@ -57,6 +57,11 @@ def clip_override(model_flag: str | None, pretrained_flag: str | None) -> tuple[
     return (model, clip_pretrained(pretrained_flag)) if model else None
 
 
+def pretrained_from_environment() -> str | None:
+    """KPL_CLIP_PRETRAINED as set (possibly "none"), or None when unset."""
+    return os.environ.get(ENV_CLIP_PRETRAINED)
+
+
 def clip_pretrained(flag: str | None = None) -> str | None:
     # An explicit empty pretrained means "random weights"; only None falls back.
     value = flag if flag is not None else os.environ.get(ENV_CLIP_PRETRAINED, DEFAULT_CLIP_PRETRAINED)
