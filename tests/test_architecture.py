@@ -128,3 +128,24 @@ def test_layers_point_down():
             if here is not None and there is not None and there < here:
                 upward.append(f"{name} -> {dep}")
     assert not upward, f"imports pointing up a layer: {sorted(upward)}"
+
+
+# kpl reads kbuild through this surface only (docs/ARCHITECTURE.md, "Two packages").
+KPL_MAY_IMPORT = ("kbuild.store", "kbuild.clip", "kbuild.classes_file", "kbuild.inputs", "kbuild.errors",
+                  "kbuild.progress", "kbuild.cli.kit")
+
+
+def test_kpl_reads_kbuild_through_its_narrow_surface():
+    graph = _graph()
+    outside = sorted(f"{name} -> {dep}" for name, deps in graph.items() if name.startswith("kpl")
+                     for dep in deps if dep.startswith("kbuild")
+                     and not any(dep == p or dep.startswith(p + ".") for p in KPL_MAY_IMPORT))
+    assert not outside, f"kpl imports kbuild outside its surface: {outside}"
+
+
+def test_prune_is_pure_functions_on_arrays():
+    """prune/ never reaches the store, a model or the network: it works on descriptions and vectors."""
+    graph = _graph()
+    reaching = sorted(f"{name} -> {dep}" for name, deps in graph.items() if name.startswith("kbuild.prune")
+                      for dep in deps if dep.startswith(("kbuild.store", "kbuild.clip", "kbuild.sources")))
+    assert not reaching, reaching
