@@ -1,6 +1,6 @@
 """Benchmark: run_kpl against the straightforward 2000-iteration pipeline, on cached features.
 
-ARCHITECTURE section 5 target: KPL on cached features (N 8000, D 256, C 50) at least 10x faster
+docs/ALGORITHM.md target: KPL on cached features (N 8000, D 256, C 50) at least 10x faster
 than the plain loop in the same process, at parity (same selections, proxies within 1e-5, same
 predictions wherever the top-2 margin exceeds 1e-5).
 

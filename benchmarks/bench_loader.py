@@ -1,6 +1,6 @@
 """Benchmark: image loading vs the model's own forward throughput, at the same batch size.
 
-ARCHITECTURE section 5 target: the data loader is not the bottleneck of image encoding: it
+docs/ALGORITHM.md target: the data loader is not the bottleneck of image encoding: it
 delivers at least 80 % of the images per second that the model can encode.
 
 The model is open_clip's ViT-B-32 with random weights (``pretrained=None``: nothing is

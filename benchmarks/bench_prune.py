@@ -1,6 +1,6 @@
 """Benchmark: ``prune_descriptions`` on 50 000 descriptions whose embeddings are cached.
 
-ARCHITECTURE section 5 target: prune of 50 000 descriptions with cached embeddings in < 10 s,
+docs/ALGORITHM.md target: prune of 50 000 descriptions with cached embeddings in < 10 s,
 peak memory printed. Inputs are synthetic but shaped like CLIP text embeddings: every row shares
 one direction (cross-class cosine ~0.67, same-class ~0.76), and each class has planted exact
 duplicates, near duplicates (cosine ~0.99), texts copied into another class and near-identical

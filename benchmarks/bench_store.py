@@ -1,4 +1,4 @@
-"""Benchmark: the snapshot store on a 50 000-description knowledge base (ARCHITECTURE section 5).
+"""Benchmark: the snapshot store on a 50 000-description knowledge base (docs/ALGORITHM.md, Targets).
 
 Targets: writing (publishing) a 50 000-description snapshot with embeddings < 30 s; diffing two
 50 000-description snapshots < 5 s (both read from the store, as ``kbuild diff`` does).

@@ -1,6 +1,6 @@
 """Benchmark: a 10-value k sweep over one feature cache vs 10 separate runs that each re-encode.
 
-ARCHITECTURE section 5 target: the sweep is at least 10x faster than 10 separate runs.
+docs/ALGORITHM.md target: the sweep is at least 10x faster than 10 separate runs.
 
 Both sides go through the product's own code path (``kpl.evaluate``: a real Chroma snapshot,
 the image folder scanned, encoded through the DataLoader and the feature cache, KPL run):

@@ -1,4 +1,4 @@
-"""KPL's hyperparameters (ARCHITECTURE section 4), in a module that does not import torch.
+"""KPL's hyperparameters (docs/ALGORITHM.md), in a module that does not import torch.
 
 The CLI builds its option defaults from ``KPLParams()`` at import time, so keeping this module
 light is what lets ``kpl --help`` start without loading torch.

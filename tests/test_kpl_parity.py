@@ -1,4 +1,4 @@
-"""Parity of run_kpl with the paper's public code, on the cases in ../shared (ARCHITECTURE section 4).
+"""Parity of run_kpl with the paper's public code, on the cases in ../shared (docs/ALGORITHM.md).
 
 Standard: identical selected sets; W_text, the Greenkhorn plan, W_image and W_image_ot within
 1e-5 (max abs); identical predictions for every image whose top-2 logit margin under the expected

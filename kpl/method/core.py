@@ -1,6 +1,6 @@
 """KPL end to end: retrieval -> text proxies -> pseudo-labels -> vision proxies.
 
-``run_kpl`` composes the steps of ARCHITECTURE section 4 into three stages that share the text
+``run_kpl`` composes the steps of docs/ALGORITHM.md into three stages that share the text
 logits ``L = X W_t``:
 
 - ``text``:     predictions ``argmax(X W_t)``;
