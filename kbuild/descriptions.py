@@ -16,6 +16,9 @@ from typing import Any, Iterable
 
 _WHITESPACE = re.compile(r"\s+")
 HASH_ALGORITHM = "sha256"
+# How a description becomes the text CLIP embeds (class name, description), and a class name alone.
+DEFAULT_TEMPLATE = "a photo of a {}, which has {}"
+NAME_TEMPLATE = "a photo of a {}."
 
 
 def normalise_text(text: str) -> str:
@@ -88,3 +91,42 @@ def visible(text: str) -> str:
         return text  # the common case; isprintable() is False for every character escaped below
     return "".join(_escape_char(c) if (unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS) else c
                    for c in text)
+
+
+@dataclass
+class RemovedRecord:
+    """A description a write operation dropped, with the stage, reason and score that dropped it,
+    and its partner: ``related`` is the text it duplicated or collided with (None when there is
+    none), ``related_classes`` the other class(es) involved (empty for a same-class partner)."""
+
+    description: Description
+    stage: str
+    reason: str
+    score: float | None = None
+    related: str | None = None
+    related_classes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.description
+        return {"id": d.id, "class_name": d.class_name, "text": d.text, "source": d.source,
+                "stage": self.stage, "reason": self.reason, "score": self.score, "related": self.related,
+                "related_classes": list(self.related_classes), "explanation": self.explain()}
+
+    def explain(self) -> str:
+        """One line: stage, reason, score and partner, e.g. ``near_duplicate: near duplicate
+        (0.953) of 'a black bill'`` or ``cross_class: identical text in another class; also in
+        Crow, Raven``."""
+        line = f"{self.stage}: {self.reason}"
+        if self.score is not None:
+            line += f" ({self.score:.3f})"
+        same_text = self.related == self.description.text
+        if self.related is not None and not same_text:
+            line += f" of {self.related!r}" if not self.related_classes else f": {self.related!r}"
+        if self.related_classes:
+            line += (" in " if self.related is not None and not same_text else "; also in ") + _names(self.related_classes)
+        return line
+
+
+def _names(classes: list[str], shown: int = 5) -> str:
+    names = ", ".join(classes[:shown])
+    return names + (f" (+{len(classes) - shown} more)" if len(classes) > shown else "")

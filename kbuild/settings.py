@@ -21,7 +21,6 @@ ENV_OPENAI_BASE_URL = "OPENAI_BASE_URL"
 DEFAULT_STORE = "kb_snapshots"
 DEFAULT_CLIP_MODEL = "ViT-L-14-336"
 DEFAULT_CLIP_PRETRAINED = "openai"
-DEFAULT_TEMPLATE = "a photo of a {}, which has {}"
 
 
 def _pick(flag: str | None, env_name: str, default: str | None) -> str | None:

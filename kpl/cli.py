@@ -17,10 +17,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from kbuild import settings
-from kbuild.cli.boundary import run_with_boundary
-from kbuild.descriptions import visible
-from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt
+from kbuild.cli.kit import (ENV_KPL_CACHE, ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt,
+                            run_with_boundary, visible)
 from kpl.errors import UsageError
 from kpl.params import DEFAULT_KNN_RECALL, KPLParams
 from kpl.images.shards import DEFAULT_SHARD_SIZE
@@ -60,7 +58,7 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per encoder 
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", help="DataLoader worker processes \\[default: 0 on CPU, one per core (up to 8) on a GPU].")]
 CacheDirOpt = Annotated[Optional[Path], typer.Option(
-    "--cache-dir", envvar=settings.ENV_KPL_CACHE, show_envvar=True,
+    "--cache-dir", envvar=ENV_KPL_CACHE, show_envvar=True,
     help="Feature cache folder \\[default: <store>/cache/features].")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Encode the images even if cached; cache nothing.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write metrics.json, plots, CSV and report.html here.")]

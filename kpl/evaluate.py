@@ -27,12 +27,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kbuild import __version__, settings
+from kbuild import __version__
+from kbuild.clip.choice import choose_model
 from kbuild.classes_file import parse_class_map
+from kbuild.clip.text import DEFAULT_TEMPLATE, NAME_TEMPLATE
 from kbuild.diff import diff_snapshots
 from kbuild.errors import KbuildError
 from kpl.errors import KplError
-from kbuild.store import KnowledgeBase, SnapshotStore
+from kbuild.store import KnowledgeBase, SnapshotStore, feature_cache_dir
 from kbuild.store.manifest import display_name, display_names
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
 from kpl.results.ranking import ranking_metrics
@@ -45,7 +47,6 @@ METHODS = ("clip", "dclip", "cupl", "inmap", "transclip", "kpl")
 TRANSCLIP_ROWS = {"transclip": "name_embeddings", "transclip_desc": "class_embeddings"}
 KPL_STAGES = ("text", "image", "image_ot")
 SWEEP_KEYS = ("tau_t", "tau_i", "alpha", "ot")
-NAME_TEMPLATE = "a photo of a {}."
 _INMAP_KEYS = ("tau_t", "tau_i", "alpha", "lr", "iters", "ot_iters", "gamma", "tol", "patience", "exact_iters")
 
 Log = Callable[[str], None]
@@ -114,8 +115,9 @@ class Session:
 def load_image_features(inputs: Inputs, progress: Progress | None = None,
                         check_classes: Callable[[list[str]], None] | None = None):
     """(FeatureSet, ImageDataset or None, image model or None) from ``--features`` or ``--data``."""
-    cache_dir = (inputs.cache_dir or settings.kpl_feature_cache(None, inputs.store)) if inputs.use_cache else None
-    model, pretrained = settings.clip_model(inputs.model), settings.clip_pretrained(inputs.pretrained)
+    cache_dir = (inputs.cache_dir or feature_cache_dir(inputs.store)) if inputs.use_cache else None
+    choice = choose_model(inputs.model, inputs.pretrained)
+    model, pretrained = choice.model, choice.pretrained
     return load_or_encode(inputs.data, inputs.features, inputs.split, model, pretrained, inputs.device,
                           inputs.batch_size, inputs.workers, cache_dir, progress, check_classes, inputs.precision,
                           _ray_encoder(inputs, model, pretrained, cache_dir, progress))
@@ -211,7 +213,8 @@ def _specs(session: Session, kb: KnowledgeBase) -> list[tuple[str, str | None]]:
     """Candidate text models: the snapshot's own, then the evaluation's --model/--pretrained."""
     clip, flags = _kb_clip(kb), session.inputs
     own = [(clip["model"], clip.get("pretrained"))] if clip.get("model") else []
-    return own + [(settings.clip_model(flags.model), settings.clip_pretrained(flags.pretrained))]
+    choice = choose_model(flags.model, flags.pretrained)
+    return own + [(choice.model, choice.pretrained)]
 
 
 def _embedder(session: Session, clip):
@@ -286,7 +289,7 @@ def prepare_knowledge(session: Session, kb: KnowledgeBase, need_names: bool = Tr
         session.note(f"{kb.info.name}: {len(ignored)} knowledge-base class(es) not in the dataset, ignored: "
                      f"{', '.join(ignored[:10])}{' ...' if len(ignored) > 10 else ''}")
     model_id = _features_model_id(session, kb)
-    template = session.inputs.template or _kb_clip(kb).get("template") or settings.DEFAULT_TEMPLATE
+    template = session.inputs.template or _kb_clip(kb).get("template") or DEFAULT_TEMPLATE
     if _kb_clip(kb).get("imported"):
         template = None  # imported vectors: whatever text the other pipeline embedded
     embeddings, source = _description_embeddings(session, kb, kb_classes, model_id, template)

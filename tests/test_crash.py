@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 from helpers import cli_env, run_subprocess, start_processes, stop_process
-from kbuild import settings
-from kbuild.descriptions import Description
+from kbuild.descriptions import DEFAULT_TEMPLATE, Description
 from kbuild.clip.cache import TextEmbeddingCache
 from kbuild.clip.models import ModelSpec, model_id
 from kbuild.store import SnapshotStore
@@ -41,7 +40,7 @@ def big_file(path: Path) -> Path:
 def warm_cache(home: Path, model: str, path: Path) -> None:
     """Fill the store's text-embedding cache for the big file, so the load's time goes to writing."""
     data = json.loads(path.read_text(encoding="utf-8"))
-    template = settings.DEFAULT_TEMPLATE
+    template = DEFAULT_TEMPLATE
     texts = [template.format(c, t) for c, items in data.items() for t in items]
     rng = np.random.default_rng(0)
 

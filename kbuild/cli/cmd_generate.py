@@ -10,7 +10,7 @@ import typer
 from kbuild import settings
 from kbuild.classes_file import parse_classes_file
 from kbuild.clip.text import check_template
-from kbuild.descriptions import visible
+from kbuild.descriptions import DEFAULT_TEMPLATE, visible
 from kbuild.errors import UsageError
 from kbuild.ops.generate import generate_snapshot
 from kbuild.ops.unchanged import unchanged_message
@@ -78,7 +78,7 @@ def generate(
     prompts_dir: PromptsDirOpt = None,
     name: NameOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Publish even when the result equals the latest generated snapshot.")] = False,
-    template: TemplateOpt = settings.DEFAULT_TEMPLATE,
+    template: TemplateOpt = DEFAULT_TEMPLATE,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     store: StoreOpt = None,

@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kbuild.descriptions import visible
-from kbuild import settings
+from kbuild.descriptions import DEFAULT_TEMPLATE, visible
 from kbuild.ops.load import load_files
 from kbuild.ops.unchanged import unchanged_message
 from kbuild.store import validate_snapshot_name
@@ -25,7 +24,7 @@ def load(
     restrict: Annotated[bool, typer.Option("--restrict", help="Drop classes not in --classes instead of failing.")] = False,
     name: NameOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Publish even when the result equals the latest snapshot.")] = False,
-    template: TemplateOpt = settings.DEFAULT_TEMPLATE,
+    template: TemplateOpt = DEFAULT_TEMPLATE,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     store: StoreOpt = None,

@@ -13,7 +13,7 @@ import numpy as np
 
 from kbuild import settings
 from kbuild.progress import task
-from kbuild.descriptions import Description
+from kbuild.descriptions import DEFAULT_TEMPLATE, NAME_TEMPLATE, Description  # noqa: F401 (kpl reads them here)
 from kbuild.clip.cache import TextEmbeddingCache
 from kbuild.errors import UsageError
 
@@ -63,7 +63,7 @@ class TextEmbedder:
         rendered = [template.format(names.get(d.class_name, d.class_name), d.text) for d in descriptions]
         return self.embed_texts(rendered, template)
 
-    def embed_class_names(self, class_names: Sequence[str], template: str = "a photo of a {}.") -> np.ndarray:
+    def embed_class_names(self, class_names: Sequence[str], template: str = NAME_TEMPLATE) -> np.ndarray:
         """(C, D) class-name prompt embeddings (the ``clip`` baseline, prune's margin reference)."""
         rendered = [template.format(name) for name in class_names]
         return self.embed_texts(rendered, template)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kbuild.clip.text import TextEmbedder, templated_embeddings
+from kbuild.descriptions import DEFAULT_TEMPLATE
 from kbuild.ops.unchanged import same_content
 from kbuild.prune.core import PruneParams, PruneResult, prune_descriptions
 from kbuild.store import SnapshotInfo, SnapshotStore
@@ -42,7 +43,7 @@ def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str,
     store.check_name_free(name)  # before any reading or embedding
     kb = store.read(reference)
     clip_info = dict(kb.info.manifest.get("clip", {}))
-    template = clip_info.get("template") or "a photo of a {}, which has {}"
+    template = clip_info.get("template") or DEFAULT_TEMPLATE
     reuse = clip_info.get("model_id") == embedder.model_id
     embed_bare = similarity or (lambda texts: embedder.embed_texts(texts))
     classes = kb.classes()

@@ -21,8 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kbuild import settings
-from kbuild.descriptions import Description, normalise_text
+from kbuild.descriptions import DEFAULT_TEMPLATE, Description, normalise_text
 from kbuild.clip import text as clip_text
 from kbuild.clip.text import TextEmbedder, templated_embeddings
 from kbuild.errors import KbuildError
@@ -174,7 +173,7 @@ def apply_review(parent: KnowledgeBase, decisions: list[Decision],
     kept, removed = _apply(parent, decisions)
     parent_vectors = {d.id: v for d, v in zip(parent.descriptions, parent.embeddings)}
     clip_info = dict(parent.info.manifest.get("clip", {}))
-    template = clip_info.get("template") or settings.DEFAULT_TEMPLATE
+    template = clip_info.get("template") or DEFAULT_TEMPLATE
     reuse, model = True, None
     if any(d.id not in parent_vectors for d in kept):
         model = embedder()

@@ -20,16 +20,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kbuild.descriptions import Description
+from kbuild.descriptions import DEFAULT_TEMPLATE, Description, RemovedRecord
 from kbuild.errors import KbuildError, UsageError
 from kbuild.progress import task
-from kbuild.store.records import RemovedRecord
 from kbuild.prune.similarity import unit_rows
 from kbuild.prune.stages import cross_class, low_margin, max_per_class, near_duplicates, restore_minimum
 from kbuild.prune.text import FIX_TRUNCATED, Drop, Item, canonical_items, exact_duplicates, overlong, sanitise
 
 STAGES = ("sanitise", "overlong", "exact", "near_duplicate", "cross_class", "margin", "max_per_class")
-DEFAULT_TEMPLATE = "a photo of a {}, which has {}"
 Embedder = Callable[[list[str]], np.ndarray]
 _SCORE_DIGITS = 6
 

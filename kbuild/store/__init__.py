@@ -1,9 +1,18 @@
 """The snapshot store: immutable, versioned knowledge bases in ChromaDB (embedded or server)."""
 
+from pathlib import Path
+
+from kbuild import settings
 from kbuild.store.names import resolve_auto_name, validate_snapshot_name, validate_tag_name
 from kbuild.store.snapshots import KnowledgeBase, RemovedRecord, SnapshotInfo, SnapshotStore
 
 __all__ = [
     "KnowledgeBase", "RemovedRecord", "SnapshotInfo", "SnapshotStore",
-    "resolve_auto_name", "validate_snapshot_name", "validate_tag_name",
+    "feature_cache_dir", "resolve_auto_name", "validate_snapshot_name", "validate_tag_name",
 ]
+
+
+def feature_cache_dir(store: str | None = None) -> Path:
+    """Where kpl keeps encoded image features for this store: KPL_CACHE_DIR, else <store>/cache/features
+    (everything kept lives under the store's home)."""
+    return settings.kpl_feature_cache(None, store)
