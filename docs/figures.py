@@ -55,10 +55,12 @@ class Step:
     """One command of a figure, shown as ``$ shown`` above its output."""
 
     shown: str
+    run: str = ""          # what really runs, when it must differ (a server stopped after a few seconds)
     head: int = 0          # keep only the first lines of the output (0: all) ...
     tail: int = 0          # ... and the last ones, with "..." between
     comment: str = ""      # appended to the shown command as "     # comment"
     quiet: bool = False    # run it, show nothing (set-up steps)
+    hide: str = ""         # a regex whose matches are shown as "..." (a per-run secret)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,13 @@ def _figures() -> list[Figure]:
                volatile=METHOD_TABLE),
         Figure("walkthrough-compare", "demo",
                (Step("kpl compare --kb v1 --kb v2 --data demo_out/images --out demo_out/compare"),)),
+        Figure("walkthrough-serve", "demo", (Step(
+            "kbuild serve --results demo_out",
+            run="timeout -s INT 8 kbuild serve --results demo_out --port 8765 || test $? = 124", hide=r"(?<=token=)\S+"),),
+            checked=False),
+        Figure("offline-hub-model", "demo", (Step(
+            "HF_HUB_OFFLINE=1 kbuild load kb.json --model monet",
+            run="cp examples/medical_kb.json kb.json && ! HF_HUB_OFFLINE=1 kbuild load kb.json --model monet"),)),
         Figure("own-embeddings", "ph2", (
             Step("python examples/ph2_own_embeddings.py .", quiet=True),
             Step("kbuild load ph2_kb.npz"),
@@ -168,9 +177,11 @@ def render(figure: Figure, session: Session) -> str:
         return session.run(figure.script).rstrip("\n")
     blocks = []
     for step in figure.steps:
-        output = session.run(step.shown)
+        output = session.run(step.run or step.shown)
         if step.quiet:
             continue
+        if step.hide:
+            output = re.sub(step.hide, "...", output)
         lines = [ln.rstrip() for ln in output.splitlines() if ln.strip()]
         if figure.drop_progress:
             lines = [ln for ln in lines if not PROGRESS.match(ln)]

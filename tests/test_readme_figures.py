@@ -58,7 +58,8 @@ def test_drift_names_a_moved_number_and_a_changed_shape():
 def test_write_then_read_is_the_identity():
     text = (REPO / "README.md").read_text()
     documented = figures.read_blocks(text)
-    assert figures.write_blocks(text, documented) == text if text.endswith("\n") else text + "\n"
+    expected = text if text.endswith("\n") else text + "\n"
+    assert figures.write_blocks(text, documented) == expected
 
 
 @pytest.mark.slow
