@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Never wait on a model hub or send telemetry: this project runs offline.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ANONYMIZED_TELEMETRY=False
 
-.PHONY: install test test-fast lint demo bench clean chromium
+.PHONY: install test test-fast lint demo bench clean chromium docs
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ chromium:
 # No HF_HUB_OFFLINE here: the demo uses pretrained CLIP when the hub is reachable (it checks first).
 demo: $(STAMP)
 	ANONYMIZED_TELEMETRY=False PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+
+# Every console example and results table of README.md, rerun and rewritten (docs/figures.py).
+docs: $(STAMP)
+	$(OFFLINE) $(BIN)/python docs/figures.py write
 
 # Each script prints its own table; together they take several minutes on 2 cores.
 BENCHMARKS := bench_kpl bench_sweep bench_loader bench_prune bench_store bench_auto_k bench_methods bench_startup
