@@ -16,13 +16,16 @@ def unit(a: np.ndarray) -> np.ndarray:
     return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def two_clusters(seed=1, n=60, d=16):
-    """Two tight clusters and text prototypes that lean to the right cluster only slightly."""
+def two_clusters(seed=1, n=60, d=128):
+    """Two tight clusters and text prototypes that lean to the right cluster only slightly.
+
+    D 128 as in real features, where the Gaussian term (scaled by 1/50) can outweigh the text's noise.
+    """
     rng = np.random.default_rng(seed)
-    a, b = np.eye(d)[0], np.eye(d)[1]
+    a, b, off = unit(rng.normal(size=(3, d)))
     labels = np.repeat([0, 1], n)
-    x = unit(np.where(labels[:, None] == 0, a, b) + 0.15 * rng.normal(size=(2 * n, d)))
-    names = unit(np.stack([0.502 * a + 0.498 * b, 0.498 * a + 0.502 * b]) + 0.02 * rng.normal(size=(2, d)))
+    x = unit(np.where(labels[:, None] == 0, a, b) + 0.04 * rng.normal(size=(2 * n, d)))
+    names = unit(np.stack([0.505 * a + 0.495 * b + 0.3 * off, 0.495 * a + 0.505 * b - 0.3 * off]))
     return x, labels, names
 
 
@@ -58,9 +61,9 @@ def test_transclip_recovers_clusters_the_zero_shot_prediction_misses():
     assert result.params["prototypes"] == "class names" and result.params["neighbours"] == 3
 
 
-def test_no_iterations_is_the_zero_shot_prediction():
+def test_no_assignment_steps_is_the_zero_shot_prediction():
     x, labels, names = two_clusters(seed=3)
-    result = run_baseline("transclip", x, name_embeddings=names, outer_iters=0)
+    result = run_baseline("transclip", x, name_embeddings=names, inner_iters=0)
     np.testing.assert_array_equal(result.predictions, run_baseline("clip", x, name_embeddings=names).predictions)
 
 
