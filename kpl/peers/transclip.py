@@ -194,8 +194,9 @@ def fit(image_features: torch.Tensor, prototypes: torch.Tensor, params: TransCLI
     p = params.validate()
     x, t = image_features, prototypes
     n, d = x.shape
-    y = torch.softmax(p.temperature * (x @ t.T), dim=1)
-    log_y = torch.log(y.clamp_min(torch.finfo(torch.float32).tiny))
+    # log y straight from the logits: log(softmax) would floor at float32's tiny (-87) where y underflows
+    log_y = torch.log_softmax(p.temperature * (x @ t.T), dim=1)
+    y = torch.exp(log_y)
     idx, w = graph if graph is not None else graph_for(x, p)
     edges = (torch.from_numpy(np.asarray(idx)), torch.from_numpy(np.asarray(w)))
     column_squares = _column_squares(x)
