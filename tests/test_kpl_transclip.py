@@ -201,7 +201,8 @@ def test_fact_b_neighbours_are_heard_both_ways():
     gi, gw = knn_graph(x, 3)
     z = torch.softmax(torch.from_numpy(np.random.default_rng(0).normal(size=(n, 3)).astype(np.float32)), dim=1)
     a = dense_w(gi, gw.astype(np.float64), n)
-    np.testing.assert_allclose(tc.neighbour_messages(z, torch.from_numpy(gi), torch.from_numpy(gw)).numpy(),
+    affinity = tc.symmetric_affinity(torch.from_numpy(gi), torch.from_numpy(gw), n)
+    np.testing.assert_allclose(tc.neighbour_messages(z, affinity).numpy(),
                                (a + a.T) @ z.numpy().astype(np.float64), atol=1e-5)
 
 
@@ -214,8 +215,8 @@ def spy_on_the_loop(monkeypatch):
         seen["likelihood"].append((means.numpy().copy(), variance.numpy().copy()))
         return real_log_p(x, means, variance)
 
-    def update(z, fixed, graph, steps, neighbour_weight):
-        out = real_update(z, fixed, graph, steps, neighbour_weight)
+    def update(z, fixed, affinity, steps, neighbour_weight):
+        out = real_update(z, fixed, affinity, steps, neighbour_weight)
         seen["updates"].append((steps, neighbour_weight, out[0].numpy().copy()))
         return out
 

@@ -30,7 +30,7 @@ The mean update takes an optional pull toward per-class anchors (``anchors``, ``
 StatA (kpl.peers.stata) is this algorithm with each mean pulled toward its class's text
 embedding, ``mu_c = normalise(strength * t_c + sum_i z_ic x_i)``; TransCLIP has no pull.
 
-Memory is O(N k C + C D) beyond X itself: the kNN graph is built in blocks (kpl.peers.knn), never
+Memory is O(N (k + C) + C D) beyond X itself: the kNN graph is built in blocks (kpl.peers.knn), never
 N x N, and no (N, D) temporary is made (squares are taken in row chunks). At N ~ 1M the graph
 comes from an approximate index (``knn="auto"``, kpl.peers.knn).
 """
@@ -124,31 +124,34 @@ def initial_means(x: torch.Tensor, y: torch.Tensor, top: int) -> torch.Tensor:
     return _unit((confidence[:, :, None] * x[best]).mean(dim=0))
 
 
-def neighbour_messages(z: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """(N, C) ((W + W^T) z): what each image hears from its k nearest and from those that list it.
+def symmetric_affinity(idx: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+    """W + W^T as an (N, N) sparse tensor with 2 N k entries, from the kNN graph (indices, weights) (N, k).
 
-    W is held sparse as (indices, weights) (N, k): W_{i, idx[i, s]} = w[i, s]. Memory O(N k C).
+    W_{i, idx[i, s]} = w[i, s]: image i's k nearest. Built once per run; memory O(N k), never N x N.
     """
-    if idx.shape[1] == 0:
-        return torch.zeros_like(z)
-    sent = w[:, :, None] * z[idx]  # (N, k, C): w_ij z_j for the neighbours j of i
-    forward = sent.sum(dim=1)  # (W z)_i
-    # (W^T z)_j = sum over the images i that list j of w_ij z_i
-    back = w[:, :, None] * z[:, None, :]  # (N, k, C): w_ij z_i, to be added to row j = idx[i, s]
-    backward = torch.zeros_like(z).index_add_(0, idx.reshape(-1), back.reshape(-1, z.shape[1]))
-    return forward + backward
+    k = idx.shape[1]
+    rows = torch.arange(n).repeat_interleave(k)
+    cols = idx.reshape(-1)
+    both = torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])])
+    values = w.reshape(-1)
+    return torch.sparse_coo_tensor(both, torch.cat([values, values]), (n, n), check_invariants=True).coalesce()
 
 
-def assignment_update(z: torch.Tensor, fixed: torch.Tensor, graph: tuple[torch.Tensor, torch.Tensor],
+def neighbour_messages(z: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
+    """(N, C) ((W + W^T) z): what each image hears from its k nearest and from the images that list it."""
+    return torch.sparse.mm(affinity, z)
+
+
+def assignment_update(z: torch.Tensor, fixed: torch.Tensor, affinity: torch.Tensor,
                       steps: int, neighbour_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``steps`` z-steps with the means and variance fixed: z = softmax(fixed + neighbour_weight (W + W^T) z).
 
-    ``fixed`` is lambda log y + log p / scale; ``neighbour_weight`` is 1 / (2k). Returns (z, its log-scores).
+    ``fixed`` is lambda log y + log p / scale; ``affinity`` is W + W^T (``symmetric_affinity``);
+    ``neighbour_weight`` is 1 / (2k). Returns (z, its log-scores).
     """
-    idx, w = graph
     scores = None
     for _ in range(steps):
-        scores = fixed + neighbour_weight * neighbour_messages(z, idx, w)
+        scores = fixed + neighbour_weight * neighbour_messages(z, affinity)
         z = torch.softmax(scores, dim=1)
     return z, scores
 
@@ -198,7 +201,7 @@ def fit(image_features: torch.Tensor, prototypes: torch.Tensor, params: TransCLI
     log_y = torch.log_softmax(p.temperature * (x @ t.T), dim=1)
     y = torch.exp(log_y)
     idx, w = graph if graph is not None else graph_for(x, p)
-    edges = (torch.from_numpy(np.asarray(idx)), torch.from_numpy(np.asarray(w)))
+    affinity = symmetric_affinity(torch.from_numpy(np.asarray(idx)), torch.from_numpy(np.asarray(w)), n)
     column_squares = _column_squares(x)
     neighbour_weight = 1.0 / (2 * p.neighbours)  # (scale / 2k) inside, then / scale with log p
 
@@ -207,7 +210,7 @@ def fit(image_features: torch.Tensor, prototypes: torch.Tensor, params: TransCLI
     z, scores = y.clone(), p.lam * log_y
     for round_ in range(p.outer_iters + 1):  # the last round is the final assignment update alone
         fixed = p.lam * log_y + log_likelihood(x, means, variance) / p.scale
-        z, new_scores = assignment_update(z, fixed, edges, p.inner_iters, neighbour_weight)
+        z, new_scores = assignment_update(z, fixed, affinity, p.inner_iters, neighbour_weight)
         scores = scores if new_scores is None else new_scores
         if round_ == p.outer_iters:
             break
