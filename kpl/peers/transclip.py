@@ -93,7 +93,7 @@ def _squares_times(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def _column_squares(x: torch.Tensor) -> torch.Tensor:
     """(D,) sum_i x_id^2, squaring SQUARE_CHUNK rows at a time."""
-    total = torch.zeros(x.shape[1], dtype=x.dtype)
+    total = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
     for s in range(0, x.shape[0], SQUARE_CHUNK):
         total += (x[s:s + SQUARE_CHUNK] ** 2).sum(dim=0)
     return total
@@ -201,12 +201,12 @@ def fit(image_features: torch.Tensor, prototypes: torch.Tensor, params: TransCLI
     log_y = torch.log_softmax(p.temperature * (x @ t.T), dim=1)
     y = torch.exp(log_y)
     idx, w = graph if graph is not None else graph_for(x, p)
-    affinity = symmetric_affinity(torch.from_numpy(np.asarray(idx)), torch.from_numpy(np.asarray(w)), n)
+    affinity = symmetric_affinity(torch.from_numpy(np.asarray(idx)), torch.from_numpy(np.asarray(w)), n).to(x.device)
     column_squares = _column_squares(x)
     neighbour_weight = 1.0 / (2 * p.neighbours)  # (scale / 2k) inside, then / scale with log p
 
     means = initial_means(x, y, p.init_top)
-    variance = torch.full((d,), 1.0 / d, dtype=x.dtype)
+    variance = torch.full((d,), 1.0 / d, dtype=x.dtype, device=x.device)
     z, scores = y.clone(), p.lam * log_y
     for round_ in range(p.outer_iters + 1):  # the last round is the final assignment update alone
         fixed = p.lam * log_y + log_likelihood(x, means, variance) / p.scale
