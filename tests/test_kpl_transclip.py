@@ -294,3 +294,20 @@ def test_the_whole_run_equals_a_numpy_transcription(seed):
     np.testing.assert_allclose(z.numpy(), want_z, atol=1e-4)
     np.testing.assert_allclose(log_softmax(scores.numpy()), log_softmax(want_scores), atol=1e-3)
     assert 0.05 < want_z.max(axis=1).mean() < 0.999  # not a saturated case that any scaling would pass
+
+
+def test_on_real_ph2_features_both_rows_match_the_numpy_transcription(shared_dir):
+    """The real CLIP features (200 PH2 images): class-name and description prototypes, same labels as numpy."""
+    from kpl.method.retrieval import split_by_class
+
+    data = np.load(shared_dir / "datasets" / "features" / "ph2_vitb16.npz")
+    x = unit(data["image_features"].astype(np.float64))  # stored from float16: renormalised, as kpl does
+    classes = split_by_class(data["description_embeddings"], data["description_class"])
+    descriptions = unit(np.stack([e.mean(axis=0) for e in classes]))
+    idx, w = knn_graph(x, 3)
+    for kwargs, prototypes in (({"name_embeddings": data["class_label_embeddings"]}, data["class_label_embeddings"]),
+                               ({"class_embeddings": classes}, descriptions)):
+        ours = run_baseline("transclip", x, graph=(idx, w), **kwargs)
+        want_z, _ = np_transclip(x, prototypes, idx, w)
+        assert (ours.predictions == want_z.argmax(axis=1)).mean() >= 0.99
+        np.testing.assert_allclose(np.exp(log_softmax(ours.logits)), want_z, atol=1e-2)
