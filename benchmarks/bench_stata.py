@@ -49,7 +49,7 @@ def ph2_rows() -> None:
             accs = []
             for seed in range(DRAWS):
                 rng = np.random.default_rng(seed)
-                m = int(round(BATCH * share))
+                m = round(BATCH * share)
                 idx = np.concatenate([rng.choice(np.where(y == 1)[0], m, replace=False),
                                       rng.choice(np.where(y == 0)[0], BATCH - m, replace=False)])
                 accs.append((run_baseline(method, x[idx], **inputs[source], **extra).predictions == y[idx]).mean())

@@ -6,10 +6,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from kpl.errors import UsageError
+import kpl.peers.transclip as tc
 from kpl import BASELINES, run_baseline
+from kpl.errors import UsageError
 from kpl.peers.knn import knn_graph
+from kpl.peers.transclip import TransCLIPParams, transclip
 
 
 def unit(a: np.ndarray) -> np.ndarray:
@@ -108,11 +111,6 @@ def test_a_shared_graph_gives_the_same_answer():
 # ---------------------------------------------------------------- the released algorithm's four facts
 # Each fact of issue 24 (a)-(d) is pinned below against a direct numpy (float64) transcription of
 # the equation it states; the last test runs the whole algorithm in numpy and compares.
-
-import torch  # noqa: E402
-
-import kpl.peers.transclip as tc  # noqa: E402
-from kpl.peers.transclip import TransCLIPParams, transclip  # noqa: E402
 
 
 def small_problem(seed=0, n=40, d=8, c=3):
