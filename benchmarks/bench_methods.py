@@ -1,14 +1,16 @@
 """Benchmark: every method's top-1, balanced accuracy and AUROC on the real feature sets in ../shared.
 
 PH2 (real CLIP ViT-B/16 features, 160 nevus / 40 melanoma) carries the repository's class-label
-prompt embeddings, so clip, inmap and transclip (class-name prototypes) run there; the golden
+prompt embeddings, so clip, inmap, transclip and stata (class-name prototypes) run there; the golden
 cases have descriptions only. ``kpl`` is KPL's image_ot stage at k=8 and at k="auto".
 
     python benchmarks/bench_methods.py
+    KPL_TEST_SHARED=/path/to/shared python benchmarks/bench_methods.py   # shared data elsewhere
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from kpl import compute_metrics, run_baseline  # noqa: E402
 from kpl.results.ranking import ranking_metrics  # noqa: E402
 from kpl.method.retrieval import split_by_class  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(os.environ.get("KPL_TEST_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 SETS = [SHARED / "datasets" / "features" / "ph2_vitb16.npz", SHARED / "golden" / "nat10_k8.npz",
         SHARED / "golden" / "tb2_k8.npz"]
 
@@ -47,6 +49,8 @@ def main() -> None:
             "inmap": ("inmap", {"name_embeddings": names}),
             "transclip (class names)": ("transclip", {"name_embeddings": names}),
             "transclip_desc (descriptions)": ("transclip", {"class_embeddings": classes}),
+            "stata (class names)": ("stata", {"name_embeddings": names}),
+            "stata_desc (descriptions)": ("stata", {"class_embeddings": classes}),
             "kpl k=8": ("kpl", {"class_embeddings": classes, "k": 8}),
             "kpl k=auto": ("kpl", {"class_embeddings": classes, "k": "auto"}),
         }

@@ -7,6 +7,7 @@ Public API::
     result.image_ot.predictions
     run_kpl(image_features, class_embeddings, k="auto").auto          # k chosen without labels
     run_baseline("transclip", image_features, name_embeddings=T)      # TransCLIP-ZS
+    run_baseline("stata", image_features, class_embeddings=E)         # StatA: anchored TransCLIP
 
 Errors are ``kpl.KplError`` (and its ``UsageError``, ``InputFileError``). Names are imported on first
 use (PEP 562), so ``import kpl`` and ``kpl --help`` load no torch until a function needs it.

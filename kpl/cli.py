@@ -63,7 +63,7 @@ CacheDirOpt = Annotated[Optional[Path], typer.Option(
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Encode the images even if cached; cache nothing.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write metrics.json, plots, CSV and report.html here.")]
 MethodsOpt = Annotated[Optional[str], typer.Option(
-    "--methods", help="Comma list of clip, dclip, cupl, inmap, transclip, kpl \\[default: all].")]
+    "--methods", help="Comma list of clip, dclip, cupl, inmap, transclip, stata, kpl \\[default: all].")]
 KnnOpt = Annotated[str, typer.Option(
     "--knn", help="TransCLIP's neighbour graph: auto (exact below 200 000 images, else faiss), exact or faiss "
                   "(approximate; needs kpl-toolkit\\[scale]).")]
@@ -202,7 +202,7 @@ def eval_(
     out: OutOpt = None,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Run KPL and the baselines (clip, dclip, cupl, inmap, transclip) on a dataset with a snapshot's descriptions."""
+    """Run KPL and the baselines (clip, dclip, cupl, inmap, transclip, stata) on a dataset with a snapshot's descriptions."""
     from kpl.evaluate import evaluate
     from kpl.results.report import eval_table, write_eval_outputs
 

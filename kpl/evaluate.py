@@ -37,14 +37,16 @@ from kpl.errors import KplError
 from kbuild.store import KnowledgeBase, SnapshotStore, feature_cache_dir
 from kbuild.store.manifest import display_name, display_names
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
+from kpl.peers.baselines import BASELINES, PROTOTYPE_METHODS
 from kpl.results.ranking import ranking_metrics
 
 from kpl.images.datasets import ImageDataset, match_classes
 from kpl.images.features import FeatureSet, Progress, feature_notes, load_or_encode
 
-METHODS = ("clip", "dclip", "cupl", "inmap", "transclip", "kpl")
-# transclip gives two rows: with class-name prototypes (needs a text model) and with description ones
-TRANSCLIP_ROWS = {"transclip": "name_embeddings", "transclip_desc": "class_embeddings"}
+METHODS = tuple(BASELINES)  # the registry's order is the table's
+# transclip and stata give two rows each: with class-name prototypes (needs a text model) and with description ones
+PROTOTYPE_ROWS = {m: {m: "name_embeddings", f"{m}_desc": "class_embeddings"} for m in PROTOTYPE_METHODS}
+NAME_METHODS = ("clip", "inmap", *PROTOTYPE_METHODS)  # methods that need class-name prompt embeddings
 KPL_STAGES = ("text", "image", "image_ot")
 SWEEP_KEYS = ("tau_t", "tau_i", "alpha", "ot")
 _INMAP_KEYS = ("tau_t", "tau_i", "alpha", "lr", "iters", "ot_iters", "gamma", "tol", "patience", "exact_iters")
@@ -263,15 +265,15 @@ def _imported_embeddings(session: Session, kb: KnowledgeBase, kb_classes: list[s
 def _name_embeddings(session: Session, kb: KnowledgeBase, kb_classes: list[str], model_id: str) -> np.ndarray | None:
     given = session.features.name_embeddings
     if given is not None:  # rows follow the features' class_names, which kb_classes is lined up with
-        session.note(f"class-name embeddings for clip, inmap and transclip: name_embeddings of {session.inputs.features}")
+        session.note(f"class-name embeddings for clip, inmap, transclip and stata: name_embeddings of {session.inputs.features}")
         return given
     if _kb_clip(kb).get("imported") and not _kb_clip(kb).get("model"):
-        session.note(f"skipping clip, inmap and transclip (class names): {kb.info.name} holds imported embeddings and the features file "
+        session.note(f"skipping clip, inmap, transclip and stata (class names): {kb.info.name} holds imported embeddings and the features file "
                      "has no name_embeddings (add name_embeddings (C, D), one row per class_names entry)")
         return None
     clip, problems = _load_matching(session, _specs(session, kb), model_id)
     if clip is None:
-        session.note(f"skipping clip, inmap and transclip (class names): no text model for {model_id} could be loaded "
+        session.note(f"skipping clip, inmap, transclip and stata (class names): no text model for {model_id} could be loaded "
                      f"({problems[0] if problems else 'no candidate'})")
         return None
     # "a photo of a melanoma.", not "a photo of a mel.": the manifest's display names, if any
@@ -345,7 +347,7 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
     """({row name: MethodRun}, {skipped method: why}, the KPL result or None).
 
     ``auto_k``: KPL chooses k without labels (kpl.method.auto_k); its rows carry the chosen k.
-    ``transclip``: TransCLIPParams (default: the paper's, kNN graph "auto");
+    ``transclip``: TransCLIPParams for transclip and stata (default: the authors', kNN graph "auto");
     ``graph(settings)``: where the kNN graph comes from (default: built here).
     """
     runs: dict[str, MethodRun] = {}
@@ -365,21 +367,22 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
                 runs[f"kpl.{stage}"] = _row(features, f"kpl.{stage}", s.predictions, s.logits, share,
                                             s.iterations, s.converged, used)
             continue
-        if method == "transclip":
+        if method in PROTOTYPE_ROWS:
             from kpl.method.retrieval import as_matrix
             from kpl.peers.transclip import TransCLIPParams, graph_for
 
-            settings = (transclip or TransCLIPParams()).validate()
+            settings = (transclip or TransCLIPParams()).validate()  # stata: the same graph and settings
             shared = (graph(settings) if graph is not None
                       else graph_for(as_matrix(x, "image_features"), settings))  # shared by both rows
-            graph_share = (time.perf_counter() - start) / len(TRANSCLIP_ROWS)  # each row is charged half
-            for row, source in TRANSCLIP_ROWS.items():
+            rows = PROTOTYPE_ROWS[method]
+            graph_share = (time.perf_counter() - start) / len(rows)  # each row is charged half
+            for row, source in rows.items():
                 given = getattr(knowledge, source)
                 if given is None:
                     skipped[row] = "no text model to embed class-name prompts"
                     continue
                 start = time.perf_counter()
-                r = run_baseline("transclip", x, **{source: given}, graph=shared, **settings.to_json())
+                r = run_baseline(method, x, **{source: given}, graph=shared, **settings.to_json())
                 runs[row] = _row(features, row, r.predictions, r.logits, time.perf_counter() - start + graph_share,
                                  r.iterations, r.converged, r.params)
             continue
@@ -451,7 +454,7 @@ def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = MET
     ``k_auto`` the record of the choice. ``transclip``: TransCLIPParams (kNN graph method, recall).
     """
     params = params.validate()
-    need_names = any(m in ("clip", "inmap", "transclip") for m in methods)
+    need_names = any(m in NAME_METHODS for m in methods)
     knowledge = prepare_knowledge(session, session.kbs[kb_index], need_names)
     short = {c: len(e) for c, e in zip(knowledge.kb_classes, knowledge.class_embeddings) if len(e) < params.k}
     if short and "kpl" in methods and not auto_k:

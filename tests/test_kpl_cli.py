@@ -267,8 +267,8 @@ def test_ph2_real_features_reproduce_paper_accuracies(kpl, clip_env, shared_dir)
     out = clip_env.parent / "ph2_out"
     default = kpl("eval", "--kb", "v1", "--features", npz, "--json", "--out", out)
     payload = default.json()
-    assert set(payload["skipped_methods"]) == {"clip", "inmap", "transclip"}
-    assert "skipping clip, inmap and transclip (class names)" in default.err
+    assert set(payload["skipped_methods"]) == {"clip", "inmap", "transclip", "stata"}
+    assert "skipping clip, inmap, transclip and stata (class names)" in default.err
     assert payload["model"]["descriptions"] == "stored (ViT-B-16/openai)"
     with open(out / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

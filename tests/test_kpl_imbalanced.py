@@ -57,7 +57,7 @@ def test_eval_auto_is_label_free_and_reports_every_method(kpl, setup, tmp_path):
     assert record["rule"] == "agreement-medoid" and payload["params"]["k_mode"] == "auto"
     assert payload["params"]["k"] == record["chosen_k"] and record["range"] == [1, 4]  # cat has 4 descriptions
     results = payload["results"]
-    assert {"clip", "dclip", "cupl", "inmap", "transclip", "transclip_desc", "kpl.image_ot"} <= set(results)
+    assert {"clip", "dclip", "cupl", "inmap", "transclip", "transclip_desc", "stata", "stata_desc", "kpl.image_ot"} <= set(results)
     for row in results.values():
         assert set(row["per_class_recall"]) == {"bird", "cat", "dog"}
         assert row["auroc"] is None and 0 <= row["macro_auroc_ovr"] <= 1  # three classes: macro one-vs-rest

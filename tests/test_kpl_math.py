@@ -305,7 +305,7 @@ def test_baseline_formulas(data):
 
 def test_baseline_errors(data):
     x, _, classes, _ = data
-    with pytest.raises(UsageError, match=r"^Unknown baseline 'x'. Available: clip, cupl, dclip, inmap, kpl, transclip$"):
+    with pytest.raises(UsageError, match=r"^Unknown baseline 'x'. Available: clip, cupl, dclip, inmap, kpl, stata, transclip$"):
         run_baseline("x", x)
     with pytest.raises(UsageError, match="needs name_embeddings"):
         run_baseline("clip", x, class_embeddings=classes)

@@ -15,7 +15,7 @@ from kpl import KPLParams, compute_metrics, run_baseline, run_kpl
 from kpl.method.retrieval import split_by_class
 
 SPACE = "ViT-B-16/openai@concept-based-interpretability-VLM"
-ROWS = ("clip", "dclip", "cupl", "inmap", "transclip", "transclip_desc", "kpl.text", "kpl.image", "kpl.image_ot")
+ROWS = ("clip", "dclip", "cupl", "inmap", "transclip", "transclip_desc", "stata", "stata_desc", "kpl.text", "kpl.image", "kpl.image_ot")
 
 
 @pytest.fixture()
@@ -77,6 +77,8 @@ def test_ph2_round_trip_matches_the_library(kbuild, kpl, store, shared_dir, tmp_
                                         **(inmap if method == "inmap" else {})).predictions
     expected["transclip"] = run_baseline("transclip", x, name_embeddings=names).predictions
     expected["transclip_desc"] = run_baseline("transclip", x, class_embeddings=classes).predictions
+    expected["stata"] = run_baseline("stata", x, name_embeddings=names).predictions
+    expected["stata_desc"] = run_baseline("stata", x, class_embeddings=classes).predictions
     for row, predictions in expected.items():
         want = compute_metrics(labels, predictions, class_names=[str(c) for c in data["class_names"]])
         for key in ("accuracy", "balanced_accuracy", "macro_f1"):
@@ -90,8 +92,8 @@ def test_without_name_embeddings_the_class_name_rows_are_skipped(kbuild, kpl, st
     assert result.code == 0, result.err
     assert "no name_embeddings" in result.err
     payload = json.loads(result.out)
-    assert set(payload["skipped_methods"]) == {"clip", "inmap", "transclip"}
-    assert {"kpl.image_ot", "dclip", "transclip_desc"} <= set(payload["results"])
+    assert set(payload["skipped_methods"]) == {"clip", "inmap", "transclip", "stata"}
+    assert {"kpl.image_ot", "dclip", "transclip_desc", "stata_desc"} <= set(payload["results"])
 
 
 def test_features_in_another_space_name_both(kbuild, kpl, store, shared_dir, tmp_path):

@@ -9,6 +9,8 @@
   its prototypes are the class-name prompts T when ``name_embeddings`` is given, else the
   renormalised mean of each class's description embeddings. Its "logits" are the log-scores of
   the final soft assignments (their softmax is the assignment).
+- ``stata``: StatA (Zanella et al., CVPR 2025, :mod:`kpl.peers.stata`): TransCLIP with each class mean
+  pulled toward its prototype, so a class absent from the batch cannot capture images; same inputs.
 
 ``run_baseline(name, X, class_embeddings=..., name_embeddings=..., **params)`` dispatches through
 the ``BASELINES`` registry and returns a :class:`BaselineResult`.
@@ -150,22 +152,24 @@ def kpl_baseline(
     )
 
 
-def transclip_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
-    """TransCLIP-ZS with class-name prototypes (name_embeddings) or description-mean ones (class_embeddings).
+def _transductive(name: str, image_features, class_embeddings, name_embeddings, device, params: dict):
+    """TransCLIP or StatA with class-name prototypes (name_embeddings) or description-mean ones (class_embeddings).
 
     ``graph``: a precomputed ``kpl.peers.knn.knn_graph(X, neighbours)`` to share between runs on the same images.
     """
-    from kpl.peers.transclip import TransCLIPParams, graph_for, transclip
+    from kpl.peers.stata import StatAParams, stata
+    from kpl.peers.transclip import TransCLIPParams, assignment_updates, graph_for, transclip
 
+    settings_type, method = {"transclip": (TransCLIPParams, transclip), "stata": (StatAParams, stata)}[name]
     graph = params.pop("graph", None)
     if name_embeddings is None and class_embeddings is None:
-        raise UsageError("Baseline 'transclip' needs name_embeddings (a (C, D) array) "
+        raise UsageError(f"Baseline '{name}' needs name_embeddings (a (C, D) array) "
                          "or class_embeddings (a list of C (M_c, D) arrays)")
-    unknown = set(params) - set(TransCLIPParams.__dataclass_fields__)
+    fields = settings_type.__dataclass_fields__
+    unknown = set(params) - set(fields)
     if unknown:
-        raise UsageError(f"Unknown transclip parameter(s): {', '.join(sorted(unknown))}. "
-                         f"Available: {', '.join(TransCLIPParams.__dataclass_fields__)}")
-    settings = TransCLIPParams(**params).validate()
+        raise UsageError(f"Unknown {name} parameter(s): {', '.join(sorted(unknown))}. Available: {', '.join(fields)}")
+    settings = settings_type(**params).validate()
     if name_embeddings is not None:
         x, t = _names(image_features, name_embeddings, device)
         source = "class names"
@@ -175,22 +179,36 @@ def transclip_baseline(image_features, class_embeddings=None, name_embeddings=No
         source = "descriptions"
     if graph is None:
         graph = graph_for(x, settings)
-    _, scores, _ = transclip(x, t, settings, graph=graph)
+    _, scores, _ = method(x, t, settings, graph=graph)
     used = {**settings.to_json(), "prototypes": source}
     info = getattr(graph, "info", None)  # a plain (indices, weights) pair carries no record
     if info is not None:
         used["graph"] = info.to_json()
-    return _result("transclip", scores, None, used, settings.outer_iters * settings.inner_iters)
+    return _result(name, scores, None, used, assignment_updates(settings))
 
 
+def transclip_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
+    """TransCLIP-ZS as its authors run it (kpl.peers.transclip); prototypes from names or descriptions."""
+    return _transductive("transclip", image_features, class_embeddings, name_embeddings, device, params)
+
+
+def stata_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
+    """StatA (kpl.peers.stata): TransCLIP with each class mean anchored to its prototype; names or descriptions."""
+    return _transductive("stata", image_features, class_embeddings, name_embeddings, device, params)
+
+
+# The one registry of methods: `kpl eval`'s rows, --methods and run_methods follow this order.
 BASELINES = {
     "clip": clip_baseline,
-    "cupl": cupl_baseline,
     "dclip": dclip_baseline,
+    "cupl": cupl_baseline,
     "inmap": inmap_baseline,
-    "kpl": kpl_baseline,
     "transclip": transclip_baseline,
+    "stata": stata_baseline,
+    "kpl": kpl_baseline,
 }
+# methods that give two rows in `kpl eval`: NAME from class-name prototypes, NAME_desc from descriptions
+PROTOTYPE_METHODS = ("transclip", "stata")
 
 
 def run_baseline(
@@ -206,7 +224,7 @@ def run_baseline(
     """Run the baseline registered as ``name`` on (N, D) image features.
 
     ``class_embeddings``: list of C (M_c, D) description embeddings (dclip, cupl, kpl);
-    ``name_embeddings``: (C, D) class-name prompt embeddings (clip, inmap); transclip takes either
+    ``name_embeddings``: (C, D) class-name prompt embeddings (clip, inmap); transclip and stata take either
     (names win when both are given). ``num_threads`` as in
     :func:`kpl.run_kpl`. Hyperparameters (inmap, kpl) come as keywords.
     """
