@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kbuild.errors import KbuildError
-from kbuild.inputs import read_npz
+from kbuild.inputs import npz_model_id, read_npz
 from kpl.errors import InputFileError, KplError, UsageError
 
 from kpl.images.datasets import ImageDataset
@@ -105,17 +105,34 @@ def check_features(path: Path, features, labels, class_names) -> tuple[np.ndarra
     return features, labels.astype(np.int64), names_list
 
 
-def _optional_str(data: dict, key: str) -> str | None:
-    value = data.get(key)
-    if value is None or value.ndim != 0 or value.dtype.kind not in "US":
-        return None
-    return str(value) or None
+MAX_FEATURE_DIM = 16384  # CLIP image widths are 512-1536; wider is a wrong array, refused before reading
+
+
+def _check_headers(path: Path, members: dict) -> None:
+    """The shapes a features file declares, checked before any array is read: a (N, D) float matrix of a
+    sane width, one label per row, name_embeddings as wide as the features."""
+    feats, labels = members.get("image_features"), members.get("labels")
+    if feats is None or labels is None:
+        return  # the missing-key error comes after reading, with the list of keys found
+    if len(feats.shape) != 2 or feats.dtype.kind != "f":
+        raise _bad(path, f"image_features must be a 2-D float array (N, D), got {feats.dtype} {feats.shape}")
+    rows, dim = feats.shape
+    if dim > MAX_FEATURE_DIM:
+        raise _bad(path, f"image_features has {dim} columns (limit {MAX_FEATURE_DIM}): not CLIP image features",
+                   "save one row per image, one column per feature dimension")
+    if labels.shape != (rows,):
+        raise _bad(path, f"labels must be {rows} integers (one per image row), got {labels.dtype} {labels.shape}")
+    names = members.get("name_embeddings")
+    if names is not None and (len(names.shape) != 2 or names.shape[1] != dim):
+        raise _bad(path, f"name_embeddings must be (C, {dim}) floats, got {names.dtype} {names.shape}",
+                   "drop the key, or save one row per class")
 
 
 def load_features_npz(path: Path | str) -> FeatureSet:
     """Read and validate a features file (see the module docstring for its keys)."""
     path = Path(path).expanduser()
-    data = read_npz(path, "features file", "check the path, or create one with 'kpl embed --export'", InputFileError)
+    data = read_npz(path, "features file", "check the path, or create one with 'kpl embed --export'", InputFileError,
+                    check=lambda members: _check_headers(path, members))
     missing = [key for key in REQUIRED_KEYS if key not in data]
     if missing:
         raise _bad(path, f"missing key(s) {', '.join(missing)} (has: {', '.join(sorted(data)) or 'none'})",
@@ -124,7 +141,7 @@ def load_features_npz(path: Path | str) -> FeatureSet:
     paths = data.get("paths")
     paths = [str(p) for p in paths.tolist()] if paths is not None and paths.shape == labels.shape else None
     name_embeddings = _name_embeddings(path, data.get("name_embeddings"), len(names), features.shape[1])
-    return FeatureSet(features, labels, names, _optional_str(data, "model_id"), paths,
+    return FeatureSet(features, labels, names, npz_model_id(path, data.get("model_id"), InputFileError), paths,
                       source={"kind": "features", "path": str(path.resolve())},
                       cache={"status": "file"}, name_embeddings=name_embeddings)
 

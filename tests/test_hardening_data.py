@@ -1,0 +1,242 @@
+"""Issue 23, second hardening pass: data loss and wrong results (load/latest, npz identity and
+vectors), the one class-name rule for every reader, and npz files checked from their headers before
+anything big is read. Real Chroma stores, the real CLI boundary, no mocks."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kbuild.errors import InputFileError
+from kbuild.inputs import read_npz
+from kbuild.sources.embedded import read_embedded
+from kbuild.store import SnapshotStore
+
+
+@pytest.fixture()
+def kpl(capsys):
+    from helpers import CliRunner
+    from kpl.cli import app
+
+    return CliRunner(app, "kpl", capsys)
+
+
+def kb_npz(path: Path, classes=("cat", "dog"), texts=("whiskers", "a wet nose"), embeddings=None,
+           model_id="space-a") -> Path:
+    vectors = np.eye(len(texts), 8, dtype=np.float32) if embeddings is None else embeddings
+    np.savez(path, classes=np.asarray(classes), texts=np.asarray(texts), embeddings=vectors,
+             model_id=np.asarray(model_id))
+    return path
+
+
+def one_error_line(result) -> str:
+    lines = result.err.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.err
+    assert "Traceback" not in result.err
+    return lines[0]
+
+
+# ---- item 3: load A; load B; load A leaves latest on A --------------------------------------------
+def test_loading_an_earlier_content_again_makes_it_latest(kbuild, clip_env, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"cat": ["whiskers", "soft fur"]}))
+    b.write_text(json.dumps({"dog": ["a wet nose", "floppy ears"]}))
+    assert kbuild("load", a).code == 0 and kbuild("load", b).code == 0
+    third = kbuild("load", a, "--json")
+    assert third.code == 0, third.err
+    assert third.json()["published"] is True and third.json()["snapshot"] == "snapshot_v3"
+    assert "same content as snapshot_v1" in third.err and "latest" in third.err
+    store = SnapshotStore(clip_env)
+    assert store.resolve("latest").content_hash == store.resolve("v1").content_hash
+    # Right after, the same load again is a rerun that changes nothing: latest already holds it.
+    again = kbuild("load", a, "--json")
+    assert again.json()["published"] is False and again.json()["snapshot"] == "snapshot_v3"
+
+
+# ---- item 4: new vectors under the same texts are new content -------------------------------------
+def test_reimporting_an_npz_with_new_vectors_publishes_them(kbuild, clip_env, tmp_path):
+    first = kb_npz(tmp_path / "kb.npz")
+    assert kbuild("load", first).code == 0
+    same = kbuild("load", first, "--json")
+    assert same.json()["published"] is False
+    rotated = np.roll(np.eye(2, 8, dtype=np.float32), 3, axis=1)
+    second = kb_npz(tmp_path / "kb.npz", embeddings=rotated)
+    again = kbuild("load", second, "--json")
+    assert again.code == 0 and again.json()["published"] is True, again.err
+    stored = SnapshotStore(clip_env).read("latest").embeddings
+    np.testing.assert_array_equal(stored, rotated)
+
+
+# ---- item 5: huge finite values are normalised, not zeroed -----------------------------------------
+def test_rows_with_huge_finite_values_normalise_to_unit_rows(tmp_path):
+    rows = np.zeros((2, 8), dtype=np.float32)
+    rows[0, :3] = 1e20
+    rows[1, 0] = 3e38
+    imported = read_embedded(kb_npz(tmp_path / "kb.npz", embeddings=rows))
+    norms = np.linalg.norm(imported.embeddings.astype(np.float64), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-6)
+    np.testing.assert_allclose(imported.embeddings[0, :3], 1 / np.sqrt(3), rtol=1e-6)
+
+
+def test_huge_float64_rows_normalise_too(tmp_path):
+    rows = np.zeros((2, 8), dtype=np.float64)
+    rows[0, :2] = 1e200
+    rows[1, 1] = 1e-200
+    imported = read_embedded(kb_npz(tmp_path / "kb.npz", embeddings=rows))
+    np.testing.assert_allclose(imported.embeddings[0, :2], 1 / np.sqrt(2), rtol=1e-6)
+    np.testing.assert_allclose(imported.embeddings[1], np.eye(8)[1], rtol=1e-6)
+
+
+# ---- item 6: one rule for model_id in KB and features files ----------------------------------------
+def test_a_one_element_model_id_means_the_same_in_both_readers(tmp_path):
+    from kpl.images.features import load_features_npz
+
+    kb = tmp_path / "kb.npz"
+    np.savez(kb, classes=np.asarray(["cat", "dog"]), texts=np.asarray(["a", "b"]),
+             embeddings=np.eye(2, 8, dtype=np.float32), model_id=np.asarray(["space-a"]))
+    feats = tmp_path / "f.npz"
+    np.savez(feats, image_features=np.eye(2, 8, dtype=np.float32), labels=np.array([0, 1]),
+             class_names=np.asarray(["cat", "dog"]), model_id=np.asarray(["space-a"]))
+    assert read_embedded(kb).model_id == "space-a"
+    assert load_features_npz(feats).model_id == "space-a"
+
+
+def test_a_model_id_of_another_shape_is_refused_by_both_readers(tmp_path):
+    from kpl.images.features import load_features_npz
+
+    feats = tmp_path / "f.npz"
+    np.savez(feats, image_features=np.eye(2, 8, dtype=np.float32), labels=np.array([0, 1]),
+             class_names=np.asarray(["cat", "dog"]), model_id=np.asarray(["a", "b"]))
+    with pytest.raises(InputFileError, match="model_id"):
+        load_features_npz(feats)
+    kb = tmp_path / "kb.npz"
+    np.savez(kb, classes=np.asarray(["cat", "dog"]), texts=np.asarray(["a", "b"]),
+             embeddings=np.eye(2, 8, dtype=np.float32), model_id=np.asarray(["a", "b"]))
+    with pytest.raises(InputFileError, match="model_id"):
+        read_embedded(kb)
+
+
+# ---- item 9 (npz parts) and item 18: sizes from the headers, before reading ------------------------
+def lying_npz(path: Path, key: str, shape: tuple, real_rows: int = 4) -> Path:
+    """An .npz whose member ``key`` declares ``shape`` in its npy header but holds a few rows only."""
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    body = np.zeros((real_rows, shape[1]), dtype=np.float32).tobytes()
+    with zipfile.ZipFile(path, "w") as archive:
+        with archive.open(f"{key}.npy", "w") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            handle.write(body)
+    return path
+
+
+def test_an_npz_header_declaring_1e13_rows_is_refused_before_any_allocation(tmp_path):
+    path = lying_npz(tmp_path / "kb.npz", "embeddings", (10 ** 13, 1024))
+    with pytest.raises(InputFileError, match=r"declares .* but holds"):
+        read_npz(path, "embeddings file")
+
+
+def test_a_compressed_npz_over_the_text_cap_is_refused_from_its_header(tmp_path):
+    from kbuild.sources.curated import DEFAULT_MAX_TEXTS
+
+    rows = DEFAULT_MAX_TEXTS + 1
+    path = tmp_path / "kb.npz"
+    np.savez_compressed(path, classes=np.full(rows, "c"), texts=np.full(rows, "t"),
+                        embeddings=np.zeros((rows, 4), dtype=np.float32), model_id=np.asarray("m"))
+    with pytest.raises(InputFileError, match=r"300,001 rows, over the limit of 300,000"):
+        read_embedded(path)
+
+
+def test_a_features_npz_that_expands_a_thousandfold_is_refused_before_reading(tmp_path):
+    from kpl.images.features import load_features_npz
+
+    path = tmp_path / "f.npz"
+    np.savez_compressed(path, image_features=np.zeros((70_000, 1024), dtype=np.float32),
+                        labels=np.zeros(70_000, dtype=np.int64), class_names=np.asarray(["cat"]))
+    assert path.stat().st_size < 2_000_000
+    with pytest.raises(InputFileError, match=r"image_features.*expands"):
+        load_features_npz(path)
+
+
+def test_a_features_npz_whose_header_shapes_disagree_is_refused_before_reading(tmp_path):
+    from kpl.images.features import load_features_npz
+
+    path = tmp_path / "f.npz"
+    np.savez(path, image_features=np.zeros((4, 100_000), dtype=np.float32), labels=np.zeros(4, dtype=np.int64),
+             class_names=np.asarray(["cat"]))
+    with pytest.raises(InputFileError, match=r"image_features.*100000 columns"):
+        load_features_npz(path)
+
+
+def test_a_truncated_npz_is_called_truncated_not_a_pickle_problem(tmp_path):
+    path = tmp_path / "kb.npz"
+    np.savez(path, embeddings=np.zeros((1000, 64), dtype=np.float32))
+    data = bytearray(path.read_bytes())
+    # Cut the array's data short inside the zip member, keeping the archive readable.
+    start = data.index(b"\x93NUMPY")
+    with zipfile.ZipFile(path, "w") as archive:
+        info = zipfile.ZipInfo("embeddings.npy")
+        archive.writestr(info, bytes(data[start:start + 5000]))
+    with pytest.raises(InputFileError) as err:
+        read_npz(path, "embeddings file")
+    assert "pickle" not in str(err.value) and "truncated" in str(err.value)
+
+
+def test_an_object_array_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "kb.npz"
+    np.savez(path, texts=np.asarray(["a", None], dtype=object))
+    with pytest.raises(InputFileError, match=r"texts.*pickle"):
+        read_npz(path, "embeddings file")
+
+
+# ---- item 13: one class-name rule for every reader ------------------------------------------------
+@pytest.mark.parametrize("name, pattern", [
+    ("ca\x00t", r"control character U\+0000"),
+    ("ca\nt", r"control character U\+000A"),
+    ("c" * 5000, r"class name of 5000 characters"),
+    ("nevus\u200b", r"invisible character U\+200B"),
+])
+def test_npz_class_names_follow_the_rules(tmp_path, name, pattern):
+    path = kb_npz(tmp_path / "kb.npz", classes=(name, "dog"))
+    with pytest.raises(InputFileError, match=pattern):
+        read_embedded(path)
+
+
+def test_npz_class_names_are_nfc_stripped_and_case_collisions_are_said(tmp_path):
+    path = kb_npz(tmp_path / "kb.npz", classes=("caf\u00e9", "cafe\u0301 ", "Nevus", "nevus"),
+                  texts=("a", "b", "c", "d"))
+    imported = read_embedded(path)
+    assert imported.classes() == ["caf\u00e9", "Nevus", "nevus"]
+    assert any("differ only in letter case" in line and "Nevus" in line for line in imported.summary_lines())
+
+
+def test_trailing_spaces_do_not_make_a_second_class_in_csv_or_json(tmp_path):
+    from kbuild.sources.curated import load_curated
+
+    csv_file = tmp_path / "kb.csv"
+    csv_file.write_text("class,text\nnevus,brown dots\nnevus ,a round shape\n")
+    json_file = tmp_path / "kb.json"
+    json_file.write_text(json.dumps({"nevus": ["brown dots"], " nevus": ["a round shape"]}))
+    for path in (csv_file, json_file):
+        assert {d.class_name for d in load_curated([path]).descriptions} == {"nevus"}, path
+
+
+def test_zero_width_characters_in_csv_names_are_refused(tmp_path):
+    from kbuild.sources.curated import load_curated
+
+    path = tmp_path / "kb.csv"
+    path.write_text("class,text\nnevus,brown dots\nnevus\u200b,a round shape\n")
+    with pytest.raises(InputFileError, match=r"line 3: invisible character U\+200B"):
+        load_curated([path])
+
+
+def test_a_classes_file_follows_the_same_rule(tmp_path):
+    from kbuild.classes_file import parse_classes_file
+
+    path = tmp_path / "classes.txt"
+    path.write_text("nevus\nmela\u200bnoma\n")
+    with pytest.raises(InputFileError, match=r"line 2: invisible character U\+200B"):
+        parse_classes_file(path)
