@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import run_subprocess
 from kbuild.errors import InputFileError
 from kbuild.inputs import read_npz
 from kbuild.sources.embedded import read_embedded
@@ -240,3 +241,130 @@ def test_a_classes_file_follows_the_same_rule(tmp_path):
     path.write_text("nevus\nmela\u200bnoma\n")
     with pytest.raises(InputFileError, match=r"line 2: invisible character U\+200B"):
         parse_classes_file(path)
+
+
+# ---- items 1, 15, 16: the store's own files --------------------------------------------------------
+@pytest.fixture()
+def written_store(tmp_path) -> Path:
+    """A store with one 3000-description snapshot (own vectors, no CLIP), enough records that Chroma
+    has moved them from its log into the vector index files (600 were not)."""
+    rng = np.random.default_rng(0)
+    texts = [f"trait {i}" for i in range(3000)]
+    classes = [f"class {i % 6}" for i in range(3000)]
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    home = tmp_path / "store"
+    # Written by another process, which flushes the vector index to disk when it exits.
+    result = run_subprocess("kbuild", "load", kb_npz(tmp_path / "kb.npz", classes, texts, vectors), "--store", home)
+    assert result.code == 0, result.err
+    assert list_segments(home), "Chroma wrote no segment folder"
+    return home
+
+
+def list_segments(home: Path) -> list[Path]:
+    from kbuild.store.damage import segment_dirs
+
+    return segment_dirs(home / "chroma")
+
+
+def forget_client(home: Path) -> None:
+    """Drop this process's cached Chroma client for ``home`` (the next command opens the files afresh)."""
+    from kbuild.store.client import _forget_broken_client
+
+    _forget_broken_client(home / "chroma")
+
+
+def test_a_blank_recreated_database_is_damage_and_gc_deletes_nothing(kbuild, written_store):
+    import chromadb
+    from chromadb.config import Settings
+
+    home = written_store
+    forget_client(home)
+    (home / "chroma" / "chroma.sqlite3").unlink()
+    chromadb.PersistentClient(path=str(home / "chroma"), settings=Settings(anonymized_telemetry=False)).heartbeat()
+    forget_client(home)
+    segments = list_segments(home)
+    for command in (["list"], ["gc"]):
+        line = one_error_line(kbuild(*command, "--store", home))
+        assert "is damaged" in line and "segment folder" in line, line
+    assert list_segments(home) == segments
+
+
+def test_a_killed_first_write_then_gc_leaves_a_usable_store(kbuild, tmp_path, monkeypatch):
+    from helpers import killed_before_publish
+
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((600, 16)).astype(np.float32)
+    path = kb_npz(tmp_path / "kb.npz", [f"c{i % 3}" for i in range(600)], [f"t {i}" for i in range(600)], vectors)
+    home = tmp_path / "store"
+    with killed_before_publish(monkeypatch):
+        kbuild("load", path, "--store", home)
+    assert kbuild("gc", "--store", home).code == 0
+    forget_client(home)
+    listed = kbuild("list", "--store", home)
+    assert listed.code == 0 and "No snapshots" in listed.out + listed.err, listed.err
+    assert kbuild("load", path, "--store", home).code == 0
+
+
+def _damage(kind: str, segment: Path) -> None:
+    import shutil
+
+    if kind == "index_metadata.pickle":
+        (segment / kind).write_bytes(b"garbage garbage")
+    elif kind == "header.bin":
+        (segment / kind).write_bytes(b"\xff" * (segment / kind).stat().st_size)
+    elif kind == "data_level0.bin":
+        with open(segment / kind, "r+b") as handle:
+            handle.truncate(1000)
+    else:
+        shutil.rmtree(segment)
+
+
+@pytest.mark.parametrize("kind", ["index_metadata.pickle", "header.bin", "data_level0.bin", "segment folder"])
+def test_damage_outside_the_database_is_called_damage(written_store, kind):
+    home = written_store
+    _damage(kind, list_segments(home)[0])
+    # A fresh process: this one's Chroma keeps the vector index it already loaded in memory.
+    line = one_error_line(run_subprocess("kbuild", "verify", "v1", "--store", home))
+    assert "is damaged" in line and "restore" in line, line
+
+
+def test_a_damaged_text_embedding_cache_is_rebuilt(kbuild, clip_env, tmp_path):
+    from kbuild.clip.text import cache_path
+
+    path = tmp_path / "kb.json"
+    path.write_text(json.dumps({"cat": ["whiskers"], "dog": ["a wet nose"]}))
+    assert kbuild("load", path).code == 0
+    cache_path(clip_env).write_bytes(b"\x00garbage" * 100)
+    path.write_text(json.dumps({"cat": ["whiskers", "soft fur"], "dog": ["a wet nose"]}))
+    result = kbuild("load", path)
+    assert result.code == 0, result.err
+    assert kbuild("prune", "latest").code == 0
+
+
+def test_rm_while_an_export_reads_the_snapshot_is_one_line(kbuild, written_store):
+    from kbuild import progress
+
+    home = written_store
+
+    class RemoveOnRead:
+        def start(self, label, total):
+            if label.startswith("reading"):
+                SnapshotStore(home).remove("v1", force=True)
+
+        def update(self, handle, done):
+            pass
+
+        def finish(self, handle):
+            pass
+
+    from kbuild.ops.inspect import export_text
+
+    previous = progress.set_sink(RemoveOnRead())
+    try:
+        from kbuild.errors import SnapshotNotFound
+
+        with pytest.raises(SnapshotNotFound, match=r"snapshot_v1 was removed while it was being read"):
+            export_text(SnapshotStore(home).read("v1"), "csv")
+    finally:
+        progress.set_sink(previous)

@@ -115,7 +115,7 @@ def _check_headers(path: Path, members: dict) -> None:
     if feats is None or labels is None:
         return  # the missing-key error comes after reading, with the list of keys found
     if len(feats.shape) != 2 or feats.dtype.kind != "f":
-        raise _bad(path, f"image_features must be a 2-D float array (N, D), got {feats.dtype} {feats.shape}")
+        raise _bad(path, f"image_features must be a non-empty 2-D float array (N, D), got {feats.dtype} {feats.shape}")
     rows, dim = feats.shape
     if dim > MAX_FEATURE_DIM:
         raise _bad(path, f"image_features has {dim} columns (limit {MAX_FEATURE_DIM}): not CLIP image features",
