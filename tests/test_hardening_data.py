@@ -368,3 +368,39 @@ def test_rm_while_an_export_reads_the_snapshot_is_one_line(kbuild, written_store
             export_text(SnapshotStore(home).read("v1"), "csv")
     finally:
         progress.set_sink(previous)
+
+
+# ---- item 2: the identity of a transformers folder with sharded weights -----------------------------
+def sharded_hf_clip(folder: Path, seed: int) -> Path:
+    """The tiny transformers CLIP saved in several safetensors shards plus their index json."""
+    from transformers import CLIPModel
+
+    from hf_tiny import build_tiny_hf_clip_dir
+
+    build_tiny_hf_clip_dir(folder, seed=seed)
+    model = CLIPModel.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    model.save_pretrained(folder, max_shard_size="2MB")
+    assert (folder / "model.safetensors.index.json").is_file() and len(list(folder.glob("model-*.safetensors"))) > 1
+    return folder
+
+
+def test_sharded_transformers_folders_get_their_own_ids(tmp_path):
+    pytest.importorskip("transformers")
+    from kbuild.clip.models import ModelSpec, model_id
+
+    a = sharded_hf_clip(tmp_path / "a" / "hfmodel", seed=0)
+    b = sharded_hf_clip(tmp_path / "b" / "hfmodel", seed=1)
+    id_a, id_b = (model_id(ModelSpec(f"transformers:{f}", None)) for f in (a, b))
+    assert "no-weights" not in id_a and id_a != id_b
+    # A stale single-file checkpoint beside the shards is not what transformers loads: it is not hashed.
+    (a / "pytorch_model.bin").write_bytes(b"stale weights of an older save")
+    assert model_id(ModelSpec(f"transformers:{a}", None)) == id_a
+    (a / "pytorch_model.bin").write_bytes(b"other stale weights")
+    assert model_id(ModelSpec(f"transformers:{a}", None)) == id_a
+    # Changing one shard changes the id.
+    shard = sorted(a.glob("model-*.safetensors"))[-1]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    assert model_id(ModelSpec(f"transformers:{a}", None)) != id_a
