@@ -404,3 +404,51 @@ def test_sharded_transformers_folders_get_their_own_ids(tmp_path):
     data[-1] ^= 1
     shard.write_bytes(bytes(data))
     assert model_id(ModelSpec(f"transformers:{a}", None)) != id_a
+
+
+# ---- item 14: bad shard and cache files are encoded again, with one note ----------------------------
+def _shards(tmp_path, dim=4):
+    from kpl.images.features import FeatureCache
+    from kpl.images.shards import ShardFolder
+
+    shards = ShardFolder(FeatureCache(tmp_path), "cd" * 32, 12, shard_size=4, dim=dim)
+    for start, stop in shards.ranges:
+        rows = np.eye(stop - start, dim, dtype=np.float32)
+        shards.write(start, stop, rows, np.ones(stop - start, dtype=bool))
+    return shards
+
+
+def test_shards_that_fail_their_checks_are_missing_not_joined(tmp_path):
+    shards = _shards(tmp_path)
+    assert shards.missing() == []
+    shards.write(0, 4, np.eye(4, 7, dtype=np.float32), np.ones(4, dtype=bool))  # another width
+    np.save(shards.file(4, 8), np.zeros((4, 4), dtype=np.float32))  # a .npy under a shard's name
+    shards.file(4, 8).with_suffix(".npz.npy").rename(shards.file(4, 8))
+    nan = np.eye(4, 4, dtype=np.float32)
+    nan[1, 1] = np.nan
+    shards.write(8, 12, nan, np.ones(4, dtype=bool))
+    assert shards.missing() == [(0, 4), (4, 8), (8, 12)]
+    assert len(shards.rejected) == 3
+
+
+def test_a_cache_entry_with_nan_rows_is_encoded_again_with_one_note(kpl, clip_env, tmp_path):
+    from test_kpl_features import make_image_folder
+
+    images = make_image_folder(tmp_path / "images", per_class=2, junk=False)
+    cache = tmp_path / "cache"
+    first = kpl("embed", "--data", images, "--cache-dir", cache, "--json")
+    assert first.code == 0, first.err
+    entry = next(cache.glob("*.npz"))
+    with np.load(entry) as data:
+        arrays = dict(data)
+    arrays["features"][0, 0] = np.nan
+    np.savez(entry, **arrays)
+    second = kpl("embed", "--data", images, "--cache-dir", cache, "--json")
+    assert second.code == 0, second.err
+    assert second.json()["cache"]["status"] == "miss"
+    notes = [line for line in second.err.splitlines() if "failed its checks" in line]
+    assert len(notes) == 1 and "NaN" in notes[0], second.err
+    with np.load(entry) as data:
+        assert np.isfinite(data["features"]).all()
+    third = kpl("embed", "--data", images, "--cache-dir", cache, "--json")
+    assert third.json()["cache"]["status"] == "hit"

@@ -201,28 +201,57 @@ def cache_key(model_id: str, preprocess: str, precision: str, paths: list[Path])
     return digest.hexdigest()
 
 
+def read_entry(path: Path, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """``keys`` of a cache or shard file, or (None, why not): anything unreadable is a reason, never
+    an exception, since such a file is simply encoded again."""
+    if not zipfile.is_zipfile(path):
+        return None, "not an .npz file"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in keys}, None
+    except KeyError as err:
+        return None, f"no {err} array"
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, TypeError) as err:
+        return None, f"unreadable ({type(err).__name__})"
+
+
+def entry_problem(features: np.ndarray, ok: np.ndarray, count: int, dim: int | None) -> str | None:
+    """What makes stored features unusable for ``count`` files of a ``dim``-wide model, or None."""
+    if ok.shape != (count,) or ok.dtype != bool:
+        return f"ok mask {ok.dtype} {ok.shape}, expected {count} flags"
+    if features.ndim != 2 or features.shape[0] != int(ok.sum()) or features.dtype.kind != "f":
+        return f"features {features.dtype} {features.shape} do not match {int(ok.sum())} decoded files"
+    if dim is not None and features.shape[1] != dim:
+        return f"features are {features.shape[1]} wide, the model's are {dim}"
+    if not np.isfinite(features).all():
+        return "features hold NaN or infinite values"
+    return None
+
+
 class FeatureCache:
     """One ``<key>.npz`` per encoded file list under ``folder``: features of the decodable files
     and the (N,) ``ok`` mask saying which files decoded."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        self.rejected: str | None = None  # why the last entry read was not used
 
     def file(self, key: str) -> Path:
         return self.folder / f"{key[:40]}.npz"
 
-    def get(self, key: str, count: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def get(self, key: str, count: int, dim: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The entry's (features, ok), or None: absent, or failing its checks (``self.rejected`` says
+        why; the caller encodes again and overwrites it)."""
         path = self.file(key)
         if not path.is_file():
             return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                features, ok = data["features"], data["ok"]
-        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile):
-            return None  # unreadable entry: encode again and overwrite it
-        if ok.shape != (count,) or features.shape[0] != int(ok.sum()):
+        arrays, problem = read_entry(path, ("features", "ok"))
+        if arrays is not None:
+            problem = entry_problem(arrays["features"], arrays["ok"], count, dim)
+        if problem is not None:
+            self.rejected = f"{path.name}: {problem}"
             return None
-        return features.astype(np.float32, copy=False), ok.astype(bool)
+        return arrays["features"].astype(np.float32, copy=False), arrays["ok"].astype(bool)
 
     def put(self, key: str, features: np.ndarray, ok: np.ndarray, meta: dict[str, Any]) -> Path:
         path = self.file(key)
@@ -321,9 +350,11 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
     """
     key = cache_key(clip.model_id, repr(clip.preprocess), precision_of(clip), dataset.paths)
     cache = FeatureCache(cache_dir) if cache_dir is not None else None
-    hit = cache.get(key, len(dataset)) if cache is not None else None
+    hit = cache.get(key, len(dataset), clip.dim) if cache is not None else None
     status = "off" if cache is None else ("hit" if hit is not None else "miss")
     cache_info: dict[str, Any] = {"status": status, "key": f"sha256:{key}"}
+    if cache is not None and cache.rejected:
+        cache_info["rejected"] = cache.rejected
     if cache is not None:
         cache_info["file"] = str(cache.file(key))
     encoded = 0
@@ -398,4 +429,6 @@ def feature_notes(features: FeatureSet, dataset: ImageDataset | None) -> list[st
         notes.append(f"skipped {len(features.corrupt)} corrupt image(s), e.g. {features.corrupt[0]}")
     if features.cache.get("error"):
         notes.append(f"features not cached: {features.cache['error']}")
+    if features.cache.get("rejected"):
+        notes.append(f"feature cache entry failed its checks and was encoded again ({features.cache['rejected']})")
     return notes
