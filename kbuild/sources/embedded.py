@@ -26,6 +26,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -225,6 +226,7 @@ def read_embedded(path: Path | str, classes: list[str] | None = None, restrict: 
         raise InputFileError(path, "model_id must be a non-empty string naming the embedding space",
                              "e.g. model_id=np.asarray('ViT-B-16/openai')")
     class_names, texts = _class_names(path, data), _strings(path, data, "texts")
+    _check_rows(path, {"texts": SimpleNamespace(shape=(len(texts),))})  # JSONL has no header to check first
     if len(class_names) != len(texts):
         raise InputFileError(path, f"classes has {len(class_names)} entries but texts has {len(texts)}",
                              "one class per text, in the same order")
