@@ -452,3 +452,16 @@ def test_a_cache_entry_with_nan_rows_is_encoded_again_with_one_note(kpl, clip_en
         assert np.isfinite(data["features"]).all()
     third = kpl("embed", "--data", images, "--cache-dir", cache, "--json")
     assert third.json()["cache"]["status"] == "hit"
+
+
+def test_features_class_names_follow_the_same_rule(tmp_path):
+    from kpl.images.features import load_features_npz
+
+    path = tmp_path / "f.npz"
+    np.savez(path, image_features=np.eye(2, 8, dtype=np.float32), labels=np.array([0, 1]),
+             class_names=np.asarray(["nevus ", "cafe\u0301"]))
+    assert load_features_npz(path).class_names == ["nevus", "caf\u00e9"]
+    np.savez(path, image_features=np.eye(2, 8, dtype=np.float32), labels=np.array([0, 1]),
+             class_names=np.asarray(["nevus", "nevus\u200b"]))
+    with pytest.raises(InputFileError, match=r"invisible character U\+200B"):
+        load_features_npz(path)

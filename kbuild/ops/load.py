@@ -66,8 +66,11 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
     return _publish(store, draft, name, imported, force)
 
 
-def _publish(store: SnapshotStore, draft: SnapshotDraft, name: str | None, imported, force: bool) -> LoadResult:
-    repeats = None if force else same_as_earlier(store, "load", draft.descriptions, draft.clip, draft.display_names)
+def _publish(store: SnapshotStore, draft: SnapshotDraft, name: str | None, imported, force: bool,
+             identity: dict[str, Any] | None = None) -> LoadResult:
+    """Publish ``draft``, saying which older snapshot it repeats (``identity``: the clip dict to compare)."""
+    repeats = None if force else same_as_earlier(store, "load", draft.descriptions, identity or draft.clip,
+                                                 draft.display_names)
     if repeats is not None:
         draft.extra["same_content_as"] = repeats.name
     return LoadResult(store.publish(draft, name=name), imported, repeats=repeats)
@@ -87,10 +90,13 @@ def _load_embedded(store: SnapshotStore, paths: list[Path], classes: list[str] |
                   "classes_file": Path(classes_file).name if classes_file else None, "restrict": restrict}
     # The embedding space is named by the file; there is no model to reload and no known template.
     clip = {"model": None, "pretrained": None, "model_id": imported.model_id, "dim": imported.dim,
-            "template": None, "imported": True, "vectors_hash": imported.vectors_hash()}
-    existing = None if force else repeated_run(store, "load", imported.descriptions, clip, displays)
+            "template": None, "imported": True}
+    # The vectors are part of the content: kept in extra (a prune or merge child copies 'clip', not 'extra').
+    identity = {**clip, "vectors_hash": imported.vectors_hash()}
+    existing = None if force else repeated_run(store, "load", imported.descriptions, identity, displays)
     if existing is not None:
         return LoadResult(existing, imported, unchanged=True)
     draft = SnapshotDraft(imported.descriptions, imported.embeddings, "load", parameters, clip=clip,
-                          extra={"import": imported.to_json()}, display_names=displays)
-    return _publish(store, draft, name, imported, force)
+                          extra={"import": imported.to_json(), "vectors_hash": identity["vectors_hash"]},
+                          display_names=displays)
+    return _publish(store, draft, name, imported, force, identity)

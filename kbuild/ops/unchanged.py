@@ -5,7 +5,7 @@ changes nothing has the content of a snapshot an earlier run of the same command
 add an identical snapshot to the lineage, so the command says so and stops (``--force`` publishes
 anyway). "Equal" means the same (class, text) pairs, embedded the same way: CLIP model, template
 and display names, since those change the vectors KPL uses; for a knowledge base that brings its own
-vectors, the vectors themselves (``clip["vectors_hash"]``).
+vectors, the vectors themselves (``clip["vectors_hash"]`` against the manifest's ``extra.vectors_hash``).
 
 Only the newest snapshot counts as "what the rerun would repeat": ``latest`` is derived as the newest
 snapshot, so after ``load A; load B`` a third ``load A`` must publish again (``same_as_earlier`` names
@@ -29,7 +29,8 @@ def same_content(info: SnapshotInfo, descriptions: list[Description], clip: dict
     wanted = {k: v for k, v in displays.items() if v != k}
     return (m.get("content_hash") == content_hash((d.class_name, d.text) for d in descriptions)
             and own.get("model_id") == clip.get("model_id") and own.get("template") == clip.get("template")
-            and own.get("vectors_hash") == clip.get("vectors_hash") and display_names(m) == wanted)
+            and ("vectors_hash" not in clip or (m.get("extra") or {}).get("vectors_hash") == clip["vectors_hash"])
+            and display_names(m) == wanted)
 
 
 def repeated_run(store: SnapshotStore, operation: str, descriptions: list[Description], clip: dict[str, Any],

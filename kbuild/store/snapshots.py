@@ -238,12 +238,18 @@ class SnapshotStore:
 
         For callers that read a snapshot without embeddings and need only a few (``diff``).
         """
+        from chromadb.errors import NotFoundError
+
         ids = [kb.descriptions[r].id for r in rows]
-        collection = self._collection(kb.info.name)
         found: dict[str, Any] = {}
-        for start in range(0, len(ids), _PAGE):
-            page = collection.get(ids=ids[start:start + _PAGE], include=["embeddings"])
-            found.update(zip(page["ids"], page["embeddings"]))
+        try:
+            collection = self._collection(kb.info.name)
+            for start in range(0, len(ids), _PAGE):
+                page = collection.get(ids=ids[start:start + _PAGE], include=["embeddings"])
+                found.update(zip(page["ids"], page["embeddings"]))
+        except NotFoundError as exc:
+            raise SnapshotNotFound(f"Snapshot {kb.info.name} was removed while it was being read (by 'kbuild rm'?); "
+                                   "nothing was written: see 'kbuild list'") from exc
         missing = [i for i in ids if i not in found]
         if missing:
             raise KbuildError(f"{kb.info.name} has no stored vector for {len(missing)} description(s); "

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kbuild.errors import KbuildError
-from kbuild.inputs import npz_model_id, read_npz
+from kbuild.inputs import canonical_class_name, class_name_problem, npz_members, npz_model_id, read_npz
 from kpl.errors import InputFileError, KplError, UsageError
 
 from kpl.images.datasets import ImageDataset
@@ -74,6 +74,15 @@ def _bad(path: Path, problem: str, fix: str = "") -> InputFileError:
     return InputFileError(path, problem, fix)
 
 
+def _class_name(path: Path, name: str) -> str:
+    """A class name under the one rule every reader follows (kbuild.inputs): canonical spelling, no
+    control or invisible characters, so 'nevus ' here matches the knowledge base's 'nevus'."""
+    problem = class_name_problem(name)
+    if problem:
+        raise _bad(path, f"class_names: {problem}: {name[:60]!r}", "fix the class name")
+    return canonical_class_name(name)
+
+
 def check_features(path: Path, features, labels, class_names) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Validate shapes, finiteness and unit norms; returns float32 (N, D), int64 (N,), names."""
     features, labels, names = np.asarray(features), np.asarray(labels), np.asarray(class_names)
@@ -85,7 +94,7 @@ def check_features(path: Path, features, labels, class_names) -> tuple[np.ndarra
         raise _bad(path, f"labels must be {n} integers (one per image row), got {labels.dtype} {labels.shape}")
     if names.ndim != 1 or names.size == 0 or names.dtype.kind not in "US":
         raise _bad(path, f"class_names must be a 1-D array of strings, got {names.dtype} {names.shape}")
-    names_list = [str(s) for s in names.tolist()]
+    names_list = [_class_name(path, str(s)) for s in names.tolist()]
     if len(set(names_list)) != len(names_list):
         raise _bad(path, "class_names has duplicates", "give every class one name")
     if labels.min() < 0 or labels.max() >= len(names_list):
@@ -207,10 +216,13 @@ def read_entry(path: Path, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray]
     if not zipfile.is_zipfile(path):
         return None, "not an .npz file"
     try:
+        npz_members(path)  # headers first: a forged or truncated one never allocates what it declares
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in keys}, None
     except KeyError as err:
         return None, f"no {err} array"
+    except KbuildError as err:
+        return None, str(err)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, TypeError) as err:
         return None, f"unreadable ({type(err).__name__})"
 
