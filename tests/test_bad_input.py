@@ -208,9 +208,9 @@ CASES = {
                                                          text_file("kb.csv", "class,text\nd\x07og,wet nose\n")),
     "curated: JSONL class name with ESC": ("kbuild", ["load", "{F}"], 1, r"line 1: control character U\+001B",
                                            text_file("kb.jsonl", '{"class": "\\u001b[31mdog", "text": "x"}\n')),
-    "curated: CSV class name with a zero-width space": ("kbuild", ["load", "{F}"], 1,
-                                                        r"line 3: invisible character U\+200B in a class name",
-                                                        text_file("kb.csv", "class,text\nnevus,dots\nnevus\u200b,round\n")),
+    "curated: CSV class name with a zero-width space": (
+        "kbuild", ["load", "{F}"], 1, r"line 3: invisible character U\+200B in a class name",
+        text_file("kb.csv", "class,text\nnevus,dots\nnevus\u200b,round\n")),
     "curated: JSON class name with a zero-width space": ("kbuild", ["load", "{F}"], 1, r"invisible character U\+200B",
                                                          text_file("kb.json", '{"nevus\\u200b": ["dots"]}')),
     "classes: zero-width character": ("kbuild", ["load", GOOD_KB, "--classes", "{F}"], 1,
@@ -318,8 +318,8 @@ CASES = {
     "features: model_id of two strings": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1,
                                           r"model_id must be one string",
                                           arrays_npz("f.npz", image_features=np.eye(3, 64, dtype=np.float32),
-                                                     labels=np.arange(3), class_names=np.asarray(["bird", "cat", "dog"]),
-                                                     model_id=np.asarray(["a", "b"]))),
+                                                     labels=np.arange(3), model_id=np.asarray(["a", "b"]),
+                                                     class_names=np.asarray(["bird", "cat", "dog"]))),
     "features: class not in the knowledge base": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "zebra",
                                                   npz("f.npz", names=("bird", "cat", "zebra"))),
 }
