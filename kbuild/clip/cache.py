@@ -41,7 +41,9 @@ class TextEmbeddingCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self._db = _open(path)
-            except sqlite3.DatabaseError:
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise  # busy or locked by another process: not damage, never moved aside
                 # Only a cache: a damaged one is moved aside (kept for a look) and started afresh,
                 # so a load or prune re-encodes what it needs instead of stopping.
                 path.replace(path.with_name(path.name + ".damaged"))
