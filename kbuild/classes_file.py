@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kbuild.errors import InputFileError
-from kbuild.inputs import MAX_NAME_CHARS, load_json, nfc, read_utf8
+from kbuild.inputs import MAX_NAME_CHARS, class_name_problem, load_json, nfc, read_utf8
 # Generous: a classes file of 100k long names is still far below this.
 CLASSES_FILE_MAX_BYTES = 50 * 1024 * 1024
 
@@ -59,6 +59,10 @@ def _entry_from_line(path: Path, number: int, line: str) -> ClassEntry:
                              "write 'folder_name: display name'")
     display = display or name
     for value in (name, display):
+        problem = class_name_problem(value)  # the rule every reader follows (invisible characters too)
+        if problem and problem.startswith("invisible"):
+            raise InputFileError(path, f"line {number}: {problem}", "remove it; it would make a second, "
+                                 "invisible class")
         if len(value) > MAX_NAME_CHARS:
             raise InputFileError(
                 path, f"line {number}: class name of {len(value)} characters "

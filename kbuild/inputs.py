@@ -10,7 +10,9 @@ from __future__ import annotations
 import codecs
 import json
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kbuild.errors import InputFileError
 
@@ -24,13 +26,23 @@ def nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
+def canonical_class_name(name: str) -> str:
+    """The one spelling of a class name every reader keys on: NFC, surrounding whitespace removed
+    (``nevus `` and ``nevus`` are one class, not two that look the same)."""
+    return nfc(name).strip()
+
+
 def class_name_problem(name: str) -> str | None:
-    """What is wrong with ``name`` as a class name (empty, a control character, too long), or None."""
-    if not name.strip():
+    """What is wrong with ``name`` as a class name (empty, a control or invisible character, too
+    long), or None. Checked on its canonical spelling, so surrounding spaces are no problem."""
+    name = canonical_class_name(name)
+    if not name:
         return "empty class name"
     for char in name:
         if unicodedata.category(char) == "Cc":  # tabs and newlines too: they hide inside names
             return f"control character U+{ord(char):04X} in a class name"
+        if unicodedata.category(char) == "Cf":  # zero-width and direction marks: a second, invisible class
+            return f"invisible character U+{ord(char):04X} in a class name"
     if len(name) > MAX_NAME_CHARS:
         return f"class name of {len(name)} characters (limit {MAX_NAME_CHARS})"
     return None
@@ -116,10 +128,103 @@ def load_json(path: Path, text: str) -> object:
         raise InputFileError(path, "JSON nested too deeply", "flatten the file") from None
 
 
-def read_npz(path: Path, what: str = "file", fix_missing: str = "check the path", error=InputFileError) -> dict:
+# ---- .npz files: checked from their npy headers before any array is read --------------------------
+# Deflate cannot shrink data more than ~1032x: a member claiming more is damaged or forged.
+_DEFLATE_MAX_RATIO = 1100
+# A numeric member this large that shrank over 100x is mostly one repeated value (a zip bomb),
+# not vectors: real embeddings compress a few percent at most.
+_BOMB_BYTES, _BOMB_RATIO = 256 << 20, 100
+
+
+@dataclass(frozen=True)
+class NpyMember:
+    """What one array of an ``.npz`` declares in its npy header, and what the zip holds for it."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: Any
+    declared_bytes: int
+    stored_bytes: int  # uncompressed size of the member, header included
+    compressed_bytes: int
+    header_bytes: int
+
+    def describe(self) -> str:
+        return f"{self.key} {self.shape} {self.dtype}"
+
+
+def _read_header(handle) -> tuple[tuple[int, ...], bool, Any]:
+    import numpy as np
+
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(handle)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(handle)
+    return np.lib.format._read_array_header(handle, version)  # 3.0: 2.0 with a UTF-8 header
+
+
+def npz_members(path: Path, error=InputFileError) -> dict[str, NpyMember]:
+    """Every array of the ``.npz`` at ``path`` as its header declares it, nothing else read.
+
+    Refuses members whose data cannot match their header (truncated, or a header declaring more
+    rows than the file could ever hold), and arrays of Python objects (they need pickle)."""
+    import zipfile
+
+    members: dict[str, NpyMember] = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            key = info.filename[:-4]
+            with archive.open(info) as handle:
+                try:
+                    shape, _fortran, dtype = _read_header(handle)
+                except (ValueError, EOFError) as err:
+                    raise error(path, f"array '{key}' has an unreadable npy header ({err})",
+                                "write the file again with numpy.savez") from None
+                header = handle.tell()
+            members[key] = _member(path, key, (shape, dtype, header), info, error)
+    return members
+
+
+def _member(path: Path, key: str, head: tuple, info, error) -> NpyMember:
+    import math
+
+    shape, dtype, header = head
+    if dtype.hasobject:
+        raise error(path, f"array '{key}' holds Python objects, which cannot be read without pickle",
+                    "store strings as unicode arrays, e.g. np.asarray(texts, dtype=str)")
+    declared = math.prod(shape) * dtype.itemsize
+    member = NpyMember(key, tuple(shape), dtype, declared, info.file_size, info.compress_size, header)
+    limit = info.compress_size * (_DEFLATE_MAX_RATIO if info.compress_type else 1) + header
+    if header + declared != info.file_size or info.file_size > limit:
+        raise error(path, f"array '{key}' declares {shape} {dtype} ({_size(declared)}) but holds "
+                    f"{_size(max(info.file_size - header, 0))}: the file is truncated or damaged",
+                    "write it again with numpy.savez")
+    if (dtype.kind in "fiucb" and declared > _BOMB_BYTES
+            and declared > _BOMB_RATIO * max(info.compress_size, 1)):
+        raise error(path, f"array '{key}' {shape} expands {declared // max(info.compress_size, 1):,}x from "
+                    f"{_size(info.compress_size)} to {_size(declared)}: it is mostly one repeated value, "
+                    "not vectors", "check how the file was made")
+    return member
+
+
+def _memory_bytes() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def read_npz(path: Path, what: str = "file", fix_missing: str = "check the path", error=InputFileError,
+             check=None) -> dict:
     """The arrays of an ``.npz`` file, read as data: never unpickled, every problem one ``error`` line.
 
-    ``error`` lets a caller raise its own subclass of InputFileError (kpl raises kpl's)."""
+    Before any array is read, every member's npy header is checked (``npz_members``), the total must
+    fit in this machine's memory, and ``check(members)`` (the caller's own limits: rows, widths)
+    may refuse the file. ``error`` lets a caller raise its own subclass of InputFileError."""
     import zipfile
 
     import numpy as np  # here, not at the top: reading a classes file must not pay for numpy
@@ -130,10 +235,33 @@ def read_npz(path: Path, what: str = "file", fix_missing: str = "check the path"
     if not zipfile.is_zipfile(path):  # np.load would otherwise try to unpickle it
         raise error(path, "not a readable .npz file (not a zip archive)", "write it with numpy.savez")
     try:
+        members = npz_members(path, error)
+        total = sum(m.declared_bytes for m in members.values())
+        if total > _memory_bytes() // 2:
+            raise error(path, f"{what} declares {_size(total)} of arrays, more than half this machine's "
+                        f"memory ({_size(_memory_bytes())})", "split it into smaller files")
+        if check is not None:
+            check(members)
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except ValueError as err:  # object arrays need pickle, which is never allowed
+        if "pickle" not in str(err):
+            raise error(path, f"{what} is truncated or damaged ({err})", "write it again with numpy.savez") from None
         raise error(path, f"cannot be read without pickle ({err})",
                     "store strings as unicode arrays, e.g. np.asarray(texts, dtype=str)") from None
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         raise error(path, f"not a readable .npz file ({err})", "write it with numpy.savez") from None
+
+
+def npz_model_id(path: Path, value, error=InputFileError) -> str | None:
+    """The one rule for an ``.npz``'s ``model_id`` (knowledge bases and features files alike): a
+    string, stored as a scalar or as an array of one; empty means none. Any other shape is refused,
+    never read as "no model_id" (that would evaluate in another embedding space)."""
+    if value is None:
+        return None
+    if value.size != 1 or value.ndim > 1 or value.dtype.kind not in "US":
+        raise error(path, f"model_id must be one string naming the embedding space, got {value.dtype} {value.shape}",
+                    "e.g. model_id=np.asarray('ViT-B-16/openai')")
+    text = value.reshape(()).item()
+    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    return text.strip() or None

@@ -85,6 +85,44 @@ def npz(name: str, features=None, labels=(0, 1, 2), names=("bird", "cat", "dog")
     return make
 
 
+def arrays_npz(name: str, **arrays):
+    """An .npz of exactly these arrays (callables get the case's env, for its model id)."""
+    def make(d: Path, env) -> Path:
+        np.savez(d / name, **{k: v(env) if callable(v) else v for k, v in arrays.items()})
+        return d / name
+    return make
+
+
+def kb_arrays(classes=("cat", "dog"), **override):
+    arrays = {"classes": np.asarray(classes), "texts": np.asarray([f"text {i}" for i in range(len(classes))]),
+              "embeddings": np.eye(len(classes), 8, dtype=np.float32), "model_id": np.asarray("space-a")}
+    return {**arrays, **override}
+
+
+def lying_npz(name: str, key: str, shape: tuple):
+    """An .npz whose ``key`` declares ``shape`` in its npy header but holds four rows."""
+    import zipfile
+
+    def make(d: Path, env) -> Path:
+        with zipfile.ZipFile(d / name, "w") as archive, archive.open(f"{key}.npy", "w") as handle:
+            np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            handle.write(np.zeros((4, shape[1]), dtype=np.float32).tobytes())
+        return d / name
+    return make
+
+
+def truncated_npz(name: str, key: str):
+    import zipfile
+
+    def make(d: Path, env) -> Path:
+        header = io.BytesIO()
+        np.lib.format.write_array(header, np.zeros((1000, 64), dtype=np.float32))
+        with zipfile.ZipFile(d / name, "w") as archive:
+            archive.writestr(f"{key}.npy", header.getvalue()[:5000])
+        return d / name
+    return make
+
+
 def image_tree(kind: str):
     def make(d: Path, env) -> Path:
         root = d / kind
@@ -170,6 +208,33 @@ CASES = {
                                                          text_file("kb.csv", "class,text\nd\x07og,wet nose\n")),
     "curated: JSONL class name with ESC": ("kbuild", ["load", "{F}"], 1, r"line 1: control character U\+001B",
                                            text_file("kb.jsonl", '{"class": "\\u001b[31mdog", "text": "x"}\n')),
+    "curated: CSV class name with a zero-width space": (
+        "kbuild", ["load", "{F}"], 1, r"line 3: invisible character U\+200B in a class name",
+        text_file("kb.csv", "class,text\nnevus,dots\nnevus\u200b,round\n")),
+    "curated: JSON class name with a zero-width space": ("kbuild", ["load", "{F}"], 1, r"invisible character U\+200B",
+                                                         text_file("kb.json", '{"nevus\\u200b": ["dots"]}')),
+    "classes: zero-width character": ("kbuild", ["load", GOOD_KB, "--classes", "{F}"], 1,
+                                      r"line 2: invisible character U\+200B", text_file("c.txt", "cat\nd\u200bog\n")),
+    # knowledge bases with their own vectors (.npz)
+    "embeddings: NUL in a class name": ("kbuild", ["load", "{F}"], 1, r"classes, row 0: control character U\+0000",
+                                        arrays_npz("kb.npz", **kb_arrays(("ca\x00t", "dog")))),
+    "embeddings: newline in a class name": ("kbuild", ["load", "{F}"], 1, r"control character U\+000A",
+                                            arrays_npz("kb.npz", **kb_arrays(("ca\nt", "dog")))),
+    "embeddings: 5000-character class name": ("kbuild", ["load", "{F}"], 1, r"class name of 5000 characters",
+                                              arrays_npz("kb.npz", **kb_arrays(("c" * 5000, "dog")))),
+    "embeddings: zero-width space in a class name": ("kbuild", ["load", "{F}"], 1, r"invisible character U\+200B",
+                                                     arrays_npz("kb.npz", **kb_arrays(("nevus\u200b", "dog")))),
+    "embeddings: header declaring 1e13 rows": ("kbuild", ["load", "{F}"], 1, r"declares .* but holds .* truncated",
+                                               lying_npz("kb.npz", "embeddings", (10 ** 13, 1024))),
+    "embeddings: more rows than the text cap": ("kbuild", ["load", "{F}"], 1, r"300,001 rows, over the limit",
+                                                arrays_npz("kb.npz", classes=np.full(300_001, "c"),
+                                                           texts=np.full(300_001, "t"), model_id=np.asarray("m"))),
+    "embeddings: truncated array": ("kbuild", ["load", "{F}"], 1, r"kb\.npz: .*truncated or damaged",
+                                    truncated_npz("kb.npz", "embeddings")),
+    "embeddings: object array": ("kbuild", ["load", "{F}"], 1, r"texts.*without pickle",
+                                 arrays_npz("kb.npz", **kb_arrays(texts=np.asarray(["a", None], dtype=object)))),
+    "embeddings: model_id of two strings": ("kbuild", ["load", "{F}"], 1, r"model_id must be one string",
+                                            arrays_npz("kb.npz", **kb_arrays(model_id=np.asarray(["a", "b"])))),
     # snapshot names and references
     "name: ../x": ("kbuild", ["load", GOOD_KB, "--name", "../x"], 2, "looks like a path", None),
     "name: absolute path": ("kbuild", ["load", GOOD_KB, "--name", "/tmp/x"], 2, "looks like a path", None),
@@ -242,6 +307,19 @@ CASES = {
                                   npz("f.npz", np.eye(3, 32, dtype=np.float32))),
     "features: not an npz": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "npz",
                              text_file("f.npz", "image_features,labels\n")),
+    "features: header declaring 1e13 rows": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1,
+                                             r"image_features.*declares .* truncated",
+                                             lying_npz("f.npz", "image_features", (10 ** 13, 64))),
+    "features: truncated array": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "truncated or damaged",
+                                  truncated_npz("f.npz", "image_features")),
+    "features: 100 000 columns": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, r"100000 columns \(limit",
+                                  arrays_npz("f.npz", image_features=np.zeros((4, 100_000), dtype=np.float32),
+                                             labels=np.zeros(4, dtype=np.int64), class_names=np.asarray(["cat"]))),
+    "features: model_id of two strings": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1,
+                                          r"model_id must be one string",
+                                          arrays_npz("f.npz", image_features=np.eye(3, 64, dtype=np.float32),
+                                                     labels=np.arange(3), model_id=np.asarray(["a", "b"]),
+                                                     class_names=np.asarray(["bird", "cat", "dog"]))),
     "features: class not in the knowledge base": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "zebra",
                                                   npz("f.npz", names=("bird", "cat", "zebra"))),
 }

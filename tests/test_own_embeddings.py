@@ -120,7 +120,7 @@ def _write_kb(path: Path, **override) -> Path:
 
 @pytest.mark.parametrize("override, fragment", [
     ({"model_id": None}, "missing key(s) model_id"),
-    ({"model_id": np.asarray(["a", "b"])}, "model_id must be a non-empty scalar string"),
+    ({"model_id": np.asarray(["a", "b"])}, "model_id must be one string naming the embedding space"),
     ({"embeddings": np.ones((4,), dtype=np.float32)}, "embeddings must be a non-empty 2-D float array"),
     ({"embeddings": np.ones((3, 8), dtype=np.float32)}, "embeddings has 3 rows but there are 4 texts"),
     ({"texts": np.asarray(["a", "b", "c"])}, "classes has 4 entries but texts has 3"),

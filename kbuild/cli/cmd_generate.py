@@ -13,7 +13,7 @@ from kbuild.clip.text import check_template
 from kbuild.descriptions import DEFAULT_TEMPLATE, visible
 from kbuild.errors import UsageError
 from kbuild.ops.generate import generate_snapshot
-from kbuild.ops.unchanged import unchanged_message
+from kbuild.ops.unchanged import republished_message, unchanged_message
 from kbuild.sources.llm.generate import GenerateOptions, GenerateResult, check_request
 from kbuild.sources.llm.prompts import load_prompt
 from kbuild.store import validate_snapshot_name
@@ -114,6 +114,8 @@ def generate(
         raise outcome.failure(len(entries))
     if outcome.unchanged:
         info(unchanged_message(outcome.snapshot, "generate changed nothing"))
+    if outcome.repeats is not None:
+        info(republished_message(outcome.repeats, outcome.snapshot))
     if json_out:
         print_json(outcome.to_json())
         return

@@ -9,7 +9,7 @@ import typer
 
 from kbuild.descriptions import DEFAULT_TEMPLATE, visible
 from kbuild.ops.load import load_files
-from kbuild.ops.unchanged import unchanged_message
+from kbuild.ops.unchanged import republished_message, unchanged_message
 from kbuild.store import validate_snapshot_name
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, load_embedder, open_store, print_json
@@ -41,6 +41,8 @@ def load(
         info(line)
     if result.unchanged:
         info(unchanged_message(result.snapshot, "load changed nothing"))
+    if result.repeats is not None:
+        info(republished_message(result.repeats, result.snapshot))
     if json_out:
         print_json(result.to_json())
         return

@@ -20,6 +20,18 @@ def _key(model_id: str, template: str, text: str) -> str:
     return hashlib.sha256("\x00".join((model_id, template, text)).encode("utf-8")).hexdigest()
 
 
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), timeout=60)
+    try:
+        db.execute(_SCHEMA)
+        db.execute("SELECT key, dim, vec FROM text_embeddings LIMIT 1").fetchall()
+        db.commit()
+    except sqlite3.DatabaseError:
+        db.close()
+        raise
+    return db
+
+
 class TextEmbeddingCache:
     def __init__(self, path: Path | None):
         self.path = path
@@ -27,9 +39,15 @@ class TextEmbeddingCache:
         self._db = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), timeout=60)
-            self._db.execute(_SCHEMA)
-            self._db.commit()
+            try:
+                self._db = _open(path)
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise  # busy or locked by another process: not damage, never moved aside
+                # Only a cache: a damaged one is moved aside (kept for a look) and started afresh,
+                # so a load or prune re-encodes what it needs instead of stopping.
+                path.replace(path.with_name(path.name + ".damaged"))
+                self._db = _open(path)
         self.hits = 0
         self.misses = 0
 

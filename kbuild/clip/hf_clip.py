@@ -22,7 +22,10 @@ from kbuild.clip.precision import image_autocast
 from kbuild.errors import KbuildError, UsageError
 
 TRANSFORMERS = "transformers:"
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# What CLIPModel.from_pretrained reads, in its own order of preference: the first present is loaded and
+# any other weights in the folder are ignored, so only the first is hashed (a stale file is not).
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
 
 
 def _target(model: str) -> str:
@@ -40,8 +43,33 @@ def transformers_model_id(model: str, sha256) -> str:
     if folder is None:
         return f"{TRANSFORMERS}{_target(model)}"
     weights = next((folder / name for name in _WEIGHT_FILES if (folder / name).is_file()), None)
-    tag = f"sha256:{sha256(weights)[:16]}" if weights else "no-weights"
+    if weights is None:
+        tag = "no-weights"
+    elif weights.name.endswith(".index.json"):
+        tag = f"sha256:{_sharded_sha256(weights, sha256)[:16]}"
+    else:
+        tag = f"sha256:{sha256(weights)[:16]}"
     return f"{TRANSFORMERS}{folder.name}@{tag}"
+
+
+def _sharded_sha256(index: Path, sha256) -> str:
+    """One digest over a sharded checkpoint: the index json and every shard its weight_map names."""
+    import hashlib
+    import json
+
+    try:
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(f"--model transformers:{index.parent}: {index.name} is not a readable weights index "
+                         f"({type(exc).__name__}); save the model again with save_pretrained") from exc
+    digest = hashlib.sha256(sha256(index).encode())
+    for shard in shards:
+        path = index.parent / shard
+        if Path(shard).name != shard or not path.is_file():
+            raise UsageError(f"--model transformers:{index.parent}: {index.name} names the shard {shard!r}, "
+                             "which is not in the folder; copy the whole folder again")
+        digest.update(f"\n{shard}\0{sha256(path)}".encode())
+    return digest.hexdigest()
 
 
 def check_transformers_spec(model: str) -> None:

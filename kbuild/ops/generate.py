@@ -17,7 +17,7 @@ from kbuild.sources.llm.calllog import CallLog
 from kbuild.sources.llm.generate import (GenerateOptions, GenerateResult, ProgressEvent,
                                          generate_descriptions, generation_parameters, snapshot_draft)
 from kbuild.sources.llm.prompts import PromptTemplate
-from kbuild.ops.unchanged import repeated_run
+from kbuild.ops.unchanged import repeated_run, same_as_earlier
 from kbuild.store import SnapshotInfo, SnapshotStore
 
 
@@ -28,6 +28,7 @@ class GenerateOutcome:
     result: GenerateResult
     snapshot: SnapshotInfo | None
     unchanged: bool = False  # a rerun that changed nothing: ``snapshot`` is the existing one
+    repeats: SnapshotInfo | None = None  # an older snapshot with this content, no longer latest
 
     def failure(self, total: int) -> KbuildError:
         return KbuildError(f"{len(self.result.failures)} of {total} classes failed (listed above), so no snapshot "
@@ -59,4 +60,7 @@ def generate_snapshot(store: SnapshotStore, entries: list[ClassEntry], prompt: P
     if existing is not None:  # a rerun answered from the call log: the same snapshot again
         return GenerateOutcome(result, existing, unchanged=True)
     draft = snapshot_draft(result, embedder, template, parameters, clip)
-    return GenerateOutcome(result, store.publish(draft, name=name))
+    repeats = None if force else same_as_earlier(store, "generate", result.descriptions, clip, displays)
+    if repeats is not None:
+        draft.extra["same_content_as"] = repeats.name
+    return GenerateOutcome(result, store.publish(draft, name=name), repeats=repeats)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from kbuild.classes_file import parse_classes_file
 from kbuild.clip.text import check_template
 from kbuild.errors import KbuildError, UsageError
-from kbuild.ops.unchanged import repeated_run
+from kbuild.ops.unchanged import repeated_run, same_as_earlier
 from kbuild.sources.curated import CuratedImport, load_curated
 from kbuild.sources.embedded import EmbeddedImport, is_embedded_file, read_embedded
 from kbuild.store import SnapshotInfo, SnapshotStore
@@ -23,11 +23,13 @@ class LoadResult:
     snapshot: SnapshotInfo
     imported: CuratedImport | EmbeddedImport
     unchanged: bool = False
+    repeats: SnapshotInfo | None = None  # an older snapshot with this content (no longer latest)
 
     def to_json(self) -> dict[str, Any]:
         return {"snapshot": self.snapshot.name, "published": not self.unchanged,
                 "content_hash": self.snapshot.content_hash,
-                "total": self.snapshot.manifest["total"], "import": self.imported.to_json()}
+                "total": self.snapshot.manifest["total"], "import": self.imported.to_json(),
+                "same_content_as": self.repeats.name if self.repeats else None}
 
 
 def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: list[Path], template: str,
@@ -61,7 +63,17 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
                   "classes_file": Path(classes_file).name if classes_file else None, "restrict": restrict}
     draft = SnapshotDraft(imported.descriptions, embeddings, "load", parameters, clip=clip,
                           extra={"import": imported.to_json()}, display_names=displays)
-    return LoadResult(store.publish(draft, name=name), imported)
+    return _publish(store, draft, name, imported, force)
+
+
+def _publish(store: SnapshotStore, draft: SnapshotDraft, name: str | None, imported, force: bool,
+             identity: dict[str, Any] | None = None) -> LoadResult:
+    """Publish ``draft``, saying which older snapshot it repeats (``identity``: the clip dict to compare)."""
+    repeats = None if force else same_as_earlier(store, "load", draft.descriptions, identity or draft.clip,
+                                                 draft.display_names)
+    if repeats is not None:
+        draft.extra["same_content_as"] = repeats.name
+    return LoadResult(store.publish(draft, name=name), imported, repeats=repeats)
 
 
 def _load_embedded(store: SnapshotStore, paths: list[Path], classes: list[str] | None, restrict: bool,
@@ -79,9 +91,12 @@ def _load_embedded(store: SnapshotStore, paths: list[Path], classes: list[str] |
     # The embedding space is named by the file; there is no model to reload and no known template.
     clip = {"model": None, "pretrained": None, "model_id": imported.model_id, "dim": imported.dim,
             "template": None, "imported": True}
-    existing = None if force else repeated_run(store, "load", imported.descriptions, clip, displays)
+    # The vectors are part of the content: kept in extra (a prune or merge child copies 'clip', not 'extra').
+    identity = {**clip, "vectors_hash": imported.vectors_hash()}
+    existing = None if force else repeated_run(store, "load", imported.descriptions, identity, displays)
     if existing is not None:
         return LoadResult(existing, imported, unchanged=True)
     draft = SnapshotDraft(imported.descriptions, imported.embeddings, "load", parameters, clip=clip,
-                          extra={"import": imported.to_json()}, display_names=displays)
-    return LoadResult(store.publish(draft, name=name), imported)
+                          extra={"import": imported.to_json(), "vectors_hash": identity["vectors_hash"]},
+                          display_names=displays)
+    return _publish(store, draft, name, imported, force, identity)

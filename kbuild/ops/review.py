@@ -203,10 +203,21 @@ def snapshot_embedder(store: SnapshotStore, info: SnapshotInfo, model: str | Non
 
 
 def review_snapshot(store: SnapshotStore, reference: str, decisions: list[Decision], model: str | None = None,
-                    pretrained: str | None = None, name: str | None = None) -> SnapshotInfo:
-    """Read ``reference``, apply ``decisions`` and publish the child through the store's atomic publish."""
+                    pretrained: str | None = None, name: str | None = None,
+                    draft_key: str | None = None) -> SnapshotInfo:
+    """Read ``reference``, apply ``decisions`` and publish the child through the store's atomic publish.
+
+    ``draft_key`` names the saved draft and its version (``extra.review_draft``): when a snapshot
+    already carries it, that save published before it was interrupted, and it is returned as is."""
+    if draft_key is not None:
+        done = next((s for s in store.list() if (s.manifest.get("extra") or {}).get("review_draft") == draft_key),
+                    None)
+        if done is not None:
+            return done
     parent = store.read(reference)
     draft = apply_review(parent, decisions, lambda: snapshot_embedder(store, parent.info, model, pretrained))
+    if draft_key is not None:
+        draft.extra["review_draft"] = draft_key
     return store.publish(draft, name=name)
 
 

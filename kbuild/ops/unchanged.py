@@ -4,7 +4,12 @@ A prune that removes nothing has its parent's content; a rerun of ``load`` or ``
 changes nothing has the content of a snapshot an earlier run of the same command wrote. Publishing either would
 add an identical snapshot to the lineage, so the command says so and stops (``--force`` publishes
 anyway). "Equal" means the same (class, text) pairs, embedded the same way: CLIP model, template
-and display names, since those change the vectors KPL uses.
+and display names, since those change the vectors KPL uses; for a knowledge base that brings its own
+vectors, the vectors themselves (``clip["vectors_hash"]`` against the manifest's ``extra.vectors_hash``).
+
+Only the newest snapshot counts as "what the rerun would repeat": ``latest`` is derived as the newest
+snapshot, so after ``load A; load B`` a third ``load A`` must publish again (``same_as_earlier`` names
+the older copy) or ``load A && kpl eval --kb latest`` would evaluate B.
 """
 
 from __future__ import annotations
@@ -24,17 +29,35 @@ def same_content(info: SnapshotInfo, descriptions: list[Description], clip: dict
     wanted = {k: v for k, v in displays.items() if v != k}
     return (m.get("content_hash") == content_hash((d.class_name, d.text) for d in descriptions)
             and own.get("model_id") == clip.get("model_id") and own.get("template") == clip.get("template")
+            and ("vectors_hash" not in clip or (m.get("extra") or {}).get("vectors_hash") == clip["vectors_hash"])
             and display_names(m) == wanted)
 
 
 def repeated_run(store: SnapshotStore, operation: str, descriptions: list[Description], clip: dict[str, Any],
                  displays: dict[str, str]) -> SnapshotInfo | None:
-    """The newest snapshot made by the same ``operation`` with the same content, embedded the same
-    way (a rerun that changes nothing), else None."""
-    for info in reversed(store.list()):
+    """The newest snapshot when the same ``operation`` made it with the same content, embedded the
+    same way (a rerun that changes nothing), else None."""
+    snapshots = store.list()
+    latest = snapshots[-1] if snapshots else None
+    if latest is not None and latest.manifest.get("operation") == operation and same_content(
+            latest, descriptions, clip, displays):
+        return latest
+    return None
+
+
+def same_as_earlier(store: SnapshotStore, operation: str, descriptions: list[Description], clip: dict[str, Any],
+                    displays: dict[str, str]) -> SnapshotInfo | None:
+    """An older snapshot (not the newest) with this content: the write publishes again so that
+    ``latest`` holds it, and says which one it repeats."""
+    for info in reversed(store.list()[:-1]):
         if info.manifest.get("operation") == operation and same_content(info, descriptions, clip, displays):
             return info
     return None
+
+
+def republished_message(earlier: SnapshotInfo, published: SnapshotInfo) -> str:
+    return (f"same content as {earlier.name}, which is not the latest snapshot: published it again as "
+            f"{published.name} so that 'latest' holds it")
 
 
 def unchanged_message(existing: SnapshotInfo, why: str) -> str:

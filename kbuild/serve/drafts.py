@@ -45,6 +45,11 @@ class DraftStore:
         digest = hashlib.sha256(json.dumps([snapshot, reviewer]).encode("utf-8")).hexdigest()[:32]
         return self.folder / f"{digest}.json"
 
+    def key(self, snapshot: str, reviewer: str, version: int) -> str:
+        """This draft at this version, as the snapshot its save publishes records it: a save killed
+        after publishing and before the tombstone is written finds its snapshot on the next try."""
+        return f"{self._path(snapshot, reviewer).stem}@{version}"
+
     def get(self, snapshot: str, reviewer: str) -> dict[str, Any]:
         """The draft as stored, or an empty version-0 draft (nothing is written until the first change)."""
         path = self._path(snapshot, reviewer)

@@ -209,7 +209,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
         # Request lines are the client's bytes: escaped, so they cannot move the cursor or forge lines.
-        sys.stderr.write(f"kbuild serve: {visible(format % args)}\n")
+        sys.stderr.write(f"kbuild serve: {visible(settings.mask_secrets(format % args))}\n")
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The standard library's own errors (bad request line, 414, 431, 501) as JSON with our headers.
@@ -218,7 +218,7 @@ class Handler(BaseHTTPRequestHandler):
             self.request_version = "HTTP/1.0"
         self.close_connection = True
         short = self.responses.get(code, ("error",))[0]
-        body = json.dumps({"error": message or short}).encode("utf-8")
+        body = settings.mask_secrets(json.dumps({"error": message or short})).encode("utf-8")
         self._headers(code, "application/json; charset=utf-8", len(body), close=True)
         if getattr(self, "command", None) != "HEAD" and code >= 200 and code not in (204, 304):
             self.wfile.write(body)
@@ -237,7 +237,9 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _json(self, status: int, payload: Any) -> None:
-        body = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
+        # Every reply is masked, not only the errors we word: a store error may quote a server's text,
+        # and a server or proxy may echo the Authorization header it was sent.
+        body = settings.mask_secrets(json.dumps(payload, ensure_ascii=False, default=str)).encode("utf-8")
         self._headers(status, "application/json; charset=utf-8", len(body))
         self.wfile.write(body)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kbuild import __version__
+from kbuild.settings import mask_secrets
 from kbuild.descriptions import normalise_text
 from kbuild.diff import diff_stored
 from kbuild.errors import UsageError
@@ -127,7 +128,8 @@ class ReviewService:
                 try:
                     snapshot_embedder(self.store, info, self.options.model, self.options.pretrained)
                 except Exception as exc:  # the save loads it again and reports the problem to the page
-                    print(f"kbuild serve: could not preload CLIP ({exc}); saving will try again", file=sys.stderr)
+                    print(f"kbuild serve: could not preload CLIP ({mask_secrets(str(exc))}); saving will try again",
+                          file=sys.stderr)
 
         threading.Thread(target=load, name="kbuild-preload-clip", daemon=True).start()
 
@@ -155,7 +157,8 @@ class ReviewService:
             decisions = [Decision.from_json(d) for d in draft["decisions"]]
             with self._model_lock:
                 info = review_snapshot(self.store, snapshot, decisions, self.options.model,
-                                       self.options.pretrained, name=name)
+                                       self.options.pretrained, name=name,
+                                       draft_key=self.drafts.key(snapshot, reviewer, draft["version"]))
             draft.update(decisions=[], saved_as=info.name)
         return {"snapshot": info.name, "parent": snapshot, "content_hash": info.content_hash,
                 "draft": self.drafts.get(snapshot, reviewer)}

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from kbuild.inputs import class_name_problem, decode_utf8, load_json, nfc, read_checked_bytes
+from kbuild.inputs import canonical_class_name, class_name_problem, decode_utf8, load_json, nfc, read_checked_bytes
 from kbuild.errors import InputFileError, KbuildError, UsageError, did_you_mean
 
 CLASS_COLUMNS = ("class", "class_name", "classname", "label", "category")
@@ -343,10 +343,11 @@ def _export_display_names(source: SourceFile) -> dict[str, str]:
 
 
 def _nfc_groups(path: Path, groups: Groups) -> Groups:
-    """Class names in NFC, checked by the one set of name rules; names that were one name in two
-    Unicode spellings (NFC 'é' and NFD 'e' + accent) become one class with both lists of texts."""
+    """Class names in their canonical spelling (NFC, no surrounding spaces), checked by the one set of
+    name rules; names that were one name in two spellings (NFC 'é' and NFD 'e' + accent, 'nevus' and
+    'nevus ') become one class with both lists of texts."""
     merged: Groups = {}
     for raw_name, items in groups.items():
         _check_class_name(path, raw_name)
-        merged.setdefault(nfc(raw_name), []).extend(items)
+        merged.setdefault(canonical_class_name(raw_name), []).extend(items)
     return merged

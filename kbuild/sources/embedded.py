@@ -22,16 +22,18 @@ their first vector and are counted, like curated files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from kbuild.descriptions import Description, normalise_text
 from kbuild.errors import InputFileError, UsageError
-from kbuild.inputs import read_npz
+from kbuild.inputs import canonical_class_name, case_collisions, class_name_problem, npz_model_id, read_npz
 
 EMBEDDED_SUFFIXES = (".npz",)
 REQUIRED_KEYS = ("classes", "texts", "embeddings", "model_id")
@@ -50,6 +52,7 @@ class EmbeddedImport:
     duplicates: int = 0
     dropped_classes: list[str] = field(default_factory=list)
     dropped_texts: int = 0
+    case_collisions: list[list[str]] = field(default_factory=list)
 
     @property
     def dim(self) -> int:
@@ -58,12 +61,18 @@ class EmbeddedImport:
     def classes(self) -> list[str]:
         return list(dict.fromkeys(d.class_name for d in self.descriptions))
 
+    def vectors_hash(self) -> str:
+        """The stored vectors' identity: two imports of the same texts with other vectors differ."""
+        matrix = np.ascontiguousarray(self.embeddings, dtype="<f4")
+        return "sha256:" + hashlib.sha256(f"{matrix.shape}".encode() + matrix.tobytes()).hexdigest()
+
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "format": "embeddings-" + Path(self.path).suffix.lower().lstrip("."),
                 "model_id": self.model_id, "dim": self.dim,
                 "classes": self.classes(), "kept_count": len(self.descriptions),
                 "normalised_rows": self.normalised_rows, "duplicates": self.duplicates,
-                "dropped_classes": self.dropped_classes, "dropped_texts": self.dropped_texts}
+                "dropped_classes": self.dropped_classes, "dropped_texts": self.dropped_texts,
+                "case_collisions": self.case_collisions}
 
     def summary_lines(self) -> list[str]:
         name = Path(self.path).name
@@ -76,6 +85,9 @@ class EmbeddedImport:
             notes.append(f"{self.duplicates} exact duplicates collapsed (first vector kept)")
         if self.dropped_classes:
             notes.append(f"{len(self.dropped_classes)} classes not in --classes dropped ({self.dropped_texts} texts)")
+        for group in self.case_collisions:  # the same words as curated imports
+            notes.append(f"warning: classes that differ only in letter case stay separate: {' / '.join(group)} "
+                         "(rename one to merge them)")
         return [line] + [f"{name}: {note}" for note in notes]
 
 
@@ -144,6 +156,29 @@ def _strings(path: Path, data: dict, key: str) -> list[str]:
     return [str(v) for v in values.tolist()]
 
 
+def _class_names(path: Path, data: dict) -> list[str]:
+    """The classes column under the one class-name rule every reader follows (kbuild.inputs)."""
+    names = []
+    for row, raw in enumerate(_strings(path, data, "classes")):
+        problem = class_name_problem(raw)
+        if problem:
+            shown = raw if len(raw) <= 60 else raw[:60] + "..."
+            raise InputFileError(path, f"classes, row {row}: {problem}: {shown!r}", "fix the class name")
+        names.append(canonical_class_name(raw))
+    return names
+
+
+def _check_rows(path: Path, members: dict) -> None:
+    """Refuse, from the npy headers alone, a file over the text cap that curated files have too."""
+    from kbuild.sources.curated import DEFAULT_MAX_TEXTS
+
+    for key in ("classes", "texts", "embeddings"):
+        member = members.get(key)
+        if member is not None and member.shape and member.shape[0] > DEFAULT_MAX_TEXTS:
+            raise InputFileError(path, f"{key} has {member.shape[0]:,} rows, over the limit of {DEFAULT_MAX_TEXTS:,} "
+                                 "per load", "split the file and load the parts separately, then 'kbuild merge' them")
+
+
 def check_embeddings(path: Path, embeddings, rows: int) -> tuple[np.ndarray, int]:
     """(M, D) float32 unit rows and how many rows had to be normalised; one clear error otherwise."""
     matrix = np.asarray(embeddings)
@@ -153,35 +188,45 @@ def check_embeddings(path: Path, embeddings, rows: int) -> tuple[np.ndarray, int
     if matrix.shape[0] != rows:
         raise InputFileError(path, f"embeddings has {matrix.shape[0]} rows but there are {rows} texts",
                              "classes, texts and embeddings need one entry per description, in the same order")
-    matrix = matrix.astype(np.float32)
     finite = np.isfinite(matrix).all(axis=1)
     if not finite.all():
         raise InputFileError(path, f"embeddings has NaN/inf in {int((~finite).sum())} row(s), first row "
                              f"{int(np.argmin(finite))}", "re-embed those descriptions or drop them")
-    norms = np.linalg.norm(matrix, axis=1)
-    if (norms == 0).any():
-        raise InputFileError(path, f"embeddings has {int((norms == 0).sum())} all-zero row(s), first row "
-                             f"{int(np.argmax(norms == 0))}", "re-embed those descriptions or drop them")
+    # Norms from rows scaled by their largest entry, in float64: squaring 1e20 overflows float32
+    # (and 1e200 float64), and a row divided by an infinite norm would become all zeros.
+    wide = matrix.astype(np.float64)
+    scale = np.abs(wide).max(axis=1)
+    if (scale == 0).any():
+        raise InputFileError(path, f"embeddings has {int((scale == 0).sum())} all-zero row(s), first row "
+                             f"{int(np.argmax(scale == 0))}", "re-embed those descriptions or drop them")
+    scaled = wide / scale[:, None]
+    scaled_norms = np.linalg.norm(scaled, axis=1)
+    with np.errstate(over="ignore"):
+        norms = scale * scaled_norms
     # Rows already unit to within float16 rounding are kept bit for bit: renormalising them moves
     # KPL's OT pseudo-labels on real data (PH2: 78.5% -> 75.5%) and breaks parity with the source.
-    off = np.abs(norms - 1.0) > UNIT_TOLERANCE
-    matrix[off] /= norms[off, None]
-    return matrix, int(off.sum())
+    off = ~(np.abs(norms - 1.0) <= UNIT_TOLERANCE)
+    with np.errstate(over="ignore"):
+        result = matrix.astype(np.float32)
+    result[off] = (scaled[off] / scaled_norms[off, None]).astype(np.float32)
+    return result, int(off.sum())
 
 
 def read_embedded(path: Path | str, classes: list[str] | None = None, restrict: bool = False) -> EmbeddedImport:
     """Read and check one embeddings file; ``classes``/``restrict`` as for curated files."""
     path = Path(path).expanduser()
-    data = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else read_npz(path, "embeddings file")
+    data = (_read_jsonl(path) if path.suffix.lower() == ".jsonl"
+            else read_npz(path, "embeddings file", check=lambda members: _check_rows(path, members)))
     missing = [key for key in REQUIRED_KEYS if key not in data]
     if missing:
         raise InputFileError(path, f"missing key(s) {', '.join(missing)} (has: {', '.join(sorted(data)) or 'none'})",
                              "an embeddings file holds classes (M,), texts (M,), embeddings (M, D) and model_id")
-    model_id = data["model_id"]
-    if model_id.ndim != 0 or model_id.dtype.kind not in "US" or not str(model_id).strip():
-        raise InputFileError(path, "model_id must be a non-empty scalar string naming the embedding space",
+    model_id = npz_model_id(path, data["model_id"])
+    if model_id is None:
+        raise InputFileError(path, "model_id must be a non-empty string naming the embedding space",
                              "e.g. model_id=np.asarray('ViT-B-16/openai')")
-    class_names, texts = _strings(path, data, "classes"), _strings(path, data, "texts")
+    class_names, texts = _class_names(path, data), _strings(path, data, "texts")
+    _check_rows(path, {"texts": SimpleNamespace(shape=(len(texts),))})  # JSONL has no header to check first
     if len(class_names) != len(texts):
         raise InputFileError(path, f"classes has {len(class_names)} entries but texts has {len(texts)}",
                              "one class per text, in the same order")
@@ -211,5 +256,5 @@ def read_embedded(path: Path | str, classes: list[str] | None = None, restrict: 
         keep.append(i)
     source = f"imported:{path.name}"
     descriptions = [Description(class_names[i], normalise_text(texts[i]), source=source) for i in keep]
-    return EmbeddedImport(str(path), str(model_id).strip(), descriptions, matrix[keep], normalised, duplicates,
-                          dropped, dropped_texts)
+    return EmbeddedImport(str(path), model_id, descriptions, matrix[keep], normalised, duplicates,
+                          dropped, dropped_texts, case_collisions(d.class_name for d in descriptions))

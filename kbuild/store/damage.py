@@ -26,7 +26,10 @@ from kbuild.errors import StoreUnavailable
 DB_FILE = "chroma.sqlite3"
 _SEGMENT_DIR = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _DAMAGE_TEXTS = ("database disk image is malformed", "file is not a database", "(code: 11)", "(code: 26)",
-                 "no such table", "malformed database schema")
+                 "no such table", "malformed database schema",
+                 # the vector index beside it: a segment folder's files garbled, cut short or deleted
+                 "hnsw segment reader", "error loading hnsw index", "error deserializing pickle",
+                 "error getting embedding", "error finding id")
 _FULL_TEXTS = ("database or disk is full", "no space left on device", "(code: 13)")
 _LOW_SPACE = 64 << 20  # bytes free below which "Error in compaction" is read as a full disk
 
@@ -85,9 +88,36 @@ def check_database_present(folder: Path, location: str) -> None:
         return
     db = folder / DB_FILE
     state = "missing" if not db.exists() else ("empty (0 bytes)" if db.stat().st_size == 0 else None)
+    if state is None and _collection_count(db) == 0:
+        # A kbuild store always keeps a collection once it has written (a snapshot, a tag, or the
+        # marker of a removed one), and a failed or collected write takes its folder with it: a
+        # database without any is a new one made over the old data, and gc would delete all of it.
+        state = "a new, empty database (no collections)"
     if state:
         raise StoreDamaged(f"The store {location} is damaged: {DB_FILE} is {state} but {len(segments)} segment "
-                           f"folder(s) hold data beside it: {_restore_advice(location)}")
+                           f"folder(s) hold data beside it: {_restore_advice(location)}; 'kbuild gc' "
+                           "deletes nothing there")
+
+
+def _collection_count(db: Path) -> int | None:
+    """Collections in a Chroma database, read-only; None when it cannot tell (Chroma reports that)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "collections" not in tables:
+                return 0
+            return int(conn.execute("SELECT count(*) FROM collections").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
+def drop_orphaned_segments(folder: Path) -> None:
+    """Delete the segment folders no collection names; called by a write that deleted its own pending
+    collection while holding the store's write lock, so a failed first write leaves no folder that
+    would later read as damage. Best effort: ``kbuild gc`` finds what this leaves."""
+    with contextlib.suppress(OSError, sqlite3.Error):
+        for orphan in orphaned_segments(folder):
+            shutil.rmtree(orphan, ignore_errors=True)
 
 
 def orphaned_segments(folder: Path) -> list[Path]:

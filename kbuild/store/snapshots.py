@@ -200,13 +200,19 @@ class SnapshotStore:
         return self.client.get_collection(name, embedding_function=None)
 
     def _pages(self, name: str, include: list[str]) -> Iterator[dict]:
-        collection = self._collection(name)
-        total = collection.count()
-        with task(f"reading {name}", total) as progress:
-            for offset in range(0, total, _PAGE):
-                page = collection.get(limit=_PAGE, offset=offset, include=include)
-                progress.advance(len(page["ids"]))
-                yield page
+        from chromadb.errors import NotFoundError
+
+        try:
+            collection = self._collection(name)
+            total = collection.count()
+            with task(f"reading {name}", total) as progress:
+                for offset in range(0, total, _PAGE):
+                    page = collection.get(limit=_PAGE, offset=offset, include=include)
+                    progress.advance(len(page["ids"]))
+                    yield page
+        except NotFoundError as exc:  # 'kbuild rm' in another process, between resolving and reading
+            raise SnapshotNotFound(f"Snapshot {name} was removed while it was being read (by 'kbuild rm'?); "
+                                   "nothing was written: see 'kbuild list'") from exc
 
     @_server_faults
     def read(self, reference: str, embeddings: bool = True, class_name: str | None = None) -> KnowledgeBase:
@@ -232,12 +238,18 @@ class SnapshotStore:
 
         For callers that read a snapshot without embeddings and need only a few (``diff``).
         """
+        from chromadb.errors import NotFoundError
+
         ids = [kb.descriptions[r].id for r in rows]
-        collection = self._collection(kb.info.name)
         found: dict[str, Any] = {}
-        for start in range(0, len(ids), _PAGE):
-            page = collection.get(ids=ids[start:start + _PAGE], include=["embeddings"])
-            found.update(zip(page["ids"], page["embeddings"]))
+        try:
+            collection = self._collection(kb.info.name)
+            for start in range(0, len(ids), _PAGE):
+                page = collection.get(ids=ids[start:start + _PAGE], include=["embeddings"])
+                found.update(zip(page["ids"], page["embeddings"]))
+        except NotFoundError as exc:
+            raise SnapshotNotFound(f"Snapshot {kb.info.name} was removed while it was being read (by 'kbuild rm'?); "
+                                   "nothing was written: see 'kbuild list'") from exc
         missing = [i for i in ids if i not in found]
         if missing:
             raise KbuildError(f"{kb.info.name} has no stored vector for {len(missing)} description(s); "
@@ -285,6 +297,8 @@ class SnapshotStore:
         with contextlib.suppress(Exception):  # best effort: 'kbuild gc' removes what this cannot
             if self._exists(pending_name):
                 self.client.delete_collection(pending_name)
+                if self.mode == "embedded":  # callers hold the write lock: no other write is half-made
+                    damage.drop_orphaned_segments(self.home / "chroma")
 
     def _write_pending(self, draft: SnapshotDraft, manifest: dict) -> Any:
         pending_name = f"{names.PENDING_PREFIX}{int(time.time())}-{uuid.uuid4().hex[:12]}"

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kbuild.errors import KbuildError
-from kbuild.inputs import read_npz
+from kbuild.inputs import canonical_class_name, class_name_problem, npz_members, npz_model_id, read_npz
 from kpl.errors import InputFileError, KplError, UsageError
 
 from kpl.images.datasets import ImageDataset
@@ -74,6 +74,15 @@ def _bad(path: Path, problem: str, fix: str = "") -> InputFileError:
     return InputFileError(path, problem, fix)
 
 
+def _class_name(path: Path, name: str) -> str:
+    """A class name under the one rule every reader follows (kbuild.inputs): canonical spelling, no
+    control or invisible characters, so 'nevus ' here matches the knowledge base's 'nevus'."""
+    problem = class_name_problem(name)
+    if problem:
+        raise _bad(path, f"class_names: {problem}: {name[:60]!r}", "fix the class name")
+    return canonical_class_name(name)
+
+
 def check_features(path: Path, features, labels, class_names) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Validate shapes, finiteness and unit norms; returns float32 (N, D), int64 (N,), names."""
     features, labels, names = np.asarray(features), np.asarray(labels), np.asarray(class_names)
@@ -85,7 +94,7 @@ def check_features(path: Path, features, labels, class_names) -> tuple[np.ndarra
         raise _bad(path, f"labels must be {n} integers (one per image row), got {labels.dtype} {labels.shape}")
     if names.ndim != 1 or names.size == 0 or names.dtype.kind not in "US":
         raise _bad(path, f"class_names must be a 1-D array of strings, got {names.dtype} {names.shape}")
-    names_list = [str(s) for s in names.tolist()]
+    names_list = [_class_name(path, str(s)) for s in names.tolist()]
     if len(set(names_list)) != len(names_list):
         raise _bad(path, "class_names has duplicates", "give every class one name")
     if labels.min() < 0 or labels.max() >= len(names_list):
@@ -105,17 +114,34 @@ def check_features(path: Path, features, labels, class_names) -> tuple[np.ndarra
     return features, labels.astype(np.int64), names_list
 
 
-def _optional_str(data: dict, key: str) -> str | None:
-    value = data.get(key)
-    if value is None or value.ndim != 0 or value.dtype.kind not in "US":
-        return None
-    return str(value) or None
+MAX_FEATURE_DIM = 16384  # CLIP image widths are 512-1536; wider is a wrong array, refused before reading
+
+
+def _check_headers(path: Path, members: dict) -> None:
+    """The shapes a features file declares, checked before any array is read: a (N, D) float matrix of a
+    sane width, one label per row, name_embeddings as wide as the features."""
+    feats, labels = members.get("image_features"), members.get("labels")
+    if feats is None or labels is None:
+        return  # the missing-key error comes after reading, with the list of keys found
+    if len(feats.shape) != 2 or feats.dtype.kind != "f":
+        raise _bad(path, f"image_features must be a non-empty 2-D float array (N, D), got {feats.dtype} {feats.shape}")
+    rows, dim = feats.shape
+    if dim > MAX_FEATURE_DIM:
+        raise _bad(path, f"image_features has {dim} columns (limit {MAX_FEATURE_DIM}): not CLIP image features",
+                   "save one row per image, one column per feature dimension")
+    if labels.shape != (rows,):
+        raise _bad(path, f"labels must be {rows} integers (one per image row), got {labels.dtype} {labels.shape}")
+    names = members.get("name_embeddings")
+    if names is not None and (len(names.shape) != 2 or names.shape[1] != dim):
+        raise _bad(path, f"name_embeddings must be (C, {dim}) floats, got {names.dtype} {names.shape}",
+                   "drop the key, or save one row per class")
 
 
 def load_features_npz(path: Path | str) -> FeatureSet:
     """Read and validate a features file (see the module docstring for its keys)."""
     path = Path(path).expanduser()
-    data = read_npz(path, "features file", "check the path, or create one with 'kpl embed --export'", InputFileError)
+    data = read_npz(path, "features file", "check the path, or create one with 'kpl embed --export'", InputFileError,
+                    check=lambda members: _check_headers(path, members))
     missing = [key for key in REQUIRED_KEYS if key not in data]
     if missing:
         raise _bad(path, f"missing key(s) {', '.join(missing)} (has: {', '.join(sorted(data)) or 'none'})",
@@ -124,7 +150,7 @@ def load_features_npz(path: Path | str) -> FeatureSet:
     paths = data.get("paths")
     paths = [str(p) for p in paths.tolist()] if paths is not None and paths.shape == labels.shape else None
     name_embeddings = _name_embeddings(path, data.get("name_embeddings"), len(names), features.shape[1])
-    return FeatureSet(features, labels, names, _optional_str(data, "model_id"), paths,
+    return FeatureSet(features, labels, names, npz_model_id(path, data.get("model_id"), InputFileError), paths,
                       source={"kind": "features", "path": str(path.resolve())},
                       cache={"status": "file"}, name_embeddings=name_embeddings)
 
@@ -184,28 +210,60 @@ def cache_key(model_id: str, preprocess: str, precision: str, paths: list[Path])
     return digest.hexdigest()
 
 
+def read_entry(path: Path, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """``keys`` of a cache or shard file, or (None, why not): anything unreadable is a reason, never
+    an exception, since such a file is simply encoded again."""
+    if not zipfile.is_zipfile(path):
+        return None, "not an .npz file"
+    try:
+        npz_members(path)  # headers first: a forged or truncated one never allocates what it declares
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in keys}, None
+    except KeyError as err:
+        return None, f"no {err} array"
+    except KbuildError as err:
+        return None, str(err)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, TypeError) as err:
+        return None, f"unreadable ({type(err).__name__})"
+
+
+def entry_problem(features: np.ndarray, ok: np.ndarray, count: int, dim: int | None) -> str | None:
+    """What makes stored features unusable for ``count`` files of a ``dim``-wide model, or None."""
+    if ok.shape != (count,) or ok.dtype != bool:
+        return f"ok mask {ok.dtype} {ok.shape}, expected {count} flags"
+    if features.ndim != 2 or features.shape[0] != int(ok.sum()) or features.dtype.kind != "f":
+        return f"features {features.dtype} {features.shape} do not match {int(ok.sum())} decoded files"
+    if dim is not None and features.shape[1] != dim:
+        return f"features are {features.shape[1]} wide, the model's are {dim}"
+    if not np.isfinite(features).all():
+        return "features hold NaN or infinite values"
+    return None
+
+
 class FeatureCache:
     """One ``<key>.npz`` per encoded file list under ``folder``: features of the decodable files
     and the (N,) ``ok`` mask saying which files decoded."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        self.rejected: str | None = None  # why the last entry read was not used
 
     def file(self, key: str) -> Path:
         return self.folder / f"{key[:40]}.npz"
 
-    def get(self, key: str, count: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def get(self, key: str, count: int, dim: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The entry's (features, ok), or None: absent, or failing its checks (``self.rejected`` says
+        why; the caller encodes again and overwrites it)."""
         path = self.file(key)
         if not path.is_file():
             return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                features, ok = data["features"], data["ok"]
-        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile):
-            return None  # unreadable entry: encode again and overwrite it
-        if ok.shape != (count,) or features.shape[0] != int(ok.sum()):
+        arrays, problem = read_entry(path, ("features", "ok"))
+        if arrays is not None:
+            problem = entry_problem(arrays["features"], arrays["ok"], count, dim)
+        if problem is not None:
+            self.rejected = f"{path.name}: {problem}"
             return None
-        return features.astype(np.float32, copy=False), ok.astype(bool)
+        return arrays["features"].astype(np.float32, copy=False), arrays["ok"].astype(bool)
 
     def put(self, key: str, features: np.ndarray, ok: np.ndarray, meta: dict[str, Any]) -> Path:
         path = self.file(key)
@@ -304,9 +362,11 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
     """
     key = cache_key(clip.model_id, repr(clip.preprocess), precision_of(clip), dataset.paths)
     cache = FeatureCache(cache_dir) if cache_dir is not None else None
-    hit = cache.get(key, len(dataset)) if cache is not None else None
+    hit = cache.get(key, len(dataset), clip.dim) if cache is not None else None
     status = "off" if cache is None else ("hit" if hit is not None else "miss")
     cache_info: dict[str, Any] = {"status": status, "key": f"sha256:{key}"}
+    if cache is not None and cache.rejected:
+        cache_info["rejected"] = cache.rejected
     if cache is not None:
         cache_info["file"] = str(cache.file(key))
     encoded = 0
@@ -381,4 +441,6 @@ def feature_notes(features: FeatureSet, dataset: ImageDataset | None) -> list[st
         notes.append(f"skipped {len(features.corrupt)} corrupt image(s), e.g. {features.corrupt[0]}")
     if features.cache.get("error"):
         notes.append(f"features not cached: {features.cache['error']}")
+    if features.cache.get("rejected"):
+        notes.append(f"feature cache entry failed its checks and was encoded again ({features.cache['rejected']})")
     return notes

@@ -198,17 +198,22 @@ def encode_dataset_ray(dataset: ImageDataset, clip, model: str, pretrained: str 
             scratch = tempfile.TemporaryDirectory(prefix="kpl-shards-")
         cache = FeatureCache(Path(scratch.name) if scratch else cache_dir)
         try:
-            hit = cache.get(key, count) if scratch is None else None
+            hit = cache.get(key, count, clip.dim) if scratch is None else None
             status = "off" if scratch is not None else ("hit" if hit is not None else "miss")
             cache_info: dict[str, Any] = {"status": status, "key": f"sha256:{key}", "engine": "ray"}
             if scratch is None:
                 cache_info["file"] = str(cache.file(key))
             if hit is not None:
                 return feature_set(dataset, clip, hit[0], hit[1], cache_info, 0, device, precision)
-            shards = ShardFolder(cache, key, count, engine.shard_size)
+            shards = ShardFolder(cache, key, count, engine.shard_size, dim=clip.dim)
             missing = shards.missing()
             cache_info["shards"] = {"total": len(shards.ranges), "reused": len(shards.ranges) - len(missing),
                                     "size": engine.shard_size}
+            rejected = [cache.rejected] if cache.rejected else []
+            rejected += [f"{len(shards.rejected)} shard(s), e.g. {name}: {why}"
+                         for name, why in list(shards.rejected.items())[:1]]
+            if rejected:
+                cache_info["rejected"] = "; ".join(rejected)
             spec = {"model": model, "pretrained": pretrained, "device": device, "model_id": clip.model_id,
                     "threads": threads}
             encoded = _encode_missing(ray, dataset, shards, missing, spec, batch_size, actors, resources, progress)
@@ -230,7 +235,7 @@ def encode_dataset_ray(dataset: ImageDataset, clip, model: str, pretrained: str 
 def _from_cache(dataset: ImageDataset, clip, cache_dir: Path, precision: str) -> FeatureSet | None:
     key = cache_key(clip.model_id, repr(clip.preprocess), precision, dataset.paths)
     cache = FeatureCache(cache_dir)
-    hit = cache.get(key, len(dataset))
+    hit = cache.get(key, len(dataset), clip.dim)
     if hit is None:
         return None
     info = {"status": "hit", "key": f"sha256:{key}", "file": str(cache.file(key)), "engine": "ray"}

@@ -15,12 +15,11 @@ of the range) and ``range`` (start, stop), so a file renamed by hand is never tr
 from __future__ import annotations
 
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from kpl.images.features import FeatureCache, _atomic_savez
+from kpl.images.features import FeatureCache, _atomic_savez, entry_problem, read_entry
 
 DEFAULT_SHARD_SIZE = 4096
 
@@ -35,27 +34,32 @@ def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
 class ShardFolder:
     """The finished shards of one cache key, and how to join them into the cache entry."""
 
-    def __init__(self, cache: FeatureCache, key: str, count: int, shard_size: int = DEFAULT_SHARD_SIZE):
-        self.cache, self.key, self.count = cache, key, count
+    def __init__(self, cache: FeatureCache, key: str, count: int, shard_size: int = DEFAULT_SHARD_SIZE,
+                 dim: int | None = None):
+        self.cache, self.key, self.count, self.dim = cache, key, count, dim
         self.ranges = shard_ranges(count, shard_size)
         self.folder = cache.folder / f"{key[:40]}.shards"
+        self.rejected: dict[str, str] = {}  # shard file name -> why it is encoded again
 
     def file(self, start: int, stop: int) -> Path:
         return self.folder / f"{start:010d}-{stop:010d}.npz"
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(features, ok) of a finished range, or None when absent or unreadable (encode it again)."""
+        """(features, ok) of a finished range, or None when absent or failing its checks (another
+        width, NaN rows, not an .npz: recorded in ``rejected``, encoded again, never joined)."""
         path = self.file(start, stop)
         if not path.is_file():
             return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                features, ok, bounds = data["features"], data["ok"], data["range"]
-        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile):
+        arrays, problem = read_entry(path, ("features", "ok", "range"))
+        if arrays is not None:
+            if arrays["range"].tolist() != [start, stop]:
+                problem = f"holds range {arrays['range'].tolist()}"
+            else:
+                problem = entry_problem(arrays["features"], arrays["ok"], stop - start, self.dim)
+        if problem is not None:
+            self.rejected[path.name] = problem
             return None
-        if bounds.tolist() != [start, stop] or ok.shape != (stop - start,) or features.shape[0] != int(ok.sum()):
-            return None
-        return features.astype(np.float32, copy=False), ok.astype(bool)
+        return arrays["features"].astype(np.float32, copy=False), arrays["ok"].astype(bool)
 
     def done(self) -> list[tuple[int, int]]:
         return [r for r in self.ranges if self.read(*r) is not None]
