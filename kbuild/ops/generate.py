@@ -17,6 +17,7 @@ from kbuild.sources.llm.calllog import CallLog
 from kbuild.sources.llm.generate import (GenerateOptions, GenerateResult, ProgressEvent,
                                          generate_descriptions, generation_parameters, snapshot_draft)
 from kbuild.sources.llm.prompts import PromptTemplate
+from kbuild.ops.provenance import generated as generated_provenance
 from kbuild.ops.unchanged import repeated_run
 from kbuild.store import SnapshotInfo, SnapshotStore
 
@@ -59,4 +60,5 @@ def generate_snapshot(store: SnapshotStore, entries: list[ClassEntry], prompt: P
     if existing is not None:  # a rerun answered from the call log: the same snapshot again
         return GenerateOutcome(result, existing, unchanged=True)
     draft = snapshot_draft(result, embedder, template, parameters, clip)
+    draft.provenance = generated_provenance(prompt, options, client, result.stats)
     return GenerateOutcome(result, store.publish(draft, name=name))

@@ -9,6 +9,8 @@ from typing import Any, Callable
 from kbuild.classes_file import parse_classes_file
 from kbuild.clip.text import check_template
 from kbuild.errors import KbuildError, UsageError
+from kbuild.ops import provenance
+from kbuild.ops.restore import BundleImport, is_bundle, restore_bundle
 from kbuild.ops.unchanged import repeated_run
 from kbuild.sources.curated import CuratedImport, load_curated
 from kbuild.sources.embedded import EmbeddedImport, is_embedded_file, read_embedded
@@ -21,7 +23,7 @@ class LoadResult:
     """``snapshot`` is the new snapshot, or with ``unchanged`` the existing one it would repeat."""
 
     snapshot: SnapshotInfo
-    imported: CuratedImport | EmbeddedImport
+    imported: CuratedImport | EmbeddedImport | BundleImport
     unchanged: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -44,6 +46,9 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
     entries = parse_classes_file(classes_file) if classes_file else None
     classes = [entry.name for entry in entries] if entries else None
     displays = {e.name: e.display for e in entries or [] if e.display != e.name}
+    if any(is_bundle(p) for p in paths):  # a Parquet bundle brings its vectors and its history: no CLIP
+        snapshot, bundle, unchanged = restore_bundle(store, paths, name, force)
+        return LoadResult(snapshot, bundle, unchanged)
     if any(is_embedded_file(p) for p in paths):
         return _load_embedded(store, paths, classes, restrict, name, classes_file, displays, force)
     imported = load_curated(paths, format=fmt, section=section, classes=classes, restrict=restrict)
@@ -60,7 +65,8 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
     parameters = {"files": [Path(p).name for p in paths], "format": fmt, "section": section,
                   "classes_file": Path(classes_file).name if classes_file else None, "restrict": restrict}
     draft = SnapshotDraft(imported.descriptions, embeddings, "load", parameters, clip=clip,
-                          extra={"import": imported.to_json()}, display_names=displays)
+                          extra={"import": imported.to_json()}, display_names=displays,
+                          provenance=provenance.loaded(paths))
     return LoadResult(store.publish(draft, name=name), imported)
 
 
@@ -83,5 +89,6 @@ def _load_embedded(store: SnapshotStore, paths: list[Path], classes: list[str] |
     if existing is not None:
         return LoadResult(existing, imported, unchanged=True)
     draft = SnapshotDraft(imported.descriptions, imported.embeddings, "load", parameters, clip=clip,
-                          extra={"import": imported.to_json()}, display_names=displays)
+                          extra={"import": imported.to_json()}, display_names=displays,
+                          provenance=provenance.loaded(paths))
     return LoadResult(store.publish(draft, name=name), imported)
