@@ -139,7 +139,8 @@ def _open_table(path: Path):
     if not path.is_file():
         raise InputFileError(path, "no such file", "check the path")
     try:
-        table = pa.parquet.read_table(path)
+        # ParquetFile, not read_table: read_table imports pyarrow.dataset, ~1 s before any byte is read.
+        table = pa.parquet.ParquetFile(path).read()
     except (pa.ArrowException, OSError, ValueError) as err:
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputFileError(path, f"not a readable Parquet file, truncated or damaged ({detail})", _RE_EXPORT) from None
@@ -165,16 +166,15 @@ def _open_table(path: Path):
 def _vectors(path: Path, table, dim: int) -> np.ndarray:
     """(rows, dim) float32 from the ``vector`` column, with a clear error for a row of another length."""
     pa = arrow()
-    import pyarrow.compute as pc
-
     column = table.column("vector").combine_chunks()
     if column.null_count:
         raise InputFileError(path, f"{column.null_count} row(s) have no vector", _RE_EXPORT)
     if not (pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type)
             or pa.types.is_large_list(column.type)):
         raise InputFileError(path, f"column vector has type {column.type}, not a list of floats", _RE_EXPORT)
+    # Lengths from the offsets (pyarrow.compute would import pandas: ~1 s for nothing).
     lengths = (np.full(len(column), column.type.list_size) if pa.types.is_fixed_size_list(column.type)
-               else pc.list_value_length(column).to_numpy(zero_copy_only=False))
+               else np.diff(column.offsets.to_numpy()))
     wrong = np.flatnonzero(lengths != dim)
     if wrong.size:
         raise InputFileError(path, f"row {int(wrong[0])} has a {int(lengths[wrong[0]])}-d vector but the snapshot's "
@@ -183,12 +183,17 @@ def _vectors(path: Path, table, dim: int) -> np.ndarray:
     values = column.flatten() if not pa.types.is_fixed_size_list(column.type) else column.values
     if values.null_count or not pa.types.is_floating(values.type):
         raise InputFileError(path, "column vector holds missing or non-float values", _RE_EXPORT)
-    return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), dim)
+    # Straight from the Arrow buffer: Array.to_numpy would import pandas (~1 s) on the way.
+    width = values.type.bit_width // 8
+    flat = np.frombuffer(values.buffers()[1], dtype=f"<f{width}", count=len(values), offset=values.offset * width)
+    return flat.astype(np.float32).reshape(len(column), dim)
 
 
 def _records(table) -> list[dict[str, Any]]:
+    # Column by column: Table.to_pylist would import pandas (~1 s) on the way.
     wanted = [c for c in _COLUMNS if c != "vector"]
-    return table.select(wanted).to_pylist()
+    columns = [table.column(c).combine_chunks().to_pylist() for c in wanted]
+    return [dict(zip(wanted, values)) for values in zip(*columns)]
 
 
 def _description(row: dict[str, Any]) -> Description:
