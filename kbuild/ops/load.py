@@ -47,6 +47,9 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
     classes = [entry.name for entry in entries] if entries else None
     displays = {e.name: e.display for e in entries or [] if e.display != e.name}
     if any(is_bundle(p) for p in paths):  # a Parquet bundle brings its vectors and its history: no CLIP
+        if classes_file:
+            raise UsageError("--classes does not apply to a Parquet bundle: it is restored exactly as exported "
+                             "(load it, then prune or review the snapshot)")
         snapshot, bundle, unchanged = restore_bundle(store, paths, name, force)
         return LoadResult(snapshot, bundle, unchanged)
     if any(is_embedded_file(p) for p in paths):

@@ -94,12 +94,22 @@ def publish_exact(store: SnapshotStore, kb: KnowledgeBase) -> SnapshotInfo:
         pending = store._write_pending(draft, manifest)
         try:
             _check_arrival(store, pending.name, kb.info, expected)
-            pending.modify(name=name, metadata={"kbuild_kind": "snapshot",
-                                                "kbuild_manifest": json.dumps(manifest, ensure_ascii=False)})
+            _rename(store, pending, name, manifest)
         except BaseException:
             store._drop_pending(pending.name)
             raise
     return SnapshotInfo(name, manifest)
+
+
+def _rename(store: SnapshotStore, pending, name: str, manifest: dict) -> None:
+    try:
+        pending.modify(name=name, metadata={"kbuild_kind": "snapshot",
+                                            "kbuild_manifest": json.dumps(manifest, ensure_ascii=False)})
+    except Exception as exc:
+        if store._exists(name):  # a concurrent writer (on a server) took the name first
+            raise KbuildError(f"Snapshot '{name}' appeared in {store.location} during the copy; nothing was "
+                              "published for it (run the copy again: it skips what is already there)") from exc
+        raise
 
 
 def _check_arrival(store: SnapshotStore, pending_name: str, info: SnapshotInfo, expected_digest: str) -> None:
