@@ -7,8 +7,9 @@ bundle loads no encoder at all; the json load uses the tiny random open_clip mod
 
 Both go through ``kbuild.ops.load.load_files`` into a fresh embedded store (so the text-embedding
 cache is empty), publish included. The source snapshot is synthetic: 200 classes x 150 descriptions
-with unit vectors of the tiny model's dimension, published once, then exported both ways. A second
-table splits each load into reading (+ embedding for json) and publishing.
+with unit vectors of the tiny model's dimension, published once, then exported both ways. The
+columns split each load into reading and checking the file, embedding (json only) and writing to
+the store (the same Chroma write for both, so it sets the floor of the bundle's time).
 
     python benchmarks/bench_parquet.py              # 200 x 150 = 30 000 descriptions
     python benchmarks/bench_parquet.py --quick      # 40 x 50
@@ -39,6 +40,7 @@ from kbuild.settings import DEFAULT_TEMPLATE  # noqa: E402
 from kbuild.store import SnapshotStore  # noqa: E402
 from kbuild.store.bundle import read_bundle  # noqa: E402
 from kbuild.store.manifest import SnapshotDraft  # noqa: E402
+from kbuild.sources.curated import load_curated  # noqa: E402
 
 WORDS = ("dark", "round", "scaly", "pink", "raised", "flat", "irregular", "smooth", "crusted", "glossy",
          "border", "center", "patch", "spots", "streaks", "ring", "texture", "surface", "edge", "pattern")
@@ -90,25 +92,30 @@ def main() -> int:
         def refuse():
             raise AssertionError("the bundle load asked for an encoder")
 
-        json_s, json_result = timed(lambda: load_files(SnapshotStore(root / "J"), embedder(root / "J"),
+        stores = {key: SnapshotStore(root / key) for key in ("J", "P")}  # opened (created) before the clock starts
+        json_s, json_result = timed(lambda: load_files(stores["J"], embedder(root / "J"),
                                                        [root / "kb.json"], DEFAULT_TEMPLATE))
-        parquet_s, parquet_result = timed(lambda: load_files(SnapshotStore(root / "P"), refuse,
+        parquet_s, parquet_result = timed(lambda: load_files(stores["P"], refuse,
                                                              [root / "kb.parquet"], DEFAULT_TEMPLATE))
         assert json_result.snapshot.content_hash == parquet_result.snapshot.content_hash == kb.info.content_hash
-        read_s, _ = timed(lambda: read_bundle(root / "kb.parquet"))
+        # The parts, each timed again on its own (fresh cache for the embedding).
+        parse_s, _ = timed(lambda: load_curated([root / "kb.json"]))
         embed_s, _ = timed(lambda: embedder(root / "E")().embed_descriptions(kb.descriptions, DEFAULT_TEMPLATE))
+        read_s, _ = timed(lambda: read_bundle(root / "kb.parquet"))
         sizes = {name: (root / name).stat().st_size / 1e6 for name in ("kb.json", "kb.parquet")}
     total = classes * per_class
     ratio = parquet_s / json_s
-    print(f"kbuild load of a {total}-description snapshot ({classes} classes x {per_class}); json re-embeds with the "
-          "tiny test CLIP, the bundle loads no encoder")
-    print(f"{'file':<12}{'MB':>8}{'load s':>10}{'of json':>10}")
-    print(f"{'kb.json':<12}{sizes['kb.json']:>8.1f}{json_s:>10.2f}{1:>10.0%}")
-    print(f"{'kb.parquet':<12}{sizes['kb.parquet']:>8.1f}{parquet_s:>10.2f}{ratio:>10.1%}")
-    print(f"parts: read + check bundle {read_s:.2f} s; embed {total} texts (tiny CLIP) {embed_s:.2f} s; "
-          f"publish ~{parquet_s - read_s:.2f} s")
+    print(f"kbuild load of a {total}-description snapshot ({classes} classes x {per_class}) into a fresh embedded "
+          "store; the json export is re-embedded with the tiny test CLIP, the bundle loads no encoder")
+    print(f"{'file':<12}{'MB':>6}{'read+check s':>14}{'embed s':>10}{'publish s':>11}{'load s':>9}{'of json':>9}")
+    print(f"{'kb.json':<12}{sizes['kb.json']:>6.1f}{parse_s:>14.2f}{embed_s:>10.2f}"
+          f"{max(json_s - parse_s - embed_s, 0):>11.2f}{json_s:>9.2f}{1:>9.0%}")
+    print(f"{'kb.parquet':<12}{sizes['kb.parquet']:>6.1f}{read_s:>14.2f}{'-':>10}"
+          f"{max(parquet_s - read_s, 0):>11.2f}{parquet_s:>9.2f}{ratio:>9.1%}")
+    before_store = read_s / (parse_s + embed_s)
+    print(f"before the store write (read+check vs parse+embed): {before_store:.1%}")
     met = ratio < 0.10
-    print(f"target: bundle < 10 % of json -> {'met' if met else 'MISSED'} ({ratio:.1%})")
+    print(f"target: bundle load < 10 % of the json load -> {'met' if met else 'MISSED'} ({ratio:.1%})")
     return 0 if met else 1
 
 

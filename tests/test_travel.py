@@ -159,6 +159,8 @@ def test_hf_dataset_folder_loads_offline_with_datasets_and_with_kbuild(store_a, 
     restored = json.loads(ok("load", folder / "data" / "train-00000-of-00001.parquet",
                              "--store", tmp_path / "D", "--json").out)
     assert restored["content_hash"] == kb.info.content_hash
+    whole = json.loads(ok("load", folder, "--store", tmp_path / "E", "--json").out)  # the folder itself loads too
+    assert whole["content_hash"] == kb.info.content_hash
     refused = run_kbuild("export", "v4", "--format", "hf", folder, "--store", store_a.home)
     assert refused.code == 1 and "not an empty folder" in refused.err  # an existing dataset is never overwritten
 

@@ -21,10 +21,10 @@ from typing import Any
 from kbuild.errors import KbuildError
 from kbuild.ops.provenance import summary_lines
 from kbuild.store import KnowledgeBase, SnapshotStore
-from kbuild.store.bundle import write_bundle
+from kbuild.store.bundle import DATASET_FILE, write_bundle
 from kbuild.store.transfer import lineage
 
-HF_DATA_FILE = "data/train-00000-of-00001.parquet"
+HF_DATA_FILE = DATASET_FILE
 DEFAULT_LICENSE = "other"
 
 
@@ -108,6 +108,7 @@ def dataset_card(kb: KnowledgeBase, history: list[dict[str, Any]], license: str 
         "kb = datasets.load_dataset(\"PATH_OR_REPO\")[\"train\"]",
         "kept = kb.filter(lambda row: row[\"state\"] == \"kept\")", "```", "",
         "Into a kbuild store (same content hash, the stored vectors, no CLIP model loaded):", "",
-        "```bash", f"kbuild load PATH/{HF_DATA_FILE}", "kpl eval --kb PATH/" + HF_DATA_FILE + " --features feats.npz",
+        "```bash", "kbuild load PATH            # the folder, or the Parquet file in it",
+        "kpl eval --kb PATH/" + HF_DATA_FILE + " --features feats.npz",
         "```", ""]
     return header + "\n".join(body)

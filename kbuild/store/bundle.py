@@ -35,6 +35,7 @@ from kbuild.store.transfer import kb_digest, vectors_digest
 BUNDLE_VERSION = 1
 METADATA_KEY = b"kbuild"
 SUFFIXES = (".parquet",)
+DATASET_FILE = "data/train-00000-of-00001.parquet"  # where a dataset folder (export --format hf) keeps its bundle
 _RE_EXPORT = "export it again with 'kbuild export SNAPSHOT --format parquet'"
 _COLUMNS = ("id", "class", "display_name", "text", "vector", "source", "created", "extra", "state",
             "removed_stage", "removed_reason", "removed_score", "removed_related", "removed_related_classes")
@@ -51,7 +52,13 @@ def arrow():
 
 
 def is_bundle(path: Path | str) -> bool:
-    return Path(path).suffix.lower() in SUFFIXES
+    """A ``.parquet`` file, or a dataset folder written by ``kbuild export --format hf``."""
+    path = Path(path).expanduser()
+    return path.suffix.lower() in SUFFIXES or (path.is_dir() and (path / DATASET_FILE).is_file())
+
+
+def _bundle_file(path: Path) -> Path:
+    return path / DATASET_FILE if path.is_dir() else path
 
 
 @dataclass
@@ -210,7 +217,7 @@ def _removed(row: dict[str, Any]) -> RemovedRecord:
 
 def read_bundle(path: Path | str) -> Bundle:
     """Read and check a bundle: every row, the content hash and the vector digest (see module doc)."""
-    path = Path(path).expanduser()
+    path = _bundle_file(Path(path).expanduser())
     table, meta = _open_table(path)
     manifest = meta["manifest"]
     dim = int(manifest.get("embedding_dim") or 0)
