@@ -23,6 +23,8 @@ def copy(
 ) -> None:
     """Copy snapshots with their lineage and tags to another store, checking each content hash on arrival."""
     origin = open_endpoint(source or settings.chroma_url(chroma_url) or str(settings.store_path(store)), "from")
+    for reference in snapshots or []:
+        origin.resolve(reference)  # an unknown name fails before the target is opened (or created)
     target = open_endpoint(to, "to")
     result = copy_snapshots(origin, target, list(snapshots or []), everything)
     if json_out:

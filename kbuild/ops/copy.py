@@ -49,6 +49,12 @@ def open_endpoint(spec: str, role: str) -> SnapshotStore:
         raise StoreUnavailable(f"copy {role} {spec}: {err}".replace(" or drop --chroma-url", "")) from err
 
 
+def _same_store(a: SnapshotStore, b: SnapshotStore) -> bool:
+    if a.mode == b.mode == "embedded":
+        return a.home.expanduser().resolve() == b.home.expanduser().resolve()
+    return a.mode == b.mode and a.location.rstrip("/") == b.location.rstrip("/")
+
+
 def _selected(source: SnapshotStore, references: list[str], everything: bool) -> list[SnapshotInfo]:
     if everything and references:
         raise UsageError("Name snapshots or pass --all, not both")
@@ -80,7 +86,7 @@ def _plan(target: SnapshotStore, chosen: list[SnapshotInfo]) -> tuple[list[Snaps
 def copy_snapshots(source: SnapshotStore, target: SnapshotStore, references: list[str],
                    everything: bool = False) -> CopyResult:
     """Copy the named snapshots (or all) from ``source`` to ``target``; see the module doc."""
-    if source.location == target.location:
+    if _same_store(source, target):
         raise UsageError(f"--from and --to are the same store ({source.location})")
     chosen = _selected(source, references, everything)
     todo, skipped = _plan(target, chosen)
