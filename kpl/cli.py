@@ -36,7 +36,7 @@ console = Console(highlight=False, markup=False, emoji=False, soft_wrap=True, wi
 _D = KPLParams()
 
 # ------------------------------------------------------------------ options
-KbOpt = Annotated[str, typer.Option("--kb", help="Snapshot: snapshot_v3, v3, latest or a tag.")]
+KbOpt = Annotated[str, typer.Option("--kb", help="Snapshot: snapshot_v3, v3, latest or a tag; or a Parquet bundle FILE.parquet (kbuild export --format parquet), read without a store.")]
 DataOpt = Annotated[Optional[Path], typer.Option(
     "--data", help="Images: an ImageFolder DIR/<class>/*.jpg, or a CSV manifest (path,label).")]
 FeaturesOpt = Annotated[Optional[Path], typer.Option(

@@ -35,6 +35,7 @@ from kbuild.diff import diff_snapshots
 from kbuild.errors import KbuildError
 from kpl.errors import KplError
 from kbuild.store import KnowledgeBase, SnapshotStore, feature_cache_dir
+from kbuild.store.bundle import is_bundle, read_bundle
 from kbuild.store.manifest import display_name, display_names
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
 from kpl.peers.baselines import BASELINES, PROTOTYPE_METHODS
@@ -85,7 +86,7 @@ class Session:
     """An open store, the snapshots asked for, the image features, and the image model if loaded."""
 
     inputs: Inputs
-    store: SnapshotStore
+    store: SnapshotStore | None  # None when every --kb is a Parquet bundle
     kbs: list[KnowledgeBase]
     features: FeatureSet
     dataset: ImageDataset | None = None
@@ -144,8 +145,9 @@ def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progres
     Dataset classes are matched to every snapshot's classes before encoding too: a class without
     descriptions is reported at once, not after encoding the whole dataset.
     """
-    store = SnapshotStore.open(inputs.store, inputs.chroma_url)
-    kbs = [store.read(ref) for ref in kb_refs]
+    # A Parquet bundle (kbuild export --format parquet) is read as it is: no store is opened for it.
+    store = None if all(is_bundle(ref) for ref in kb_refs) else SnapshotStore.open(inputs.store, inputs.chroma_url)
+    kbs = [read_bundle(ref).kb if is_bundle(ref) else store.read(ref) for ref in kb_refs]
     class_map = parse_class_map(inputs.class_map) if inputs.class_map else None
 
     def check_classes(class_names: list[str]) -> None:
@@ -222,7 +224,7 @@ def _specs(session: Session, kb: KnowledgeBase) -> list[tuple[str, str | None]]:
 def _embedder(session: Session, clip):
     from kbuild.clip.text import TextEmbedder, cache_path
 
-    return TextEmbedder(clip, cache_path(session.store.home))
+    return TextEmbedder(clip, cache_path(session.store.home if session.store else settings.store_path(session.inputs.store)))
 
 
 def _description_embeddings(session: Session, kb: KnowledgeBase, kb_classes: list[str], model_id: str,

@@ -147,6 +147,40 @@ def pickled(d: Path, env) -> Path:
     return path
 
 
+def bundle(change: str):
+    """v1 exported as a Parquet bundle, then damaged: ``truncated``, ``vector`` (one number changed,
+    metadata kept), ``dimension`` (every vector cut to 32 of 64), ``plain`` (a parquet file kbuild did not write)."""
+    def make(d: Path, env) -> Path:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = d / "kb.parquet"
+        assert run_kbuild("export", "v1", "--format", "parquet", path, "--store", env.home).code == 0
+        table = pq.read_table(path)
+        if change == "truncated":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+            return path
+        vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
+        if change == "vector":
+            vectors[2, 5] += 0.01
+        elif change == "dimension":
+            vectors = np.ascontiguousarray(vectors[:, :32])
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+        table = table.set_column(table.column_names.index("vector"), "vector", column)
+        if change == "plain":
+            table = table.select(["class", "text"]).replace_schema_metadata(None)
+        pq.write_table(table.replace_schema_metadata(table.schema.metadata), path)
+        return path
+    return make
+
+
+def free_url(d: Path, env) -> str:
+    """A Chroma URL on 127.0.0.1 where nothing listens."""
+    from helpers import free_port
+
+    return f"http://127.0.0.1:{free_port()}"
+
+
 # (prog, args, exit code, pattern the one line must match). Strings "{X}" in args are filled in:
 # {kb} the good curated file, {data} the good image folder, {F} the case's own file.
 GOOD_KB = "{kb}"
@@ -320,6 +354,18 @@ CASES = {
                                           arrays_npz("f.npz", image_features=np.eye(3, 64, dtype=np.float32),
                                                      labels=np.arange(3), model_id=np.asarray(["a", "b"]),
                                                      class_names=np.asarray(["bird", "cat", "dog"]))),
+    # Parquet bundles (kbuild export --format parquet) and kbuild copy
+    "bundle: truncated": ("kbuild", ["load", "{F}"], 1, r"kb\.parquet: not a readable Parquet file, truncated",
+                          bundle("truncated")),
+    "bundle: tampered vector": ("kbuild", ["load", "{F}"], 1, r"kb\.parquet: vector hash mismatch", bundle("vector")),
+    "bundle: wrong dimension": ("kbuild", ["load", "{F}"], 1, r"row 0 has a 32-d vector but the snapshot's embedding_dim is 64",
+                                bundle("dimension")),
+    "bundle: not written by kbuild": ("kbuild", ["load", "{F}"], 1, "no kbuild metadata", bundle("plain")),
+    "bundle: truncated in kpl": ("kpl", ["eval", "--kb", "{F}", "--data", "{data}"], 1, "not a readable Parquet file",
+                                 bundle("truncated")),
+    "copy: unreachable server": ("kbuild", ["copy", "v1", "--to", "{F}"], 1,
+                                 r"copy to http://127\.0\.0\.1:\d+: Cannot reach the Chroma server", free_url),
+    "copy: unknown snapshot": ("kbuild", ["copy", "v7", "--to", "{dir}/elsewhere"], 1, "Unknown snapshot 'v7'", None),
     "features: class not in the knowledge base": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "zebra",
                                                   npz("f.npz", names=("bird", "cat", "zebra"))),
 }
@@ -352,4 +398,4 @@ def test_the_matrix_covers_both_clis_and_every_family():
     progs = {prog for prog, *_ in CASES.values()}
     families = {name.split(":")[0] for name in CASES}
     assert progs == {"kbuild", "kpl"} and len(CASES) >= 30
-    assert families >= {"classes", "curated", "name", "reference", "flag", "data", "features"}
+    assert families >= {"classes", "curated", "name", "reference", "flag", "data", "features", "bundle", "copy"}

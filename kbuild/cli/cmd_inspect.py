@@ -10,12 +10,17 @@ import typer
 from kbuild.descriptions import visible
 from kbuild.diff import diff_stored
 from kbuild.errors import KbuildError, UsageError, did_you_mean
+from kbuild.ops.export import export_hf, export_parquet
 from kbuild.ops.inspect import EXPORT_FORMATS, export_text, remove_snapshot, verify
+from kbuild.ops.provenance import summary_lines
+from kbuild.store.transfer import lineage
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, open_store, print_json
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, StoreOpt
 from kbuild.cli.render import console, line, print_diff, snapshots_table
 
+BUNDLE_FORMATS = ("parquet", "hf")
+ALL_FORMATS = (*EXPORT_FORMATS, *BUNDLE_FORMATS)
 SnapArg = Annotated[str, typer.Argument(help="Snapshot: snapshot_v3, v3, latest or a tag.")]
 
 
@@ -50,6 +55,8 @@ def show(
     console.print(line((kb.info.name, "bold"), f"  {m['operation']}  {m['created'][:19]}  {m['content_hash']}"))
     console.print(line(f"parents: {', '.join(p['name'] for p in m['parents']) or '-'}   "
                        f"clip: {m['clip'].get('model_id')}   template: {m['clip'].get('template')!r}"))
+    for text in summary_lines(m):
+        console.print(line(text))
     if removed:
         for r in kb.removed:
             console.print(line(f"- [{r.description.class_name}] {r.description.text!r}: {r.explain()}"))
@@ -100,14 +107,34 @@ def tag(snapshot: SnapArg, tag_name: Annotated[str, typer.Argument(metavar="TAG"
 
 def export(
     snapshot: SnapArg,
-    format: Annotated[str, typer.Option("--format", "-f", help=f"One of: {', '.join(EXPORT_FORMATS)}.")] = "json",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
-    store: StoreOpt = None, chroma_url: ChromaUrlOpt = None,
+    dest: Annotated[Optional[Path], typer.Argument(help="Where to write (same as --output); required for parquet and hf.")] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help=f"One of: {', '.join(ALL_FORMATS)} (parquet: one file with vectors and history; hf: a dataset folder for the Hub).")] = "json",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file (a folder for hf) instead of stdout.")] = None,
+    license: Annotated[str, typer.Option("--license", help="License field of the hf dataset card (e.g. cc-by-4.0).")] = "other",
+    store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Export a snapshot's descriptions as JSON (with provenance), CSV, or plain {class: \\[text]}."""
-    if format not in EXPORT_FORMATS:
-        raise UsageError(f"Unknown export format '{format}'. Available: {', '.join(EXPORT_FORMATS)}")
-    text = export_text(open_store(store, chroma_url).read(snapshot, embeddings=False), format)
+    """Export a snapshot: JSON (with provenance and lineage), CSV, plain {class: \\[text]}, a Parquet bundle with
+    vectors and history, or a Hugging Face dataset folder."""
+    if format not in ALL_FORMATS:
+        raise UsageError(f"Unknown export format '{format}'. Available: {', '.join(ALL_FORMATS)}")
+    if dest is not None and output is not None:
+        raise UsageError("Give the destination once: as an argument or with --output")
+    output = output or dest
+    kb_store = open_store(store, chroma_url)
+    if format in BUNDLE_FORMATS:
+        if output is None:
+            raise UsageError(f"--format {format} writes a {'file' if format == 'parquet' else 'folder'}: "
+                             f"name it, e.g. kbuild export {snapshot} --format {format} "
+                             + ("kb.parquet" if format == "parquet" else "kb_dataset/"))
+        result = (export_parquet(kb_store, snapshot, output) if format == "parquet"
+                  else export_hf(kb_store, snapshot, output, license))
+        if json_out:
+            print_json(result.to_json())
+        else:
+            print(visible(f"{result.snapshot}: {result.rows} rows ({result.content_hash[:19]}...) -> {result.path}"))
+        return
+    kb = kb_store.read(snapshot, embeddings=False)
+    text = export_text(kb, format, lineage(kb_store, kb.info))
     if output is None:
         print(text, end="")
         return
@@ -174,7 +201,8 @@ COMMANDS = [
     CommandSpec(show, None, "Examples: kbuild show latest | kbuild show v2 --class melanoma --removed"),
     CommandSpec(diff, None, "Examples: kbuild diff v1 v2 | kbuild diff latest (against its parent) | kbuild diff v1 v2 --json"),
     CommandSpec(tag, None, "Example: kbuild tag v3 reviewed"),
-    CommandSpec(export, None, "Examples: kbuild export v2 --format dclip -o kb.json | kbuild export latest --format csv"),
+    CommandSpec(export, None, "Examples: kbuild export v2 --format dclip -o kb.json | kbuild export latest --format csv | "
+                "kbuild export v2 --format parquet kb.parquet | kbuild export v2 --format hf kb_dataset/"),
     CommandSpec(verify_, "verify", "Example: kbuild verify snapshot_v2"),
     CommandSpec(rm, None, "Examples: kbuild rm v3 | kbuild rm old_draft --force"),
     CommandSpec(gc, None, "Example: kbuild gc"),

@@ -17,6 +17,7 @@ from kbuild.sources.llm.calllog import CallLog
 from kbuild.sources.llm.generate import (GenerateOptions, GenerateResult, ProgressEvent,
                                          generate_descriptions, generation_parameters, snapshot_draft)
 from kbuild.sources.llm.prompts import PromptTemplate
+from kbuild.ops.provenance import generated as generated_provenance
 from kbuild.ops.unchanged import repeated_run, same_as_earlier
 from kbuild.store import SnapshotInfo, SnapshotStore
 
@@ -63,4 +64,5 @@ def generate_snapshot(store: SnapshotStore, entries: list[ClassEntry], prompt: P
     repeats = None if force else same_as_earlier(store, "generate", result.descriptions, clip, displays)
     if repeats is not None:
         draft.extra["same_content_as"] = repeats.name
+    draft.provenance = generated_provenance(prompt, options, client, result.stats)
     return GenerateOutcome(result, store.publish(draft, name=name), repeats=repeats)

@@ -17,8 +17,9 @@ from kbuild.store import KnowledgeBase
 EXPORT_FORMATS = ("json", "csv", "dclip")
 
 
-def export_text(kb: KnowledgeBase, fmt: str) -> str:
-    """The snapshot's kept descriptions as ``json`` (with provenance), ``csv`` or ``dclip`` ({class: [text]})."""
+def export_text(kb: KnowledgeBase, fmt: str, lineage: list | None = None) -> str:
+    """The snapshot's kept descriptions as ``json`` (with provenance and the ``lineage`` of its
+    ancestors, see ``kbuild.store.transfer.lineage``), ``csv`` or ``dclip`` ({class: [text]})."""
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"Unknown export format '{fmt}'. Available: {', '.join(EXPORT_FORMATS)}")
     if fmt == "dclip":
@@ -33,7 +34,7 @@ def export_text(kb: KnowledgeBase, fmt: str) -> str:
         for d in kb.descriptions:
             writer.writerow([d.class_name, d.text, d.source, d.id])
         return buffer.getvalue()
-    payload = {"snapshot": kb.info.name, "manifest": kb.info.manifest,
+    payload = {"snapshot": kb.info.name, "manifest": kb.info.manifest, "lineage": lineage or [],
                "descriptions": [d.to_json() for d in kb.descriptions],
                "removed": [r.to_json() for r in kb.removed]}
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"

@@ -9,6 +9,8 @@ from typing import Any, Callable
 from kbuild.classes_file import parse_classes_file
 from kbuild.clip.text import check_template
 from kbuild.errors import KbuildError, UsageError
+from kbuild.ops import provenance
+from kbuild.ops.restore import BundleImport, is_bundle, restore_bundle
 from kbuild.ops.unchanged import repeated_run, same_as_earlier
 from kbuild.sources.curated import CuratedImport, load_curated
 from kbuild.sources.embedded import EmbeddedImport, is_embedded_file, read_embedded
@@ -21,7 +23,7 @@ class LoadResult:
     """``snapshot`` is the new snapshot, or with ``unchanged`` the existing one it would repeat."""
 
     snapshot: SnapshotInfo
-    imported: CuratedImport | EmbeddedImport
+    imported: CuratedImport | EmbeddedImport | BundleImport
     unchanged: bool = False
     repeats: SnapshotInfo | None = None  # an older snapshot with this content (no longer latest)
 
@@ -46,6 +48,12 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
     entries = parse_classes_file(classes_file) if classes_file else None
     classes = [entry.name for entry in entries] if entries else None
     displays = {e.name: e.display for e in entries or [] if e.display != e.name}
+    if any(is_bundle(p) for p in paths):  # a Parquet bundle brings its vectors and its history: no CLIP
+        if classes_file:
+            raise UsageError("--classes does not apply to a Parquet bundle: it is restored exactly as exported "
+                             "(load it, then prune or review the snapshot)")
+        snapshot, bundle, unchanged = restore_bundle(store, paths, name, force)
+        return LoadResult(snapshot, bundle, unchanged)
     if any(is_embedded_file(p) for p in paths):
         return _load_embedded(store, paths, classes, restrict, name, classes_file, displays, force)
     imported = load_curated(paths, format=fmt, section=section, classes=classes, restrict=restrict)
@@ -62,7 +70,8 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
     parameters = {"files": [Path(p).name for p in paths], "format": fmt, "section": section,
                   "classes_file": Path(classes_file).name if classes_file else None, "restrict": restrict}
     draft = SnapshotDraft(imported.descriptions, embeddings, "load", parameters, clip=clip,
-                          extra={"import": imported.to_json()}, display_names=displays)
+                          extra={"import": imported.to_json()}, display_names=displays,
+                          provenance=provenance.loaded(paths))
     return _publish(store, draft, name, imported, force)
 
 
@@ -98,5 +107,5 @@ def _load_embedded(store: SnapshotStore, paths: list[Path], classes: list[str] |
         return LoadResult(existing, imported, unchanged=True)
     draft = SnapshotDraft(imported.descriptions, imported.embeddings, "load", parameters, clip=clip,
                           extra={"import": imported.to_json(), "vectors_hash": identity["vectors_hash"]},
-                          display_names=displays)
+                          display_names=displays, provenance=provenance.loaded(paths))
     return _publish(store, draft, name, imported, force, identity)

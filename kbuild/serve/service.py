@@ -23,6 +23,7 @@ from kbuild.diff import diff_stored
 from kbuild.errors import UsageError
 from kbuild.ops.review import MAX_NAME, Decision, ReviewError, check_decision, review_snapshot, snapshot_embedder, stamp
 from kbuild.store import KnowledgeBase, SnapshotStore, validate_snapshot_name
+from kbuild.store.transfer import lineage
 from kbuild.serve.drafts import FOLDER, DraftStore, drop_decision, put_decision
 from kbuild.serve.results import find_reports, report_file
 
@@ -79,7 +80,7 @@ class ReviewService:
 
     def snapshot(self, reference: str) -> dict[str, Any]:
         kb = self._read(reference)
-        return {**kb.info.to_json(), "descriptions": [d.to_json() for d in kb.descriptions],
+        return {**kb.info.to_json(), "lineage": lineage(self.store, kb.info), "descriptions": [d.to_json() for d in kb.descriptions],
                 "removed": [r.to_json() for r in kb.removed]}
 
     def compare(self, old: str, new: str, threshold: float = 0.9) -> dict[str, Any]:

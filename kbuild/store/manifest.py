@@ -38,6 +38,9 @@ class SnapshotDraft:
     removed_embeddings: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     display_names: dict[str, str] = field(default_factory=dict)  # class key -> the name CLIP and people see
+    # How the texts were made (kbuild.ops.provenance): prompt, LLM and call summary; source files and their
+    # sha256; or the original snapshot and lineage of an imported bundle. Empty for prune/merge/review.
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not self.descriptions:
@@ -82,6 +85,7 @@ def build_manifest(draft: SnapshotDraft, parents: list) -> dict[str, Any]:
         "content_hash": content_hash((d.class_name, d.text) for d in draft.descriptions),
         "display_names": {k: v for k, v in sorted(draft.display_names.items()) if k in counts and v != k},
         "extra": _jsonable(draft.extra),
+        **({"provenance": _jsonable(draft.provenance)} if draft.provenance else {}),
     }
 
 

@@ -69,6 +69,7 @@ class KnowledgeBase:
     descriptions: list
     embeddings: np.ndarray
     removed: list[RemovedRecord] = field(default_factory=list)
+    removed_embeddings: np.ndarray | None = None  # (R, D), aligned with ``removed``, when read with embeddings
 
     def classes(self) -> list[str]:
         return list(dict.fromkeys(d.class_name for d in self.descriptions))
@@ -230,7 +231,12 @@ class SnapshotStore:
         removed = [to_removed(r[1], r[2]) for r in rows if r[2].get("state") == REMOVED]
         matrix = (np.asarray([r[3] for r in kept], dtype=np.float32) if embeddings and kept
                   else np.zeros((0, 0), dtype=np.float32))
-        return KnowledgeBase(info, [to_description(r[1], r[2]) for r in kept], matrix, removed)
+        gone = [r for r in rows if r[2].get("state") == REMOVED]
+        removed_matrix = None
+        if embeddings and class_name is None:
+            removed_matrix = (np.asarray([r[3] for r in gone], dtype=np.float32) if gone
+                              else np.zeros((0, matrix.shape[1] if matrix.size else 0), dtype=np.float32))
+        return KnowledgeBase(info, [to_description(r[1], r[2]) for r in kept], matrix, removed, removed_matrix)
 
     @_server_faults
     def vectors(self, kb: KnowledgeBase, rows: list[int]) -> np.ndarray:

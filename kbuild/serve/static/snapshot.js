@@ -18,7 +18,11 @@ function provenance(kb) {
     row("counts", `${m.classes} classes · ${m.total} descriptions · ${m.removed_total} removed`),
     row("CLIP", `${clip.model_id || "?"} · template "${clip.template || ""}"`),
     row("content hash", h("code", {}, m.content_hash)),
-    row("parameters", h("details", {}, h("summary", {}, "show"), json(m.parameters))));
+    row("parameters", h("details", {}, h("summary", {}, "show"), json(m.parameters))),
+    // How the texts were made (prompt, LLM, calls; source files; an imported bundle's original) and the ancestors.
+    m.provenance ? row("how made", h("details", {}, h("summary", {}, m.provenance.kind), json(m.provenance))) : [],
+    (kb.lineage || []).length ? row("lineage", h("details", {}, h("summary", {}, `${kb.lineage.length} ancestor(s)`),
+      json(kb.lineage))) : []);
 }
 
 // "melanoma (mel)" when the manifest records a display name for the class key "mel".
