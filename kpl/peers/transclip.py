@@ -133,6 +133,7 @@ def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
     variance = torch.full((x.shape[1],), 1.0 / x.shape[1], dtype=x.dtype)
     z = y.clone()
     scores = log_y.clone()
+    progress = task("TransCLIP iterations", p.outer_iters * p.inner_iters)
     for _ in range(p.outer_iters):
         log_p = _log_likelihood(x, means, variance)
         fixed = p.lam * log_y + log_p
@@ -140,6 +141,7 @@ def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
             neighbours = (w[:, :, None] * z[idx]).sum(dim=1) if idx.shape[1] else 0.0
             scores = fixed + neighbours
             z = torch.softmax(scores, dim=1)
+            progress.advance()
         mass = z.sum(dim=0)  # (C,)
         weighted = z.T @ x  # (C, D): sum_i z_ic x_i
         # a class that lost every image keeps its mean rather than dividing by zero
@@ -148,6 +150,7 @@ def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
         # sum_i sum_c z_ic (x_i - mu_c)^2 = sum_i x_i^2 - 2 sum_c mu_c * (Z^T X)_c + sum_c m_c mu_c^2
         spread = column_squares - 2.0 * (means * weighted).sum(dim=0) + (mass[:, None] * means * means).sum(dim=0)
         variance = (spread / n).clamp_min(MIN_VARIANCE)
+    progress.close()
     return z, scores, y
 
 
