@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from kbuild.progress import task
 from kpl.errors import UsageError
 from kpl.peers.knn import (DEFAULT_BLOCK, DEFAULT_TARGET_RECALL, METHODS as KNN_METHODS, check_target_recall, knn_graph,
                      require_faiss)

@@ -94,20 +94,21 @@ COMPARED = (("top-1", lambda run: run.metrics.accuracy), ("bal.acc", lambda run:
 
 
 def compare_table(result) -> Table:
-    """Rows: methods; per snapshot top-1, balanced accuracy and AUROC; then each of the three, last
-    snapshot minus first (a top-1 gain can hide a balanced-accuracy loss on an imbalanced set)."""
+    """Rows: per method, one row per snapshot with top-1, balanced accuracy and AUROC, and on every
+    snapshot after the first the change of each of the three against the first (a top-1 gain can
+    hide a balanced-accuracy loss on an imbalanced set). One row per snapshot keeps the table
+    narrow however many snapshots are compared."""
     names = [r.knowledge.kb.info.name for r in result.results]
-    headers = (["method"] + [f"{n} {what}" for n in names for what, _ in COMPARED]
+    headers = (["method", "snapshot"] + [what for what, _ in COMPARED]
                + [f"delta {what}" for what, _ in COMPARED])
     methods = list(dict.fromkeys(m for r in result.results for m in r.runs))
     rows = []
     for method in methods:
         runs = [r.runs.get(method) for r in result.results]
-        cells = [method]
-        for run in runs:
-            cells += [pct(get(run)) if run else "-" for _, get in COMPARED]
-        cells += [_delta(runs[0], runs[-1], get) for _, get in COMPARED]
-        rows.append(cells)
+        for i, (name, run) in enumerate(zip(names, runs)):
+            cells = [method, name] + [pct(get(run)) if run else "-" for _, get in COMPARED]
+            cells += [_delta(runs[0], run, get) if i else "" for _, get in COMPARED]
+            rows.append(cells)
     return headers, rows
 
 
@@ -139,6 +140,12 @@ def row_normalised(confusion: np.ndarray) -> np.ndarray:
 
 
 def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str, path: Path) -> Path:
+    """``confusion_figure`` saved as a PNG at ``path``."""
+    confusion_figure(confusion, class_names, title).savefig(path)
+    return path
+
+
+def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
     """(C, C) counts, rows true and columns predicted, drawn row-normalised (each row is the share of
     that class's images, so a small class is as visible as a large one; its diagonal is the class's
     recall); percentages written in the cells up to 25 classes."""
@@ -159,13 +166,19 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str, pa
         for (i, j), share in np.ndenumerate(shares):
             ax.text(j, i, f"{100 * share:.0f}", ha="center", va="center", fontsize=8,
                     color="white" if share > 0.5 else "black")
-    figure.savefig(path)
-    return path
+    return figure
 
 
 def plot_accuracy_vs_k(result, path: Path) -> Path:
+    """``accuracy_vs_k_figure`` saved as a PNG at ``path``."""
+    accuracy_vs_k_figure(result).savefig(path)
+    return path
+
+
+def accuracy_vs_k_figure(result):
     """Balanced accuracy of KPL's final stage per setting; with a single setting also the text and
-    image stages. A k "auto" row is drawn as a star at the k it chose."""
+    image stages. A k "auto" row is drawn as a star at the k it chose; a dotted line marks chance
+    (1 / classes), below which a setting does worse than guessing."""
     figure = _figure(7, 4.5)
     ax = figure.add_subplot()
     varying = _varying(result.rows, ("tau_t", "tau_i", "alpha", "ot"))
@@ -202,8 +215,7 @@ def plot_accuracy_vs_k(result, path: Path) -> Path:
     ax.set_title(f"KPL balanced accuracy vs k ({result.snapshot['name']})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    figure.savefig(path)
-    return path
+    return figure
 
 
 # ------------------------------------------------------------------ CSV
