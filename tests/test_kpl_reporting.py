@@ -142,3 +142,5 @@ def test_long_stages_report_progress_on_stderr_only(kpl, setup, monkeypatch):
         assert label in result.err, label
     assert "TransCLIP iterations: 50/50 (100%), done in" in result.err
     assert json.loads(result.out)["tool"] == "kpl eval"  # stdout stays pure JSON
+    auto = kpl("eval", "--kb", "v1", "--data", setup, "--methods", "kpl", "--k", "auto", "--json", *FAST)
+    assert "KPL over k: 4/4 (100%), done in" in auto.err

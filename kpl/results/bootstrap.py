@@ -24,6 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
+from kbuild.progress import task
 from kpl.results.ranking import class_margins
 
 RESAMPLES = 1000
@@ -38,10 +39,12 @@ def _count_chunks(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
     """(b, N) draw counts, b resamples at a time; the whole sequence depends only on ``seed``."""
     rng = np.random.default_rng(seed)
     step = max(1, CHUNK_VALUES // max(n, 1))
-    for start in range(0, resamples, step):
-        b = min(step, resamples - start)
-        drawn = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
-        yield np.bincount(drawn.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+    with task("bootstrap resamples", resamples) as progress:  # seconds past ~100 000 images
+        for start in range(0, resamples, step):
+            b = min(step, resamples - start)
+            drawn = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
+            yield np.bincount(drawn.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+            progress.advance(b)
 
 
 def _interval(values: np.ndarray) -> list[float] | None:
