@@ -100,9 +100,13 @@ def _aurocs(labels: np.ndarray, scores: np.ndarray, resamples: int, seed: int) -
     ks = [1] if c == 2 else [k for k in range(c) if 0 < (labels == k).sum() < labels.size]
     out = []
     for w in _count_chunks(labels.size, resamples, seed):
+        if not ks:
+            out.append(np.full(w.shape[0], np.nan))
+            continue
         per_class = np.stack([_weighted_auroc(w, labels == k, margins[:, k]) for k in ks], axis=1)
-        with np.errstate(invalid="ignore"):
-            out.append(np.nanmean(per_class, axis=1) if per_class.size else np.full(w.shape[0], np.nan))
+        known = np.isfinite(per_class)  # classes a resample has both sides of; the macro mean skips the rest
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append(np.where(known, per_class, 0.0).sum(axis=1) / known.sum(axis=1))
     return np.concatenate(out)
 
 
@@ -131,7 +135,8 @@ def confidence_intervals(labels, predictions, scores=None, resamples: int = RESA
     if scores is not None:
         affordable = auroc_resamples(y.size, classes, resamples)
         if affordable:
-            out.update(auroc=_interval(_aurocs(y, np.asarray(scores), affordable, seed)), auroc_resamples=affordable)
+            interval = _interval(_aurocs(y, np.asarray(scores), affordable, seed))
+            out.update(auroc=interval, auroc_resamples=affordable if interval is not None else 0)
     return out
 
 
