@@ -526,7 +526,33 @@ class CompareResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"tool": "kpl compare", "version": __version__,
-                "snapshots": [r.to_json() for r in self.results], "diffs": self.diffs}
+                "snapshots": [r.to_json() for r in self.results], "diffs": self.diffs, "deltas": self.deltas()}
+
+    def deltas(self) -> dict[str, dict[str, dict[str, float | None]]]:
+        """``{snapshot: {method: {metric: value - first snapshot's}}}`` for every snapshot after the first,
+        for top-1, balanced accuracy and AUROC (binary, else macro one-vs-rest); None where either lacks it."""
+        first, out = self.results[0], {}
+        for result in self.results[1:]:
+            rows = {}
+            for method, run in result.runs.items():
+                base = first.runs.get(method)
+                rows[method] = {key: _difference(get(base), get(run)) if base is not None else None
+                                for key, get in _COMPARED.items()}
+            out[result.knowledge.kb.info.name] = rows
+        return out
+
+
+def _auroc_of(run: MethodRun) -> float | None:
+    value = run.ranking.get("auroc")
+    return value if value is not None else run.ranking.get("macro_auroc_ovr")
+
+
+_COMPARED = {"accuracy": lambda run: run.metrics.accuracy, "balanced_accuracy": lambda run: run.metrics.balanced_accuracy,
+             "auroc": _auroc_of}
+
+
+def _difference(old: float | None, new: float | None) -> float | None:
+    return None if old is None or new is None else float(new - old)
 
 
 def compare(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS,

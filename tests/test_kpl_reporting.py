@@ -127,6 +127,11 @@ def test_compare_shows_three_deltas_and_auto_k_is_printed(kpl, kbuild, setup, tm
     assert float(second[-2]) == pytest.approx(float(second[3]) - float(first[3]), abs=0.011)  # balanced accuracy
     for name in ("snapshot_v1", "snapshot_v2"):
         assert f"k auto ({name}): chose k=" in table.err
+    payload = kpl("compare", "--kb", "v1", "--kb", "v2", "--data", setup, "--methods", "cupl", "--json").json()
+    runs = [s["results"]["cupl"] for s in payload["snapshots"]]
+    delta = payload["deltas"]["snapshot_v2"]["cupl"]
+    assert delta["balanced_accuracy"] == pytest.approx(runs[1]["balanced_accuracy"] - runs[0]["balanced_accuracy"])
+    assert set(delta) == {"accuracy", "balanced_accuracy", "auroc"}
     single = kpl("eval", "--kb", "v1", "--data", setup, "--methods", "kpl", "--k", "auto", "--json", *FAST)
     chosen = single.json()["params"]["k"]
     assert f"k auto (snapshot_v1): chose k={chosen} of 1..4" in single.err
