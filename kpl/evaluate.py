@@ -547,8 +547,8 @@ def _auroc_of(run: MethodRun) -> float | None:
     return value if value is not None else run.ranking.get("macro_auroc_ovr")
 
 
-_COMPARED = {"accuracy": lambda run: run.metrics.accuracy, "balanced_accuracy": lambda run: run.metrics.balanced_accuracy,
-             "auroc": _auroc_of}
+_COMPARED = {"accuracy": lambda run: run.metrics.accuracy,
+             "balanced_accuracy": lambda run: run.metrics.balanced_accuracy, "auroc": _auroc_of}
 
 
 def _difference(old: float | None, new: float | None) -> float | None:

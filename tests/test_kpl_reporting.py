@@ -69,8 +69,9 @@ def test_row_normalised_confusion_titled_with_balanced_accuracy_and_chance_line(
     assert "balanced accuracy" in figure.axes[0].get_title()
 
     class Sweep:
-        rows = [{"k": k, "tau_t": 0.01, "tau_i": 0.04, "alpha": 0.6, "ot": "greenkhorn", "image_ot_balanced_accuracy": a,
-                 "text_balanced_accuracy": a, "image_balanced_accuracy": a} for k, a in ((1, 0.3), (2, 0.5), (4, 0.6))]
+        rows = [{"k": k, "tau_t": 0.01, "tau_i": 0.04, "alpha": 0.6, "ot": "greenkhorn",
+                 "image_ot_balanced_accuracy": a, "text_balanced_accuracy": a, "image_balanced_accuracy": a}
+                for k, a in ((1, 0.3), (2, 0.5), (4, 0.6))]
         snapshot = {"name": "snapshot_v1"}
         chance = 1 / 3
 
@@ -96,7 +97,8 @@ def test_eval_records_environment_intervals_and_plots_balanced_accuracy(kpl, set
     metrics = json.loads((out / "metrics.json").read_text())
     env = metrics["environment"]
     assert env["packages"]["torch"] == metadata.version("torch")
-    assert env["packages"]["numpy"] == np.__version__ and env["packages"]["open_clip"] == metadata.version("open_clip_torch")
+    assert env["packages"]["numpy"] == np.__version__
+    assert env["packages"]["open_clip"] == metadata.version("open_clip_torch")
     assert env["python"].count(".") == 2 and env["cpu"]["cores"] >= 1 and env["cpu"]["model"]
     assert env["gpu"] is None  # the math ran on the CPU
     final = metrics["results"]["kpl.image_ot"]
