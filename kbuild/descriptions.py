@@ -116,15 +116,29 @@ class RemovedRecord:
         """One line: stage, reason, score and partner, e.g. ``near_duplicate: near duplicate
         (0.953) of 'a black bill'`` or ``cross_class: identical text in another class; also in
         Crow, Raven``."""
-        line = f"{self.stage}: {self.reason}"
-        if self.score is not None:
-            line += f" ({self.score:.3f})"
+        line = f"{self.stage}: {self.reason}" + _score_text(self.stage, self.reason, self.score)
         same_text = self.related == self.description.text
         if self.related is not None and not same_text:
             line += f" of {self.related!r}" if not self.related_classes else f": {self.related!r}"
         if self.related_classes:
             line += (" in " if self.related is not None and not same_text else "; also in ") + _names(self.related_classes)
         return line
+
+
+# Stages whose score is a count, not a similarity: a length in characters, a prompt in tokens.
+COUNT_STAGES = {"sanitise": "characters", "overlong": "tokens"}
+
+
+def _score_text(stage: str, reason: str, score: float | None) -> str:
+    """`` (0.953)`` for a similarity; a count as a count (``: 2 characters``), left out when the
+    reason already states it (``over-long (80 > 77 tokens)``); nothing without a score."""
+    if score is None:
+        return ""
+    unit = COUNT_STAGES.get(stage)
+    if unit is None:
+        return f" ({score:.3f})"
+    count = f"{score:.0f}"
+    return "" if re.search(rf"\b{count}\b", reason) else f": {count} {unit}"
 
 
 def _names(classes: list[str], shown: int = 5) -> str:

@@ -161,6 +161,15 @@ def _open(inputs, kb_refs: list[str]):
     return session
 
 
+def _say_chosen_k(record: dict | None, where: str) -> None:
+    """One stderr line naming the k that ``--k auto`` chose (the table alone does not say it)."""
+    if record:
+        low, high = record["range"]
+        agreement = record["mean_agreement"].get(str(record["chosen_k"]))
+        _info(f"k auto ({where}): chose k={record['chosen_k']} of {low}..{high} ({record['rule']}, mean agreement "
+              f"{agreement:.3f} with the other k)")
+
+
 def _print_table(table, title: str | None = None) -> None:
     headers, rows = table
     rich_table = Table(title=title, box=None, header_style="bold", pad_edge=False)
@@ -214,6 +223,7 @@ def eval_(
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
                      cache_dir, no_cache, store, chroma_url, precision, _engine(engine, ray_address, ray_actors, shard_size))
     result = evaluate(_open(inputs, [kb]), params, chosen, auto_k=auto_k, transclip=graph)
+    _say_chosen_k(result.k_auto, result.knowledge.kb.info.name)
     for method, why in result.skipped.items():
         _info(f"skipped {method}: {why}")
     title = f"{result.knowledge.kb.info.name} on {result.session.features.features.shape[0]} images"
@@ -323,6 +333,10 @@ def sweep(
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
                      cache_dir, no_cache, store, chroma_url, precision, _engine(engine, ray_address, ray_actors, shard_size))
     result = run_sweep(_open(inputs, [kb]), base, ks, grid)
+    for row in result.rows:
+        if "chosen_k" in row:
+            setting = ", ".join(f"{key}={row[key]}" for key in ("tau_t", "tau_i", "alpha", "ot") if len(grid[key]) > 1)
+            _info(f"k auto ({result.snapshot['name']}{': ' + setting if setting else ''}): chose k={row['chosen_k']}")
     _emit(result.to_json(), json_out, sweep_table(result), f"sweep of {result.snapshot['name']}", out,
           write_sweep_outputs, result)
 
@@ -357,6 +371,8 @@ def compare(
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
                      cache_dir, no_cache, store, chroma_url, precision, _engine(engine, ray_address, ray_actors, shard_size))
     result = run_compare(_open(inputs, list(kb)), params, chosen, auto_k=auto_k, transclip=graph)
+    for each in result.results:
+        _say_chosen_k(each.k_auto, each.knowledge.kb.info.name)
     _emit(result.to_json(), json_out, compare_table(result), "compare", out, write_compare_outputs, result)
     if not json_out:
         for diff in result.diffs:

@@ -39,6 +39,8 @@ from kbuild.store.bundle import is_bundle, read_bundle
 from kbuild.store.manifest import display_name, display_names
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
 from kpl.peers.baselines import BASELINES, PROTOTYPE_METHODS
+from kpl.results.bootstrap import confidence_intervals
+from kpl.results.environment import environment
 from kpl.results.ranking import ranking_metrics
 
 from kpl.images.datasets import ImageDataset, match_classes
@@ -320,11 +322,12 @@ class MethodRun:
     params: dict = field(default_factory=dict)
     scores: np.ndarray | None = None
     ranking: dict = field(default_factory=dict)
+    ci: dict = field(default_factory=dict)  # bootstrap 95 % intervals (kpl.results.bootstrap)
 
     def to_json(self) -> dict[str, Any]:
         m = self.metrics.to_json()
         m["per_class_recall"] = dict(zip(m.pop("class_names"), m["per_class_recall"]))
-        return {**m, **self.ranking, "iterations": self.iterations, "converged": self.converged,
+        return {**m, **self.ranking, "ci95": self.ci, "iterations": self.iterations, "converged": self.converged,
                 "seconds": round(self.seconds, 4), "params": self.params}
 
 
@@ -333,9 +336,11 @@ def _metrics(features: FeatureSet, predictions: np.ndarray):
 
 
 def _row(features: FeatureSet, name: str, predictions, scores, seconds, iterations, converged, params) -> MethodRun:
-    """A table row with its metrics, including AUROC from the method's (N, C) scores."""
+    """A table row with its metrics, including AUROC from the method's (N, C) scores, and bootstrap
+    95 % intervals of top-1, balanced accuracy and AUROC."""
     return MethodRun(name, predictions, _metrics(features, predictions), seconds, iterations, converged, params,
-                     scores, ranking_metrics(features.labels, scores, features.class_names))
+                     scores, ranking_metrics(features.labels, scores, features.class_names),
+                     confidence_intervals(features.labels, predictions, scores))
 
 
 def math_device(session: Session) -> str:
@@ -445,6 +450,7 @@ class EvalResult:
             "skipped_methods": self.skipped,
             "selected_descriptions": self.selected,
             "notes": list(self.session.notes),
+            "environment": environment(math_device(self.session)),
         }
 
 
@@ -485,10 +491,12 @@ class SweepResult:
     rows: list[dict[str, Any]]
     features: dict[str, Any]
     notes: list[str]
+    chance: float | None = None  # balanced accuracy of guessing: 1 / (classes in the labels)
 
     def to_json(self) -> dict[str, Any]:
         return {"tool": "kpl sweep", "version": __version__, "snapshot": self.snapshot, "grid": self.grid,
-                "features": self.features, "rows": self.rows, "notes": self.notes}
+                "features": self.features, "rows": self.rows, "notes": self.notes,
+                "chance_balanced_accuracy": self.chance}
 
 
 def sweep(session: Session, base: KPLParams, ks: list[int | str], grid: dict[str, list]) -> SweepResult:
@@ -514,7 +522,7 @@ def sweep(session: Session, base: KPLParams, ks: list[int | str], grid: dict[str
     kb = knowledge.kb
     return SweepResult({"name": kb.info.name, "content_hash": kb.info.content_hash},
                        {"k": list(ks), **{key: grid[key] for key in keys}, "base": base.to_json()},
-                       rows, fs.describe(), list(session.notes))
+                       rows, fs.describe(), list(session.notes), 1.0 / max(len(np.unique(fs.labels)), 1))
 
 
 @dataclass
@@ -526,7 +534,33 @@ class CompareResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"tool": "kpl compare", "version": __version__,
-                "snapshots": [r.to_json() for r in self.results], "diffs": self.diffs}
+                "snapshots": [r.to_json() for r in self.results], "diffs": self.diffs, "deltas": self.deltas()}
+
+    def deltas(self) -> dict[str, dict[str, dict[str, float | None]]]:
+        """``{snapshot: {method: {metric: value - first snapshot's}}}`` for every snapshot after the first,
+        for top-1, balanced accuracy and AUROC (binary, else macro one-vs-rest); None where either lacks it."""
+        first, out = self.results[0], {}
+        for result in self.results[1:]:
+            rows = {}
+            for method, run in result.runs.items():
+                base = first.runs.get(method)
+                rows[method] = {key: _difference(get(base), get(run)) if base is not None else None
+                                for key, get in _COMPARED.items()}
+            out[result.knowledge.kb.info.name] = rows
+        return out
+
+
+def _auroc_of(run: MethodRun) -> float | None:
+    value = run.ranking.get("auroc")
+    return value if value is not None else run.ranking.get("macro_auroc_ovr")
+
+
+_COMPARED = {"accuracy": lambda run: run.metrics.accuracy,
+             "balanced_accuracy": lambda run: run.metrics.balanced_accuracy, "auroc": _auroc_of}
+
+
+def _difference(old: float | None, new: float | None) -> float | None:
+    return None if old is None or new is None else float(new - old)
 
 
 def compare(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS,

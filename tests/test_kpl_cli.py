@@ -90,7 +90,7 @@ def test_compare_side_by_side_with_diff(kpl, kbuild, setup, tmp_path):
     assert kbuild("load", tmp_path / "kb2.json").code == 0
     table = kpl("compare", "--kb", "v1", "--kb", "v2", "--data", setup, "--methods", "cupl,kpl", *FAST)
     assert table.code == 0, table.err
-    assert "snapshot_v1 top-1" in table.out and "snapshot_v2 top-1" in table.out
+    assert "delta bal.acc" in table.out and "snapshot_v1" in table.out and "snapshot_v2" in table.out
     assert "snapshot_v1 -> snapshot_v2: classes: 0 added, 0 removed, 1 modified" in table.out
     result = kpl("compare", "--kb", "v1", "--kb", "v2", "--data", setup, "--methods", "cupl", "--json",
                  "--out", tmp_path / "cmp")

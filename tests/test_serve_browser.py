@@ -126,6 +126,7 @@ def test_browse_lineage_snapshot_and_filter(page, served):
     assert "prune" in page.locator("dl.provenance").inner_text()
     removed = page.locator("#removed tr.removed-row")
     assert removed.count() == 1 and "tiny" in removed.inner_text() and "sanitise" in removed.inner_text()
+    assert "4.000" not in removed.inner_text() and "4 characters" in removed.inner_text()  # a length, not a similarity
     assert rows(page, "cat").count() == 4 and rows(page, "dog").count() == 3
     page.select_option("#filter-class", "dog")
     assert rows(page, "cat").count() == 0 and rows(page, "dog").count() == 3

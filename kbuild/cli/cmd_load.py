@@ -22,6 +22,7 @@ def load(
     section: Annotated[Optional[str], typer.Option("--section", help="Section of a KPL-style file, e.g. Brain_Tumor_Features.")] = None,
     classes: Annotated[Optional[Path], typer.Option("--classes", help="classes.txt to check class names against.")] = None,
     restrict: Annotated[bool, typer.Option("--restrict", help="Drop classes not in --classes instead of failing.")] = False,
+    class_map: Annotated[Optional[Path], typer.Option("--class-map", help="Rename classes while loading: JSON {\"name in the files\": \"name to load\"} or CSV name,new name; names mapped to one are joined (e.g. {\"eft\": \"newt\"}).")] = None,
     name: NameOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Publish even when the result equals the latest snapshot.")] = False,
     template: TemplateOpt = DEFAULT_TEMPLATE,
@@ -36,7 +37,7 @@ def load(
         validate_snapshot_name(name)  # before loading CLIP, which can take a while
     kb_store = open_store(store, chroma_url)
     result = load_files(kb_store, lambda: load_embedder(kb_store, model, pretrained), files, template,
-                        format, section, classes, restrict, name, force)
+                        format, section, classes, restrict, name, force, class_map=class_map)
     for line in result.imported.summary_lines():
         info(line)
     if result.unchanged:

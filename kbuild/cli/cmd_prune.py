@@ -83,7 +83,9 @@ def prune(
         info(f"warning: {len(emptied)} classes have no description left ({_preview(emptied)}); "
              "they cannot be classified (drop --allow-empty, or lower the thresholds)")
     if outcome.unchanged:
-        info(unchanged_message(outcome.parent, "prune removed nothing"))
+        repeated = outcome.snapshot.name != outcome.parent.name
+        info(unchanged_message(outcome.snapshot, f"this prune of {outcome.parent.name} ran before" if repeated
+                               else "prune removed nothing"))
     if json_out:
         print_json(outcome.to_json())
         return

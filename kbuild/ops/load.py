@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from kbuild.classes_file import parse_classes_file
+from kbuild.classes_file import parse_class_map, parse_classes_file
 from kbuild.clip.text import check_template
 from kbuild.errors import KbuildError, UsageError
 from kbuild.ops import provenance
 from kbuild.ops.restore import BundleImport, is_bundle, restore_bundle
 from kbuild.ops.unchanged import repeated_run, same_as_earlier
+from kbuild.sources.class_names import similar_classes
 from kbuild.sources.curated import CuratedImport, load_curated
 from kbuild.sources.embedded import EmbeddedImport, is_embedded_file, read_embedded
 from kbuild.store import SnapshotInfo, SnapshotStore
@@ -36,12 +37,15 @@ class LoadResult:
 
 def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: list[Path], template: str,
                fmt: str | None = None, section: str | None = None, classes_file: Path | None = None,
-               restrict: bool = False, name: str | None = None, force: bool = False) -> LoadResult:
+               restrict: bool = False, name: str | None = None, force: bool = False, *,
+               class_map: Path | None = None) -> LoadResult:
     """Import curated files, embed ``template.format(class, text)`` with CLIP, publish a snapshot.
 
     ``make_embedder()`` is called only once the files have parsed, so a malformed file is reported
     before a (possibly large) CLIP model is loaded. A rerun whose result equals the latest
     snapshot (a load of the same content, embedded the same way) publishes nothing unless ``force``.
+    ``class_map``: a JSON/CSV map {name in the files: name to load it as}; classes that look like
+    one class under two names are reported in ``imported.similar_classes`` (the map joins them).
     """
     store.check_name_free(name)  # a bad or taken --name fails before any file is read or embedded
     check_template(template)
@@ -54,13 +58,21 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
                              "(load it, then prune or review the snapshot)")
         snapshot, bundle, unchanged = restore_bundle(store, paths, name, force)
         return LoadResult(snapshot, bundle, unchanged)
+    renames = parse_class_map(class_map) if class_map else None
     if any(is_embedded_file(p) for p in paths):
+        if renames:
+            raise UsageError("--class-map renames classes of curated files; an embeddings file keeps its classes "
+                             "(rename them in the file, or load without --class-map)")
         return _load_embedded(store, paths, classes, restrict, name, classes_file, displays, force)
-    imported = load_curated(paths, format=fmt, section=section, classes=classes, restrict=restrict)
+    imported = load_curated(paths, format=fmt, section=section, classes=classes, restrict=restrict,
+                            class_map=renames)
     if not imported.descriptions:  # before anything is embedded or written
         raise KbuildError(f"Nothing to load: no descriptions in {', '.join(r.name for r in imported.files)} "
                           "(every class is empty or was dropped; add descriptions, or check --section and --classes)")
     embedder = make_embedder()
+    kept_classes = [[c for c in r.classes if c not in set(r.dropped_classes) | set(r.empty_classes)]
+                    for r in imported.files]
+    imported.similar_classes = similar_classes(kept_classes, embedder.embed_class_names)
     displays = {**imported.display_names, **displays}  # the classes file wins over an export's manifest
     clip = {**embedder.clip.describe(), "template": template}
     existing = None if force else repeated_run(store, "load", imported.descriptions, clip, displays)
@@ -69,6 +81,8 @@ def load_files(store: SnapshotStore, make_embedder: Callable[[], Any], paths: li
     embeddings = embedder.embed_descriptions(imported.descriptions, template, displays)
     parameters = {"files": [Path(p).name for p in paths], "format": fmt, "section": section,
                   "classes_file": Path(classes_file).name if classes_file else None, "restrict": restrict}
+    if renames:
+        parameters["class_map"] = renames
     draft = SnapshotDraft(imported.descriptions, embeddings, "load", parameters, clip=clip,
                           extra={"import": imported.to_json()}, display_names=displays,
                           provenance=provenance.loaded(paths))

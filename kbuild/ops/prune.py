@@ -14,7 +14,7 @@ import numpy as np
 
 from kbuild.clip.text import TextEmbedder, templated_embeddings
 from kbuild.descriptions import DEFAULT_TEMPLATE
-from kbuild.ops.unchanged import same_content
+from kbuild.ops.unchanged import repeated_prune, same_content
 from kbuild.prune.core import PruneParams, PruneResult, prune_descriptions
 from kbuild.store import SnapshotInfo, SnapshotStore
 from kbuild.store.manifest import SnapshotDraft, display_names
@@ -26,7 +26,8 @@ class PruneOutcome:
     snapshot: SnapshotInfo
     result: PruneResult
     reembedded: bool
-    unchanged: bool = False  # nothing removed: ``snapshot`` is the parent, nothing was published
+    unchanged: bool = False  # nothing published: ``snapshot`` is the parent (nothing removed) or an earlier
+    # prune of the same parent that kept the same texts
 
     def to_json(self) -> dict[str, Any]:
         return {"parent": self.parent.name, "snapshot": self.snapshot.name, "published": not self.unchanged,
@@ -56,6 +57,10 @@ def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str,
                                 token_count=embedder.clip.count_tokens, template=template, display_names=displays)
     if not force and reuse and same_content(kb.info, result.kept, clip_info, displays):
         return PruneOutcome(kb.info, kb.info, result, reembedded=False, unchanged=True)
+    child_clip = clip_info if reuse else {"model_id": embedder.model_id, "template": template}
+    earlier = None if force else repeated_prune(store, kb.info.name, result.kept, child_clip, displays)
+    if earlier is not None:  # this prune ran before: its child is that snapshot
+        return PruneOutcome(kb.info, earlier, result, reembedded=False, unchanged=True)
     parent_vectors = {d.id: v for d, v in zip(kb.descriptions, kb.embeddings)}
     kept_vectors = templated_embeddings(embedder, parent_vectors, result.kept, template, reuse, displays)
     removed = result.removed

@@ -1,7 +1,8 @@
 """A write whose result equals what it starts from publishes nothing unless forced.
 
 A prune that removes nothing has its parent's content; a rerun of ``load`` or ``generate`` that
-changes nothing has the content of a snapshot an earlier run of the same command wrote. Publishing either would
+changes nothing has the content of a snapshot an earlier run of the same command wrote, and so does
+a prune of the same parent that keeps what an earlier prune of it kept. Publishing either would
 add an identical snapshot to the lineage, so the command says so and stops (``--force`` publishes
 anyway). "Equal" means the same (class, text) pairs, embedded the same way: CLIP model, template
 and display names, since those change the vectors KPL uses; for a knowledge base that brings its own
@@ -58,6 +59,18 @@ def same_as_earlier(store: SnapshotStore, operation: str, descriptions: list[Des
 def republished_message(earlier: SnapshotInfo, published: SnapshotInfo) -> str:
     return (f"same content as {earlier.name}, which is not the latest snapshot: published it again as "
             f"{published.name} so that 'latest' holds it")
+
+
+def repeated_prune(store: SnapshotStore, parent: str, descriptions: list[Description], clip: dict[str, Any],
+                   displays: dict[str, str]) -> SnapshotInfo | None:
+    """The newest earlier prune of ``parent`` that kept exactly ``descriptions``, embedded the same
+    way (pruning the same snapshot twice with the same settings), else None."""
+    for info in reversed(store.list()):
+        m = info.manifest
+        if (m.get("operation") == "prune" and [p.get("name") for p in m.get("parents", [])] == [parent]
+                and same_content(info, descriptions, clip, displays)):
+            return info
+    return None
 
 
 def unchanged_message(existing: SnapshotInfo, why: str) -> str:

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 from kbuild.descriptions import Description, normalise_text
 from kbuild.errors import InputFileError, KbuildError, UsageError
 from kbuild.inputs import case_collisions, nfc
+from kbuild.sources.class_names import SimilarClasses, rename_classes
 from kbuild.sources.curated_formats import FORMATS, ParsedFile, get_reader, read_source
 
 DEFAULT_MAX_BYTES = 200_000_000  # "200 MB", decimal like the message
@@ -104,6 +105,8 @@ class CuratedImport:
     dropped_classes: list[str] = field(default_factory=list)
     case_collisions: list[list[str]] = field(default_factory=list)
     display_names: dict[str, str] = field(default_factory=dict)  # recorded by a kbuild export
+    similar_classes: list[SimilarClasses] = field(default_factory=list)  # maybe one class under two names
+    class_map: dict[str, str] = field(default_factory=dict)  # the --class-map renames applied
 
     def class_counts(self) -> dict[str, int]:
         """Descriptions per class, classes in first-seen order."""
@@ -118,6 +121,8 @@ class CuratedImport:
             "missing_classes": list(self.missing_classes),
             "dropped_classes": list(self.dropped_classes),
             "case_collisions": [list(group) for group in self.case_collisions],
+            "similar_classes": [pair.to_json() for pair in self.similar_classes],
+            "class_map": dict(self.class_map),
         }
         if include_descriptions:
             data["descriptions"] = [d.to_json() for d in self.descriptions]
@@ -134,7 +139,13 @@ class CuratedImport:
                          f"descriptions: {_preview(self.missing_classes)}")
         for group in self.case_collisions:
             lines.append(f"warning: classes that differ only in letter case stay separate: {' / '.join(group)} "
-                         "(rename one to merge them)")
+                         "(join them with --class-map, e.g. a JSON {\"old\": \"new\"})")
+        if self.similar_classes:
+            shown = "; ".join(pair.describe() for pair in self.similar_classes[:_PREVIEW])
+            more = len(self.similar_classes) - _PREVIEW
+            lines.append(f"warning: {len(self.similar_classes)} pairs of classes may be one class under two names: "
+                         f"{shown}{f'; ... and {more} more (see --json)' if more > 0 else ''} (they stay separate; "
+                         "join a pair with --class-map MAP, a JSON {\"name\": \"kept name\"} or CSV name,kept name)")
         return lines
 
 
@@ -253,6 +264,7 @@ def load_curated(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_texts: int | None = None,
     created: str | None = None,
+    class_map: dict[str, str] | None = None,
 ) -> CuratedImport:
     """Read curated files into descriptions, with a report of every change made.
 
@@ -260,7 +272,8 @@ def load_curated(
     KPL section (``X`` or ``X_Features``); ``classes``: the class list to check against (by
     name); ``restrict``: drop classes outside it instead of refusing; ``max_bytes``: refuse
     larger files; ``max_texts``: refuse more texts than this in all files together (default
-    ``DEFAULT_MAX_TEXTS``); ``created``: the ISO timestamp for every description (default: now, UTC).
+    ``DEFAULT_MAX_TEXTS``); ``created``: the ISO timestamp for every description (default: now, UTC);
+    ``class_map``: {name in the files: name to load it as}, applied first (names mapped to one join).
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -268,6 +281,9 @@ def load_curated(
     if format is not None:
         get_reader(format)  # an unknown name fails before any file is read
     parsed = [read_source(path, format, section, max_bytes) for path in paths]
+    for item in parsed if class_map else ():
+        item.groups = rename_classes(item.groups, class_map)
+        item.display_names = {class_map.get(k, k): v for k, v in item.display_names.items()}
     _check_text_count(parsed, DEFAULT_MAX_TEXTS if max_texts is None else max_texts)
     _check_section_used(section, parsed)
     allowed = None if classes is None else set(classes)
@@ -275,7 +291,7 @@ def load_curated(
 
     created = created or _utc_now()
     dedup = _Deduper()
-    result = CuratedImport(descriptions=[], files=[], created=created)
+    result = CuratedImport(descriptions=[], files=[], created=created, class_map=dict(class_map or {}))
     for item in parsed:
         report, kept = _clean_file(item, allowed, dedup, created)
         result.files.append(report)

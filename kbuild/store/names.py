@@ -7,6 +7,7 @@ paths. Names starting with ``kbuild-`` are reserved for the store's own collecti
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 
@@ -85,3 +86,29 @@ def check_reference(reference: str) -> str:
     if reference == LATEST or _SHORT.match(reference):
         return reference
     return _check(reference, "snapshot")
+
+
+SHOWN_ALL = 10  # a store with at most this many names lists them all in an "unknown" error
+
+
+def nearest(reference: str, candidates: list[str], count: int = 5) -> list[str]:
+    """The ``count`` candidates closest to ``reference``: for ``v12``/``snapshot_v12`` the automatic
+    names with the nearest numbers first, then the others by spelling (difflib's ratio), so a typo in
+    a tag or an out-of-range number still points at what exists."""
+    wanted = resolve_auto_name(reference)
+    number = auto_number(wanted)
+
+    def distance(name: str) -> tuple:
+        other = auto_number(name)
+        by_number = abs(other - number) if number is not None and other is not None else float("inf")
+        return by_number, -difflib.SequenceMatcher(None, wanted.lower(), name.lower()).ratio(), name
+
+    return sorted(dict.fromkeys(candidates), key=distance)[:count]
+
+
+def unknown_listing(reference: str, snapshots: list[str], tags: list[str]) -> str:
+    """``Available: a, b`` for a small store; else how many there are and the nearest names."""
+    if len(snapshots) + len(tags) <= SHOWN_ALL:
+        return "Available: " + ", ".join(snapshots + tags)
+    counted = f"{len(snapshots)} snapshots" + (f" and {len(tags)} tags" if tags else "")
+    return f"{counted}; nearest: " + ", ".join(nearest(reference, snapshots + tags))

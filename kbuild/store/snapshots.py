@@ -190,11 +190,12 @@ class SnapshotStore:
             return snapshots[-1]
         if wanted in by_name:
             return by_name[wanted]
-        target = self.tags().get(reference)
+        tags = self.tags()
+        target = tags.get(reference)
         if target in by_name:
             return by_name[target]
-        shown = ", ".join(s.name for s in snapshots[-10:])
-        raise SnapshotNotFound(f"Unknown snapshot '{reference}' in {self.location}. Available: {shown} "
+        listing = names.unknown_listing(reference, [s.name for s in snapshots], sorted(tags))
+        raise SnapshotNotFound(f"Unknown snapshot '{reference}' in {self.location}. {listing} "
                                "(see 'kbuild list')")
 
     def _collection(self, name: str):

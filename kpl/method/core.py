@@ -23,6 +23,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from kbuild.progress import task
 from kpl.method.auto_k import auto_range, choose_k, is_auto
 from kpl.errors import UsageError
 from kpl.params import KPLParams
@@ -249,13 +250,15 @@ def _run_many(x, classes, ks, base: KPLParams) -> dict[int, KPLResult]:
     results: dict[int, KPLResult] = {}
     by_selection: dict[tuple, KPLResult] = {}
     scores = description_scores(x, classes)
-    for k in ks:
-        p = _params(base, {"k": k})
-        key = tuple(tuple(s.tolist()) for s in select_top_k(scores, k))
-        if key not in by_selection:
-            by_selection[key] = _run_with_scores(x, classes, scores, p)
-        shared = by_selection[key]
-        results[k] = KPLResult(p, shared.text, shared.image, shared.image_ot, shared.selected, shared.plan)
+    with task("KPL over k", len(ks)) as progress:
+        for k in ks:
+            p = _params(base, {"k": k})
+            key = tuple(tuple(s.tolist()) for s in select_top_k(scores, k))
+            if key not in by_selection:
+                by_selection[key] = _run_with_scores(x, classes, scores, p)
+            shared = by_selection[key]
+            results[k] = KPLResult(p, shared.text, shared.image, shared.image_ot, shared.selected, shared.plan)
+            progress.advance()
     return results
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kbuild.progress import task
+
 # Above this many entries in X (N * D), the proxy loop works on row blocks of X (see the docstring).
 CHUNK_ELEMENTS = 1 << 26
 CHUNK_ROWS = 8192
@@ -88,10 +90,29 @@ def fit_vision_proxies(
             return xt @ torch.softmax(x @ w / tau, dim=1)
 
     w = init.clone()
+    with task("KPL vision proxies", iters) as progress:
+        return _descend(x, w, score, target, _Loop(tau_i, lr, iters, tol, patience, exact_iters), progress)
+
+
+@dataclass(frozen=True)
+class _Loop:
+    tau_i: float
+    lr: float
+    iters: int
+    tol: float
+    patience: int
+    exact_iters: bool
+
+
+def _descend(x, w, score, target, loop: "_Loop", progress) -> ProxyFit:
+    """The gradient loop of ``fit_vision_proxies`` (the paper's step-halving descent), reporting each
+    iteration to ``progress``; an early stop ends the reported task there."""
+    n, tau_i, iters, tol, patience = x.shape[0], loop.tau_i, loop.iters, loop.tol, loop.patience
     prev_norm = math.inf
-    step = lr
+    step = loop.lr
     quiet = 0  # consecutive iterations with max |W_new - W| < tol
     for it in range(iters):
+        progress.advance()
         grad = score(w, tau_i) - target
         grad_norm = float(torch.norm(grad))
         if grad_norm > prev_norm:
@@ -100,7 +121,7 @@ def fit_vision_proxies(
         w_new = F.normalize(w - (step / (n * tau_i)) * grad, dim=0)
         quiet = quiet + 1 if float((w_new - w).abs().max()) < tol else 0
         w = w_new
-        if quiet >= patience and not exact_iters:
+        if quiet >= patience and not loop.exact_iters:
             return ProxyFit(w, it + 1, True)
     return ProxyFit(w, iters, quiet >= patience)
 

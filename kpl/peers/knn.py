@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from kbuild.progress import task
 from kpl.errors import UsageError
 from kpl.params import DEFAULT_KNN_RECALL, require_int
 
@@ -182,9 +183,10 @@ def _exact_graph(features, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
     weights = torch.empty((n, max(k, 0)), dtype=torch.float32)
     if k <= 0:
         return indices.numpy(), weights.numpy()
-    with torch.inference_mode():
+    with torch.inference_mode(), task("kNN graph (exact)", n) as progress:
         for start in range(0, n, block):
             stop = min(start + block, n)
+            progress.advance(stop - start)
             sims = x[start:stop] @ x.T
             # an image is not its own neighbour: push the diagonal below any cosine
             rows = torch.arange(stop - start)
@@ -271,9 +273,11 @@ class _InvertedLists:
         best_i = np.full((len(rows), k), -1, dtype=np.int64)
         best_w = torch.full((len(rows), k), -torch.inf)
         chunk = max(1, PROBE_PAIRS // nprobe)
-        for start in range(0, len(rows), chunk):
-            local = np.arange(start, min(start + chunk, len(rows)))
-            self._search_chunk(rows, local, k, nprobe, best_i, best_w)
+        with task(f"kNN graph (faiss lists, {nprobe} probed)", len(rows)) as progress:
+            for start in range(0, len(rows), chunk):
+                local = np.arange(start, min(start + chunk, len(rows)))
+                self._search_chunk(rows, local, k, nprobe, best_i, best_w)
+                progress.advance(len(local))
         return best_i, best_w
 
     def _search_chunk(self, rows, local, k, nprobe, best_i, best_w) -> None:

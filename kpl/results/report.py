@@ -37,11 +37,26 @@ def write_json(payload: Any, path: Path) -> Path:
 
 # ------------------------------------------------------------------ tables
 def eval_table(result) -> Table:
-    """Rows: every method run, in table order (skipped methods are in the notes, with the reason)."""
+    """Rows: every method run, in table order (skipped methods are in the notes, with the reason).
+
+    Top-1, balanced accuracy and AUROC carry their bootstrap 95 % interval, e.g. ``78.00 [72.5, 83.5]``."""
     headers = ["method", "top-1", "balanced acc", "macro-F1", "AUROC", "iters", "seconds"]
-    rows = [[name, pct(r.metrics.accuracy), pct(r.metrics.balanced_accuracy), pct(r.metrics.macro_f1),
-             pct(_auroc(r)), str(r.iterations or "-"), f"{r.seconds:.2f}"] for name, r in result.runs.items()]
+    rows = [[name, with_ci(r.metrics.accuracy, _ci(r, "accuracy")),
+             with_ci(r.metrics.balanced_accuracy, _ci(r, "balanced_accuracy")), pct(r.metrics.macro_f1),
+             with_ci(_auroc(r), _ci(r, "auroc")), str(r.iterations or "-"), f"{r.seconds:.2f}"]
+            for name, r in result.runs.items()]
     return headers, rows
+
+
+def _ci(run, metric: str) -> list[float] | None:
+    return (getattr(run, "ci", None) or {}).get(metric)
+
+
+def with_ci(value: float | None, interval: list[float] | None) -> str:
+    """A percentage and, when known, its 95 % interval with one decimal: ``78.00 [72.5, 83.5]``."""
+    if interval is None or value is None or not np.isfinite(value):
+        return pct(value)
+    return f"{pct(value)} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
 
 
 def _auroc(run) -> float | None:
@@ -74,21 +89,37 @@ def _k_cell(row: dict) -> str:
     return f"{row['k']} ({row['chosen_k']})" if "chosen_k" in row else str(row["k"])
 
 
+COMPARED = (("top-1", lambda run: run.metrics.accuracy), ("bal.acc", lambda run: run.metrics.balanced_accuracy),
+            ("AUROC", lambda run: _auroc(run)))
+
+
 def compare_table(result) -> Table:
-    """Rows: methods; per snapshot two columns (top-1, balanced accuracy); then last minus first."""
+    """Rows: per method, one row per snapshot with top-1, balanced accuracy and AUROC, and on every
+    snapshot after the first the change of each of the three against the first (a top-1 gain can
+    hide a balanced-accuracy loss on an imbalanced set). One row per snapshot keeps the table
+    narrow however many snapshots are compared."""
     names = [r.knowledge.kb.info.name for r in result.results]
-    headers = ["method"] + [f"{n} {what}" for n in names for what in ("top-1", "bal.acc")] + ["delta top-1"]
+    headers = (["method", "snapshot"] + [what for what, _ in COMPARED]
+               + [f"delta {what}" for what, _ in COMPARED])
     methods = list(dict.fromkeys(m for r in result.results for m in r.runs))
     rows = []
     for method in methods:
         runs = [r.runs.get(method) for r in result.results]
-        cells = [method]
-        for run in runs:
-            cells += [pct(run.metrics.accuracy), pct(run.metrics.balanced_accuracy)] if run else ["-", "-"]
-        both = runs[0] is not None and runs[-1] is not None
-        cells.append(f"{100 * (runs[-1].metrics.accuracy - runs[0].metrics.accuracy):+.2f}" if both else "-")
-        rows.append(cells)
+        for i, (name, run) in enumerate(zip(names, runs)):
+            cells = [method, name] + [pct(get(run)) if run else "-" for _, get in COMPARED]
+            cells += [_delta(runs[0], run, get) if i else "" for _, get in COMPARED]
+            rows.append(cells)
     return headers, rows
+
+
+def _delta(first, last, get) -> str:
+    """``last - first`` in percentage points, ``-`` when either is missing."""
+    if first is None or last is None:
+        return "-"
+    a, b = get(first), get(last)
+    if a is None or b is None or not (np.isfinite(a) and np.isfinite(b)):
+        return "-"
+    return f"{100 * (b - a):+.2f}"
 
 
 # ------------------------------------------------------------------ plots
@@ -101,14 +132,30 @@ def _figure(width: float, height: float):
     return figure
 
 
+def row_normalised(confusion: np.ndarray) -> np.ndarray:
+    """(C, C) share of each true class (row) given each prediction; rows without images stay 0."""
+    counts = np.asarray(confusion, dtype=np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
 def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str, path: Path) -> Path:
-    """(C, C) counts, rows true and columns predicted; counts written in the cells up to 25 classes."""
+    """``confusion_figure`` saved as a PNG at ``path``."""
+    confusion_figure(confusion, class_names, title).savefig(path)
+    return path
+
+
+def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
+    """(C, C) counts, rows true and columns predicted, drawn row-normalised (each row is the share of
+    that class's images, so a small class is as visible as a large one; its diagonal is the class's
+    recall); percentages written in the cells up to 25 classes."""
     c = len(class_names)
+    shares = row_normalised(confusion)
     size = min(4 + 0.35 * c, 18)
     figure = _figure(size + 1, size)
     ax = figure.add_subplot()
-    image = ax.imshow(confusion, cmap="Blues")
-    figure.colorbar(image, ax=ax, shrink=0.8)
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
     ticks = np.arange(c)
     ax.set_xticks(ticks, class_names if c <= 60 else [""] * c, rotation=90, fontsize=8)
     ax.set_yticks(ticks, class_names if c <= 60 else [""] * c, fontsize=8)
@@ -116,17 +163,22 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str, pa
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
     if c <= 25:
-        threshold = confusion.max() / 2 if confusion.size else 0
-        for (i, j), count in np.ndenumerate(confusion):
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
-                    color="white" if count > threshold else "black")
-    figure.savefig(path)
-    return path
+        for (i, j), share in np.ndenumerate(shares):
+            ax.text(j, i, f"{100 * share:.0f}", ha="center", va="center", fontsize=8,
+                    color="white" if share > 0.5 else "black")
+    return figure
 
 
 def plot_accuracy_vs_k(result, path: Path) -> Path:
+    """``accuracy_vs_k_figure`` saved as a PNG at ``path``."""
+    accuracy_vs_k_figure(result).savefig(path)
+    return path
+
+
+def accuracy_vs_k_figure(result):
     """Balanced accuracy of KPL's final stage per setting; with a single setting also the text and
-    image stages. A k "auto" row is drawn as a star at the k it chose."""
+    image stages. A k "auto" row is drawn as a star at the k it chose; a dotted line marks chance
+    (1 / classes), below which a setting does worse than guessing."""
     figure = _figure(7, 4.5)
     ax = figure.add_subplot()
     varying = _varying(result.rows, ("tau_t", "tau_i", "alpha", "ot"))
@@ -155,13 +207,15 @@ def plot_accuracy_vs_k(result, path: Path) -> Path:
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    chance = getattr(result, "chance", None)
+    if chance:
+        ax.axhline(100 * chance, color="grey", linestyle=":", linewidth=1, label=f"chance ({100 * chance:.1f})")
     ax.set_xlabel("k (descriptions kept per class)")
     ax.set_ylabel("balanced accuracy (%)")
     ax.set_title(f"KPL balanced accuracy vs k ({result.snapshot['name']})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    figure.savefig(path)
-    return path
+    return figure
 
 
 # ------------------------------------------------------------------ CSV
@@ -234,7 +288,25 @@ def _eval_facts(payload: dict) -> dict[str, Any]:
     return {"snapshot": f"{snap['name']} ({snap['content_hash']})", "image features": payload["model"]["image_features"],
             "descriptions": payload["model"]["descriptions"], "template": payload["model"]["template"],
             "data": f"{features.get('path')} ({features['images']} images, {len(payload['classes']['names'])} classes)",
-            "k": f"auto ({payload['params']['k']})" if payload.get("k_auto") else payload["params"]["k"], "ot": payload["params"]["ot"], "created": payload["created"]}
+            "k": f"auto ({payload['params']['k']})" if payload.get("k_auto") else payload["params"]["k"], "ot": payload["params"]["ot"], "created": payload["created"],
+            **_ci_and_environment_facts(payload)}
+
+
+def _ci_and_environment_facts(payload: dict) -> dict[str, str]:
+    """How the intervals were made and what the numbers were computed on (from metrics.json)."""
+    facts = {}
+    ci = next((r.get("ci95") for r in payload.get("results", {}).values() if r.get("ci95")), None)
+    if ci:
+        facts["intervals"] = (f"[low, high]: percentile bootstrap {100 * ci['level']:.0f} %, {ci['resamples']} "
+                              f"resamples of the images, seed {ci['seed']}")
+    env = payload.get("environment")
+    if env:
+        versions = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
+        cpu = env["cpu"]
+        facts["software"] = f"Python {env['python']}, {versions}"
+        facts["hardware"] = (f"{cpu['model']} ({cpu['cores']} cores; {' '.join(cpu['simd']) or 'no SIMD flags read'})"
+                             + (f"; GPU {env['gpu']['name']}" if env.get("gpu") else ""))
+    return facts
 
 
 # ------------------------------------------------------------------ writers per command
@@ -249,10 +321,11 @@ def write_eval_outputs(result, out: Path) -> list[Path]:
         run = result.runs[name]
         shown = payload["classes"].get("display_names", {})  # "melanoma", not the folder code "mel"
         png = plot_confusion(run.metrics.confusion, [shown.get(c, c) for c in result.session.features.class_names],
-                             f"{name} on {payload['snapshot']['name']}: top-1 {pct(run.metrics.accuracy)}%",
+                             f"{name} on {payload['snapshot']['name']}: balanced accuracy "
+                             f"{with_ci(run.metrics.balanced_accuracy, _ci(run, 'balanced_accuracy'))}%",
                              out / "confusion_matrix.png")
         written.append(png)
-        sections.append(f"<h2>Confusion matrix ({html.escape(name)})</h2>" + _html_image(png))
+        sections.append(f"<h2>Confusion matrix ({html.escape(name)}, row-normalised)</h2>" + _html_image(png))
     sections.append(_html_list("Notes", payload["notes"]))
     for cls, texts in payload["selected_descriptions"].items():
         sections.append(_html_list(f"Selected descriptions: {cls}", texts))

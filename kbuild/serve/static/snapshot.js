@@ -34,12 +34,14 @@ function displayName(kb, cls) {
 function removedTable(kb, matches) {
   const rows = kb.removed.filter((r) => matches(r.class_name, r.text));
   if (!kb.removed.length) return null;
-  const score = (s) => (s === null || s === undefined ? "" : Number(s).toFixed(3));
+  // sanitise and overlong scores are counts (characters, tokens), not similarities: no decimals
+  const counts = new Set(["sanitise", "overlong"]);
+  const score = (s, stage) => (s === null || s === undefined ? "" : Number(s).toFixed(counts.has(stage) ? 0 : 3));
   return h("section", { id: "removed" }, h("h2", {}, `Removed in this snapshot (${kb.removed.length})`),
     h("table", { class: "grid" },
       h("thead", {}, h("tr", {}, ["class", "text", "stage", "reason", "score", "related"].map((c) => h("th", {}, c)))),
       h("tbody", {}, rows.map((r) => h("tr", { class: "removed-row" }, h("td", {}, r.class_name), h("td", { class: "text" }, r.text),
-        h("td", {}, r.stage), h("td", {}, r.reason), h("td", { class: "num" }, score(r.score)), h("td", {}, r.explanation || r.related || ""))))));
+        h("td", {}, r.stage), h("td", {}, r.reason), h("td", { class: "num" }, score(r.score, r.stage)), h("td", {}, r.explanation || r.related || ""))))));
 }
 
 function reviewLog(kb) {
