@@ -209,12 +209,12 @@ def fit(image_features: torch.Tensor, prototypes: torch.Tensor, params: TransCLI
     means = initial_means(x, y, p.init_top)
     variance = torch.full((d,), 1.0 / d, dtype=x.dtype, device=x.device)
     z, scores = y.clone(), p.lam * log_y
-    progress = task("TransCLIP iterations", p.outer_iters + 1)
+    progress = task("TransCLIP iterations", assignment_updates(p))
     for round_ in range(p.outer_iters + 1):  # the last round is the final assignment update alone
         fixed = p.lam * log_y + log_likelihood(x, means, variance) / p.scale
         z, new_scores = assignment_update(z, fixed, affinity, p.inner_iters, neighbour_weight)
         scores = scores if new_scores is None else new_scores
-        progress.advance()
+        progress.advance(p.inner_iters)
         if round_ == p.outer_iters:
             break
         means, weighted, mass = update_means(x, z, means, anchors, strength)
