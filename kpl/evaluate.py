@@ -118,10 +118,13 @@ class Session:
 
 
 def load_image_features(inputs: Inputs, progress: Progress | None = None,
-                        check_classes: Callable[[list[str]], None] | None = None):
-    """(FeatureSet, ImageDataset or None, image model or None) from ``--features`` or ``--data``."""
+                        check_classes: Callable[[list[str]], None] | None = None, snapshot: dict | None = None):
+    """(FeatureSet, ImageDataset or None, image model or None) from ``--features`` or ``--data``.
+
+    The image model: --model > KPL_CLIP_MODEL > ``snapshot``'s own model (a manifest's ``clip``) > default,
+    so images and descriptions share a space unless the user says otherwise."""
     cache_dir = (inputs.cache_dir or feature_cache_dir(inputs.store)) if inputs.use_cache else None
-    choice = choose_model(inputs.model, inputs.pretrained)
+    choice = choose_model(inputs.model, inputs.pretrained, snapshot=snapshot)
     model, pretrained = choice.model, choice.pretrained
     return load_or_encode(inputs.data, inputs.features, inputs.split, model, pretrained, inputs.device,
                           inputs.batch_size, inputs.workers, cache_dir, progress, check_classes, inputs.precision,
@@ -156,7 +159,8 @@ def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progres
         for kb in kbs:
             match_classes(class_names, kb.classes(), kb.info.name, class_map)
 
-    features, dataset, clip = load_image_features(inputs, progress, check_classes)
+    features, dataset, clip = load_image_features(inputs, progress, check_classes,
+                                                  snapshot=_kb_clip(kbs[0]) if kbs else None)
     session = Session(inputs, store, kbs, features, dataset, clip, log=log)
     for message in feature_notes(features, dataset):
         session.note(message)

@@ -6,7 +6,6 @@ import json
 import sys
 from typing import Any
 
-from kbuild import settings
 from kbuild.descriptions import visible
 from kbuild.store import SnapshotStore
 
@@ -17,10 +16,12 @@ def open_store(store: str | None, chroma_url: str | None) -> SnapshotStore:
 
 def load_embedder(store: SnapshotStore, model: str | None, pretrained: str | None):
     """The CLIP text embedder named by the flags/environment, with the store's embedding cache."""
-    from kbuild.clip.text import TextEmbedder, cache_path
+    from kbuild.clip.choice import choose_model
     from kbuild.clip.models import load_clip
+    from kbuild.clip.text import TextEmbedder, cache_path
 
-    clip = load_clip(settings.clip_model(model), settings.clip_pretrained(pretrained))
+    choice = choose_model(model, pretrained)  # flag > environment > default (a new snapshot has no model yet)
+    clip = load_clip(choice.model, choice.pretrained)
     return TextEmbedder(clip, cache_path(store.home))
 
 

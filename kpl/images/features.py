@@ -182,11 +182,11 @@ def save_features_npz(features: FeatureSet, path: Path | str) -> Path:
         arrays["paths"] = np.asarray(features.paths, dtype=str)
     if features.name_embeddings is not None:
         arrays["name_embeddings"] = features.name_embeddings.astype(np.float32)
-    _atomic_savez(path, arrays)
+    atomic_savez(path, arrays)
     return path
 
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     # A killed writer must never leave a truncated file under the real name (the cache trusts it).
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
     try:
@@ -269,7 +269,7 @@ class FeatureCache:
         path = self.file(key)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            _atomic_savez(path, {"features": features.astype(np.float32), "ok": ok.astype(bool),
+            atomic_savez(path, {"features": features.astype(np.float32), "ok": ok.astype(bool),
                                  "meta": np.asarray(json.dumps(meta, sort_keys=True))})
         except OSError as err:
             raise KplError(f"Cannot write the feature cache in {self.folder}: {err.strerror or err} "
@@ -277,8 +277,53 @@ class FeatureCache:
         return path
 
 
+@dataclass
+class CacheLookup:
+    """One look in the feature cache for a dataset and an encoder, the same for every engine.
+
+    ``hit`` is the entry's (features, ok) when it is usable; ``info`` is what metrics.json records
+    (status, key, file, and why an entry was rejected or could not be written). ``cache`` is None
+    with ``--no-cache``. ``save`` writes what the engine encoded, so the next run of either engine hits.
+    """
+
+    cache: FeatureCache | None
+    key: str
+    hit: tuple[np.ndarray, np.ndarray] | None
+    info: dict[str, Any]
+
+    def save(self, dataset: ImageDataset, clip, features: np.ndarray, ok: np.ndarray, precision: str,
+             engine: str | None = None) -> bool:
+        """Store an encoded dataset; False (and ``info["error"]``) when the cache cannot be written:
+        the features are fine, and losing them to a cache problem is not."""
+        if self.cache is None:
+            return False
+        meta = {"model_id": clip.model_id, "preprocess": repr(clip.preprocess), "root": str(dataset.root),
+                "files": len(dataset), "precision": precision, **({"engine": engine} if engine else {})}
+        try:
+            self.cache.put(self.key, features, ok, meta)
+        except KbuildError as err:
+            self.info["error"] = str(err)
+            return False
+        return True
+
+
+def look_up(dataset: ImageDataset, clip, cache_dir: Path | None, precision: str,
+            engine: str | None = None) -> CacheLookup:
+    """The cache entry of ``dataset`` encoded by ``clip`` at ``precision`` (``cache_dir`` None: no cache)."""
+    key = cache_key(clip.model_id, repr(clip.preprocess), precision, dataset.paths)
+    cache = FeatureCache(cache_dir) if cache_dir is not None else None
+    hit = cache.get(key, len(dataset), clip.dim) if cache is not None else None
+    info: dict[str, Any] = {"status": "off" if cache is None else ("hit" if hit is not None else "miss"),
+                            "key": f"sha256:{key}", **({"engine": engine} if engine else {})}
+    if cache is not None:
+        info["file"] = str(cache.file(key))
+        if cache.rejected:
+            info["rejected"] = cache.rejected
+    return CacheLookup(cache, key, hit, info)
+
+
 # ------------------------------------------------------------------ encoding
-class _ImageFiles:
+class ImageFiles:
     """A map-style torch dataset: (preprocessed image or a zero placeholder, index, decoded?)."""
 
     def __init__(self, paths: list[Path], preprocess, placeholder):
@@ -298,7 +343,7 @@ class _ImageFiles:
             return self.placeholder, index, False
 
 
-def _placeholder(preprocess):
+def placeholder_image(preprocess):
     from PIL import Image
 
     return preprocess(Image.new("RGB", (8, 8))).zero_()
@@ -322,7 +367,7 @@ def make_loader(paths: list[Path], preprocess, batch_size: int, workers: int, pi
     """A torch DataLoader yielding (B, 3, H, W) images, (B,) indices, (B,) decoded flags, in order."""
     from torch.utils.data import DataLoader
 
-    files = _ImageFiles(paths, preprocess, _placeholder(preprocess))
+    files = ImageFiles(paths, preprocess, placeholder_image(preprocess))
     return DataLoader(files, batch_size=batch_size, shuffle=False, num_workers=workers,
                       pin_memory=pin_memory, prefetch_factor=4 if workers else None)
 
@@ -360,29 +405,13 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
 
     Corrupt files are dropped (with their labels) and listed in ``FeatureSet.corrupt``.
     """
-    key = cache_key(clip.model_id, repr(clip.preprocess), precision_of(clip), dataset.paths)
-    cache = FeatureCache(cache_dir) if cache_dir is not None else None
-    hit = cache.get(key, len(dataset), clip.dim) if cache is not None else None
-    status = "off" if cache is None else ("hit" if hit is not None else "miss")
-    cache_info: dict[str, Any] = {"status": status, "key": f"sha256:{key}"}
-    if cache is not None and cache.rejected:
-        cache_info["rejected"] = cache.rejected
-    if cache is not None:
-        cache_info["file"] = str(cache.file(key))
-    encoded = 0
-    if hit is None:
-        features, ok = encode_images(dataset.paths, clip, batch_size, workers, progress)
-        encoded = len(dataset)
-        if cache is not None:
-            meta = {"model_id": clip.model_id, "preprocess": repr(clip.preprocess), "root": str(dataset.root),
-                    "files": len(dataset), "precision": precision_of(clip)}
-            try:
-                cache.put(key, features, ok, meta)
-            except KbuildError as err:  # the features are fine; losing them to a cache problem is not
-                cache_info["error"] = str(err)
-    else:
-        features, ok = hit
-    return feature_set(dataset, clip, features, ok, cache_info, encoded, clip.device, precision_of(clip))
+    precision = precision_of(clip)
+    found = look_up(dataset, clip, cache_dir, precision)
+    if found.hit is not None:
+        return feature_set(dataset, clip, *found.hit, found.info, 0, clip.device, precision)
+    features, ok = encode_images(dataset.paths, clip, batch_size, workers, progress)
+    found.save(dataset, clip, features, ok, precision)
+    return feature_set(dataset, clip, features, ok, found.info, len(dataset), clip.device, precision)
 
 
 def feature_set(dataset: ImageDataset, clip, features: np.ndarray, ok: np.ndarray, cache_info: dict[str, Any],

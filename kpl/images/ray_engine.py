@@ -9,7 +9,7 @@ in-process encoder writes. Everything downstream (``kpl eval``, sweep, compare) 
 encodes nothing when the entry is there.
 
 Each actor decodes and preprocesses with the very code of the in-process engine
-(``kpl.images.features._ImageFiles``) and the same model loader, and checks that its model has the
+(``kpl.images.features.ImageFiles``) and the same model loader, and checks that its model has the
 driver's ``model_id``, so both engines give the same features (to batch-composition rounding).
 Image paths must be readable at the same path on every node (a shared filesystem); the cache
 only has to be on the driver's machine, since features come back to the driver.
@@ -29,7 +29,7 @@ from kbuild.errors import KbuildError
 from kpl.errors import KplError, UsageError
 
 from kpl.images.datasets import ImageDataset
-from kpl.images.features import FeatureCache, FeatureSet, Progress, cache_key, feature_set, precision_of
+from kpl.images.features import FeatureSet, Progress, feature_set, look_up, precision_of
 from kpl.images.shards import DEFAULT_SHARD_SIZE, ShardFolder
 
 ENGINES = ("local", "ray")
@@ -123,23 +123,34 @@ class _Cluster:
             self.ray.shutdown()
 
 
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What each encoder actor loads: the driver's model choice, its id (checked on the node), where it runs."""
+
+    model: str
+    pretrained: str | None
+    device: str
+    model_id: str
+    threads: int
+
+
 class _Encoder:
     """A Ray Data actor: the CLIP model loaded once, applied to batches of (index, path)."""
 
-    def __init__(self, model: str, pretrained: str | None, device: str, model_id: str, threads: int):
+    def __init__(self, spec: EncoderSpec):
         import torch
 
         from kbuild.clip.models import load_clip
 
-        from kpl.images.features import _ImageFiles, _placeholder
+        from kpl.images.features import ImageFiles, placeholder_image
 
-        if device == "cpu":
-            torch.set_num_threads(threads)
-        self.clip = load_clip(model, pretrained, device)
-        if self.clip.model_id != model_id:
-            raise KplError(f"the model on this Ray node is {self.clip.model_id}, the driver's is {model_id} "
-                              "(give every node the same weights)")
-        self.files = lambda paths: _ImageFiles(paths, self.clip.preprocess, _placeholder(self.clip.preprocess))
+        if spec.device == "cpu":
+            torch.set_num_threads(spec.threads)
+        self.clip = load_clip(spec.model, spec.pretrained, spec.device)
+        if self.clip.model_id != spec.model_id:
+            raise KplError(f"the model on this Ray node is {self.clip.model_id}, the driver's is {spec.model_id} "
+                           "(give every node the same weights)")
+        self.files = lambda paths: ImageFiles(paths, self.clip.preprocess, placeholder_image(self.clip.preprocess))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -186,25 +197,22 @@ def encode_dataset_ray(dataset: ImageDataset, clip, model: str, pretrained: str 
     count = len(dataset)
     # A finished entry (from either engine) needs no cluster at all.
     if cache_dir is not None:
-        early = _from_cache(dataset, clip, cache_dir, precision_of(clip))
-        if early is not None:
-            return early
+        early = look_up(dataset, clip, cache_dir, precision_of(clip), engine="ray")
+        if early.hit is not None:
+            return feature_set(dataset, clip, *early.hit, early.info, 0, clip.device, precision_of(clip))
     with _Cluster(engine.address) as ray:
         device, actors, resources, threads = _actor_plan(ray, device, engine.actors)
         precision = _precision(device)
-        key = cache_key(clip.model_id, repr(clip.preprocess), precision, dataset.paths)
         scratch = None
-        if cache_dir is None:  # --no-cache: shards still need a home for this run
+        if cache_dir is None:  # --no-cache: shards still need a home for this run (and nothing is kept)
             scratch = tempfile.TemporaryDirectory(prefix="kpl-shards-")
-        cache = FeatureCache(Path(scratch.name) if scratch else cache_dir)
+        found = look_up(dataset, clip, Path(scratch.name) if scratch else cache_dir, precision, engine="ray")
+        cache, key, cache_info = found.cache, found.key, found.info
+        if scratch is not None:
+            cache_info = {"status": "off", "key": cache_info["key"], "engine": "ray"}
         try:
-            hit = cache.get(key, count, clip.dim) if scratch is None else None
-            status = "off" if scratch is not None else ("hit" if hit is not None else "miss")
-            cache_info: dict[str, Any] = {"status": status, "key": f"sha256:{key}", "engine": "ray"}
-            if scratch is None:
-                cache_info["file"] = str(cache.file(key))
-            if hit is not None:
-                return feature_set(dataset, clip, hit[0], hit[1], cache_info, 0, device, precision)
+            if found.hit is not None and scratch is None:
+                return feature_set(dataset, clip, *found.hit, cache_info, 0, device, precision)
             shards = ShardFolder(cache, key, count, engine.shard_size, dim=clip.dim)
             missing = shards.missing()
             cache_info["shards"] = {"total": len(shards.ranges), "reused": len(shards.ranges) - len(missing),
@@ -214,35 +222,19 @@ def encode_dataset_ray(dataset: ImageDataset, clip, model: str, pretrained: str 
                          for name, why in list(shards.rejected.items())[:1]]
             if rejected:
                 cache_info["rejected"] = "; ".join(rejected)
-            spec = {"model": model, "pretrained": pretrained, "device": device, "model_id": clip.model_id,
-                    "threads": threads}
+            spec = EncoderSpec(model, pretrained, device, clip.model_id, threads)
             encoded = _encode_missing(ray, dataset, shards, missing, spec, batch_size, actors, resources, progress)
             features, ok = shards.join(clip.dim)
-            if scratch is None:
-                meta = {"model_id": clip.model_id, "preprocess": repr(clip.preprocess), "root": str(dataset.root),
-                        "files": count, "precision": precision, "engine": "ray"}
-                try:
-                    cache.put(key, features, ok, meta)
-                    shards.remove()
-                except KbuildError as err:  # keep the shards: a rerun joins them without encoding
-                    cache_info["error"] = str(err)
+            # kept shards let a rerun join them without encoding when the entry could not be written
+            if scratch is None and found.save(dataset, clip, features, ok, precision, engine="ray"):
+                shards.remove()
             return feature_set(dataset, clip, features, ok, cache_info, encoded, device, precision)
         finally:
             if scratch is not None:
                 scratch.cleanup()
 
 
-def _from_cache(dataset: ImageDataset, clip, cache_dir: Path, precision: str) -> FeatureSet | None:
-    key = cache_key(clip.model_id, repr(clip.preprocess), precision, dataset.paths)
-    cache = FeatureCache(cache_dir)
-    hit = cache.get(key, len(dataset), clip.dim)
-    if hit is None:
-        return None
-    info = {"status": "hit", "key": f"sha256:{key}", "file": str(cache.file(key)), "engine": "ray"}
-    return feature_set(dataset, clip, hit[0], hit[1], info, 0, clip.device, precision)
-
-
-def _encode_missing(ray, dataset: ImageDataset, shards: ShardFolder, missing: list[tuple[int, int]], spec: dict,
+def _encode_missing(ray, dataset: ImageDataset, shards: ShardFolder, missing: list[tuple[int, int]], spec: EncoderSpec,
                     batch_size: int, actors: int, resources: dict, progress: Progress | None) -> int:
     """Encode the ``missing`` ranges on the actor pool, writing each shard as soon as it is complete."""
     import pyarrow as pa
@@ -261,7 +253,7 @@ def _encode_missing(ray, dataset: ImageDataset, shards: ShardFolder, missing: li
     pending: dict[int, list] = {}  # range start -> [features (n, D), ok (n,), rows received]
     ends = dict(missing)
     mapped = ray.data.from_arrow(tables).map_batches(
-        _Encoder, fn_constructor_kwargs=spec, batch_size=batch_size, batch_format="numpy",
+        _Encoder, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors), **resources)
     try:
         for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):

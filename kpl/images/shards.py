@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kpl.images.features import FeatureCache, _atomic_savez, entry_problem, read_entry
+from kpl.images.features import FeatureCache, atomic_savez, entry_problem, read_entry
 
 DEFAULT_SHARD_SIZE = 4096
 
@@ -71,7 +71,7 @@ class ShardFolder:
         """Store one finished range atomically (a kill mid-write leaves no file under its name)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.file(start, stop)
-        _atomic_savez(path, {"features": np.asarray(features, dtype=np.float32), "ok": np.asarray(ok, dtype=bool),
+        atomic_savez(path, {"features": np.asarray(features, dtype=np.float32), "ok": np.asarray(ok, dtype=bool),
                              "range": np.asarray([start, stop], dtype=np.int64)})
         return path
 
