@@ -34,7 +34,7 @@ from kbuild.clip.text import DEFAULT_TEMPLATE, NAME_TEMPLATE
 from kbuild.diff import diff_snapshots
 from kbuild.errors import KbuildError
 from kpl.errors import KplError
-from kbuild.store import KnowledgeBase, SnapshotStore, feature_cache_dir
+from kbuild.store import KnowledgeBase, SnapshotStore, feature_cache_dir, home_folder
 from kbuild.store.bundle import is_bundle, read_bundle
 from kbuild.store.manifest import display_name, display_names
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
@@ -230,7 +230,7 @@ def _specs(session: Session, kb: KnowledgeBase) -> list[tuple[str, str | None]]:
 def _embedder(session: Session, clip):
     from kbuild.clip.text import TextEmbedder, cache_path
 
-    return TextEmbedder(clip, cache_path(session.store.home if session.store else settings.store_path(session.inputs.store)))
+    return TextEmbedder(clip, cache_path(session.store.home if session.store else home_folder(session.inputs.store)))
 
 
 def _description_embeddings(session: Session, kb: KnowledgeBase, kb_classes: list[str], model_id: str,

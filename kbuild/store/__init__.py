@@ -8,8 +8,13 @@ from kbuild.store.snapshots import KnowledgeBase, RemovedRecord, SnapshotInfo, S
 
 __all__ = [
     "KnowledgeBase", "RemovedRecord", "SnapshotInfo", "SnapshotStore",
-    "feature_cache_dir", "resolve_auto_name", "validate_snapshot_name", "validate_tag_name",
+    "feature_cache_dir", "home_folder", "resolve_auto_name", "validate_snapshot_name", "validate_tag_name",
 ]
+
+
+def home_folder(store: str | None = None) -> Path:
+    """The local home of a store's caches (--store > KBUILD_STORE > ./kb_snapshots), even when no store is open."""
+    return settings.store_path(store)
 
 
 def feature_cache_dir(store: str | None = None) -> Path:
