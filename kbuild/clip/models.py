@@ -28,6 +28,7 @@ import numpy as np
 
 from kbuild.errors import KbuildError, UsageError
 
+from kbuild.clip import causal
 from kbuild.clip.precision import image_autocast, pick_precision
 from kbuild.clip.registry import TRANSFORMERS, check_cached, resolve
 
@@ -206,6 +207,8 @@ class ClipModel:
         self.precision = pick_precision(self.device, precision)
         logging.getLogger("open_clip").setLevel(logging.ERROR)  # "no pretrained weights" is expected in tests
         self.model, self.preprocess, self.tokenizer = _create(spec, self.device)
+        # Batches cut to their longest text (``causal``) where the model's text path allows it.
+        self.truncated_text = causal.supports(self.model)
         self.model_id = model_id(spec)
         self.context_length = int(getattr(self.tokenizer, "context_length", 77) or 77)
         self.dim = int(self._probe_dim())
@@ -214,9 +217,16 @@ class ClipModel:
         return self.encode_texts(["probe"]).shape[1]
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """(len(texts), D) float32 unit rows; texts longer than the context are truncated by the tokenizer."""
+        """(len(texts), D) float32 unit rows; texts longer than the context are truncated by the tokenizer.
+
+        Equal (within float32 rounding) to open_clip's ``encode_text``, which is what runs when
+        ``truncated_text`` is False."""
         import torch
 
+        if self.truncated_text and len(texts):
+            with torch.inference_mode():  # one tokenizer call; batches sorted and cut by length
+                tokens = self.tokenizer(list(texts)).to(self.device)
+                return causal.encode(self.model, tokens).cpu().numpy()
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
