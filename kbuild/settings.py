@@ -19,7 +19,7 @@ ENV_OPENAI_KEY = "OPENAI_API_KEY"
 ENV_OPENAI_BASE_URL = "OPENAI_BASE_URL"
 
 DEFAULT_STORE = "kb_snapshots"
-DEFAULT_CLIP_MODEL = "ViT-L-14-336"
+DEFAULT_CLIP_MODEL = "ViT-B-32"  # the paper used ViT-L-14-336 / openai: README "Choosing the CLIP model"
 DEFAULT_CLIP_PRETRAINED = "openai"
 DEFAULT_TEMPLATE = "a photo of a {}, which has {}"
 

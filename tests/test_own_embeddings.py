@@ -27,7 +27,7 @@ def kpl(capsys) -> CliRunner:
 
 @pytest.fixture()
 def store(monkeypatch, tmp_path) -> Path:
-    """A fresh store and the default CLIP model (ViT-L-14-336, not cached here): nothing may load it."""
+    """A fresh store and the default CLIP model (ViT-B-32 / openai, not cached here): nothing may load it."""
     monkeypatch.setenv("KBUILD_STORE", str(tmp_path / "store"))
     for name in ("KPL_CLIP_MODEL", "KPL_CLIP_PRETRAINED", "KBUILD_CHROMA_URL"):
         monkeypatch.delenv(name, raising=False)

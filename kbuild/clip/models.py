@@ -274,7 +274,7 @@ def load_clip(model: str, pretrained: str | None, device: str | None = None,
               precision: str | None = None) -> ClipModel:
     """Load (once per process) the CLIP model named by ``--model/--pretrained`` (or a registry name)."""
     spec = _resolved(ModelSpec(model, pretrained))
-    check_cached(spec.model, alias=model if spec.model != model else None)
+    check_cached(spec.model, alias=model if spec.model != model else None, pretrained=spec.pretrained)
     if spec.model.startswith(TRANSFORMERS):
         from kbuild.clip.hf_clip import HFClipModel
 
