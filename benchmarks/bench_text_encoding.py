@@ -6,12 +6,13 @@ process, from its start to the published snapshot) >= 1.5x faster than ``encode_
 
 No pretrained weights can be downloaded here, so the model is the chosen architecture with random
 weights, saved as a ``local-dir:`` folder (the speed of a transformer does not depend on its
-weights). The texts are CuPL's Food-101 sentences from ../shared/datasets/kb, rendered with the
-default template exactly as ``kbuild load`` renders them. The last line scales the measured rate to
-CuPL ImageNet (29,940 texts).
+weights). The texts come from ../shared/datasets/kb: DCLIP's Food-101 descriptors (short, as in
+the issue's DCLIP CUB case) or CuPL's Food-101 sentences (long, like CuPL ImageNet's), rendered with
+the default template exactly as ``kbuild load`` renders them. The last line scales the measured
+rate to CuPL ImageNet (29,940 texts); measure it with ``--kb cupl``.
 
-    python benchmarks/bench_text_encoding.py                      # ViT-B-32 (the default), 800 texts
-    python benchmarks/bench_text_encoding.py --arch ViT-L-14-336 --texts 300 --threads 2
+    python benchmarks/bench_text_encoding.py --threads 2                        # ViT-B-32, DCLIP, 250 texts
+    python benchmarks/bench_text_encoding.py --threads 2 --kb cupl --no-load    # for the CuPL ImageNet line
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CUPL_FOOD = ROOT.parent / "shared" / "datasets" / "kb" / "CuPL__food_prompts_full.json"
+KB_DIR = ROOT.parent / "shared" / "datasets" / "kb"
+FILES = {"dclip": ("DCLIP Food-101 descriptors", KB_DIR / "WaffleCLIP__descriptors_food101.json"),
+         "cupl": ("CuPL Food-101 sentences", KB_DIR / "CuPL__food_prompts_full.json")}
 CUPL_IMAGENET_TEXTS = 29_940
 
 
@@ -89,7 +92,8 @@ def load_end_to_end(model: str, classes: dict[str, list[str]], threads: int | No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="ViT-B-32", help="open_clip architecture (random weights)")
-    parser.add_argument("--texts", type=int, default=800, help="how many CuPL Food-101 texts")
+    parser.add_argument("--kb", choices=sorted(FILES), default="dclip", help="which texts")
+    parser.add_argument("--texts", type=int, default=250, help="how many texts (whole classes, in file order)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-load", action="store_true", help="skip the kbuild load end-to-end row")
     args = parser.parse_args()
@@ -102,13 +106,14 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    classes = pick_texts(CUPL_FOOD, args.texts)
+    label, path = FILES[args.kb]
+    classes = pick_texts(path, args.texts)
     texts = [settings.DEFAULT_TEMPLATE.format(name, text) for name, rows in classes.items() for text in rows]
     with tempfile.TemporaryDirectory() as tmp:
         model = f"local-dir:{random_model_dir(args.arch, Path(tmp) / args.arch)}"
         clip = load_clip(model, None)
         tokens = np.asarray([int(t.argmax()) + 1 for t in clip.tokenizer(texts)])
-        print(f"{args.arch} (random weights), {len(texts)} CuPL Food-101 texts (tokens: median "
+        print(f"{args.arch} (random weights), {len(texts)} {label} (tokens: median "
               f"{int(np.median(tokens))}, max {tokens.max()}), torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average "
               f"{os.getloadavg()[0]:.1f}")
@@ -126,8 +131,8 @@ def main() -> None:
         print(f"{'kbuild load, process start to snapshot':<44} {load_s:>8.2f} {len(texts) / load_s:>8.1f} "
               f"{base_s / load_s:>8.2f}")
     print(f"max |kbuild - encode_text| = {diff:.2e}")
-    hours = CUPL_IMAGENET_TEXTS / (len(texts) / ours_s) / 60
-    print(f"CuPL ImageNet ({CUPL_IMAGENET_TEXTS:,} texts) at this rate: about {hours:.0f} min of text encoding "
+    minutes = CUPL_IMAGENET_TEXTS / (len(texts) / ours_s) / 60
+    print(f"CuPL ImageNet ({CUPL_IMAGENET_TEXTS:,} texts) at this rate: about {minutes:.0f} min of text encoding "
           f"(encode_text: {CUPL_IMAGENET_TEXTS / (len(texts) / base_s) / 60:.0f} min)")
 
 

@@ -53,7 +53,7 @@ def length_batches(lengths: np.ndarray, batch_tokens: int = BATCH_TOKENS, max_ba
         stop = start + 1
         # rows are sorted, so the batch's padded length is its last row's length
         # a batch also ends where lengths jump (a few long texts must not pad many short ones)
-        longest = 1.5 * int(lengths[order[start]]) + 4
+        longest = 1.2 * int(lengths[order[start]]) + 2
         while stop < len(order) and stop - start < max_batch and int(lengths[order[stop]]) <= longest and \
                 (stop - start + 1) * int(lengths[order[stop]]) <= batch_tokens:
             stop += 1

@@ -269,6 +269,53 @@ def _public_pretrained(pretrained: str | None) -> str | None:
     return pretrained
 
 
+class LazyClip:
+    """A CLIP model that is named but loaded only when a text must be encoded.
+
+    Work on an existing snapshot (prune) mostly reuses stored vectors: the model id and the token
+    counts need no weights (``count_tokens`` uses the tokenizer alone where open_clip can build it
+    from the name or folder); ``encode_texts``, ``dim`` and ``describe`` load the model, once.
+    """
+
+    def __init__(self, model: str, pretrained: str | None):
+        self._args = (model, pretrained)
+        self.spec = _resolved(ModelSpec(model, pretrained))
+        self.model_id = model_id(self.spec)
+        self._clip = None
+        self._tokenizer = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._clip is not None
+
+    def load(self):
+        if self._clip is None:
+            self._clip = load_clip(*self._args)
+        return self._clip
+
+    @property
+    def dim(self) -> int:
+        return self.load().dim
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        return self.load().encode_texts(texts, batch_size)
+
+    def describe(self) -> dict:
+        return self.load().describe()
+
+    def count_tokens(self, text: str) -> int:
+        if self._clip is None and self._tokenizer is None and not self.spec.model.startswith(TRANSFORMERS):
+            with contextlib.suppress(Exception):  # any failure: the model's own tokenizer, below
+                import open_clip
+
+                _check_spec(self.spec)
+                self._tokenizer = open_clip.get_tokenizer(self.spec.model)
+        if self._tokenizer is None:
+            return self.load().count_tokens(text)
+        encode = getattr(self._tokenizer, "encode", None)  # as ClipModel.count_tokens, with its markers
+        return len(encode(text)) + 2 if encode is not None else 0
+
+
 @lru_cache(maxsize=4)
 def load_clip(model: str, pretrained: str | None, device: str | None = None,
               precision: str | None = None) -> ClipModel:
