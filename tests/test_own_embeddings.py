@@ -157,12 +157,15 @@ def test_non_unit_rows_are_normalised_and_said(kbuild, store, tmp_path):
     assert np.allclose(stored["fur"], vectors[1] / np.linalg.norm(vectors[1]), atol=1e-6)
 
 
-def test_prune_of_imported_snapshot_asks_for_a_model(kbuild, store, tmp_path):
+def test_prune_of_imported_snapshot_needs_a_model_only_for_name_prompts(kbuild, store, tmp_path):
     assert kbuild("load", _write_kb(tmp_path / "kb.npz")).code == 0
-    result = kbuild("prune", "latest")
+    loads_before = load_clip.cache_info().misses
+    assert kbuild("prune", "latest", "--force").code == 0  # on the stored vectors: no model
+    assert load_clip.cache_info().misses == loads_before
+    result = kbuild("prune", "v1", "--cross-class", "best")  # compares with class-name prompts
     assert result.code == 2, result.err
     line = result.err.strip().splitlines()[-1]
-    assert line.startswith("Error: ") and "imported embeddings (my-space)" in line and "--model" in line
+    assert line.startswith("Error: ") and "--margin-reference centroid" in line and "--model" in line
 
 
 def test_features_file_round_trip_keeps_space_and_name_embeddings(tmp_path):
