@@ -48,9 +48,10 @@ def _seq_lengths(model):
     return seen, handle
 
 
-def test_tiny_model_matches_encode_text_and_runs_short_sequences(tiny_model):
+def test_tiny_model_matches_encode_text_and_runs_short_sequences(tiny_model, monkeypatch):
     import torch
 
+    monkeypatch.setattr(causal, "MIN_BATCH_TOKENS", 64)  # a few texts: let lengths split the batches
     clip = load_clip(tiny_model, None)
     assert clip.truncated_text
     texts = TEXTS * 5
@@ -93,13 +94,18 @@ def test_rows_come_back_in_the_callers_order(tiny_model):
 
 def test_batches_are_sorted_by_length_and_cover_every_row():
     lengths = np.array([5, 77, 3, 12, 12, 40, 3])
-    batches = list(causal.length_batches(lengths, batch_tokens=80, max_batch=3))
+    batches = list(causal.length_batches(lengths, batch_tokens=80, max_batch=3, min_tokens=0))
     rows = np.concatenate([b for b, _ in batches])
     assert sorted(rows.tolist()) == list(range(len(lengths)))
     for b, padded in batches:
         assert padded == lengths[b].max() and len(b) <= 3
     pads = [p for _, p in batches]
     assert pads == sorted(pads)
+    # too few tokens for a batch of its own: the short rows ride with the next length
+    together = list(causal.length_batches(np.array([3, 3, 12, 12]), min_tokens=1000))
+    assert [(sorted(b.tolist()), p) for b, p in together] == [([0, 1, 2, 3], 12)]
+    apart = list(causal.length_batches(np.array([3, 3, 12, 12]), min_tokens=0))
+    assert [p for _, p in apart] == [3, 12]
 
 
 def test_other_text_paths_fall_back_to_encode_text(tiny_model):

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-BATCH_TOKENS = 16384  # tokens per forward pass: large enough for efficient matrix products on CPU
+BATCH_TOKENS = 16384  # at most this many tokens (rows x padded length) per forward pass
+MIN_BATCH_TOKENS = 4096  # below this a batch keeps growing even past a length jump: on a CPU, small
+#                          matrix products cost more per token than the padding they save
 MAX_BATCH = 512
 
 
@@ -45,17 +47,20 @@ def end_positions(tokens) -> np.ndarray:
     return tokens.argmax(dim=-1).cpu().numpy()
 
 
-def length_batches(lengths: np.ndarray, batch_tokens: int = BATCH_TOKENS, max_batch: int = MAX_BATCH):
+def length_batches(lengths: np.ndarray, batch_tokens: int = BATCH_TOKENS, max_batch: int = MAX_BATCH,
+                   min_tokens: int | None = None):
     """Row indices grouped into batches of similar length, shortest first: (rows, padded length)."""
+    min_tokens = MIN_BATCH_TOKENS if min_tokens is None else min_tokens
     order = np.argsort(lengths, kind="stable")
     start = 0
     while start < len(order):
         stop = start + 1
-        # rows are sorted, so the batch's padded length is its last row's length
-        # a batch also ends where lengths jump (a few long texts must not pad many short ones)
+        # rows are sorted, so the batch's padded length is its last row's length; a batch of
+        # enough tokens ends where lengths jump (a few long texts must not pad many short ones)
         longest = 1.2 * int(lengths[order[start]]) + 2
-        while stop < len(order) and stop - start < max_batch and int(lengths[order[stop]]) <= longest and \
-                (stop - start + 1) * int(lengths[order[stop]]) <= batch_tokens:
+        while stop < len(order) and stop - start < max_batch and \
+                (stop - start + 1) * int(lengths[order[stop]]) <= batch_tokens and \
+                (int(lengths[order[stop]]) <= longest or (stop - start) * int(lengths[order[stop - 1]]) < min_tokens):
             stop += 1
         rows = order[start:stop]
         yield rows, int(lengths[rows[-1]])
