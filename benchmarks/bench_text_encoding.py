@@ -11,7 +11,7 @@ the issue's DCLIP CUB case) or CuPL's Food-101 sentences (long, like CuPL ImageN
 the default template exactly as ``kbuild load`` renders them. The last line scales the measured
 rate to CuPL ImageNet (29,940 texts); measure it with ``--kb cupl``.
 
-    python benchmarks/bench_text_encoding.py --threads 2                        # ViT-B-32, DCLIP, 250 texts
+    python benchmarks/bench_text_encoding.py --threads 2 --texts 499            # ViT-B-32, all DCLIP texts
     python benchmarks/bench_text_encoding.py --threads 2 --kb cupl --no-load    # for the CuPL ImageNet line
 """
 
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=250, help="how many texts (whole classes, in file order)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-load", action="store_true", help="skip the kbuild load end-to-end row")
-    parser.add_argument("--rounds", type=int, default=4, help="alternate the two paths this many times")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the two paths this many times (a busy machine)")
     args = parser.parse_args()
 
     import numpy as np
