@@ -413,10 +413,10 @@ def embed(
 
 @app.command(epilog="Example: kpl models | kpl eval --kb latest --data derm/ --model monet")
 def models(json_out: JsonOpt = False) -> None:
-    """List the model names --model accepts besides open_clip's own (medical CLIP models), with their sources."""
-    from kbuild.clip.registry import registry_rows
+    """List general CLIP models and the medical ones --model accepts by name, with their sources and whether they are cached locally."""
+    from kbuild.clip.registry import general_rows, registry_rows
 
-    rows = registry_rows()
+    rows = general_rows() + registry_rows()
     if json_out:
         _print_json(rows)
         return

@@ -117,7 +117,7 @@ def test_registry_names_resolve_and_are_listed(kpl):
     listed = kpl("models", "--json")
     assert listed.code == 0
     rows = {row["name"]: row for row in json.loads(listed.out)}
-    assert set(rows) == set(MODELS) and all(row["source"] for row in rows.values())
+    assert set(MODELS) <= set(rows) and all(row["source"] for row in rows.values())
     assert rows["monet"]["library"] == "transformers" and rows["quiltnet"]["library"] == "open_clip"
     table = kpl("models")
     assert "pubmedclip" in table.out and "arXiv:2405.14839" in table.out

@@ -20,7 +20,7 @@ ROWS = ("clip", "dclip", "cupl", "inmap", "transclip", "transclip_desc", "stata"
 
 @pytest.fixture()
 def store(monkeypatch, tmp_path) -> Path:
-    """A fresh store and the default CLIP model (ViT-L-14-336, not cached here): nothing may load it."""
+    """A fresh store and the default CLIP model (ViT-B-32 / openai, not cached here): nothing may load it."""
     monkeypatch.setenv("KBUILD_STORE", str(tmp_path / "store"))
     for name in ("KPL_CLIP_MODEL", "KPL_CLIP_PRETRAINED", "KBUILD_CHROMA_URL"):
         monkeypatch.delenv(name, raising=False)
@@ -152,12 +152,15 @@ def test_non_unit_rows_are_normalised_and_said(kbuild, store, tmp_path):
     assert np.allclose(stored["fur"], vectors[1] / np.linalg.norm(vectors[1]), atol=1e-6)
 
 
-def test_prune_of_imported_snapshot_asks_for_a_model(kbuild, store, tmp_path):
+def test_prune_of_imported_snapshot_needs_a_model_only_for_name_prompts(kbuild, store, tmp_path):
     assert kbuild("load", _write_kb(tmp_path / "kb.npz")).code == 0
-    result = kbuild("prune", "latest")
+    loads_before = load_clip.cache_info().misses
+    assert kbuild("prune", "latest", "--force").code == 0  # on the stored vectors: no model
+    assert load_clip.cache_info().misses == loads_before
+    result = kbuild("prune", "v1", "--cross-class", "best")  # compares with class-name prompts
     assert result.code == 2, result.err
     line = result.err.strip().splitlines()[-1]
-    assert line.startswith("Error: ") and "imported embeddings (my-space)" in line and "--model" in line
+    assert line.startswith("Error: ") and "--margin-reference centroid" in line and "--model" in line
 
 
 def test_features_file_round_trip_keeps_space_and_name_embeddings(tmp_path):

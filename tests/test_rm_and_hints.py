@@ -35,7 +35,7 @@ def test_rm_refuses_tagged_and_parents_then_frees_disk(kbuild, three, clip_env):
     assert [s["name"] for s in listed] == ["snapshot_v1", "snapshot_v4"]
     assert kbuild("show", "reviewed").code == 1
     # numbers are never reused: the next write is v5, not v2 or v3
-    assert kbuild("prune", "v1", "--max-per-class", "6", "--json").json()["snapshot"] == "snapshot_v5"
+    assert kbuild("prune", "v1", "--max-per-class", "6", "--force", "--json").json()["snapshot"] == "snapshot_v5"
     assert kbuild("verify", "v4").code == 0
 
 

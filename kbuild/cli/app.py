@@ -11,7 +11,8 @@ import sys
 
 import typer
 
-from kbuild.cli import cmd_copy, cmd_generate, cmd_inspect, cmd_load, cmd_merge, cmd_prompts, cmd_prune, cmd_serve
+from kbuild.cli import (cmd_copy, cmd_generate, cmd_inspect, cmd_load, cmd_merge, cmd_models, cmd_prompts,
+                        cmd_prune, cmd_serve)
 from kbuild.cli.boundary import run_with_boundary
 from kbuild.cli.commands import CommandSpec
 
@@ -20,7 +21,7 @@ _HELP = ("Build, version and inspect knowledge bases of visual class description
          "immutable snapshot (snapshot_v1, snapshot_v2, ...); name one as snapshot_v3, v3, latest or a tag.\n\n"
          "Example: kbuild load descriptors.json && kbuild prune && kbuild diff v1 v2")
 
-_COMMAND_MODULES = (cmd_generate, cmd_load, cmd_prune, cmd_merge, cmd_inspect, cmd_copy, cmd_serve)
+_COMMAND_MODULES = (cmd_generate, cmd_load, cmd_prune, cmd_merge, cmd_inspect, cmd_copy, cmd_serve, cmd_models)
 
 
 def _typer(**options) -> typer.Typer:

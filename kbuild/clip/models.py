@@ -28,6 +28,7 @@ import numpy as np
 
 from kbuild.errors import KbuildError, UsageError
 
+from kbuild.clip import causal
 from kbuild.clip.precision import image_autocast, pick_precision
 from kbuild.clip.registry import TRANSFORMERS, check_cached, resolve
 
@@ -206,6 +207,8 @@ class ClipModel:
         self.precision = pick_precision(self.device, precision)
         logging.getLogger("open_clip").setLevel(logging.ERROR)  # "no pretrained weights" is expected in tests
         self.model, self.preprocess, self.tokenizer = _create(spec, self.device)
+        # Batches cut to their longest text (``causal``) where the model's text path allows it.
+        self.truncated_text = causal.supports(self.model)
         self.model_id = model_id(spec)
         self.context_length = int(getattr(self.tokenizer, "context_length", 77) or 77)
         self.dim = int(self._probe_dim())
@@ -214,9 +217,16 @@ class ClipModel:
         return self.encode_texts(["probe"]).shape[1]
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """(len(texts), D) float32 unit rows; texts longer than the context are truncated by the tokenizer."""
+        """(len(texts), D) float32 unit rows; texts longer than the context are truncated by the tokenizer.
+
+        Equal (within float32 rounding) to open_clip's ``encode_text``, which is what runs when
+        ``truncated_text`` is False."""
         import torch
 
+        if self.truncated_text and len(texts):
+            with torch.inference_mode():  # one tokenizer call; batches sorted and cut by length
+                tokens = self.tokenizer(list(texts)).to(self.device)
+                return causal.encode(self.model, tokens).cpu().numpy()
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
@@ -259,12 +269,59 @@ def _public_pretrained(pretrained: str | None) -> str | None:
     return pretrained
 
 
+class LazyClip:
+    """A CLIP model that is named but loaded only when a text must be encoded.
+
+    Work on an existing snapshot (prune) mostly reuses stored vectors: the model id and the token
+    counts need no weights (``count_tokens`` uses the tokenizer alone where open_clip can build it
+    from the name or folder); ``encode_texts``, ``dim`` and ``describe`` load the model, once.
+    """
+
+    def __init__(self, model: str, pretrained: str | None):
+        self._args = (model, pretrained)
+        self.spec = _resolved(ModelSpec(model, pretrained))
+        self.model_id = model_id(self.spec)
+        self._clip = None
+        self._tokenizer = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._clip is not None
+
+    def load(self):
+        if self._clip is None:
+            self._clip = load_clip(*self._args)
+        return self._clip
+
+    @property
+    def dim(self) -> int:
+        return self.load().dim
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        return self.load().encode_texts(texts, batch_size)
+
+    def describe(self) -> dict:
+        return self.load().describe()
+
+    def count_tokens(self, text: str) -> int:
+        if self._clip is None and self._tokenizer is None and not self.spec.model.startswith(TRANSFORMERS):
+            with contextlib.suppress(Exception):  # any failure: the model's own tokenizer, below
+                import open_clip
+
+                _check_spec(self.spec)
+                self._tokenizer = open_clip.get_tokenizer(self.spec.model)
+        if self._tokenizer is None:
+            return self.load().count_tokens(text)
+        encode = getattr(self._tokenizer, "encode", None)  # as ClipModel.count_tokens, with its markers
+        return len(encode(text)) + 2 if encode is not None else 0
+
+
 @lru_cache(maxsize=4)
 def load_clip(model: str, pretrained: str | None, device: str | None = None,
               precision: str | None = None) -> ClipModel:
     """Load (once per process) the CLIP model named by ``--model/--pretrained`` (or a registry name)."""
     spec = _resolved(ModelSpec(model, pretrained))
-    check_cached(spec.model, alias=model if spec.model != model else None)
+    check_cached(spec.model, alias=model if spec.model != model else None, pretrained=spec.pretrained)
     if spec.model.startswith(TRANSFORMERS):
         from kbuild.clip.hf_clip import HFClipModel
 

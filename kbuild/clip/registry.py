@@ -86,19 +86,61 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def check_cached(model: str, alias: str | None = None) -> None:
-    """When offline, a hub model whose files are not in the local cache fails at once, with the fix.
+def open_clip_weights(model: str, pretrained: str | None) -> tuple[str, tuple[str, ...]] | None:
+    """(hub repo, the files any one of which holds the weights) for an open_clip name + pretrained tag
+    (``ViT-B-32`` / ``openai``), or None: a checkpoint file, random weights, or a tag open_clip does
+    not fetch from the hub. Reads open_clip's table of pretrained tags; downloads nothing."""
+    if not pretrained or model.startswith((HF_HUB, TRANSFORMERS, "local-dir:")) or Path(pretrained).expanduser().is_file():
+        return None
+    try:
+        from open_clip.pretrained import get_pretrained_cfg
+    except ImportError:
+        return None
+    hub = get_pretrained_cfg(model, pretrained).get("hf_hub", "")
+    if not hub:
+        return None
+    repo_id, filename = os.path.split(hub)
+    filename = filename or "open_clip_pytorch_model.bin"
+    # open_clip first looks for a safetensors twin of the file, as in its _get_safe_alternatives
+    twin = "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin" else \
+        (filename[:-4] + ".safetensors" if filename.endswith((".bin", ".pth")) else None)
+    return repo_id, tuple(name for name in (twin, filename) if name)
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face hub cache folder in use (HF_HUB_CACHE / HF_HOME / the default)."""
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:
+        return str(Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub")
+
+
+def is_cached(repo_id: str, files: tuple[str, ...]) -> bool | None:
+    """Whether one of ``files`` of ``repo_id`` is in the local hub cache (None: cannot tell)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # huggingface_hub comes with open_clip; without it we cannot tell
+        return None
+    return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in files)
+
+
+def check_cached(model: str, alias: str | None = None, pretrained: str | None = None) -> None:
+    """When the hub cannot be reached, a model whose weights are not in the local cache fails at
+    once (well under 5 s), in one line that names the cache and the way out.
 
     Online, loading downloads as usual; offline, without this check the libraries would report a
-    long chain of retries or a confusing 'cannot find the requested files'.
+    long chain of retries (about a minute) or a confusing 'cannot find the requested files'.
+    Covers hub models (``hf-hub:``, ``transformers:``) and open_clip pretrained tags (``openai``,
+    ``laion2b_...``), which open_clip also fetches from the hub.
     """
     repo = hub_repo(model)
-    if repo is None:
+    tagged = None if repo else open_clip_weights(model, pretrained)
+    if repo is None and tagged is None:
         return
-    from huggingface_hub import try_to_load_from_cache
-
-    repo_id, marker = repo
-    if isinstance(try_to_load_from_cache(repo_id, marker), str):
+    repo_id, files = (repo[0], (repo[1],)) if repo else tagged
+    if is_cached(repo_id, files) is not False:
         return
     if offline():
         why = "HF_HUB_OFFLINE is set"
@@ -107,10 +149,15 @@ def check_cached(model: str, alias: str | None = None) -> None:
         if endpoint is None:
             return  # online: the library downloads it
         why = f"{endpoint} cannot be reached"
+    if tagged:
+        raise KbuildError(
+            f"The weights of {model} / {pretrained} are not in the Hugging Face cache ({hub_cache_dir()}) and "
+            f"{why}: pre-download them where there is network with 'huggingface-cli download {repo_id}' "
+            "(same HF_HOME), or pass the weights yourself: --pretrained FILE or --model local-dir:DIR")
     name = f"{alias} ({model})" if alias else model
     raise KbuildError(
-        f"The weights of {name} are not in the Hugging Face cache and {why}: pre-download them "
-        f"where there is network with 'huggingface-cli download {repo_id}' (same HF_HOME), "
+        f"The weights of {name} are not in the Hugging Face cache ({hub_cache_dir()}) and {why}: pre-download "
+        f"them where there is network with 'huggingface-cli download {repo_id}' (same HF_HOME), "
         "or pass a local folder (transformers:DIR or local-dir:DIR)")
 
 
@@ -120,7 +167,9 @@ def _unreachable_endpoint(timeout: float = 3.0) -> str | None:
     Without this, a machine with no network spends ~30 s in the hub client's retries
     (1 + 2 + 4 + 8 + 16 s) before the same failure.
     """
+    import contextlib
     import socket
+    import threading
     from urllib.parse import urlsplit
 
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
@@ -128,11 +177,44 @@ def _unreachable_endpoint(timeout: float = 3.0) -> str | None:
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     parts = urlsplit(endpoint)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
-            return None
-    except OSError:
-        return endpoint
+    reached: list[bool] = []
+    done = threading.Event()
+
+    def connect() -> None:
+        with contextlib.suppress(OSError), socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            reached.append(True)
+        done.set()
+
+    # In a thread: the name lookup before the connection is not bound by ``timeout`` and can hang.
+    threading.Thread(target=connect, daemon=True).start()
+    done.wait(timeout)
+    return None if reached else endpoint
+
+
+# General CLIP models (open_clip name + pretrained tag) listed by ``models`` with their cache state,
+# and the hub repo open_clip fetches each from (kept here so listing them imports no torch;
+# a test checks them against open_clip's own table).
+GENERAL: dict[str, dict[str, str]] = {
+    "ViT-B-32/openai": {"repo": "timm/vit_base_patch32_clip_224.openai",
+                        "domain": "general (the default: ~0.6 GB, fast on a CPU laptop)"},
+    "ViT-B-16/openai": {"repo": "timm/vit_base_patch16_clip_224.openai", "domain": "general"},
+    "ViT-L-14/openai": {"repo": "timm/vit_large_patch14_clip_224.openai", "domain": "general"},
+    "ViT-L-14-336/openai": {"repo": "timm/vit_large_patch14_clip_336.openai",
+                            "domain": "general (the KPL paper's model: ~1.7 GB, for a GPU)"},
+}
+_OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_OPENAI_SOURCE = "Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021"
+
+
+def general_rows() -> list[dict[str, str]]:
+    """One row per general open_clip model in ``GENERAL``: use as --model NAME --pretrained TAG."""
+    rows = []
+    for key, entry in GENERAL.items():
+        name, tag = key.split("/")
+        rows.append({"name": name, "model": f"{name} --pretrained {tag}", "library": "open_clip",
+                     "domain": entry["domain"], "cached": is_cached(entry["repo"], _OPEN_CLIP_FILES),
+                     "source": f"{_OPENAI_SOURCE}; https://huggingface.co/{entry['repo']}"})
+    return rows
 
 
 def registry_rows() -> list[dict[str, str]]:
@@ -141,14 +223,7 @@ def registry_rows() -> list[dict[str, str]]:
     for name, entry in MODELS.items():
         kind = "transformers" if entry["model"].startswith(TRANSFORMERS) else "open_clip"
         repo = hub_repo(entry["model"])
-        cached = None
-        if repo is not None:
-            try:
-                from huggingface_hub import try_to_load_from_cache
-
-                cached = isinstance(try_to_load_from_cache(*repo), str)
-            except ImportError:  # huggingface_hub comes with open_clip; without it we cannot tell
-                cached = None
+        cached = None if repo is None else is_cached(repo[0], (repo[1],))
         rows.append({"name": name, "model": entry["model"], "library": kind, "domain": entry["domain"],
                      "cached": cached, "source": entry["source"]})
     return rows

@@ -74,26 +74,39 @@ def cache_path(home: Path) -> Path:
     return home / "cache" / "text_embeddings.sqlite"
 
 
-def snapshot_embedder(home: Path, clip: dict, model: str | None = None, pretrained: str | None = None) -> TextEmbedder:
+def snapshot_embedder(home: Path, clip: dict, model: str | None = None, pretrained: str | None = None,
+                      required: bool = True) -> TextEmbedder | None:
     """An embedder for work on an existing snapshot: the snapshot's own CLIP model (``clip`` from its
-    manifest) unless a flag or the environment names another."""
-    from kbuild.clip.models import load_clip
+    manifest) unless a flag or the environment names another. The model loads only when a text
+    must be encoded (``LazyClip``). A snapshot of imported vectors names no model: that is an error
+    when ``required``, else None (the caller works on the stored vectors alone)."""
+    from kbuild.clip.models import LazyClip
 
     chosen = settings.clip_override(model, pretrained) or (clip.get("model"), clip.get("pretrained"))
     if not chosen[0]:
+        if not required:
+            return None
         raise UsageError(f"This snapshot holds imported embeddings ({clip.get('model_id')}) and names no CLIP "
                          "model to embed new texts with: pass --model (and --pretrained) for that space")
-    return TextEmbedder(load_clip(*chosen), cache_path(home))
+    return TextEmbedder(LazyClip(*chosen), cache_path(home))
 
 
-def templated_embeddings(embedder: TextEmbedder, parent_vectors: dict[str, np.ndarray],
+def templated_embeddings(embedder: TextEmbedder | None, parent_vectors: dict[str, np.ndarray],
                          descriptions: Sequence[Description], template: str, reuse: bool,
                          display_names: dict[str, str] | None = None) -> np.ndarray:
     """(M, D) templated embeddings for a child snapshot, taking the parent's vector (by description
-    id) wherever the description is unchanged and ``reuse`` says the parent shares the model."""
-    if not descriptions:
-        return np.zeros((0, embedder.clip.dim), dtype=np.float32)
+    id) wherever the description is unchanged and ``reuse`` says the parent shares the model.
+
+    Only the other descriptions go to ``embedder`` (whose model loads then, not before); with no
+    embedder (imported vectors, no model named) every description must have a parent vector."""
     missing = [d for d in descriptions if not reuse or d.id not in parent_vectors]
+    if missing and embedder is None:
+        raise UsageError(f"{len(missing)} texts need a new vector (first: {missing[0].text[:60]!r}) and this "
+                         "snapshot's imported embeddings name no model to encode them with: pass --model "
+                         "(and --pretrained) for that space")
+    if not descriptions:
+        dim = next(iter(parent_vectors.values())).shape[0] if parent_vectors else embedder.clip.dim
+        return np.zeros((0, dim), dtype=np.float32)
     fresh = (dict(zip((d.id for d in missing), embedder.embed_descriptions(missing, template, display_names)))
              if missing else {})
     return np.stack([fresh[d.id] if d.id in fresh else parent_vectors[d.id] for d in descriptions]).astype(np.float32)

@@ -1,8 +1,12 @@
 """``kbuild prune``: read a snapshot, run the pure prune stages, publish the child snapshot.
 
-Similarity is measured on the bare description texts (embedded once, then served from the
-embedding cache); the child stores templated embeddings like every snapshot, reusing the
-parent's vectors for every text that did not change, so a prune never re-encodes what it keeps.
+Similarity is measured on the vectors the snapshot already stores (the templated texts KPL
+retrieves with), so a snapshot whose texts all have vectors prunes without any encoder, whether
+CLIP built it or its vectors were imported. An encoder loads only for texts that need a new vector
+(a text cut to fit the token limit), for class-name references when a stage compares with them,
+or when ``similarity`` asks for another space (a sentence model, or CLIP on the bare texts, which
+is served from the embedding cache first). The child reuses the parent's vector for every text
+that did not change.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import numpy as np
 
 from kbuild.clip.text import TextEmbedder, templated_embeddings
 from kbuild.descriptions import DEFAULT_TEMPLATE
+from kbuild.errors import KbuildError, UsageError
 from kbuild.ops.unchanged import repeated_prune, same_content
 from kbuild.prune.core import PruneParams, PruneResult, prune_descriptions
 from kbuild.store import SnapshotInfo, SnapshotStore
@@ -35,31 +40,34 @@ class PruneOutcome:
                 **self.result.to_json()}
 
 
-def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str, params: PruneParams,
+def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder | None, reference: str, params: PruneParams,
                    name: str | None = None, similarity: Callable[[list[str]], np.ndarray] | None = None,
                    similarity_name: str | None = None, force: bool = False) -> PruneOutcome:
     """Prune the snapshot ``reference`` and publish the result as its child; a prune that changes
-    nothing (same content, same embedding model) publishes nothing unless ``force``."""
+    nothing (same content, same embedding model) publishes nothing unless ``force``.
+
+    ``embedder`` (None for imported vectors with no model named) encodes only what has no vector;
+    ``similarity(texts)`` replaces the stored vectors by another space on the bare texts."""
     params.validate()
     store.check_name_free(name)  # before any reading or embedding
     kb = store.read(reference)
     clip_info = dict(kb.info.manifest.get("clip", {}))
     template = clip_info.get("template") or DEFAULT_TEMPLATE
-    reuse = clip_info.get("model_id") == embedder.model_id
-    embed_bare = similarity or (lambda texts: embedder.embed_texts(texts))
+    reuse = embedder is None or clip_info.get("model_id") == embedder.model_id
     classes = kb.classes()
     displays = display_names(kb.info.manifest)
-    shown = [displays.get(c, c) for c in classes]
-    # Class references must live in the same space as the texts they are compared with.
-    name_vectors = embedder.embed_class_names(shown) if similarity is None else similarity(shown)
-    names = dict(zip(classes, name_vectors))
-    result = prune_descriptions(kb.descriptions, embed_bare, params, name_embeddings=names,
-                                token_count=embedder.clip.count_tokens, template=template, display_names=displays)
+    names = _name_references(params, embedder, similarity, [displays.get(c, c) for c in classes], classes)
+    vectors = similarity or _stored_vectors(kb)
+    result = prune_descriptions(kb.descriptions, vectors, params, name_embeddings=names,
+                                token_count=embedder.clip.count_tokens if embedder else None, template=template,
+                                display_names=displays)
+    if embedder is None and "overlong" in result.skipped:
+        result.skipped["overlong"] = "imported vectors name no CLIP tokenizer"
     if not force and reuse and same_content(kb.info, result.kept, clip_info, displays):
         return PruneOutcome(kb.info, kb.info, result, reembedded=False, unchanged=True)
     child_clip = clip_info if reuse else {"model_id": embedder.model_id, "template": template}
     earlier = None if force else repeated_prune(store, kb.info.name, result.kept, child_clip, displays)
-    if earlier is not None:  # this prune ran before: its child is that snapshot
+    if earlier is not None:  # this prune of the same parent ran before: its child is that snapshot
         return PruneOutcome(kb.info, earlier, result, reembedded=False, unchanged=True)
     parent_vectors = {d.id: v for d, v in zip(kb.descriptions, kb.embeddings)}
     kept_vectors = templated_embeddings(embedder, parent_vectors, result.kept, template, reuse, displays)
@@ -68,8 +76,32 @@ def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder, reference: str,
                                            reuse, displays)
     if not reuse:
         clip_info = {**embedder.clip.describe(), "template": template}
-    parameters = {**params.to_json(), "similarity_model": similarity_name or clip_info.get("model_id")}
+    parameters = {**params.to_json(), "similarity_model": similarity_name or f"stored:{clip_info.get('model_id')}"}
     draft = SnapshotDraft(result.kept, kept_vectors, "prune", parameters, clip_info, parents=[kb.info.name],
                           removed=removed, removed_embeddings=removed_vectors if removed else None,
                           extra={"per_class": result.to_json().get("per_class", {})}, display_names=displays)
     return PruneOutcome(kb.info, store.publish(draft, name=name), result, reembedded=not reuse)
+
+
+def _stored_vectors(kb) -> np.ndarray:
+    """The snapshot's own (M, D) vectors, one per description; a snapshot without them cannot be
+    pruned on them."""
+    vectors = np.asarray(kb.embeddings, dtype=np.float32)
+    if kb.descriptions and (vectors.ndim != 2 or vectors.shape[0] != len(kb.descriptions)):
+        raise KbuildError(f"{kb.info.name} has {vectors.shape[0] if vectors.ndim else 0} vectors for "
+                          f"{len(kb.descriptions)} texts: check it with 'kbuild verify {kb.info.name}'")
+    return vectors
+
+
+def _name_references(params: PruneParams, embedder: TextEmbedder | None, similarity, shown: list[str],
+                     classes: list[str]) -> dict[str, np.ndarray] | None:
+    """class -> name-prompt vector, only when a stage compares texts with class names (else None,
+    and no encoder is needed). Names live in the space the texts are compared in."""
+    if not params.needs_references() or params.margin_reference != "name":
+        return None
+    if similarity is not None:
+        return dict(zip(classes, similarity(shown)))
+    if embedder is None:
+        raise UsageError("--margin-reference name compares texts with class-name prompts, which this snapshot's "
+                         "imported vectors cannot embed: pass --margin-reference centroid, or --model for that space")
+    return dict(zip(classes, embedder.embed_class_names(shown)))

@@ -5,8 +5,9 @@ every class wins everywhere and pulls the class proxies together, and duplicates
 The stages run in this order, each reported separately: sanitise, overlong, exact,
 near_duplicate, cross_class, margin, max_per_class (the math is in ``prune_stages``).
 
-Similarity between descriptions is measured on the description text alone, never on the
-class-templated prompt. Everything runs in one canonical order (class, normalised text, ...), so
+Similarity is measured on whatever rows the caller passes: ``kbuild prune`` passes the
+snapshot's stored (templated) vectors, or an ``embed`` callable on the bare texts
+(``--similarity-model``). Everything runs in one canonical order (class, normalised text, ...), so
 the result does not depend on the order the descriptions were stored in.
 """
 
