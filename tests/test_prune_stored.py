@@ -144,3 +144,23 @@ def test_the_same_prune_twice_publishes_once(kbuild, imported_store):
     assert [s["name"] for s in kbuild("list", "--json").json()] == ["snapshot_v1", "snapshot_v2"]
     forced = kbuild("prune", "v1", "--force", "--json").json()
     assert first["published"] and forced["published"] and forced["snapshot"] == "snapshot_v3"
+
+
+def test_the_near_duplicate_threshold_follows_the_space_compared(kbuild, imported_store):
+    """Templated stored vectors lift every pair of a class, so their default is stricter than bare texts'."""
+    from kbuild.prune.core import DEDUP_THRESHOLD_BARE, DEDUP_THRESHOLD_STORED
+
+    kbuild("load", imported_store)
+
+    def threshold(*flags: str) -> float:
+        result = kbuild("prune", "v1", "--force", "--json", *flags)
+        assert result.code == 0, result.err
+        shown = kbuild("show", result.json()["snapshot"], "--json").json()
+        return shown.get("manifest", shown)["parameters"]["dedup_threshold"]
+
+    assert threshold() == DEDUP_THRESHOLD_STORED == 0.975
+    assert threshold("--dedup-threshold", "0.9") == 0.9
+    from kbuild.clip.sentence import resolve_model_path
+
+    if resolve_model_path("minilm") != "minilm":  # the bare-text space, offline
+        assert threshold("--similarity-model", "minilm") == DEDUP_THRESHOLD_BARE == 0.95

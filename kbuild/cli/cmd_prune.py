@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from kbuild.clip.text import snapshot_embedder
-from kbuild.prune.core import STAGES, TABLE_COLUMNS, PruneParams
+from kbuild.prune.core import STAGES, TABLE_COLUMNS, PruneParams, default_dedup_threshold
 from kbuild.ops.prune import prune_snapshot
 from kbuild.ops.unchanged import unchanged_message
 from kbuild.cli.commands import CommandSpec
@@ -37,7 +37,7 @@ def prune(
     min_chars: Annotated[int, typer.Option("--min-chars", min=0, help="Drop texts shorter than this.")] = PruneParams.min_chars,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="CLIP context for templated texts.")] = PruneParams.max_tokens,
     overlong: Annotated[str, typer.Option("--overlong", help="truncate | drop texts over --max-tokens.")] = PruneParams.overlong,
-    dedup_threshold: Annotated[float, typer.Option("--dedup-threshold", **_SIM, help="Near-duplicate cosine within a class.")] = 0.95,
+    dedup_threshold: Annotated[Optional[float], typer.Option("--dedup-threshold", **_SIM, help="Near-duplicate cosine within a class \\[default: 0.975 on the stored, templated vectors; 0.95 on bare texts with --similarity-model].")] = None,
     cross_class: Annotated[str, typer.Option("--cross-class", help="drop | best | off for texts shared by classes.")] = PruneParams.cross_class,
     cross_class_threshold: Annotated[float, typer.Option("--cross-class-threshold", **_SIM, help="Cosine that counts as shared.")] = 0.98,
     min_margin: Annotated[Optional[float], typer.Option("--min-margin", **_SIM, help="Drop texts closer to another class by more than this \\[default: off].")] = None,
@@ -63,7 +63,9 @@ def prune(
     A class is never emptied silently: when cross_class or margin would leave a class with fewer than --min-per-class texts, its most central removed texts are put back, so a text shared by many classes ("a black bill") stays in each class that needs it. --allow-empty turns that off; emptied or thin classes are listed in the summary line and in --json.
     """  # noqa: E501 (one line per paragraph: the help reflows it)
     params = PruneParams(min_chars=min_chars, max_tokens=max_tokens, overlong=overlong,
-                         dedup_threshold=dedup_threshold, cross_class=cross_class,
+                         dedup_threshold=(dedup_threshold if dedup_threshold is not None
+                                          else default_dedup_threshold(stored_vectors=similarity_model is None)),
+                         cross_class=cross_class,
                          cross_class_threshold=cross_class_threshold, min_margin=min_margin,
                          margin_reference=margin_reference, max_per_class=max_per_class,
                          min_per_class=min_per_class, allow_empty=allow_empty).validate()
