@@ -475,8 +475,8 @@ def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = MET
                      + ", ".join(f"{c} ({n})" for c, n in list(short.items())[:5]))
     runs, skipped, kpl_result = run_methods(session.features, knowledge, params, methods, auto_k,
                                             math_device(session), transclip, session.knn_graph)
-    if kpl_result is not None:
-        params = kpl_result.params
+    if kpl_result is not None:  # the chosen k; the prior asked for (auto runs both)
+        params = replace(kpl_result.params, prior=params.prior)
     return EvalResult(session, knowledge, params, methods, runs, skipped, _selected_texts(knowledge, kpl_result),
                       datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       kpl_result.auto if kpl_result is not None else None)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from kpl.method.auto_k import auto_range, choose_k, is_auto
-from kpl.errors import UsageError
+from kpl.errors import KplError, UsageError
 from kpl.params import KPLParams
 from kpl.method.ot import get_ot_method
 from kpl.method.prior import (REFERENCE_ROWS, assign_to_shares, centred_scores, estimate_prior, plan_scale,
@@ -191,6 +191,13 @@ def _auto_stages(x, w_text, logits, soft, plan, p: KPLParams):
     return _stage("text", x, w_text), stages[0], stages[1], _numpy(plan), record
 
 
+def _check_batch(x: torch.Tensor) -> None:
+    """KPL is transductive: its proxies are fitted to the batch, which needs two images at least."""
+    if x.shape[0] < 2:
+        raise KplError(f"KPL needs a batch of at least 2 images (got {x.shape[0]}): it fits its proxies to the "
+                       "batch; classify a single image with the text stage or the dclip baseline, or batch images")
+
+
 def _params(params: KPLParams | None, overrides: dict) -> KPLParams:
     unknown = set(overrides) - set(KPLParams.__dataclass_fields__)
     if unknown:
@@ -229,6 +236,7 @@ def run_kpl(
     p = _params(params, overrides)
     with torch.inference_mode():
         x, classes = prepare_inputs(image_features, class_embeddings, device)
+        _check_batch(x)
         with torch_threads(pick_threads(num_threads, x.shape[0], x.shape[1], len(classes))):
             if auto:
                 candidates = _auto_ks(classes, auto_ks)
@@ -259,6 +267,7 @@ def run_kpl_many(
     base = _params(params, overrides)
     with torch.inference_mode():
         x, classes = prepare_inputs(image_features, class_embeddings, device)
+        _check_batch(x)
         with torch_threads(pick_threads(num_threads, x.shape[0], x.shape[1], len(classes))):
             if not auto:
                 return _run_many(x, classes, fixed, base)
