@@ -103,3 +103,20 @@ def test_cli_prior_auto_shows_both_kpl_rows_and_unknown_prior_is_a_usage_error(k
     assert auto["prior"] == "auto" and auto["prior_record"]["mode"] == "auto"
     table = kpl("eval", "--kb", "v1", "--data", setup, "--prior", "auto", "--methods", "kpl", *FAST)
     assert table.code == 0 and "kpl_auto.image_ot" in table.out and "kpl.image_ot" in table.out
+
+
+def test_cli_one_image_and_a_class_without_descriptions_are_one_line(kpl, kbuild, setup, tmp_path):  # noqa: F811
+    npz = tmp_path / "feats.npz"
+    assert kpl("embed", "--data", setup, "--export", npz).code == 0
+    data = dict(np.load(npz))
+    data["image_features"], data["labels"] = data["image_features"][:1], data["labels"][:1]
+    one = tmp_path / "one.npz"
+    np.savez(one, **data)
+    one_error_line(kpl("eval", "--kb", "v1", "--features", one, "--prior", "auto", *FAST), 1, "at least 2 images")
+    # a dataset class the snapshot has no description for: named, with the fix
+    (tmp_path / "nodog.json").write_text(json.dumps({"bird": ["feathers", "a beak"], "cat": ["whiskers", "fur"]}),
+                                         encoding="utf-8")
+    assert kbuild("load", tmp_path / "nodog.json").code == 0
+    result = kpl("eval", "--kb", "v2", "--features", npz, "--prior", "auto", *FAST)
+    assert result.code in (1, 2)
+    one_error_line(result, result.code, "dog")

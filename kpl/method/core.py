@@ -10,7 +10,8 @@ logits ``L = X W_t``:
 All math runs in float32 torch (CPU by default); results come back as numpy arrays.
 ``run_kpl_many`` runs several k over one input, sharing the work that does not depend on k.
 ``k="auto"`` chooses k without labels (kpl.method.auto_k): the result is the chosen k's, with the
-choice recorded in ``KPLResult.auto``.
+choice recorded in ``KPLResult.auto``. ``prior="auto"`` (kpl.method.prior) drops the paper's
+equal-class assumption; ``prior="uniform"`` (the default) is the paper's KPL, bit for bit.
 """
 
 from __future__ import annotations
@@ -228,7 +229,9 @@ def run_kpl(
     Hyperparameters come as keywords (``k=8, ot="greenkhorn", tau_t=0.01, ...``, see KPLParams)
     or as ``params``; keywords win. ``k="auto"`` chooses k without labels among ``auto_ks``
     (default 1..min(30, largest class), see kpl.method.auto_k). ``num_threads`` None picks 1 thread for
-    small problems and torch's setting otherwise. Inputs are never modified.
+    small problems and torch's setting otherwise. Inputs are never modified. ``prior="auto"``
+    (kpl.method.prior) estimates the batch's class shares without labels instead of assuming them
+    equal; what it estimated is in ``KPLResult.prior``. A batch needs at least 2 images.
     """
     auto = is_auto(overrides.get("k"))
     if auto:
