@@ -23,8 +23,8 @@ things go wrong when it does not, and when N grows:
   posterior above chance, rescaled to [0, 1] (a text classifier whose posteriors sit near chance
   says little about the shares; on PH2 the weight is about 0.3).
 - **Decision** (``target_shares``, ``assign_to_shares``): the target shares lie between the shares
-  the fitted proxies give (weight 0: the paper's decisions) and the EM estimate (weight 1), in log
-  space; the final scores (centred, float64) get one offset per class so that their argmax gives
+  the fitted proxies give (weight 0: the paper's decisions) and the EM estimate (weight 1), a
+  linear blend; the final scores (centred, float64) get one offset per class so that their argmax gives
   those shares. Each class keeps its ranking of the images; only the thresholds move.
 
 Measured (benchmarks/bench_batches.py, README "Batches that are not balanced"): one-sided synthetic
@@ -94,9 +94,14 @@ def prior_weight(logits: torch.Tensor, tau: float) -> float:
 
 
 def target_shares(estimated: torch.Tensor, fitted: torch.Tensor, weight: float) -> torch.Tensor:
-    """(C,) shares between the fitted proxies' own (weight 0) and the EM estimate (weight 1), in log space."""
-    log = weight * torch.log(estimated) + (1 - weight) * torch.log(fitted.double().clamp_min(1e-12))
-    return torch.softmax(log, dim=0)
+    """(C,) shares between the fitted proxies' own (weight 0) and the EM estimate (weight 1).
+
+    A linear blend, so that an estimate at a corner of the simplex (EM on a biased text classifier
+    declares a class nearly absent) moves the target by at most ``weight`` of the way; blending in
+    log space went further (PH2, batches of 256: 62.3 % mean over mixes against 65.4 % linear; on
+    the synthetic problems the two were within 0.6 pp).
+    """
+    return weight * estimated + (1 - weight) * fitted.double()
 
 
 def centred_scores(x: torch.Tensor, proxies: torch.Tensor) -> torch.Tensor:
