@@ -47,6 +47,7 @@ EM_TOL = 1e-7
 # assign_to_shares: scores divided by this fraction of their batch spread before balancing (soft
 # enough for Sinkhorn to converge, sharp enough that the argmax follows the target shares)
 SHARPNESS = 0.05
+OFFSET_TOL = 1e-9
 
 
 def check_prior(prior) -> str:
@@ -131,7 +132,11 @@ def assign_to_shares(scores: torch.Tensor, shares: torch.Tensor, iters: int = 50
     log_target = torch.log(shares.clamp_min(1e-12) * n)
     for _ in range(iters):
         rows = torch.logsumexp(log_p + offsets, dim=1, keepdim=True)
-        offsets = log_target - torch.logsumexp(log_p - rows, dim=0)
+        new = log_target - torch.logsumexp(log_p - rows, dim=0)
+        moved = float((new - offsets).abs().max())
+        offsets = new
+        if moved < OFFSET_TOL:  # converged: further sweeps change no decision
+            break
     return log_p + offsets
 
 
