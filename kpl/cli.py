@@ -77,6 +77,9 @@ LrOpt = Annotated[float, typer.Option("--lr", help="Vision-proxy step size.")]
 ItersOpt = Annotated[int, typer.Option("--iters", help="Vision-proxy iterations (at most).")]
 GammaOpt = Annotated[float, typer.Option("--gamma", help="Class-prior exponent of the OT target (0 = uniform).")]
 ExactOpt = Annotated[bool, typer.Option("--exact-iters", help="Run all --iters, no early stop (for audits).")]
+PriorOpt = Annotated[str, typer.Option(
+    "--prior", help="KPL's class shares: uniform (the paper's: every class equally frequent) or auto (estimated "
+                    "from the batch without labels; eval then shows kpl and kpl_auto rows). See README.")]
 KOpt = Annotated[str, typer.Option(
     "--k", help="Descriptions kept per class, or auto: chosen without labels from k = 1..30 (see README).")]
 EngineOpt = Annotated[str, typer.Option(
@@ -203,6 +206,7 @@ def eval_(
     template: TemplateOpt = None, k: KOpt = str(_D.k),
     ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
+    prior: PriorOpt = _D.prior,
     methods: MethodsOpt = None, knn: KnnOpt = "auto", knn_recall: KnnRecallOpt = DEFAULT_KNN_RECALL,
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
@@ -217,7 +221,7 @@ def eval_(
 
     k, auto_k = _parse_k(k)
     params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
-                       exact_iters=exact_iters, precision=_loop_precision(precision, device)).validate()
+                       exact_iters=exact_iters, precision=_loop_precision(precision, device), prior=prior).validate()
     chosen = _parse_methods(methods)
     graph = _graph_settings(knn, knn_recall)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
@@ -308,6 +312,7 @@ def sweep(
     tau_i: Annotated[str, typer.Option("--tau-i", help="Comma list of vision temperatures.")] = str(_D.tau_i),
     alpha: Annotated[str, typer.Option("--alpha", help="Comma list of alphas.")] = str(_D.alpha),
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
+    prior: PriorOpt = _D.prior,
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False, engine: EngineOpt = "local",
@@ -323,7 +328,7 @@ def sweep(
     grid = {"ot": _parse_list(ot, str, "--ot"), "tau_t": _parse_list(tau_t, float, "--tau-t"),
             "tau_i": _parse_list(tau_i, float, "--tau-i"), "alpha": _parse_list(alpha, float, "--alpha")}
     base = KPLParams(k=next((v for v in ks if v != "auto"), _D.k), lr=lr, iters=iters, gamma=gamma,
-                     exact_iters=exact_iters, precision=_loop_precision(precision, device))
+                     exact_iters=exact_iters, precision=_loop_precision(precision, device), prior=prior)
     for key, values in grid.items():  # fail on a bad value before any image is encoded
         for value in values:
             KPLParams(**{**base.to_json(), key: value}).validate()
@@ -349,6 +354,7 @@ def compare(
     template: TemplateOpt = None, k: KOpt = str(_D.k),
     ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
     lr: LrOpt = _D.lr, iters: ItersOpt = _D.iters, gamma: GammaOpt = _D.gamma, exact_iters: ExactOpt = False,
+    prior: PriorOpt = _D.prior,
     methods: MethodsOpt = None, knn: KnnOpt = "auto", knn_recall: KnnRecallOpt = DEFAULT_KNN_RECALL,
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
@@ -365,7 +371,7 @@ def compare(
         raise UsageError("compare needs at least two snapshots: --kb A --kb B")
     k, auto_k = _parse_k(k)
     params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
-                       exact_iters=exact_iters, precision=_loop_precision(precision, device)).validate()
+                       exact_iters=exact_iters, precision=_loop_precision(precision, device), prior=prior).validate()
     chosen = _parse_methods(methods)
     graph = _graph_settings(knn, knn_recall)
     inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,

@@ -369,14 +369,14 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
     for method in methods:
         start = time.perf_counter()
         if method == "kpl":
-            kpl_result = (run_kpl(x, knowledge.class_embeddings, params=params, device=device, k="auto") if auto_k
-                          else run_kpl(x, knowledge.class_embeddings, params=params, device=device))
-            share = (time.perf_counter() - start) / len(KPL_STAGES)
-            used = kpl_result.params.to_json()
-            for stage in KPL_STAGES:
-                s = kpl_result.stage(stage)
-                runs[f"kpl.{stage}"] = _row(features, f"kpl.{stage}", s.predictions, s.logits, share,
-                                            s.iterations, s.converged, used)
+            # --prior auto shows both: the paper's rows (kpl.*) and the label-free prior's (kpl_auto.*)
+            priors = ("uniform", "auto") if params.prior == "auto" else (params.prior,)
+            for prior in priors:
+                start = time.perf_counter()
+                result = _run_kpl(x, knowledge, replace(params, prior=prior), device, auto_k)
+                runs.update(_kpl_rows(features, result, "kpl_auto" if prior == "auto" else "kpl",
+                                      (time.perf_counter() - start) / len(KPL_STAGES)))
+                kpl_result = result if kpl_result is None else kpl_result
             continue
         if method in PROTOTYPE_ROWS:
             from kpl.method.retrieval import as_matrix
@@ -406,6 +406,25 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
         runs[method] = _row(features, method, r.predictions, r.logits, time.perf_counter() - start,
                             r.iterations, r.converged, r.params)
     return runs, skipped, kpl_result
+
+
+def _run_kpl(x, knowledge: Knowledge, params: KPLParams, device: str, auto_k: bool):
+    if auto_k:
+        return run_kpl(x, knowledge.class_embeddings, params=params, device=device, k="auto")
+    return run_kpl(x, knowledge.class_embeddings, params=params, device=device)
+
+
+def _kpl_rows(features: FeatureSet, result, prefix: str, share: float) -> dict[str, MethodRun]:
+    """One row per KPL stage, ``prefix.stage``; an auto prior's record (estimated shares) in its params."""
+    used = result.params.to_json()
+    if result.prior is not None:
+        used["prior_record"] = result.prior
+    rows = {}
+    for stage in KPL_STAGES:
+        s = result.stage(stage)
+        rows[f"{prefix}.{stage}"] = _row(features, f"{prefix}.{stage}", s.predictions, s.logits, share,
+                                         s.iterations, s.converged, used)
+    return rows
 
 
 def _selected_texts(knowledge: Knowledge, kpl_result) -> dict[str, list[str]]:
@@ -474,8 +493,8 @@ def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = MET
                      + ", ".join(f"{c} ({n})" for c, n in list(short.items())[:5]))
     runs, skipped, kpl_result = run_methods(session.features, knowledge, params, methods, auto_k,
                                             math_device(session), transclip, session.knn_graph)
-    if kpl_result is not None:
-        params = kpl_result.params
+    if kpl_result is not None:  # the chosen k; the prior asked for (auto runs both)
+        params = replace(kpl_result.params, prior=params.prior)
     return EvalResult(session, knowledge, params, methods, runs, skipped, _selected_texts(knowledge, kpl_result),
                       datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       kpl_result.auto if kpl_result is not None else None)
@@ -514,7 +533,7 @@ def sweep(session: Session, base: KPLParams, ks: list[int | str], grid: dict[str
         results = run_kpl_many(fs.features, knowledge.class_embeddings, ks, params=params, device=math_device(session))
         seconds = (time.perf_counter() - start) / len(ks)
         for k, result in results.items():
-            row = {"k": k, **{key: getattr(params, key) for key in SWEEP_KEYS}}
+            row = {"k": k, **{key: getattr(params, key) for key in SWEEP_KEYS}, "prior": params.prior}
             if result.auto is not None:
                 row["chosen_k"] = result.auto["chosen_k"]
             for stage in KPL_STAGES:

@@ -53,6 +53,9 @@ class KPLParams:
     # The proxy loop's two big products: fp32 (the paper's), or fp16/bf16 for speed on a GPU, with
     # W and the gradient kept in float32; retrieval and OT always run in float32.
     precision: str = "fp32"
+    # Class shares the batch is assumed to have: "uniform" (the paper's) or "auto" (estimated without
+    # labels, kpl.method.prior); run_kpl's default stays the paper's.
+    prior: str = "uniform"
 
     def __post_init__(self):
         # numpy scalars (e.g. k from np.arange) would not survive json.dumps in to_json
@@ -64,10 +67,12 @@ class KPLParams:
         """Return self, or raise a UsageError naming the bad value and a valid one."""
         # torch-backed checks, imported here so that `kpl --help` never loads torch
         from kpl.method.ot import get_ot_method
+        from kpl.method.prior import check_prior
         from kpl.method.retrieval import check_k
 
         check_k(self.k)
         get_ot_method(self.ot)
+        check_prior(self.prior)
         for name in ("tau_t", "tau_i", "lr"):
             require_number(getattr(self, name), name, positive=True)
         for name in ("iters", "ot_iters", "patience"):

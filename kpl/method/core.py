@@ -10,7 +10,8 @@ logits ``L = X W_t``:
 All math runs in float32 torch (CPU by default); results come back as numpy arrays.
 ``run_kpl_many`` runs several k over one input, sharing the work that does not depend on k.
 ``k="auto"`` chooses k without labels (kpl.method.auto_k): the result is the chosen k's, with the
-choice recorded in ``KPLResult.auto``.
+choice recorded in ``KPLResult.auto``. ``prior="auto"`` (kpl.method.prior) drops the paper's
+equal-class assumption; ``prior="uniform"`` (the default) is the paper's KPL, bit for bit.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import torch
 
 from kbuild.progress import task
 from kpl.method.auto_k import auto_range, choose_k, is_auto
-from kpl.errors import UsageError
+from kpl.errors import KplError, UsageError
 from kpl.params import KPLParams
 from kpl.method.ot import get_ot_method
+from kpl.method.prior import (REFERENCE_ROWS, assign_to_shares, centred_scores, estimate_prior, plan_scale,
+                              prior_weight, target_shares)
 from kpl.method.proxies import fit_vision_proxies
 from kpl.method.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies
 
@@ -104,6 +107,7 @@ class KPLResult:
     selected: list[np.ndarray]
     plan: np.ndarray
     auto: dict | None = None
+    prior: dict | None = None  # prior="auto": estimated shares, fitted shares, weight, plan scale
     stages: ClassVar[tuple[str, ...]] = ("text", "image", "image_ot")
 
     def stage(self, name: str) -> StageResult:
@@ -121,6 +125,8 @@ class KPLResult:
         }
         if self.auto is not None:
             out["auto"] = self.auto
+        if self.prior is not None:
+            out["prior"] = self.prior
         if arrays:
             out["plan"] = self.plan.tolist()
         return out
@@ -145,17 +151,53 @@ def _fit(x, plan, init, p: KPLParams):
 
 
 def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams):
-    """(text, image, image_ot, plan) for one set of text proxies."""
+    """(text, image, image_ot, plan, prior record or None) for one set of text proxies."""
     logits = x @ w_text
     soft = torch.softmax(logits / p.tau_t, dim=1)
     plan = get_ot_method(p.ot)(logits, p.tau_t, iters=p.ot_iters, gamma=p.gamma)
+    if p.prior == "auto":
+        return _auto_stages(x, w_text, logits, soft, plan, p)
     image, image_ot = _fit(x, soft, w_text, p), _fit(x, plan, w_text, p)
     return (
         _stage("text", x, w_text),
         _stage("image", x, image.proxies, image.iterations, image.converged),
         _stage("image_ot", x, image_ot.proxies, image_ot.iterations, image_ot.converged),
         _numpy(plan),
+        None,
     )
+
+
+def _rounded(values: torch.Tensor) -> list[float]:
+    return [round(float(v), 6) for v in values]
+
+
+def _auto_stages(x, w_text, logits, soft, plan, p: KPLParams):
+    """prior="auto" (kpl.method.prior): a plan whose pull does not fade with N, decisions moved
+    toward the batch's estimated class shares, as far as the text posteriors can be trusted."""
+    n = x.shape[0]
+    if p.ot == "greenkhorn":  # the only plan with rows ~1/N; sinkhorn and none have rows of 1
+        plan = plan * plan_scale(n)
+    shares = estimate_prior(logits, p.tau_t)
+    weight = prior_weight(logits, p.tau_t)
+    image, image_ot = _fit(x, soft, w_text, p), _fit(x, plan, w_text, p)
+    stages, record = [], {"mode": "auto", "estimated_shares": _rounded(shares), "weight": round(weight, 6),
+                          "plan_row_mass": 1.0 / min(n, REFERENCE_ROWS) if p.ot == "greenkhorn" else None}
+    for name, fit in (("image", image), ("image_ot", image_ot)):
+        scores = centred_scores(x, fit.proxies)
+        fitted = torch.bincount(scores.argmax(dim=1), minlength=scores.shape[1]).double() / n
+        goal = target_shares(shares, fitted, weight)
+        final = assign_to_shares(scores, goal)
+        record[name] = {"fitted_shares": _rounded(fitted), "target_shares": _rounded(goal)}
+        stages.append(StageResult(name, _numpy(final.argmax(dim=1)), _numpy(fit.proxies), _numpy(final.float()),
+                                  fit.iterations, fit.converged))
+    return _stage("text", x, w_text), stages[0], stages[1], _numpy(plan), record
+
+
+def _check_batch(x: torch.Tensor) -> None:
+    """KPL is transductive: its proxies are fitted to the batch, which needs two images at least."""
+    if x.shape[0] < 2:
+        raise KplError(f"KPL needs a batch of at least 2 images (got {x.shape[0]}): it fits its proxies to the "
+                       "batch; classify a single image with the text stage or the dclip baseline, or batch images")
 
 
 def _params(params: KPLParams | None, overrides: dict) -> KPLParams:
@@ -169,8 +211,8 @@ def _params(params: KPLParams | None, overrides: dict) -> KPLParams:
 
 def _run_with_scores(x, classes, scores, p: KPLParams) -> KPLResult:
     selected = select_top_k(scores, p.k)
-    text, image, image_ot, plan = _stages_from_text(x, text_proxies(classes, selected), p)
-    return KPLResult(p, text, image, image_ot, [_numpy(s) for s in selected], plan)
+    text, image, image_ot, plan, prior = _stages_from_text(x, text_proxies(classes, selected), p)
+    return KPLResult(p, text, image, image_ot, [_numpy(s) for s in selected], plan, prior=prior)
 
 
 def run_kpl(
@@ -188,7 +230,9 @@ def run_kpl(
     Hyperparameters come as keywords (``k=8, ot="greenkhorn", tau_t=0.01, ...``, see KPLParams)
     or as ``params``; keywords win. ``k="auto"`` chooses k without labels among ``auto_ks``
     (default 1..min(30, largest class), see kpl.method.auto_k). ``num_threads`` None picks 1 thread for
-    small problems and torch's setting otherwise. Inputs are never modified.
+    small problems and torch's setting otherwise. Inputs are never modified. ``prior="auto"``
+    (kpl.method.prior) estimates the batch's class shares without labels instead of assuming them
+    equal; what it estimated is in ``KPLResult.prior``. A batch needs at least 2 images.
     """
     auto = is_auto(overrides.get("k"))
     if auto:
@@ -196,6 +240,7 @@ def run_kpl(
     p = _params(params, overrides)
     with torch.inference_mode():
         x, classes = prepare_inputs(image_features, class_embeddings, device)
+        _check_batch(x)
         with torch_threads(pick_threads(num_threads, x.shape[0], x.shape[1], len(classes))):
             if auto:
                 candidates = _auto_ks(classes, auto_ks)
@@ -226,6 +271,7 @@ def run_kpl_many(
     base = _params(params, overrides)
     with torch.inference_mode():
         x, classes = prepare_inputs(image_features, class_embeddings, device)
+        _check_batch(x)
         with torch_threads(pick_threads(num_threads, x.shape[0], x.shape[1], len(classes))):
             if not auto:
                 return _run_many(x, classes, fixed, base)
@@ -257,7 +303,8 @@ def _run_many(x, classes, ks, base: KPLParams) -> dict[int, KPLResult]:
             if key not in by_selection:
                 by_selection[key] = _run_with_scores(x, classes, scores, p)
             shared = by_selection[key]
-            results[k] = KPLResult(p, shared.text, shared.image, shared.image_ot, shared.selected, shared.plan)
+            results[k] = KPLResult(p, shared.text, shared.image, shared.image_ot, shared.selected, shared.plan,
+                                   prior=shared.prior)
             progress.advance()
     return results
 
