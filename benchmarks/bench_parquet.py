@@ -32,25 +32,28 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from kbuild.descriptions import Description  # noqa: E402
+from kbuild.clip.choice import ModelRequest  # noqa: E402
+from kbuild.descriptions import (
+    DEFAULT_TEMPLATE,  # noqa: E402
+    Description,  # noqa: E402
+)
 from kbuild.ops.export import export_parquet  # noqa: E402
 from kbuild.ops.inspect import export_text  # noqa: E402
-from kbuild.ops.load import load_files  # noqa: E402
-from kbuild.settings import DEFAULT_TEMPLATE  # noqa: E402
+from kbuild.ops.load import LoadRequest, load_files  # noqa: E402
+from kbuild.sources.curated import load_curated  # noqa: E402
 from kbuild.store import SnapshotStore  # noqa: E402
 from kbuild.store.bundle import read_bundle  # noqa: E402
 from kbuild.store.manifest import SnapshotDraft  # noqa: E402
-from kbuild.sources.curated import load_curated  # noqa: E402
 
 WORDS = ("dark", "round", "scaly", "pink", "raised", "flat", "irregular", "smooth", "crusted", "glossy",
          "border", "center", "patch", "spots", "streaks", "ring", "texture", "surface", "edge", "pattern")
 
 
-def tiny_clip(folder: Path):
+def tiny_clip(folder: Path) -> str:
+    """The spec of the tests' tiny random open_clip model, written to ``folder``."""
     from helpers import build_tiny_clip_dir
-    from kbuild.clip.models import load_clip
 
-    return load_clip(f"local-dir:{build_tiny_clip_dir(folder)}", None)
+    return f"local-dir:{build_tiny_clip_dir(folder)}"
 
 
 def source_store(home: Path, clip, classes: int, per_class: int) -> SnapshotStore:
@@ -78,7 +81,10 @@ def main() -> int:
     classes, per_class = (40, 50) if args.quick else (200, 150)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        clip = tiny_clip(root / "tiny")
+        from kbuild.clip.models import load_clip
+
+        spec = tiny_clip(root / "tiny")
+        clip = load_clip(spec, None)  # loaded (and cached for the process) before the clock starts
         store = source_store(root / "source", clip, classes, per_class)
         kb = store.read("latest", embeddings=False)
         (root / "kb.json").write_text(export_text(kb, "json"), encoding="utf-8")
@@ -89,14 +95,13 @@ def main() -> int:
 
             return lambda: TextEmbedder(clip, cache_path(home))
 
-        def refuse():
-            raise AssertionError("the bundle load asked for an encoder")
-
+        # The bundle load names a model that cannot load: it must never ask for one.
+        refuse = ModelRequest("no-such-model-anywhere", "none")
         stores = {key: SnapshotStore(root / key) for key in ("J", "P")}  # opened (created) before the clock starts
-        json_s, json_result = timed(lambda: load_files(stores["J"], embedder(root / "J"),
-                                                       [root / "kb.json"], DEFAULT_TEMPLATE))
-        parquet_s, parquet_result = timed(lambda: load_files(stores["P"], refuse,
-                                                             [root / "kb.parquet"], DEFAULT_TEMPLATE))
+        json_s, json_result = timed(lambda: load_files(stores["J"], LoadRequest(
+            [root / "kb.json"], template=DEFAULT_TEMPLATE, model=ModelRequest(spec, "none"))))
+        parquet_s, parquet_result = timed(lambda: load_files(stores["P"], LoadRequest(
+            [root / "kb.parquet"], template=DEFAULT_TEMPLATE, model=refuse)))
         assert json_result.snapshot.content_hash == parquet_result.snapshot.content_hash == kb.info.content_hash
         # The parts, each timed again on its own (fresh cache for the embedding).
         parse_s, _ = timed(lambda: load_curated([root / "kb.json"]))

@@ -11,7 +11,7 @@ import pytest
 
 from kbuild.descriptions import normalise_text
 from kbuild.errors import InputFileError, KbuildError, UsageError
-from kbuild.sources.curated import load_curated
+from kbuild.sources.curated import ImportLimits, load_curated
 
 LABO_RAW = "LaBo__HAM10000_class2concepts.json"
 LABO_SELECTED = "LaBo__HAM10000_selected_concepts.json"
@@ -323,7 +323,7 @@ def test_unknown_classes_are_an_error_unless_restricted(tmp_path):
 def test_oversized_file_is_refused_before_reading(tmp_path):
     path = write(tmp_path / "d.json", json.dumps({"cat": ["x" * 2000]}))
     with pytest.raises(InputFileError, match=r"is \d+ bytes, over the 1000 bytes limit"):
-        load_curated([path], max_bytes=1000)
+        load_curated([path], limits=ImportLimits(max_bytes=1000))
 
 
 def test_missing_file_and_no_files(tmp_path):

@@ -9,17 +9,18 @@ import typer
 
 from kbuild import settings
 from kbuild.classes_file import parse_classes_file
+from kbuild.cli.commands import CommandSpec
+from kbuild.cli.context import info, open_store, print_json
+from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt, TemplateOpt
+from kbuild.clip.choice import ModelRequest
 from kbuild.clip.text import check_template
 from kbuild.descriptions import DEFAULT_TEMPLATE, visible
 from kbuild.errors import UsageError
-from kbuild.ops.generate import generate_snapshot
+from kbuild.ops.generate import GenerateRequest, generate_snapshot
 from kbuild.ops.unchanged import republished_message, unchanged_message
 from kbuild.sources.llm.generate import GenerateOptions, GenerateResult, check_request
 from kbuild.sources.llm.prompts import load_prompt
 from kbuild.store import validate_snapshot_name
-from kbuild.cli.commands import CommandSpec
-from kbuild.cli.context import info, load_embedder, open_store, print_json
-from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt, TemplateOpt
 
 PromptsDirOpt = Annotated[Optional[Path], typer.Option(
     "--prompts-dir", envvar=settings.ENV_PROMPTS_DIR, show_envvar=True,
@@ -90,8 +91,11 @@ def generate(
 
     entries = parse_classes_file(classes)
     template_ = load_prompt(prompt, settings.prompts_dir(str(prompts_dir) if prompts_dir else None))
-    options = GenerateOptions(per_class, concurrency, max_rounds, max_reasks, min_per_class,
-                              template_variables(modality, var))
+    options = GenerateOptions(per_class=per_class, concurrency=concurrency, max_rounds=max_rounds,
+                              max_reasks=max_reasks, min_per_class=min_per_class,
+                              variables=template_variables(modality, var))
+    request = GenerateRequest(entries, template_, options, classes_label=classes.name, template=template,
+                              name=name, force=force, model=ModelRequest(model, pretrained))
     check_request(entries, template_, options)
     check_template(template)
     if name is not None:
@@ -104,9 +108,7 @@ def generate(
                         timeout_s=timeout, policy=RetryPolicy(retries=retries, base_s=backoff))
     info(f"Asking {client.model} at {client.base_url} for {per_class} descriptions of each of "
          f"{len(entries)} classes (prompt {template_.name}, {template_.hash[:15]}...)")
-    outcome = generate_snapshot(kb_store, entries, template_, options, client,
-                                lambda: load_embedder(kb_store, model, pretrained), template, classes.name,
-                                name=name, progress=lambda event: info(event.describe()), force=force)
+    outcome = generate_snapshot(kb_store, request, client, progress=lambda event: info(event.describe()))
     _print_stats(outcome.result, client.model)
     if outcome.snapshot is None:
         for class_name, reason in outcome.result.failures.items():

@@ -7,13 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from kbuild.cli.commands import CommandSpec
+from kbuild.cli.context import info, open_store, print_json
+from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt, TemplateOpt
+from kbuild.clip.choice import ModelRequest
 from kbuild.descriptions import DEFAULT_TEMPLATE, visible
-from kbuild.ops.load import load_files
+from kbuild.ops.load import LoadRequest, load_files
 from kbuild.ops.unchanged import republished_message, unchanged_message
 from kbuild.store import validate_snapshot_name
-from kbuild.cli.commands import CommandSpec
-from kbuild.cli.context import info, load_embedder, open_store, print_json
-from kbuild.cli.options import ChromaUrlOpt, JsonOpt, ModelOpt, NameOpt, PretrainedOpt, StoreOpt, TemplateOpt
 
 
 def load(
@@ -35,9 +36,10 @@ def load(
     """Import curated descriptions (DCLIP, CuPL, LaBo, KPL, CSV, JSONL) into a new snapshot."""
     if name is not None:
         validate_snapshot_name(name)  # before loading CLIP, which can take a while
-    kb_store = open_store(store, chroma_url)
-    result = load_files(kb_store, lambda: load_embedder(kb_store, model, pretrained), files, template,
-                        format, section, classes, restrict, name, force, class_map=class_map)
+    request = LoadRequest(files, template=template, format=format, section=section, classes_file=classes,
+                          restrict=restrict, class_map=class_map, name=name, force=force,
+                          model=ModelRequest(model, pretrained))
+    result = load_files(open_store(store, chroma_url), request)
     for line in result.imported.summary_lines():
         info(line)
     if result.unchanged:

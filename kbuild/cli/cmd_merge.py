@@ -6,12 +6,12 @@ from typing import Annotated
 
 import typer
 
-from kbuild.descriptions import visible
-from kbuild.clip.text import snapshot_embedder
-from kbuild.ops.merge import merge_snapshots
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import open_store, print_json
-from kbuild.cli.options import ChromaUrlOpt, JsonOpt, SnapshotModelOpt, NameOpt, SnapshotPretrainedOpt, StoreOpt
+from kbuild.cli.options import ChromaUrlOpt, JsonOpt, NameOpt, SnapshotModelOpt, SnapshotPretrainedOpt, StoreOpt
+from kbuild.clip.choice import ModelRequest
+from kbuild.descriptions import visible
+from kbuild.ops.merge import merge_snapshots
 
 
 def merge(
@@ -25,9 +25,8 @@ def merge(
     json_out: JsonOpt = False,
 ) -> None:
     """Merge two snapshots (union, duplicates by id dropped) into a new snapshot."""
-    kb_store = open_store(store, chroma_url)
-    result = merge_snapshots(kb_store, first, second,
-                             lambda clip: snapshot_embedder(kb_store.home, clip, model, pretrained), name)
+    result = merge_snapshots(open_store(store, chroma_url), first, second, name=name,
+                             model=ModelRequest(model, pretrained))
     if json_out:
         print_json(result.to_json())
         return

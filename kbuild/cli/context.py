@@ -1,4 +1,4 @@
-"""Helpers the commands share: opening the store, loading CLIP, printing to the right stream."""
+"""Helpers the commands share: opening the store, printing to the right stream."""
 
 from __future__ import annotations
 
@@ -12,18 +12,6 @@ from kbuild.store import SnapshotStore
 
 def open_store(store: str | None, chroma_url: str | None) -> SnapshotStore:
     return SnapshotStore.open(store, chroma_url)
-
-
-def load_embedder(store: SnapshotStore, model: str | None, pretrained: str | None):
-    """The CLIP text embedder named by the flags/environment, with the store's embedding cache."""
-    from kbuild.clip.choice import choose_model
-    from kbuild.clip.models import load_clip
-    from kbuild.clip.text import TextEmbedder, cache_path
-
-    choice = choose_model(model, pretrained)  # flag > environment > default (a new snapshot has no model yet)
-    clip = load_clip(choice.model, choice.pretrained)
-    return TextEmbedder(clip, cache_path(store.home))
-
 
 
 def info(message: str) -> None:

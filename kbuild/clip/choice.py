@@ -66,6 +66,18 @@ class ModelChoice:
         return parse_model_name(self.model)
 
 
+@dataclass(frozen=True)
+class ModelRequest:
+    """The model a caller asks for (``--model``/``--pretrained``, or a notebook's arguments), None
+    where nothing was said; ``choose`` applies the precedence when the model is about to be loaded."""
+
+    model: str | None = None
+    pretrained: str | None = None
+
+    def choose(self, snapshot: dict | None = None) -> ModelChoice:
+        return choose_model(self.model, self.pretrained, snapshot=snapshot)
+
+
 def choose_model(model: str | None = None, pretrained: str | None = None,
                  snapshot: dict | None = None) -> ModelChoice:
     """Flag > environment > ``snapshot`` (a manifest's ``clip`` section) > default.

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from kbuild.clip.choice import ModelRequest
 from kbuild.errors import UsageError
+from kbuild.ops.embedding import parent_embedder
 from kbuild.store import SnapshotInfo, SnapshotStore
 from kbuild.store.manifest import SnapshotDraft, display_names
 
@@ -35,9 +37,10 @@ def _same_space(a: dict, b: dict) -> bool:
     return a.get("model_id") == b.get("model_id") and a.get("template") == b.get("template")
 
 
-def merge_snapshots(store: SnapshotStore, first: str, second: str, embedder_for=None,
-                    name: str | None = None) -> MergeResult:
-    """Publish A ∪ B. ``embedder_for(clip_info)`` returns a TextEmbedder, needed only when B must be re-embedded."""
+def merge_snapshots(store: SnapshotStore, first: str, second: str, *, name: str | None = None,
+                    model: ModelRequest | None = None) -> MergeResult:
+    """Publish A ∪ B. A CLIP model is loaded only when B's new descriptions must be re-embedded:
+    ``model`` when it names one (or the environment does), else A's own."""
     store.check_name_free(name)
     a, b = store.read(first), store.read(second)
     if a.info.name == b.info.name:
@@ -51,7 +54,8 @@ def merge_snapshots(store: SnapshotStore, first: str, second: str, embedder_for=
         new_vectors = b.embeddings[new_rows] if new_rows else np.zeros((0, a.embeddings.shape[1]), np.float32)
         reembedded = 0
     else:
-        new_vectors = embedder_for(clip_a).embed_descriptions(new_descriptions, clip_a["template"], displays)
+        embedder = parent_embedder(store, model or ModelRequest(), clip_a)
+        new_vectors = embedder.embed_descriptions(new_descriptions, clip_a["template"], displays)
         reembedded = len(new_rows)
     draft = SnapshotDraft(a.descriptions + new_descriptions, np.concatenate([a.embeddings, new_vectors]),
                           "merge", {"first": a.info.name, "second": b.info.name}, clip_a,

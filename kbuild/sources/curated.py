@@ -254,37 +254,45 @@ def _clean_file(parsed: ParsedFile, allowed: set[str] | None, dedup: _Deduper,
     return report, kept
 
 
+@dataclass(frozen=True)
+class ImportLimits:
+    """How much one load may read: ``max_bytes`` per file, ``max_texts`` in all files together
+    (None: ``DEFAULT_MAX_BYTES`` / ``DEFAULT_MAX_TEXTS``, read when the load runs)."""
+
+    max_bytes: int | None = None
+    max_texts: int | None = None
+
+
 def load_curated(
     paths: Iterable[Path | str],
+    *,
     format: str | None = None,
     section: str | None = None,
     classes: list[str] | None = None,
     restrict: bool = False,
-    *,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_texts: int | None = None,
-    created: str | None = None,
     class_map: dict[str, str] | None = None,
+    created: str | None = None,
+    limits: ImportLimits = ImportLimits(),
 ) -> CuratedImport:
     """Read curated files into descriptions, with a report of every change made.
 
     ``format``: a name from ``FORMATS`` (autodetected per file when None); ``section``: the
     KPL section (``X`` or ``X_Features``); ``classes``: the class list to check against (by
-    name); ``restrict``: drop classes outside it instead of refusing; ``max_bytes``: refuse
-    larger files; ``max_texts``: refuse more texts than this in all files together (default
-    ``DEFAULT_MAX_TEXTS``); ``created``: the ISO timestamp for every description (default: now, UTC);
-    ``class_map``: {name in the files: name to load it as}, applied first (names mapped to one join).
+    name); ``restrict``: drop classes outside it instead of refusing; ``class_map``: {name in the
+    files: name to load it as}, applied first (names mapped to one join); ``created``: the ISO
+    timestamp for every description (default: now, UTC); ``limits``: refuse larger files or more texts.
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise UsageError("no curated files given")
     if format is not None:
         get_reader(format)  # an unknown name fails before any file is read
+    max_bytes = DEFAULT_MAX_BYTES if limits.max_bytes is None else limits.max_bytes
     parsed = [read_source(path, format, section, max_bytes) for path in paths]
     for item in parsed if class_map else ():
         item.groups = rename_classes(item.groups, class_map)
         item.display_names = {class_map.get(k, k): v for k, v in item.display_names.items()}
-    _check_text_count(parsed, DEFAULT_MAX_TEXTS if max_texts is None else max_texts)
+    _check_text_count(parsed, DEFAULT_MAX_TEXTS if limits.max_texts is None else limits.max_texts)
     _check_section_used(section, parsed)
     allowed = None if classes is None else set(classes)
     _check_unknown_classes(parsed, allowed, restrict)
@@ -304,4 +312,5 @@ def load_curated(
     return result
 
 
-__all__ = ["CuratedImport", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_TEXTS", "FORMATS", "FileReport", "load_curated"]
+__all__ = ["CuratedImport", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_TEXTS", "FORMATS", "FileReport", "ImportLimits",
+           "load_curated"]
