@@ -246,6 +246,15 @@ CASES = {
                                                   npz("f.npz", names=("bird", "cat", "zebra"))),
 }
 
+# Issue 23, bounds: each of these once ran for minutes or grew to gigabytes before a word.
+CASES.update({
+    "flag: kpl sweep k range of 200 million": ("kpl", ["sweep", "--kb", "v1", "--data", "{dir}/nowhere",
+                                                       "--k", "1-200000000"], 2,
+                                               r"--k: the range '1-200000000' has 200000000 values", None),
+    "flag: kpl sweep k list over the cap": ("kpl", ["sweep", "--kb", "v1", "--data", "{dir}/nowhere",
+                                                    "--k", "1-600,601..1200"], 2, r"--k: .* more than 1000", None),
+})
+
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_error_line_and_leaves_the_store_unchanged(env, tmp_path, monkeypatch, case):
