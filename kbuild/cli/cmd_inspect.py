@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -107,7 +109,8 @@ def export(
     """Export a snapshot's descriptions as JSON (with provenance), CSV, or plain {class: \\[text]}."""
     if format not in EXPORT_FORMATS:
         raise UsageError(f"Unknown export format '{format}'. Available: {', '.join(EXPORT_FORMATS)}")
-    text = export_text(open_store(store, chroma_url).read(snapshot, embeddings=False), format)
+    text = export_text(open_store(store, chroma_url).read(snapshot, embeddings=False), format,
+                       terminal=output is None and sys.stdout.isatty())
     if output is None:
         print(text, end="")
         return

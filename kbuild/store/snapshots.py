@@ -85,6 +85,9 @@ class KnowledgeBase:
         return [self.embeddings[rows[c]] for c in class_names]
 
 
+_WRITES = {"publish", "tag", "remove", "gc", "gc_segments"}
+
+
 def _server_faults(method):
     """A Chroma server that goes away in the middle of a store call is a one-line StoreUnavailable, not a
     stack trace (the pending collection of a write in progress stays invisible: nothing is half-published)."""
@@ -98,7 +101,8 @@ def _server_faults(method):
         except (KbuildError, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
         except BaseException as exc:  # a Rust panic from Chroma on a corrupt database is a BaseException
-            if self.mode == "embedded" and (known := damage.classify(exc, self.location, self.home)) is not None:
+            writing = method.__name__ in _WRITES
+            if self.mode == "embedded" and (known := damage.classify(exc, self.location, self.home, writing)):
                 raise known from exc
             if not isinstance(exc, Exception):
                 raise
