@@ -83,3 +83,27 @@ def test_on_a_full_disk_a_read_does_not_talk_about_publishing(tiny_disk):  # noq
     if done.returncode == 0:
         pytest.skip("list needed no space on this system")
     assert "is full" in done.stderr and "half-written" not in done.stderr and "publish" not in done.stderr, done.stderr
+
+
+def test_diff_of_a_child_whose_parent_was_removed_says_so(tmp_path):
+    home = tmp_path / "store"
+    _publish(home, ["whiskers", "pointy ears"])
+    _publish(home, ["whiskers"], parents=["snapshot_v1"], operation="prune")
+    assert run_kbuild("rm", "v1", "--force", "--store", home).code == 0
+    result = run_kbuild("diff", "v2", "--store", home)
+    assert result.code == 1 and len(result.err.splitlines()) == 1, result.err
+    assert "parent snapshot_v1 was removed" in result.err and "kbuild diff A snapshot_v2" in result.err, result.err
+    named = run_kbuild("diff", "v1", "v2", "--store", home)
+    assert named.code == 1 and "snapshot_v1 was removed" in named.err, named.err
+
+
+def test_rm_frees_the_segment_folders_at_once(tmp_path):
+    home = tmp_path / "store"
+    _publish(home, ["whiskers", "pointy ears"])
+    before = {p.name for p in segment_dirs(home / "chroma")}
+    _publish(home, ["wet nose"])
+    assert len(segment_dirs(home / "chroma")) > len(before)
+    result = run_kbuild("rm", "v2", "--store", home)
+    assert result.code == 0, result.err
+    assert {p.name for p in segment_dirs(home / "chroma")} == before  # not only at the next gc
+    assert run_kbuild("verify", "v1", "--store", home).code == 0

@@ -11,7 +11,7 @@ import typer
 
 from kbuild.descriptions import visible
 from kbuild.diff import diff_stored
-from kbuild.errors import KbuildError, UsageError, did_you_mean
+from kbuild.errors import KbuildError, SnapshotNotFound, UsageError, did_you_mean
 from kbuild.ops.inspect import EXPORT_FORMATS, export_text, remove_snapshot, verify
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, open_store, print_json
@@ -80,6 +80,9 @@ def diff(
         if not parents:
             raise UsageError(f"{child.name} has no parent; name two snapshots: kbuild diff A B")
         old, new = parents[0]["name"], child.name
+        if old in kb_store.removed_names():
+            raise SnapshotNotFound(f"{child.name}'s parent {old} was removed (kbuild rm), so there is nothing to "
+                                   f"compare it with by default; name two snapshots: kbuild diff A {child.name}")
     similarity = None
     if similarity_model:
         from kbuild.clip.sentence import sentence_embedder

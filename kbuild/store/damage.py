@@ -106,6 +106,15 @@ def orphaned_segments(folder: Path) -> list[Path]:
     return [p for p in segments if p.name not in known]
 
 
+def segment_ids_of(folder: Path, collection_id: str) -> list[str]:
+    """The segment ids of one collection, read directly (read-only) from the database, like
+    ``orphaned_segments``; those with a folder under ``folder``."""
+    db = folder / DB_FILE
+    with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM segments WHERE collection = ?", (collection_id,))]
+    return [i for i in ids if (folder / i).is_dir()]
+
+
 # ---- Rust panic text on the process's stderr ---------------------------------------------------
 # A panic in Chroma's Rust core is printed by Rust's panic hook straight to file descriptor 2
 # ("thread '<unnamed>' panicked at ...", a backtrace), before Python sees the exception. While a
