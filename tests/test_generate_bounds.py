@@ -69,3 +69,26 @@ def test_a_large_unusable_reply_is_logged_cut_to_a_bounded_size(gen, server):
     assert len(logged) == 2 and all(len(text) < 300_000 for text in logged), [len(t) for t in logged]
     assert all(text.endswith("characters not logged]") for text in logged)
     assert (gen.store / "llm" / "calls.sqlite").stat().st_size < 2_000_000
+
+
+def test_an_api_key_with_a_trailing_newline_is_used_without_it(gen, server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY + "\n")  # as read from a file or a secret mount
+    result = gen()
+    assert result.code == 0, result.err
+    assert server.count() == 3 and all(call.auth == f"Bearer {FAKE_KEY}" for call in server.calls)
+
+
+def test_an_api_key_with_a_line_break_inside_is_refused_clearly(gen, server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY + "\nsk-second-line-key")
+    result = gen()
+    assert result.code == 2 and len(result.err.splitlines()) == 1, result.err
+    assert "OPENAI_API_KEY" in result.err and "line break" in result.err and FAKE_KEY not in result.err
+    assert server.count() == 0
+
+
+def test_zero_tokens_cost_nothing_instead_of_no_price_known(gen, server):
+    server.add_fault("500", times=None)
+    result = gen("--retries", "0")
+    assert result.code == 1
+    assert "Tokens: 0 prompt + 0 completion; no cost (no tokens used)" in result.err, result.err
+    assert "no price known" not in result.err

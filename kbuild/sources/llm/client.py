@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
-from kbuild.errors import KbuildError
+from kbuild.errors import KbuildError, UsageError
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 # Sent to servers that check no key (Ollama, vLLM, llama.cpp, LM Studio) when none is set.
@@ -56,6 +56,10 @@ class Interrupted(Exception):
 
 def resolve_api_key(key: str | None, base_url: str | None) -> str:
     """The key to send: the user's, a placeholder for a local server, or a one-line error."""
+    if key and any(c.isspace() or not c.isprintable() for c in key):
+        raise UsageError("OPENAI_API_KEY holds a line break, space or control character inside it (a key is "
+                         "one line of printable characters): set it to the key alone, e.g. "
+                         "export OPENAI_API_KEY=\"$(head -n1 key.txt)\"")
     if key:
         return key
     if base_url:
