@@ -275,6 +275,15 @@ CASES.update({
     "flag: kpl sweep k range of 200 million": ("kpl", ["sweep", "--kb", "v1", "--data", "{dir}/nowhere",
                                                        "--k", "1-200000000"], 2,
                                                r"--k: the range '1-200000000' has 200000000 values", None),
+    "flag: kpl embed ray address where nothing listens": (
+        "kpl", ["embed", "--data", "{data}", "--engine", "ray", "--ray-address", "127.0.0.1:1"], 1,
+        r"Cannot reach a Ray cluster at 127\.0\.0\.1:1 .*connection refused.*--ray-address", None),
+    "flag: kpl embed ray address with an unresolvable host": (
+        "kpl", ["embed", "--data", "{data}", "--engine", "ray", "--ray-address", "no-such-host.invalid:6379"], 2,
+        r"--ray-address no-such-host\.invalid:6379: cannot resolve the host 'no-such-host\.invalid'", None),
+    "flag: kpl embed ray address with a port over 65535": (
+        "kpl", ["embed", "--data", "{data}", "--engine", "ray", "--ray-address", "127.0.0.1:70000"], 2,
+        r"--ray-address 127\.0\.0\.1:70000: the port must be a number from 1 to 65535", None),
     "flag: kpl sweep k list over the cap": ("kpl", ["sweep", "--kb", "v1", "--data", "{dir}/nowhere",
                                                     "--k", "1-600,601..1200"], 2, r"--k: .* more than 1000", None),
 })
