@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from helpers import cli_env
 from test_generate import (DISPLAYS, FAKE_KEY, gen, log_rows, server, start_generate_process,  # noqa: F401
                            wait_until_held)
 
