@@ -54,3 +54,9 @@ def _one_edit(a: str, b: str) -> bool:
     short, long = (a, b) if len(a) < len(b) else (b, a)
     i = next((k for k in range(len(short)) if short[k] != long[k]), len(short))
     return short[i:] == long[i + 1:]
+
+
+class StopNow(BaseException):
+    """A second Ctrl-C while the first waits for work in flight: the command line exits at once, without
+    waiting for the worker threads (what finished is already on disk). Not a KeyboardInterrupt, which
+    Typer turns into a quiet exit code before the CLI boundary could act on it."""

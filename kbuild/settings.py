@@ -72,7 +72,10 @@ def debug() -> bool:
 
 
 def openai_api_key() -> str | None:
-    return _pick(None, ENV_OPENAI_KEY, None)
+    """The key without surrounding whitespace: one read from a file or a secret mount ends in a newline,
+    which no HTTP header may carry (the request then failed as "connection failed")."""
+    key = _pick(None, ENV_OPENAI_KEY, None)
+    return key.strip() if key else key
 
 
 def secrets() -> list[str]:
@@ -80,8 +83,9 @@ def secrets() -> list[str]:
 
     Values shorter than 8 characters are not credentials anyone could leak by accident, and masking
     them would garble messages."""
-    values = (os.environ.get(ENV_OPENAI_KEY, ""), os.environ.get(ENV_CHROMA_TOKEN, ""))
-    return [v for v in values if len(v) >= 8]
+    raw = (os.environ.get(ENV_OPENAI_KEY, ""), os.environ.get(ENV_CHROMA_TOKEN, ""))
+    values = [*raw, *(v.strip() for v in raw)]  # the key as sent (stripped) and as set
+    return [v for v in dict.fromkeys(values) if len(v) >= 8]
 
 
 def mask_secrets(text: str) -> str:

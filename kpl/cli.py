@@ -259,8 +259,12 @@ def _parse_k(text: str) -> tuple[int, bool]:
         raise UsageError(f"--k: {text!r} is not an integer or 'auto' (write e.g. --k 8 or --k auto)") from None
 
 
+MAX_SWEEP_KS = 1000  # one KPL run each: more is a typo (1-200000000 once took 15 GB before any work)
+
+
 def _parse_ks(text: str) -> list:
-    """``--k`` of sweep: a comma list of integers, ranges ``1-30`` or ``1..30``, and ``auto``."""
+    """``--k`` of sweep: a comma list of integers, ranges ``1-30`` or ``1..30``, and ``auto``; at most
+    ``MAX_SWEEP_KS`` values, checked before a range is expanded."""
     from kpl.method.auto_k import is_auto
 
     values: list = []
@@ -280,7 +284,13 @@ def _parse_ks(text: str) -> list:
             raise UsageError(f"--k: {part!r} is not a range of integers (write e.g. --k 1-30 or --k 1..30)") from None
         if low > high:
             raise UsageError(f"--k: the range {part!r} is empty (start {low} > end {high}); write e.g. --k {high}-{low}")
+        if high - low + 1 > MAX_SWEEP_KS:
+            raise UsageError(f"--k: the range {part!r} has {high - low + 1} values, a sweep runs at most "
+                             f"{MAX_SWEEP_KS} (narrow it, e.g. --k 1-30,40,50)")
         values.extend(range(low, high + 1))
+        if len(values) > MAX_SWEEP_KS:
+            raise UsageError(f"--k: {text!r} lists more than {MAX_SWEEP_KS} values, the most a sweep runs "
+                             "(narrow it, e.g. --k 1-30,40,50)")
     if not values:
         raise UsageError("--k needs at least one value (e.g. --k 1-30,auto)")
     return list(dict.fromkeys(values))

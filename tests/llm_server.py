@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-KINDS = ("429", "500", "slow", "bad_body", "malformed", "bad_json", "short", "repeat", "fenced", "numbered")
+KINDS = ("429", "500", "slow", "bad_body", "malformed", "bad_json", "short", "repeat", "fenced", "numbered",
+         "trickle", "huge")
 
 
 @dataclass
@@ -222,7 +223,26 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_raw(200, b'{"id": "chatcmpl-broken", "choices": [', {})
         if kind == "slow":
             time.sleep(fault.delay)
+        if kind == "trickle":  # the headers at once, then one byte of the body every ``delay`` seconds
+            return self._trickle(json.dumps(self.fake.completion(call, _content(self.fake, call, fault))).encode(),
+                                 fault.delay)
+        if kind == "huge":  # a reply of ``items`` characters
+            return self._send(200, self.fake.completion(call, json.dumps(["w" * fault.items])))
         self._send(200, self.fake.completion(call, _content(self.fake, call, fault)))
+
+    def _trickle(self, data: bytes, every: float) -> None:
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(every)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
         self._send_raw(status, json.dumps(payload).encode(), headers or {})

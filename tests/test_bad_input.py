@@ -370,6 +370,48 @@ CASES = {
                                                   npz("f.npz", names=("bird", "cat", "zebra"))),
 }
 
+def curated_set(*makers):
+    """Several curated files (a.json, b.json, ...) in the case's folder; the case names them as {dir}/a.json ..."""
+    def make(d: Path, env) -> Path:
+        for letter, maker in zip("abcdefgh", makers):
+            maker(d, env).rename(d / f"{letter}.json")
+        return d / "a.json"
+    return make
+
+
+def many_texts(name: str, count: int):
+    def make(d: Path, env) -> Path:
+        path = d / name
+        path.write_text(json.dumps({"cat": [f"trait number {i}" for i in range(count)]}), encoding="utf-8")
+        return path
+    return make
+
+
+# Issue 23, bounds: each of these once ran for minutes or grew to gigabytes before a word.
+CASES.update({
+    "curated: three files together over the byte limit": (
+        "kbuild", ["load", "{dir}/a.json", "{dir}/b.json", "{dir}/c.json"], 1,
+        r"3 curated files of 450\.0 MB together, over the limit of 200\.0 MB per load",
+        curated_set(sparse_file("x1", 150_000_000), sparse_file("x2", 150_000_000), sparse_file("x3", 150_000_000))),
+    "curated: the text limit stops before the next file is parsed": (
+        "kbuild", ["load", "{dir}/a.json", "{dir}/b.json"], 1, r"a\.json.*300,001 texts read so far",
+        curated_set(many_texts("x1", 300_001), text_file("x2", "{not json"))),
+    "flag: kpl sweep k range of 200 million": ("kpl", ["sweep", "--kb", "v1", "--data", "{dir}/nowhere",
+                                                       "--k", "1-200000000"], 2,
+                                               r"--k: the range '1-200000000' has 200000000 values", None),
+    "flag: kpl embed ray address where nothing listens": (
+        "kpl", ["embed", "--data", "{data}", "--engine", "ray", "--ray-address", "127.0.0.1:1"], 1,
+        r"Cannot reach a Ray cluster at 127\.0\.0\.1:1 .*connection refused.*--ray-address", None),
+    "flag: kpl embed ray address with an unresolvable host": (
+        "kpl", ["embed", "--data", "{data}", "--engine", "ray", "--ray-address", "no-such-host.invalid:6379"], 2,
+        r"--ray-address no-such-host\.invalid:6379: cannot resolve the host 'no-such-host\.invalid'", None),
+    "flag: kpl embed ray address with a port over 65535": (
+        "kpl", ["embed", "--data", "{data}", "--engine", "ray", "--ray-address", "127.0.0.1:70000"], 2,
+        r"--ray-address 127\.0\.0\.1:70000: the port must be a number from 1 to 65535", None),
+    "flag: kpl sweep k list over the cap": ("kpl", ["sweep", "--kb", "v1", "--data", "{dir}/nowhere",
+                                                    "--k", "1-600,601..1200"], 2, r"--k: .* more than 1000", None),
+})
+
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_error_line_and_leaves_the_store_unchanged(env, tmp_path, monkeypatch, case):

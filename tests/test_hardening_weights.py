@@ -98,3 +98,23 @@ def test_the_cli_reports_a_folder_without_weights_in_one_line(tmp_path, tiny_cli
     monkeypatch.setenv("KBUILD_STORE", str(tmp_path / "store"))
     result = kbuild("load", kb, "--model", f"local-dir:{folder}")
     assert result.code == 2 and result.err.count("\n") == 1 and "no weights file" in result.err
+
+
+@pytest.mark.parametrize("other", ["copy", "garbage"])
+def test_a_named_pt_beside_another_safetensors_loads_quietly_and_only_the_pt(tmp_path, tiny_clip_dir, capfd, caplog,
+                                                                            other):
+    """Before (issue 23, item 18): open_clip announced "Using 'other.safetensors'" (and read it) while
+    kbuild loaded model.pt; with a broken other file the folder could not be loaded at all."""
+    reference, _ = _encode(tiny_clip_dir)
+    folder = _folder_with(tmp_path, tiny_clip_dir, "model.pt")
+    if other == "copy":
+        shutil.copy(tiny_clip_dir / "open_clip_model.safetensors", folder / "other.safetensors")
+    else:
+        (folder / "other.safetensors").write_bytes(b"not a safetensors file at all")
+    capfd.readouterr()
+    with caplog.at_level("INFO"):  # open_clip logs on the root logger (to stderr on the command line)
+        encoded, model_id = _encode(folder)
+    np.testing.assert_allclose(encoded, reference, atol=1e-6)
+    assert model_id.endswith(file_sha256(folder / "model.pt")[:16])
+    err = capfd.readouterr().err + "\n".join(r.getMessage() for r in caplog.records)
+    assert "other.safetensors" not in err, err

@@ -148,3 +148,16 @@ def test_eval_with_ray_engine_then_default_engine_hits_the_cache(kpl, clip_env, 
     assert second.code == 0 and "(hit, 0 encoded)" in second.err, second.err
     confusion = [{m: r["confusion_matrix"] for m, r in run.json()["results"].items()} for run in (first, second)]
     assert confusion[0] == confusion[1] and len(confusion[0]) >= 2
+
+
+def test_a_ray_run_prints_no_raw_ray_log_lines(clip_env, ray_cluster, tmp_path):
+    """Before (issue 23, item 18): every run printed Ray's own '[date pid] logging.cc:303: Set ray log
+    level from environment variable ...' line on stderr (from its C++ core, on file descriptor 2)."""
+    import re
+
+    images = make_image_folder(tmp_path / "images", per_class=1, junk=False)
+    result = run_subprocess("kpl", "embed", "--data", images, "--cache-dir", tmp_path / "cache", "--engine", "ray",
+                            "--ray-address", ray_cluster, env=cli_env())
+    assert result.code == 0, result.err
+    raw = [line for line in result.err.splitlines() if re.match(r"\[\d{4}-\d\d-\d\d ", line)]
+    assert raw == [], result.err

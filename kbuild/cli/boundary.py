@@ -7,6 +7,7 @@ traceback appears only with ``KBUILD_DEBUG=1``.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -15,7 +16,7 @@ import typer
 from kbuild import settings
 from kbuild.cli.progress import reporting
 from kbuild.descriptions import visible
-from kbuild.errors import KbuildError
+from kbuild.errors import KbuildError, StopNow
 
 
 def run_with_boundary(typer_app: typer.Typer, prog_name: str, argv: list[str] | None = None) -> int:
@@ -32,6 +33,12 @@ def run_with_boundary(typer_app: typer.Typer, prog_name: str, argv: list[str] | 
             _print_traceback()
         print_error(f"Error: {err}")
         return err.exit_code
+    except StopNow:
+        # Worker threads still wait on the network, and the interpreter would join them at exit: leave now.
+        print("Error: interrupted twice; stopped at once (calls still in flight were not logged; "
+              "rerun the same command to resume)", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
     except KeyboardInterrupt:
         print("Error: interrupted; nothing half-written was published", file=sys.stderr)
         return 130

@@ -137,6 +137,8 @@ def _print_stats(result: GenerateResult, model: str) -> None:
 
 
 def _cost_text(stats, model: str) -> str:
+    if stats.prompt_tokens == 0 and stats.completion_tokens == 0 and not stats.usage_missing:
+        return "no cost (no tokens used)"  # every call failed or came from the cache: any price times 0
     if stats.estimated_cost_usd is not None:
         return f"estimated cost ${stats.estimated_cost_usd:.4f} (list prices of {model})"
     if stats.made and stats.usage_missing:

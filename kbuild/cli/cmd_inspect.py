@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,7 +11,7 @@ import typer
 
 from kbuild.descriptions import visible
 from kbuild.diff import diff_stored
-from kbuild.errors import KbuildError, UsageError, did_you_mean
+from kbuild.errors import KbuildError, SnapshotNotFound, UsageError, did_you_mean
 from kbuild.ops.export import export_hf, export_parquet
 from kbuild.ops.inspect import EXPORT_FORMATS, export_text, remove_snapshot, verify
 from kbuild.ops.provenance import summary_lines
@@ -85,6 +87,9 @@ def diff(
         if not parents:
             raise UsageError(f"{child.name} has no parent; name two snapshots: kbuild diff A B")
         old, new = parents[0]["name"], child.name
+        if old in kb_store.removed_names():
+            raise SnapshotNotFound(f"{child.name}'s parent {old} was removed (kbuild rm), so there is nothing to "
+                                   f"compare it with by default; name two snapshots: kbuild diff A {child.name}")
     similarity = None
     if similarity_model:
         from kbuild.clip.sentence import sentence_embedder
@@ -134,7 +139,7 @@ def export(
             print(visible(f"{result.snapshot}: {result.rows} rows ({result.content_hash[:19]}...) -> {result.path}"))
         return
     kb = kb_store.read(snapshot, embeddings=False)
-    text = export_text(kb, format, lineage(kb_store, kb.info))
+    text = export_text(kb, format, lineage(kb_store, kb.info), terminal=output is None and sys.stdout.isatty())
     if output is None:
         print(text, end="")
         return

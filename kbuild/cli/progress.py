@@ -3,10 +3,16 @@
 Plain lines go out at most every ``PLAIN_EVERY_S`` seconds (and once at the end when the task ran
 that long), so a log or CI output gets ``embedding texts: 4096/28200 (15%), 41 s left`` without a
 line per batch, and short tasks print nothing.
+
+Progress goes to a duplicate of file descriptor 2 taken when the command starts: while a store call
+runs, ``kbuild.store.damage`` points fd 2 at a spool (to drop Chroma's Rust panic text) and hands the
+rest back afterwards, which held every progress line (and a terminal's bar) until the call ended.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -51,13 +57,13 @@ class PlainSink:
 
 
 class RichSink:
-    def __init__(self):
+    def __init__(self, stream=None):
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=stream or sys.stderr),
                             transient=True)
         self.open = 0
 
@@ -82,13 +88,30 @@ class RichSink:
             self.bar.stop()
 
 
+def _own_stderr():
+    """A private handle on the real stderr (a duplicate of fd 2), or None where ``sys.stderr`` is not fd 2
+    (a test's or a notebook's capture: progress then goes wherever ``sys.stderr`` goes)."""
+    try:
+        if sys.stderr.fileno() != 2:
+            return None
+        sys.stderr.flush()
+        return os.fdopen(os.dup(2), "w", encoding=sys.stderr.encoding or "utf-8", errors="backslashreplace",
+                         buffering=1)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
 @contextmanager
 def reporting() -> Iterator[None]:
-    """Report progress on stderr for the duration of one command."""
-    sink = RichSink() if sys.stderr.isatty() else PlainSink()
+    """Report progress on stderr for the duration of one command, as it happens."""
+    own = _own_stderr()
+    stream = own or sys.stderr
+    sink = RichSink(stream) if stream.isatty() else PlainSink(stream)
     previous = progress.set_sink(sink)
     try:
         yield
     finally:
         sink.close()  # a task an error interrupted must not leave a bar on the terminal
         progress.set_sink(previous)
+        if own is not None:
+            own.close()

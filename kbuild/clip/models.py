@@ -132,10 +132,14 @@ def _create(spec: ModelSpec, device: str):
         pretrained = None  # the folder / hub repo carries its own weights
     elif pretrained and Path(pretrained).expanduser().is_file():
         pretrained = str(Path(pretrained).expanduser())
+    # A local-dir folder's weights are loaded by us, strictly, from the file we named: open_clip's own
+    # folder loader picks by other rules (it skips .pt), announced "Using 'other.safetensors'" while we
+    # loaded model.pt, and died on a broken file we never meant to read.
+    local = {"load_weights": False, "pretrained_text": False} if spec.model.startswith(LOCAL_DIR) else {}
     try:
         with _quiet_root_logger():
             model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.model, pretrained=pretrained, device=device, weights_only=True)
+                spec.model, pretrained=pretrained, device=device, weights_only=True, **local)
     except KbuildError:
         raise
     except Exception as exc:  # open_clip raises many types for "cannot fetch/parse weights"
@@ -154,15 +158,11 @@ def _load_local_dir_weights(model, folder: Path) -> None:
     """Load exactly the folder's weights file into ``model``, strictly (every key must match).
 
     open_clip's own folder loader skips ``.pt`` files and then builds a randomly initialised model
-    without an error; loading the named file here, after it, makes the result independent of that.
+    without an error, so ``_create`` asks it for no weights and this loads the one file we named.
     ``.pt/.bin/.pth`` go through ``torch.load(weights_only=True)``, so a pickle cannot run code."""
     import open_clip
 
     weights = _local_dir_weights(folder)
-    open_clips_choice = getattr(getattr(open_clip, "factory", None), "_find_checkpoint_in_dir", None)
-    with contextlib.suppress(Exception):
-        if open_clips_choice and Path(open_clips_choice(folder) or "").resolve() == weights.resolve():
-            return  # open_clip already loaded this very file, strictly; reading it twice costs time
     try:
         open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
     except Exception as exc:  # unpickling refused, missing/unexpected keys, wrong shapes, bad file

@@ -10,16 +10,20 @@ from typing import Any
 
 import numpy as np
 
-from kbuild.descriptions import content_hash, description_id
+from kbuild.descriptions import content_hash, description_id, visible
 from kbuild.errors import UsageError
 from kbuild.store import KnowledgeBase
 
 EXPORT_FORMATS = ("json", "csv", "dclip")
 
 
-def export_text(kb: KnowledgeBase, fmt: str, lineage: list | None = None) -> str:
+def export_text(kb: KnowledgeBase, fmt: str, lineage: list | None = None, terminal: bool = False) -> str:
     """The snapshot's kept descriptions as ``json`` (with provenance and the ``lineage`` of its
-    ancestors, see ``kbuild.store.transfer.lineage``), ``csv`` or ``dclip`` ({class: [text]})."""
+    ancestors, see ``kbuild.store.transfer.lineage``), ``csv`` or ``dclip`` ({class: [text]}).
+
+    ``terminal``: the text goes to a terminal, so control characters in CSV fields are written out as
+    escapes (``ESC`` -> ``\\x1b``) like JSON's ``\\u001b``: an imported text cannot clear the screen or
+    plant an OSC-8 link. Files and pipes get the data unchanged."""
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"Unknown export format '{fmt}'. Available: {', '.join(EXPORT_FORMATS)}")
     if fmt == "dclip":
@@ -31,8 +35,9 @@ def export_text(kb: KnowledgeBase, fmt: str, lineage: list | None = None) -> str
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["class", "text", "source", "id"])
+        shown = visible if terminal else str
         for d in kb.descriptions:
-            writer.writerow([d.class_name, d.text, d.source, d.id])
+            writer.writerow([shown(d.class_name), shown(d.text), shown(d.source), d.id])
         return buffer.getvalue()
     payload = {"snapshot": kb.info.name, "manifest": kb.info.manifest, "lineage": lineage or [],
                "descriptions": [d.to_json() for d in kb.descriptions],

@@ -1,8 +1,10 @@
 """The HTTP side of ``kbuild serve``: the standard library's ThreadingHTTPServer, a route table, guards.
 
 Guards, in the order a request meets them:
-- at most ``max_connections`` connections at once (others get a 503), each with a read timeout, so
-  idle or half-sent requests cannot pin threads or hold up shutdown (idle ones are closed at once);
+- at most ``max_connections`` connections at once, each request due whole within ``timeout_s``; when
+  full, the connection waiting longest for its request makes room, and only when all are busy does a
+  newcomer get a 503 (``connections.py``); idle or half-sent requests cannot pin threads or hold up
+  shutdown (idle ones are closed at once);
 - the Host header must name this server: a loopback name on loopback; elsewhere an IP literal or a
   name given with ``--allow-host``, so a DNS-rebinding page cannot read the store;
 - beyond loopback, reads (``/api/``, ``/reports/``) need the token too (header or ``?token=``);
@@ -19,12 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import io
 import ipaddress
 import json
 import socket
 import socketserver
 import sys
-import threading
+import time
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +38,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from kbuild import settings
 from kbuild.descriptions import visible
 from kbuild.errors import KbuildError, SnapshotNotFound, UsageError
+from kbuild.serve.connections import GONE, ConnectionTable, DeadlineReader, refuse
 from kbuild.serve.drafts import StaleDraft
 from kbuild.serve.service import ReviewService
 
@@ -43,8 +47,8 @@ _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 MAX_BODY = 1 << 20
 TOKEN_HEADER = "X-Kbuild-Token"
-REQUEST_TIMEOUT_S = 30.0  # a client silent this long mid-request (or idle between requests) is dropped
-MAX_CONNECTIONS = 64  # concurrent connections; more get an immediate 503
+REQUEST_TIMEOUT_S = 30.0  # each request must arrive whole within this (idle keep-alive waits count)
+MAX_CONNECTIONS = 256  # connections holding a thread; beyond, the longest-waiting one makes room
 _PUBLIC_PREFIXES = ("/static/",)
 _PUBLIC_PATHS = ("/", "/favicon.ico")
 _APP_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -86,17 +90,14 @@ class KbuildHTTPServer(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.service, self.token = service, token
         self.timeout_s = timeout_s
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._open: dict[socket.socket, bool] = {}  # connection -> busy with a request (else idle)
-        self._open_lock = threading.Lock()
+        self.connections = ConnectionTable(max_connections)
         # Listed once when the server starts: the only files the app itself will ever serve.
         self.assets = {p.name: p for p in sorted(STATIC.iterdir()) if p.suffix in _TYPES}
         self.loopback = is_loopback(host)
         port = self.server_address[1]
         shown = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("", "0.0.0.0") else host)
         self.url = f"http://{shown}:{port}/"
-        names = {"127.0.0.1", "localhost", "[::1]", shown, *allowed_hosts}
-        self.allowed_hosts = {f"{n}:{port}" for n in names}
+        self.allowed_hosts = host_headers({"127.0.0.1", "localhost", "[::1]", shown, *allowed_hosts}, port)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, which can hang for seconds without DNS.
@@ -119,57 +120,55 @@ class KbuildHTTPServer(ThreadingHTTPServer):
         except ValueError:
             return False
 
-    # ---- connections: a cap, timeouts, and a shutdown no client can hold up ---------------------
+    # ---- connections: a cap, deadlines, and a shutdown no client can hold up -------------------
+    request_queue_size = 128  # a burst of connects waits in the kernel instead of being dropped
+
     def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            _refuse_busy(request)
-            self.shutdown_request(request)
+        if not self.connections.admit(request):
+            refuse(request, _BUSY_HEAD, _BUSY_BODY)
             return
         request.settimeout(self.timeout_s)
-        with self._open_lock:
-            self._open[request] = False
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._forget(request)
+            self.connections.forget(request)
             raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._forget(request)
+            self.connections.forget(request)
 
-    def _forget(self, request) -> None:
-        with self._open_lock:
-            if self._open.pop(request, None) is not None:
-                self._slots.release()
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away is routine; anything else is one masked line, not a traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, GONE):
+            return
+        first = settings.mask_secrets(str(exc).splitlines()[0]) if str(exc) else ""
+        sys.stderr.write(f"kbuild serve: unexpected {type(exc).__name__}: {visible(first)}\n")
 
     def mark(self, request, busy: bool) -> None:
-        with self._open_lock:
-            if request in self._open:
-                self._open[request] = busy
+        self.connections.mark(request, busy)
 
     def server_close(self) -> None:
         """Stop listening, close idle connections now, let requests in progress finish (each bounded
         by the timeout), then wait for their threads."""
         socketserver.TCPServer.server_close(self)
-        with self._open_lock:
-            idle = [conn for conn, busy in self._open.items() if not busy]
-        for conn in idle:
+        for conn in self.connections.idle():
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
         super().server_close()
 
 
-def _refuse_busy(request) -> None:
-    """An immediate 503 for a connection over the cap, written without a handler thread."""
-    body = b'{"error": "too many connections; retry shortly"}'
-    head = ["HTTP/1.1 503 Service Unavailable", "Content-Type: application/json; charset=utf-8",
-            f"Content-Length: {len(body)}", "Connection: close", "Retry-After: 1", *_SECURITY_HEADERS]
-    with contextlib.suppress(OSError):
-        request.settimeout(1.0)
-        request.sendall(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
+def host_headers(names: set[str], port: int) -> set[str]:
+    """The Host header values that name this server; on port 80 browsers leave the port out."""
+    return {f"{n}:{port}" for n in names} | (set(names) if port == 80 else set())
+
+
+_BUSY_BODY = b'{"error": "too many connections; retry shortly"}'
+_BUSY_HEAD = ["HTTP/1.1 503 Service Unavailable", "Content-Type: application/json; charset=utf-8",
+              f"Content-Length: {len(_BUSY_BODY)}", "Connection: close", "Retry-After: 1", *_SECURITY_HEADERS]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -181,6 +180,8 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.timeout_s)  # StreamRequestHandler would reset it otherwise
+        self._input = DeadlineReader(self.connection, self.server.timeout_s)
+        self.rfile = io.BufferedReader(self._input)
 
     def parse_request(self) -> bool:
         ok = super().parse_request()
@@ -189,10 +190,11 @@ class Handler(BaseHTTPRequestHandler):
         return ok
 
     def handle_one_request(self) -> None:
+        self._input.deadline = time.monotonic() + self.server.timeout_s  # this request's whole arrival
         try:
             super().handle_one_request()
-        except (TimeoutError, socket.timeout):
-            self.close_connection = True  # a silent client: drop it (the stdlib logs nothing useful here)
+        except GONE:
+            self.close_connection = True  # a slow or vanished client: drop it, nothing worth a log line
         finally:
             self.server.mark(self.connection, False)
 
@@ -239,7 +241,9 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, payload: Any) -> None:
         # Every reply is masked, not only the errors we word: a store error may quote a server's text,
         # and a server or proxy may echo the Authorization header it was sent.
-        body = settings.mask_secrets(json.dumps(payload, ensure_ascii=False, default=str)).encode("utf-8")
+        self._send_json(status, settings.mask_secrets(json.dumps(payload, ensure_ascii=False, default=str)).encode("utf-8"))
+
+    def _send_json(self, status: int, body: bytes) -> None:
         self._headers(status, "application/json; charset=utf-8", len(body))
         self.wfile.write(body)
 
@@ -269,6 +273,8 @@ class Handler(BaseHTTPRequestHandler):
                     route(unquote(parts.path[len(prefix):]))
                     return
             raise SnapshotNotFound(f"No page {parts.path!r}")
+        except GONE:
+            self.close_connection = True  # the client left mid-reply: no error page to write
         except KbuildError as exc:
             self._error(exc)
         except Exception as exc:  # the last line of defence: one line to the page, traceback on request
@@ -328,7 +334,7 @@ class Handler(BaseHTTPRequestHandler):
             "/static/": self._asset,
             "/api/info": lambda _: self._json(200, s.info()),
             "/api/snapshots": lambda _: self._json(200, s.snapshots()),
-            "/api/snapshots/": lambda name: self._json(200, s.snapshot(name)),
+            "/api/snapshots/": lambda name: self._send_json(200, s.snapshot_body(name)),
             "/api/compare": lambda q: self._json(200, s.compare(_arg(q, "old"), _arg(q, "new"), _threshold(q))),
             "/api/draft": lambda q: self._json(200, s.draft({"snapshot": _arg(q, "snapshot"),
                                                               "reviewer": _arg(q, "reviewer")})),

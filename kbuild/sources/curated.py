@@ -166,6 +166,24 @@ def _check_unknown_classes(parsed: list[ParsedFile], allowed: set[str] | None, r
         )
 
 
+def _check_total_size(paths: list[Path], max_bytes: int) -> None:
+    """The byte limit holds for one load, not only for each file: three 196 MB files once took 2 GB."""
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(path.stat().st_size)
+        except OSError:
+            sizes.append(0)  # a missing file gets its own message when it is read
+    if len(paths) > 1 and sum(sizes) > max_bytes:
+        raise KbuildError(f"{len(paths)} curated files of {_megabytes(sum(sizes))} together, over the limit of "
+                         f"{_megabytes(max_bytes)} per load: load them in parts as separate snapshots, then "
+                         "'kbuild merge' them")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
 def _check_text_count(parsed: list[ParsedFile], max_texts: int) -> None:
     """Refuse an import too large to embed in memory, before anything is embedded."""
     total = 0
@@ -288,11 +306,16 @@ def load_curated(
     if format is not None:
         get_reader(format)  # an unknown name fails before any file is read
     max_bytes = DEFAULT_MAX_BYTES if limits.max_bytes is None else limits.max_bytes
-    parsed = [read_source(path, format, section, max_bytes) for path in paths]
-    for item in parsed if class_map else ():
-        item.groups = rename_classes(item.groups, class_map)
-        item.display_names = {class_map.get(k, k): v for k, v in item.display_names.items()}
-    _check_text_count(parsed, DEFAULT_MAX_TEXTS if limits.max_texts is None else limits.max_texts)
+    max_texts = DEFAULT_MAX_TEXTS if limits.max_texts is None else limits.max_texts
+    _check_total_size(paths, max_bytes)
+    parsed: list[ParsedFile] = []
+    for path in paths:  # one file at a time: the text limit stops the import before the next is parsed
+        item = read_source(path, format, section, max_bytes)
+        if class_map:
+            item.groups = rename_classes(item.groups, class_map)
+            item.display_names = {class_map.get(k, k): v for k, v in item.display_names.items()}
+        parsed.append(item)
+        _check_text_count(parsed, max_texts)
     _check_section_used(section, parsed)
     allowed = None if classes is None else set(classes)
     _check_unknown_classes(parsed, allowed, restrict)

@@ -48,14 +48,17 @@ def is_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException"
 
 
-def classify(exc: BaseException, location: str, home: Path | None) -> StoreUnavailable | None:
-    """The one-line error for a damaged or full store, or None when ``exc`` is neither."""
+def classify(exc: BaseException, location: str, home: Path | None, writing: bool = False) -> StoreUnavailable | None:
+    """The one-line error for a damaged or full store, or None when ``exc`` is neither. ``writing``: the
+    call was a write (only then is "nothing half-written was published" news; a read publishes nothing)."""
     text = str(exc).lower()
     if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or any(t in text for t in _FULL_TEXTS) or (
             "compaction" in text and home is not None and _free_bytes(home) < _LOW_SPACE):
         where = f" ({_free_bytes(home) >> 20} MB free)" if home is not None else ""
+        after = ("nothing half-written was published and earlier snapshots are untouched" if writing else
+                 "the snapshots in it are untouched")
         return StoreUnavailable(f"The disk holding the store {location} is full{where}: free some space and "
-                                "rerun; nothing half-written was published and earlier snapshots are untouched")
+                                f"rerun; {after}")
     if is_panic(exc) or any(t in text for t in _DAMAGE_TEXTS):
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         return StoreDamaged(f"The store {location} is damaged ({detail}): {_restore_advice(location)}")
@@ -131,6 +134,15 @@ def orphaned_segments(folder: Path) -> list[Path]:
     with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
         known = {row[0] for row in conn.execute("SELECT id FROM segments")}
     return [p for p in segments if p.name not in known]
+
+
+def segment_ids_of(folder: Path, collection_id: str) -> list[str]:
+    """The segment ids of one collection, read directly (read-only) from the database, like
+    ``orphaned_segments``; those with a folder under ``folder``."""
+    db = folder / DB_FILE
+    with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM segments WHERE collection = ?", (collection_id,))]
+    return [i for i in ids if (folder / i).is_dir()]
 
 
 # ---- Rust panic text on the process's stderr ---------------------------------------------------

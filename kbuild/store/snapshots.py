@@ -86,6 +86,9 @@ class KnowledgeBase:
         return [self.embeddings[rows[c]] for c in class_names]
 
 
+_WRITES = {"publish", "tag", "remove", "gc", "gc_segments"}
+
+
 def _server_faults(method):
     """A Chroma server that goes away in the middle of a store call is a one-line StoreUnavailable, not a
     stack trace (the pending collection of a write in progress stays invisible: nothing is half-published)."""
@@ -99,7 +102,8 @@ def _server_faults(method):
         except (KbuildError, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
         except BaseException as exc:  # a Rust panic from Chroma on a corrupt database is a BaseException
-            if self.mode == "embedded" and (known := damage.classify(exc, self.location, self.home)) is not None:
+            writing = method.__name__ in _WRITES
+            if self.mode == "embedded" and (known := damage.classify(exc, self.location, self.home, writing)):
                 raise known from exc
             if not isinstance(exc, Exception):
                 raise
@@ -194,6 +198,10 @@ class SnapshotStore:
         target = tags.get(reference)
         if target in by_name:
             return by_name[target]
+        if wanted in self._removed_names():
+            raise SnapshotNotFound(f"Snapshot {wanted} was removed (kbuild rm) from {self.location}. "
+                                   f"{names.unknown_listing(reference, [s.name for s in snapshots], sorted(tags))} "
+                                   "(see 'kbuild list')")
         listing = names.unknown_listing(reference, [s.name for s in snapshots], sorted(tags))
         raise SnapshotNotFound(f"Unknown snapshot '{reference}' in {self.location}. {listing} "
                                "(see 'kbuild list')")
@@ -397,8 +405,25 @@ class SnapshotStore:
             # A marker keeps the number taken: a later write never becomes a second, different snapshot_vN.
             self.client.get_or_create_collection(names.REMOVED_PREFIX + info.name, embedding_function=None,
                                                  metadata={"kbuild_kind": "removed", "name": info.name})
+            segments = self._segments_of(info.name)
             self.client.delete_collection(info.name)
+            self._free_segments(segments)
         return info, tags, children
+
+    def _segments_of(self, name: str) -> list[str]:
+        """The ids of the segments (folders, for the vector index) of collection ``name``; embedded only."""
+        if self.mode != "embedded":
+            return []
+        return damage.segment_ids_of(self.home / "chroma", str(self._collection(name).id))
+
+    def _free_segments(self, segment_ids: list[str]) -> None:
+        """Delete the folders of these segments once the database no longer names them: Chroma's
+        delete_collection leaves them on disk (until 'kbuild gc' found them, a removed snapshot kept its
+        space)."""
+        folder = self.home / "chroma"
+        gone = set(segment_ids) & {p.name for p in damage.orphaned_segments(folder)}
+        for segment in gone:
+            shutil.rmtree(folder / segment, ignore_errors=True)
 
     def compact(self) -> bool:
         """Give the space of deleted collections back to the disk (embedded stores): SQLite keeps
@@ -416,6 +441,11 @@ class SnapshotStore:
             finally:
                 connection.close()
         return False
+
+    @_server_faults
+    def removed_names(self) -> list[str]:
+        """Names of snapshots removed with ``kbuild rm`` (their numbers stay taken)."""
+        return self._removed_names()
 
     def _removed_names(self) -> list[str]:
         return [c.name[len(names.REMOVED_PREFIX):] for c in self._collections()

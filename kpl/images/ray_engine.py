@@ -17,7 +17,11 @@ only has to be on the driver's machine, since features come back to the driver.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import socket
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +66,7 @@ class EngineSpec:
             raise UsageError("--ray-address and --ray-actors need --engine ray")
         if self.name == "ray":
             _refuse_ray_client(self.address)
+            _check_address(self.address)
             import_ray()
         return self
 
@@ -77,6 +82,73 @@ def _refuse_ray_client(address: str | None) -> None:
     if value and value.strip().lower().startswith("ray://"):
         raise UsageError(f"{where} {value} is a Ray Client address, which Ray Data cannot run through: run kpl "
                          "on a node of the cluster with --ray-address auto (or HEAD_IP:6379)")
+
+
+CONNECT_TIMEOUT_S = 5.0  # ray.init retries an unreachable address for ten minutes, printing its own log lines
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of an explicit ``HOST:PORT``; None for ``auto``/``local`` (Ray finds those itself)."""
+    if address.strip().lower() in ("auto", "local"):
+        return None
+    host, _, port = address.strip().rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(f"--ray-address {address}: the port must be a number from 1 to 65535 (give HOST:PORT, "
+                         "the head's GCS address, 6379 by default; or auto on a node of the cluster)")
+    return host.strip("[]"), int(port)
+
+
+def _check_address(address: str | None) -> None:
+    """A malformed or unresolvable ``--ray-address`` is a usage error before anything starts."""
+    target = _host_port(address) if address else None
+    if target is None:
+        return
+    try:
+        socket.getaddrinfo(target[0], target[1], type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise UsageError(f"--ray-address {address}: cannot resolve the host '{target[0]}' (check the name, or "
+                         "give the head's IP address)") from None
+
+
+def _probe(address: str) -> None:
+    """Refuse in seconds an address where nothing listens: ray.init would retry it for minutes."""
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        reason = "connection refused" if isinstance(err, ConnectionRefusedError) else (
+            f"no answer in {CONNECT_TIMEOUT_S:g} s" if isinstance(err, TimeoutError) else (err.strerror or str(err)))
+        raise KplError(f"Cannot reach a Ray cluster at {address} ({reason}): check --ray-address (the head's "
+                       "GCS address, HOST:6379), or start one with 'ray start --head'") from None
+
+
+_RAY_LOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d [^\]]*\] [\w./-]+\.(cc|h):\d+: ")
+
+
+@contextlib.contextmanager
+def _ray_log_lines_dropped():
+    """Ray's C++ core writes its own log lines (``[date pid] logging.cc:303: Set ray log level ...`` on
+    every run) straight to file descriptor 2: while Ray starts or stops, fd 2 goes to a spool, and
+    everything else in it is written back."""
+    try:
+        sys.stderr.flush()
+        saved, spool = os.dup(2), tempfile.TemporaryFile()
+        os.dup2(spool.fileno(), 2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        spool.seek(0)
+        kept = b"".join(line for line in spool.read().splitlines(keepends=True) if not _RAY_LOG_LINE.match(line))
+        spool.close()
+        if kept:
+            os.write(2, kept)
 
 
 def import_ray():
@@ -105,9 +177,12 @@ class _Cluster:
         for name in ("ray", "ray.data"):
             logging.getLogger(name).setLevel(logging.ERROR)
         if not ray.is_initialized():
+            if self.address:
+                _probe(self.address)
             try:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False, ignore_reinit_error=True)
+                with _ray_log_lines_dropped():
+                    ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                             configure_logging=False, ignore_reinit_error=True)
             except (ConnectionError, RuntimeError, ValueError) as err:
                 where = self.address or "a local cluster"
                 raise KplError(f"Cannot start Ray on {where}: {str(err).splitlines()[0] if str(err) else err} "
@@ -120,7 +195,8 @@ class _Cluster:
 
     def __exit__(self, *exc):
         if self.started:
-            self.ray.shutdown()
+            with _ray_log_lines_dropped():
+                self.ray.shutdown()
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 LOG_RELATIVE_PATH = Path("llm") / "calls.sqlite"
+# A raw reply is kept whole up to this many characters; past it (only an unusable reply gets that big:
+# the cache answers from the parsed items) the rest is dropped, so a few odd replies cannot grow the log
+# by hundreds of megabytes.
+MAX_LOGGED_RESPONSE = 256_000
 OK, MALFORMED, ERROR = "ok", "malformed", "error"
 
 _SCHEMA = """
@@ -135,7 +139,7 @@ class CallLog:
         identity = call.identity
         params = {k: v for k, v in identity.items() if k not in ("provider", "model")}
         values = (run_id, now_iso(), call.cache_key, identity["provider"], identity["model"], call.class_name,
-                  call.round, _dumps(call.messages), _dumps(params), call.response,
+                  call.round, _dumps(call.messages), _dumps(params), _logged(call.response),
                   None if call.items is None else _dumps(call.items), call.prompt_tokens,
                   call.completion_tokens, call.duration_s, call.outcome, call.http_status, call.error)
         with self._lock:
@@ -166,6 +170,12 @@ class CallLog:
             cursor = self._db.execute(f"SELECT * FROM {table} ORDER BY rowid")
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def _logged(response: str | None) -> str | None:
+    if response is None or len(response) <= MAX_LOGGED_RESPONSE:
+        return response
+    return f"{response[:MAX_LOGGED_RESPONSE]}\n[... {len(response) - MAX_LOGGED_RESPONSE} more characters not logged]"
 
 
 def _dumps(value: Any) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
-from kbuild.errors import KbuildError
+from kbuild.errors import KbuildError, UsageError
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 # Sent to servers that check no key (Ollama, vLLM, llama.cpp, LM Studio) when none is set.
@@ -56,6 +56,10 @@ class Interrupted(Exception):
 
 def resolve_api_key(key: str | None, base_url: str | None) -> str:
     """The key to send: the user's, a placeholder for a local server, or a one-line error."""
+    if key and any(c.isspace() or not c.isprintable() for c in key):
+        raise UsageError("OPENAI_API_KEY holds a line break, space or control character inside it (a key is "
+                         "one line of printable characters): set it to the key alone, e.g. "
+                         "export OPENAI_API_KEY=\"$(head -n1 key.txt)\"")
     if key:
         return key
     if base_url:
@@ -137,15 +141,19 @@ class ChatClient:
                  stop: threading.Event | None = None, rng: random.Random | None = None):
         from langchain_openai import ChatOpenAI  # slow import: only when generating
 
+        from kbuild.sources.llm.bounded_http import bounded, http_client
+
         self.model, self.temperature, self.seed = model, temperature, seed
         self.base_url = public_url(base_url)
         self.policy, self.timeout_s = policy, timeout_s
         self.stop = stop or threading.Event()
         self._rng, self._rng_lock = rng or random.Random(), threading.Lock()
         self._secret = api_key
+        self._bounded = bounded
         # The caller's URL (which may carry credentials) goes to the client only.
         self._llm = ChatOpenAI(model=model, base_url=base_url or OPENAI_BASE_URL, api_key=api_key,
-                               temperature=temperature, seed=seed, timeout=timeout_s, max_retries=0)
+                               temperature=temperature, seed=seed, timeout=timeout_s, max_retries=0,
+                               http_client=http_client(timeout_s))
 
     def identity(self) -> dict:
         """What, besides the messages, decides a reply: part of every cache key."""
@@ -161,9 +169,11 @@ class ChatClient:
             self._check_stop()
             started = time.monotonic()
             try:
-                message = self._llm.invoke([(m["role"], m["content"]) for m in messages])
+                with self._bounded(self.timeout_s) as budget:  # the whole reply, not each read, within --timeout
+                    message = self._llm.invoke([(m["role"], m["content"]) for m in messages])
             except Exception as exc:  # noqa: BLE001 - classified right below; unknown ones re-raised
-                attempt = self._failed_attempt(exc, time.monotonic() - started, number)
+                attempt = (self._too_large(time.monotonic() - started) if budget.too_large else
+                           self._failed_attempt(exc, time.monotonic() - started, number))
                 attempts.append(attempt)
                 if on_attempt:
                     on_attempt(attempt)
@@ -180,6 +190,13 @@ class ChatClient:
         attempts.append(Attempt("ok", duration, 200))
         return ChatReply(self.redact(content), usage.get("input_tokens"), usage.get("output_tokens"), duration,
                          (message.response_metadata or {}).get("finish_reason"), attempts)
+
+    @staticmethod
+    def _too_large(duration: float) -> Attempt:
+        """A reply past ``MAX_REPLY_BYTES`` was cut off unread: asking again would bring the same."""
+        from kbuild.sources.llm.bounded_http import MAX_REPLY_BYTES
+
+        return Attempt("error", duration, 200, f"reply over {MAX_REPLY_BYTES >> 20} MB (the limit for one reply)")
 
     def _failed_attempt(self, exc: Exception, duration: float, number: int) -> Attempt:
         """Classify an exception: retry (with a delay), give up on this request, or stop the run."""

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from kbuild.classes_file import ClassEntry
 from kbuild.descriptions import Description, normalise_text
-from kbuild.errors import UsageError
+from kbuild.errors import StopNow, UsageError
 from kbuild.sources.llm.prompts import GENERATE_VARIABLES, PromptTemplate
 from kbuild.store.manifest import SnapshotDraft, now_iso
 from kbuild.sources.llm.calllog import ERROR, MALFORMED, OK, CallLog, CallRecord, cache_key
@@ -239,22 +239,26 @@ class _Run:
         done: dict[str, list[str]] = {}
         failures: dict[str, str] = {}
         total = len(self.classes)
-        with ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="kbuild-llm") as pool:
-            futures = {pool.submit(self.task, entry): entry for entry in self.classes}
+        pool = ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="kbuild-llm")
+        futures = {pool.submit(self.task, entry): entry for entry in self.classes}
+        try:
+            for future in as_completed(futures):
+                entry = futures[future]
+                texts, reason = future.result()  # re-raises a fatal error from a worker
+                self._finish_class(entry, texts, reason, done, failures, total)
+        except BaseException as err:
+            # Ctrl-C or a fatal error: no new requests; calls in flight finish and are logged.
+            self.client.stop.set()
+            if isinstance(err, KeyboardInterrupt):
+                self.notify(ProgressEvent("stopping", "interrupted", "waiting for the calls in flight (at "
+                                          "most the request timeout) so that they are logged; rerun the "
+                                          "same command to resume, or press Ctrl-C again to stop now"))
             try:
-                for future in as_completed(futures):
-                    entry = futures[future]
-                    texts, reason = future.result()  # re-raises a fatal error from a worker
-                    self._finish_class(entry, texts, reason, done, failures, total)
-            except BaseException as err:
-                # Ctrl-C or a fatal error: no new requests; calls in flight finish and are logged.
-                self.client.stop.set()
-                if isinstance(err, KeyboardInterrupt):
-                    self.notify(ProgressEvent("stopping", "interrupted", "waiting for the calls in flight (at "
-                                              "most the request timeout) so that they are logged; rerun the "
-                                              "same command to resume"))
                 pool.shutdown(wait=True, cancel_futures=True)
-                raise
+            except KeyboardInterrupt:
+                raise StopNow() from None  # the second Ctrl-C: do not wait for the calls in flight
+            raise
+        pool.shutdown(wait=True)
         return done, failures
 
     def _finish_class(self, entry, texts, reason, done, failures, total) -> None:
@@ -284,7 +288,7 @@ def generate_descriptions(classes: list[ClassEntry], prompt: PromptTemplate, opt
     try:
         done, failures = run.run_all()
         status = "incomplete" if failures else "finished"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StopNow):
         status = "interrupted"
         raise
     except Exception as err:
