@@ -276,7 +276,7 @@ UNIT_TOLERANCE = 1e-3
 _CHECK_BLOCK_VALUES = 1 << 22
 
 
-def unit_rows(path: Path, matrix, what: str, *, error=InputFileError,
+def unit_rows(path: Path | str, matrix: Any, what: str, *, error: type[InputFileError] = InputFileError,
               fix: str = "re-embed those rows or drop them") -> tuple[Any, int]:
     """The one policy for an embedding matrix read from a file: ((rows, D) float32, rows normalised).
 
@@ -324,7 +324,7 @@ def unit_rows(path: Path, matrix, what: str, *, error=InputFileError,
     return result, int(off.sum())
 
 
-def _refuse(path: Path, what: str, bad, problem: str, error, fix: str) -> None:
+def _refuse(path: Path | str, what: str, bad: Any, problem: str, error: type[InputFileError], fix: str) -> None:
     """One ``error`` line when any of the (rows,) flags ``bad`` is set: how many, and the first."""
     import numpy as np
 
