@@ -333,8 +333,9 @@ CASES = {
                             npz("f.npz", np.ones(64, dtype=np.float32) / 8)),
     "features: NaN rows": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "NaN",
                            npz("f.npz", np.where(np.eye(3, 64) == 1, np.nan, 0).astype(np.float32))),
-    "features: not normalised": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "not L2-normalised",
-                                 npz("f.npz", np.eye(3, 64, dtype=np.float32) * 3)),
+    "features: all-zero row": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1,
+                               r"f\.npz: image_features has 1 all-zero row\(s\), first row 2",
+                               npz("f.npz", np.eye(3, 64, dtype=np.float32) * [[1], [1], [0]])),
     "features: labels do not match rows": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "labels",
                                            npz("f.npz", labels=(0, 1))),
     "features: wrong dimension": ("kpl", ["eval", "--kb", "v1", "--features", "{F}"], 1, "dim 32",
@@ -441,3 +442,19 @@ def test_the_matrix_covers_both_clis_and_every_family():
     families = {name.split(":")[0] for name in CASES}
     assert progs == {"kbuild", "kpl"} and len(CASES) >= 30
     assert families >= {"classes", "curated", "name", "reference", "flag", "data", "features", "bundle", "copy"}
+
+
+def test_features_off_unit_length_are_normalised_with_a_note(env, tmp_path, monkeypatch):
+    """Not bad input since issue 20: rows off unit length are normalised (``kbuild.inputs.unit_rows``),
+    the run says how many, and predicts what the same features saved with unit rows predict."""
+    monkeypatch.setenv("KBUILD_STORE", str(env.home))
+    monkeypatch.setenv("KPL_CLIP_MODEL", env.model)
+    predictions = {}
+    for name, scale in (("unit", 1.0), ("scaled", 3.0)):
+        features = npz(f"{name}.npz", np.eye(3, 64, dtype=np.float32) * scale)(tmp_path, env)
+        result = run("kpl", ["eval", "--kb", "v1", "--features", features, "--out", tmp_path / name])
+        assert result.code == 0, result.err
+        noted = "3 image_features row(s) were not unit length and were normalised" in result.err
+        assert noted == (scale != 1.0), result.err
+        predictions[name] = (tmp_path / name / "predictions.csv").read_text()
+    assert predictions["scaled"] == predictions["unit"]

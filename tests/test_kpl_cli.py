@@ -145,6 +145,32 @@ def test_embed_export_then_eval_features(kpl, setup, tmp_path):
     assert "clip" in payload["results"] and "inmap" in payload["results"]
 
 
+def test_features_off_unit_length_are_normalised_and_predict_the_same(kpl, setup, tmp_path):
+    """Issue 20: a features file with rows off unit length is normalised (kbuild.inputs.unit_rows), the run
+    says how many rows, and the predictions are those of the same features saved with unit rows."""
+    npz = tmp_path / "feats.npz"
+    assert kpl("embed", "--data", setup, "--export", npz).code == 0
+    arrays = dict(np.load(npz))
+    scales = np.ones((len(arrays["image_features"]), 1), dtype=np.float32)
+    scales[::3] = 5.0
+    np.savez(tmp_path / "scaled.npz", **{**arrays, "image_features": arrays["image_features"] * scales})
+    predictions = {}
+    for name in ("feats", "scaled"):
+        result = kpl("eval", "--kb", "v1", "--features", tmp_path / f"{name}.npz", "--out", tmp_path / name, *FAST)
+        assert result.code == 0, result.err
+        noted = "6 image_features row(s) were not unit length and were normalised" in result.err
+        assert noted == (name == "scaled"), result.err
+        with open(tmp_path / name / "predictions.csv", newline="") as handle:
+            predictions[name] = list(csv.DictReader(handle))
+    scores = [key for key in predictions["feats"][0] if key.startswith("score:")]
+    assert len(scores) > 20 and len(predictions["feats"]) == len(predictions["scaled"]) == 18
+    for unit, scaled in zip(predictions["feats"], predictions["scaled"]):
+        assert {k: v for k, v in unit.items() if k not in scores} == {k: v for k, v in scaled.items() if k not in scores}
+        # A normalised row differs from the exported unit row by float32 rounding alone (scores print 6 digits).
+        np.testing.assert_allclose([float(scaled[k]) for k in scores], [float(unit[k]) for k in scores],
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_features_from_another_model(kpl, kbuild, setup, tmp_path):
     """Snapshot embedded by model B, images encoded by model A: descriptions are re-embedded with A."""
     from helpers import build_tiny_clip_dir
@@ -203,7 +229,7 @@ def test_user_errors_are_one_line(kpl, setup, tmp_path):
     for name, arrays, fragment in [
         ("shape.npz", {"image_features": rows[0]}, "non-empty 2-D float array"),
         ("nan.npz", {"image_features": np.where(rows == 1, np.nan, rows)}, "NaN/inf"),
-        ("norm.npz", {"image_features": rows * 2}, "not L2-normalised"),
+        ("zero.npz", {"image_features": rows * [[1], [0], [1]]}, "image_features has 1 all-zero row(s), first row 1"),
         ("dim.npz", {"image_features": np.eye(3, 32, dtype=np.float32)}, "dim 32"),
     ]:
         np.savez(tmp_path / name, labels=np.array([0, 1, 2]), class_names=np.array(["bird", "cat", "dog"]), **arrays)

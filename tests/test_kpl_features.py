@@ -122,7 +122,7 @@ def write(tmp_path, name="f.npz", **arrays) -> Path:
     ({"labels": np.array([0, 1, 0, 2])}, "there are 2 class_names"),
     ({"class_names": np.array(["a", "a"])}, "duplicates"),
     ({"image_features": np.full((4, 8), np.nan, dtype=np.float32)}, "NaN/inf in 4 row"),
-    ({"image_features": unit_rows(4, 8) * 3}, "not L2-normalised"),
+    ({"image_features": unit_rows(4, 8) * [[1], [0], [1], [0]]}, r"image_features has 2 all-zero row\(s\), first row 1"),
     ({"class_names": np.array(["a", "b"], dtype=object)}, "without pickle"),
 ])
 def test_npz_errors(tmp_path, arrays, message):
@@ -130,6 +130,23 @@ def test_npz_errors(tmp_path, arrays, message):
     with pytest.raises(InputFileError, match=message) as err:
         load_features_npz(path)
     assert str(path) in str(err.value)
+
+
+def test_npz_rows_off_unit_length_are_normalised_and_noted(tmp_path):
+    """Issue 20: a features file follows the one policy for embedding matrices (kbuild.inputs.unit_rows):
+    rows off unit length are normalised and counted, the others kept bit for bit."""
+    from kpl.images.features import feature_notes
+
+    x = unit_rows(4, 8)
+    scaled = x * np.array([[3], [1], [1], [0.5]], dtype=np.float32)
+    fs = load_features_npz(write(tmp_path, image_features=scaled, name_embeddings=unit_rows(2, 8, seed=1) * 2))
+    np.testing.assert_allclose(fs.features, x, atol=1e-7)
+    assert np.array_equal(fs.features[1:3], x[1:3])
+    assert fs.normalised == {"image_features": 2, "name_embeddings": 2}
+    assert feature_notes(fs, None) == ["2 image_features row(s) were not unit length and were normalised",
+                                       "2 name_embeddings row(s) were not unit length and were normalised"]
+    unit = load_features_npz(write(tmp_path, "unit.npz", image_features=x))
+    assert unit.normalised == {} and feature_notes(unit, None) == [] and np.array_equal(unit.features, x)
 
 
 def test_npz_not_a_file(tmp_path):

@@ -36,14 +36,16 @@ class BundleImport:
                 "from_snapshot": kb.info.name, "content_hash": kb.info.content_hash,
                 "model_id": (kb.info.manifest.get("clip") or {}).get("model_id"),
                 "kept_count": len(kb.descriptions), "removed_count": len(kb.removed),
-                "lineage": len(self.bundle.lineage)}
+                "lineage": len(self.bundle.lineage), "normalised_rows": self.bundle.normalised_rows}
 
     def summary_lines(self) -> list[str]:
         kb = self.bundle.kb
         model = (kb.info.manifest.get("clip") or {}).get("model_id")
-        return [f"{Path(self.bundle.path).name}: {kb.info.name} with {len(kb.descriptions)} descriptions "
+        name, normalised = Path(self.bundle.path).name, self.bundle.normalised_rows
+        notes = [f"{name}: {normalised} rows were not unit length and were normalised"] if normalised else []
+        return [f"{name}: {kb.info.name} with {len(kb.descriptions)} descriptions "
                 f"({len(kb.removed)} removed) and their {kb.embeddings.shape[1]}-d vectors ({model}); "
-                "hashes checked, no CLIP model loaded"]
+                "hashes checked, no CLIP model loaded"] + notes
 
 
 def restore_bundle(store: SnapshotStore, paths: list[Path], name: str | None,

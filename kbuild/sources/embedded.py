@@ -12,8 +12,9 @@ a JSONL file is read this way when its first record has an ``embedding`` (otherw
 file of class/text records), and every line names the same ``model_id``.
 
 No CLIP model is involved: the vectors are stored as given (rows further than 1e-3 from unit
-length are normalised, and said so), and the snapshot records ``model_id`` as its embedding space, so
-``kpl eval --features`` can check that the image features live in the same one.
+length are normalised, and said so: the one policy of ``kbuild.inputs.unit_rows``), and the
+snapshot records ``model_id`` as its embedding space, so ``kpl eval --features`` can check that
+the image features live in the same one.
 
 Checks, each one line naming the file and the fix: missing keys, shapes, lengths that disagree,
 NaN/inf or all-zero rows, empty texts. Exact duplicates (same class, same normalised text) keep
@@ -33,11 +34,10 @@ import numpy as np
 
 from kbuild.descriptions import Description, normalise_text
 from kbuild.errors import InputFileError, UsageError
-from kbuild.inputs import canonical_class_name, case_collisions, class_name_problem, npz_model_id, read_npz
+from kbuild.inputs import canonical_class_name, case_collisions, class_name_problem, npz_model_id, read_npz, unit_rows
 
 EMBEDDED_SUFFIXES = (".npz",)
 REQUIRED_KEYS = ("classes", "texts", "embeddings", "model_id")
-UNIT_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -180,7 +180,9 @@ def _check_rows(path: Path, members: dict) -> None:
 
 
 def check_embeddings(path: Path, embeddings, rows: int) -> tuple[np.ndarray, int]:
-    """(M, D) float32 unit rows and how many rows had to be normalised; one clear error otherwise."""
+    """(M, D) float32 unit rows and how many rows had to be normalised; one clear error otherwise.
+
+    The rows follow the one policy for embedding matrices read from files (``kbuild.inputs.unit_rows``)."""
     matrix = np.asarray(embeddings)
     if matrix.ndim != 2 or 0 in matrix.shape or not np.issubdtype(matrix.dtype, np.floating):
         raise InputFileError(path, f"embeddings must be a non-empty 2-D float array (M, D), got {matrix.dtype} "
@@ -188,28 +190,7 @@ def check_embeddings(path: Path, embeddings, rows: int) -> tuple[np.ndarray, int
     if matrix.shape[0] != rows:
         raise InputFileError(path, f"embeddings has {matrix.shape[0]} rows but there are {rows} texts",
                              "classes, texts and embeddings need one entry per description, in the same order")
-    finite = np.isfinite(matrix).all(axis=1)
-    if not finite.all():
-        raise InputFileError(path, f"embeddings has NaN/inf in {int((~finite).sum())} row(s), first row "
-                             f"{int(np.argmin(finite))}", "re-embed those descriptions or drop them")
-    # Norms from rows scaled by their largest entry, in float64: squaring 1e20 overflows float32
-    # (and 1e200 float64), and a row divided by an infinite norm would become all zeros.
-    wide = matrix.astype(np.float64)
-    scale = np.abs(wide).max(axis=1)
-    if (scale == 0).any():
-        raise InputFileError(path, f"embeddings has {int((scale == 0).sum())} all-zero row(s), first row "
-                             f"{int(np.argmax(scale == 0))}", "re-embed those descriptions or drop them")
-    scaled = wide / scale[:, None]
-    scaled_norms = np.linalg.norm(scaled, axis=1)
-    with np.errstate(over="ignore"):
-        norms = scale * scaled_norms
-    # Rows already unit to within float16 rounding are kept bit for bit: renormalising them moves
-    # KPL's OT pseudo-labels on real data (PH2: 78.5% -> 75.5%) and breaks parity with the source.
-    off = ~(np.abs(norms - 1.0) <= UNIT_TOLERANCE)
-    with np.errstate(over="ignore"):
-        result = matrix.astype(np.float32)
-    result[off] = (scaled[off] / scaled_norms[off, None]).astype(np.float32)
-    return result, int(off.sum())
+    return unit_rows(path, matrix, "embeddings", fix="re-embed those descriptions or drop them")
 
 
 def read_embedded(path: Path | str, classes: list[str] | None = None, restrict: bool = False) -> EmbeddedImport:

@@ -11,7 +11,9 @@ Hugging Face ``datasets`` read the file as it is.
 The metadata key ``kbuild`` holds JSON: the snapshot's name, manifest and lineage, its model id,
 content hash, and the digest of the vectors (``transfer.vectors_digest``). Reading checks all of
 them against the rows, so a truncated file, an edited text or a changed vector is one clear error
-before anything is published.
+before anything is published. The vectors then follow the one policy for embedding matrices read
+from files (``kbuild.inputs.unit_rows``): NaN/inf or all-zero rows are refused, rows off unit length
+normalised and counted in ``Bundle.normalised_rows``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 
 from kbuild.descriptions import Description, content_hash
 from kbuild.errors import InputFileError, KbuildError
+from kbuild.inputs import unit_rows
 from kbuild.store.records import KEPT, REMOVED, RemovedRecord
 from kbuild.store.snapshots import KnowledgeBase, SnapshotInfo
 from kbuild.store.transfer import kb_digest, vectors_digest
@@ -71,6 +74,7 @@ class Bundle:
     sha256: str
     size: int
     meta: dict[str, Any] = field(default_factory=dict)
+    normalised_rows: int = 0  # vectors off unit length, normalised on reading (kbuild.inputs.unit_rows)
 
     def file_record(self) -> dict[str, Any]:
         return {"name": Path(self.path).name, "sha256": self.sha256, "bytes": self.size}
@@ -233,15 +237,13 @@ def read_bundle(path: Path | str) -> Bundle:
         removed = [_removed(rows[i]) for i in gone_rows]
     except (ValueError, TypeError) as err:
         raise InputFileError(path, f"a row's extra or removal fields are not valid ({err})", _RE_EXPORT) from None
-    vectors = _vectors(path, table, dim)
-    if not np.isfinite(vectors).all():
-        raise InputFileError(path, "column vector holds NaN or infinite values", _RE_EXPORT)
-    kept, gone = vectors[kept_rows], vectors[gone_rows]
-    _check_hashes(path, meta, descriptions, kept, gone)
+    raw = _vectors(path, table, dim)
+    vectors, normalised = unit_rows(path, raw, "column vector", fix=_RE_EXPORT)
+    _check_hashes(path, meta, descriptions, raw[kept_rows], raw[gone_rows])  # the file's own vectors, as written
     name = str(meta.get("snapshot") or path.stem)
-    kb = KnowledgeBase(SnapshotInfo(name, manifest), descriptions, kept, removed, gone)
+    kb = KnowledgeBase(SnapshotInfo(name, manifest), descriptions, vectors[kept_rows], removed, vectors[gone_rows])
     sha, size = _sha256(path)
-    return Bundle(kb, list(meta.get("lineage") or []), str(path), sha, size, meta)
+    return Bundle(kb, list(meta.get("lineage") or []), str(path), sha, size, meta, normalised)
 
 
 def _check_hashes(path: Path, meta: dict, descriptions: list[Description], kept: np.ndarray, gone: np.ndarray) -> None:

@@ -54,6 +54,8 @@ class SnapshotDraft:
 
 
 def _check_matrix(matrix, rows: int, what: str) -> None:
+    """An internal assertion on what an operation is about to publish, not an input policy: vectors
+    from files were already checked by ``kbuild.inputs.unit_rows``, the others come from an encoder."""
     if matrix is None or matrix.ndim != 2 or matrix.shape[0] != rows:
         shape = None if matrix is None else matrix.shape
         raise KbuildError(f"internal: {what} shape {shape} does not match {rows} descriptions")

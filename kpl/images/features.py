@@ -10,6 +10,9 @@ Feature files (``kpl eval --features``) hold ``image_features`` (N, D) float wit
 ``labels`` (N,) int and ``class_names`` (C,) str, optionally ``model_id`` (the embedding space),
 ``paths`` and ``name_embeddings`` (C, D): class-name prompt embeddings in the same space, for the
 baselines that need them when no text model is at hand (e.g. vectors from another pipeline).
+Both matrices follow the one policy for embedding matrices read from files
+(``kbuild.inputs.unit_rows``): NaN/inf or all-zero rows are refused, rows off unit length are
+normalised and counted in ``FeatureSet.normalised``, which ``feature_notes`` tells the user.
 """
 
 from __future__ import annotations
@@ -26,15 +29,12 @@ from typing import Any, Callable
 import numpy as np
 
 from kbuild.errors import KbuildError
-from kbuild.inputs import canonical_class_name, class_name_problem, npz_members, npz_model_id, read_npz
+from kbuild.inputs import canonical_class_name, class_name_problem, npz_members, npz_model_id, read_npz, unit_rows
 from kpl.errors import InputFileError, KplError, UsageError
 
 from kpl.images.datasets import ImageDataset
 
 CACHE_VERSION = 1
-# Features stored in float16 and converted back are unit to ~5e-4; anything further off was
-# never normalised, and KPL's cosine scores would silently mean something else.
-NORM_TOLERANCE = 1e-3
 REQUIRED_KEYS = ("image_features", "labels", "class_names")
 
 Progress = Callable[[int, int], None]
@@ -58,6 +58,7 @@ class FeatureSet:
     encoded: int = 0
     corrupt: list[str] = field(default_factory=list)
     name_embeddings: np.ndarray | None = None
+    normalised: dict[str, int] = field(default_factory=dict)  # array -> rows a features file had off unit length
 
     @property
     def dim(self) -> int:
@@ -83,8 +84,9 @@ def _class_name(path: Path, name: str) -> str:
     return canonical_class_name(name)
 
 
-def check_features(path: Path, features, labels, class_names) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Validate shapes, finiteness and unit norms; returns float32 (N, D), int64 (N,), names."""
+def check_features(path: Path, features, labels, class_names) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """Validate shapes and rows: float32 (N, D) unit rows, int64 (N,) labels, names, and how many rows
+    had to be normalised (the one policy for embedding matrices read from files: ``kbuild.inputs.unit_rows``)."""
     features, labels, names = np.asarray(features), np.asarray(labels), np.asarray(class_names)
     if features.ndim != 2 or 0 in features.shape or not np.issubdtype(features.dtype, np.floating):
         raise _bad(path, f"image_features must be a non-empty 2-D float array (N, D), got {features.dtype} "
@@ -100,18 +102,9 @@ def check_features(path: Path, features, labels, class_names) -> tuple[np.ndarra
     if labels.min() < 0 or labels.max() >= len(names_list):
         raise _bad(path, f"labels run from {labels.min()} to {labels.max()} but there are "
                    f"{len(names_list)} class_names", "labels index class_names from 0")
-    features = features.astype(np.float32, copy=False)
-    finite = np.isfinite(features).all(axis=1)
-    if not finite.all():
-        raise _bad(path, f"image_features has NaN/inf in {int((~finite).sum())} row(s), first row "
-                   f"{int(np.argmin(finite))}", "re-encode those images or drop the rows")
-    norms = np.linalg.norm(features, axis=1)
-    off = np.abs(norms - 1.0) > NORM_TOLERANCE
-    if off.any():
-        first = int(np.argmax(off))
-        raise _bad(path, f"image_features rows are not L2-normalised ({int(off.sum())} rows, row {first} has "
-                   f"norm {norms[first]:.4g})", "divide each row by its norm before saving")
-    return features, labels.astype(np.int64), names_list
+    features, normalised = unit_rows(path, features, "image_features", error=InputFileError,
+                                     fix="re-encode those images or drop the rows")
+    return features, labels.astype(np.int64), names_list, normalised
 
 
 MAX_FEATURE_DIM = 16384  # CLIP image widths are 512-1536; wider is a wrong array, refused before reading
@@ -146,29 +139,28 @@ def load_features_npz(path: Path | str) -> FeatureSet:
     if missing:
         raise _bad(path, f"missing key(s) {', '.join(missing)} (has: {', '.join(sorted(data)) or 'none'})",
                    "save image_features (N, D), labels (N,) and class_names (C,)")
-    features, labels, names = check_features(path, data["image_features"], data["labels"], data["class_names"])
+    features, labels, names, normalised = check_features(path, data["image_features"], data["labels"],
+                                                         data["class_names"])
     paths = data.get("paths")
     paths = [str(p) for p in paths.tolist()] if paths is not None and paths.shape == labels.shape else None
-    name_embeddings = _name_embeddings(path, data.get("name_embeddings"), len(names), features.shape[1])
+    name_embeddings, names_normalised = _name_embeddings(path, data.get("name_embeddings"), len(names),
+                                                         features.shape[1])
+    counts = {"image_features": normalised, "name_embeddings": names_normalised}
     return FeatureSet(features, labels, names, npz_model_id(path, data.get("model_id"), InputFileError), paths,
                       source={"kind": "features", "path": str(path.resolve())},
-                      cache={"status": "file"}, name_embeddings=name_embeddings)
+                      cache={"status": "file"}, name_embeddings=name_embeddings,
+                      normalised={key: count for key, count in counts.items() if count})
 
 
-def _name_embeddings(path: Path, matrix, classes: int, dim: int) -> np.ndarray | None:
-    """Optional (C, D) class-name embeddings, one per class_names entry; rows off unit length are normalised."""
+def _name_embeddings(path: Path, matrix, classes: int, dim: int) -> tuple[np.ndarray | None, int]:
+    """Optional (C, D) class-name embeddings, one per class_names entry, and how many rows were
+    normalised (``kbuild.inputs.unit_rows``)."""
     if matrix is None:
-        return None
+        return None, 0
     if matrix.shape != (classes, dim) or not np.issubdtype(matrix.dtype, np.floating):
         raise _bad(path, f"name_embeddings must be (C, D) = ({classes}, {dim}) floats, one row per class_names "
                    f"entry, got {matrix.dtype} {matrix.shape}", "drop the key, or save one row per class")
-    matrix = matrix.astype(np.float32)
-    norms = np.linalg.norm(matrix, axis=1)
-    if not np.isfinite(matrix).all() or (norms == 0).any():
-        raise _bad(path, "name_embeddings has NaN/inf or all-zero rows", "re-embed the class names")
-    off = np.abs(norms - 1.0) > NORM_TOLERANCE  # near-unit rows stay as given, bit for bit
-    matrix[off] /= norms[off, None]
-    return matrix
+    return unit_rows(path, matrix, "name_embeddings", error=InputFileError, fix="re-embed the class names")
 
 
 def save_features_npz(features: FeatureSet, path: Path | str) -> Path:
@@ -461,7 +453,8 @@ def load_or_encode(data: Path | None, features: Path | None, split: str | None, 
 
 
 def feature_notes(features: FeatureSet, dataset: ImageDataset | None) -> list[str]:
-    """What a user should hear about how the features were made: skipped files, cache trouble."""
+    """What a user should hear about how the features were made: skipped files, cache trouble,
+    rows of a features file that had to be normalised."""
     notes = []
     if dataset is not None and dataset.skipped:
         counts = (f"{len(files)} {reason.replace('_', ' ')}" for reason, files in sorted(dataset.skipped.items()))
@@ -472,4 +465,6 @@ def feature_notes(features: FeatureSet, dataset: ImageDataset | None) -> list[st
         notes.append(f"features not cached: {features.cache['error']}")
     if features.cache.get("rejected"):
         notes.append(f"feature cache entry failed its checks and was encoded again ({features.cache['rejected']})")
+    for array, count in features.normalised.items():
+        notes.append(f"{count} {array} row(s) were not unit length and were normalised")
     return notes
