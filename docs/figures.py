@@ -104,6 +104,11 @@ def _figures() -> list[Figure]:
             "kbuild serve --results demo_out",
             run="timeout -s INT 8 kbuild serve --results demo_out --port 8765 || test $? = 124", hide=r"(?<=token=)\S+"),),
             checked=False),
+        Figure("offline-default-model", "demo", (Step(
+            "HF_HUB_OFFLINE=1 kbuild load kb.json",
+            run="cp examples/medical_kb.json kb.json && ! env -u KPL_CLIP_MODEL -u KPL_CLIP_PRETRAINED "
+                "HF_HUB_OFFLINE=1 kbuild load kb.json"),),
+            volatile=(r"cache \([^)]*\)",)),
         Figure("offline-hub-model", "demo", (Step(
             "HF_HUB_OFFLINE=1 kbuild load kb.json --model monet",
             run="cp examples/medical_kb.json kb.json && ! HF_HUB_OFFLINE=1 kbuild load kb.json --model monet"),)),
