@@ -275,15 +275,16 @@ def load_curated(
     ``DEFAULT_MAX_TEXTS``); ``created``: the ISO timestamp for every description (default: now, UTC);
     ``class_map``: {name in the files: name to load it as}, applied first (names mapped to one join).
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
+    files = [Path(p) for p in paths]
+    if not files:
         raise UsageError("no curated files given")
     if format is not None:
         get_reader(format)  # an unknown name fails before any file is read
-    parsed = [read_source(path, format, section, max_bytes) for path in paths]
-    for item in parsed if class_map else ():
-        item.groups = rename_classes(item.groups, class_map)
-        item.display_names = {class_map.get(k, k): v for k, v in item.display_names.items()}
+    parsed = [read_source(path, format, section, max_bytes) for path in files]
+    if class_map:
+        for item in parsed:
+            item.groups = rename_classes(item.groups, class_map)
+            item.display_names = {class_map.get(k, k): v for k, v in item.display_names.items()}
     _check_text_count(parsed, DEFAULT_MAX_TEXTS if max_texts is None else max_texts)
     _check_section_used(section, parsed)
     allowed = None if classes is None else set(classes)
