@@ -135,7 +135,7 @@ def _unreachable_endpoint(timeout: float = 3.0) -> str | None:
         return endpoint
 
 
-def registry_rows() -> list[dict[str, str]]:
+def registry_rows() -> list[dict[str, str | bool | None]]:
     """One row per registry name, for ``kpl models`` (and its --json)."""
     rows = []
     for name, entry in MODELS.items():
