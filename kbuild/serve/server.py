@@ -30,7 +30,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from kbuild import settings
 from kbuild.descriptions import visible
@@ -79,8 +79,9 @@ class KbuildHTTPServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, address, service: ReviewService, token: str, *, timeout_s: float = REQUEST_TIMEOUT_S,
-                 max_connections: int = MAX_CONNECTIONS, allowed_hosts: tuple[str, ...] = ()):
+    def __init__(self, address: tuple[str, int], service: ReviewService, token: str, *,
+                 timeout_s: float = REQUEST_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+                 allowed_hosts: tuple[str, ...] = ()) -> None:
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__(address, Handler)
@@ -120,7 +121,9 @@ class KbuildHTTPServer(ThreadingHTTPServer):
             return False
 
     # ---- connections: a cap, timeouts, and a shutdown no client can hold up ---------------------
-    def process_request(self, request, client_address) -> None:
+    # socketserver's own signatures type a request as a socket or a (data, socket) pair (UDP); this
+    # TCP server only ever gets sockets, so the overrides keep the base class's loose types.
+    def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             _refuse_busy(request)
             self.shutdown_request(request)
@@ -134,18 +137,18 @@ class KbuildHTTPServer(ThreadingHTTPServer):
             self._forget(request)
             raise
 
-    def process_request_thread(self, request, client_address) -> None:
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
             self._forget(request)
 
-    def _forget(self, request) -> None:
+    def _forget(self, request: socket.socket) -> None:
         with self._open_lock:
             if self._open.pop(request, None) is not None:
                 self._slots.release()
 
-    def mark(self, request, busy: bool) -> None:
+    def mark(self, request: socket.socket, busy: bool) -> None:
         with self._open_lock:
             if request in self._open:
                 self._open[request] = busy
@@ -162,7 +165,7 @@ class KbuildHTTPServer(ThreadingHTTPServer):
         super().server_close()
 
 
-def _refuse_busy(request) -> None:
+def _refuse_busy(request: socket.socket) -> None:
     """An immediate 503 for a connection over the cap, written without a handler thread."""
     body = b'{"error": "too many connections; retry shortly"}'
     head = ["HTTP/1.1 503 Service Unavailable", "Content-Type: application/json; charset=utf-8",
@@ -284,7 +287,7 @@ class Handler(BaseHTTPRequestHandler):
             raise Refused("Unexpected Host header: open the address printed by 'kbuild serve' "
                           "(or start it with --allow-host NAME)")
 
-    def _check_read(self, parts) -> None:
+    def _check_read(self, parts: SplitResult) -> None:
         """Beyond loopback, data needs the token: anyone on the network can reach the port."""
         if self.server.loopback or self.command != "GET":
             return
@@ -340,9 +343,13 @@ class Handler(BaseHTTPRequestHandler):
         s = self.server.service
         actions = {"/api/draft/decision": s.decide, "/api/draft/undo": s.undo,
                    "/api/draft/discard": s.discard, "/api/draft/save": s.save}
-        self._dispatch({path: (lambda _, act=act: self._write(act)) for path, act in actions.items()})
+        self._dispatch({path: self._writer(act) for path, act in actions.items()})
 
-    def _write(self, action: Callable[[dict], Any]) -> None:
+    def _writer(self, action: Callable[[dict[str, Any]], Any]) -> Callable[[str], None]:
+        """A route that runs ``action`` on the request body (the route's own argument is unused)."""
+        return lambda _: self._write(action)
+
+    def _write(self, action: Callable[[dict[str, Any]], Any]) -> None:
         self._check_write()
         self._json(200, action(self._body()))
 
@@ -376,7 +383,7 @@ def _threshold(query: str) -> float:
     return value
 
 
-def make_server(service: ReviewService, host: str, port: int, token: str, **limits) -> KbuildHTTPServer:
+def make_server(service: ReviewService, host: str, port: int, token: str, **limits: Any) -> KbuildHTTPServer:
     """Bind (port 0 = any free port); the caller runs ``serve_forever`` and ``server_close``.
     ``limits``: ``timeout_s``, ``max_connections``, ``allowed_hosts`` (see KbuildHTTPServer)."""
     try:
