@@ -12,9 +12,14 @@ import json
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable
 
 from kbuild.errors import InputFileError
+
+if TYPE_CHECKING:  # numpy and zipfile are imported lazily: reading a classes file must not pay for them
+    from zipfile import ZipInfo
+
+    import numpy as np
 
 
 # The one set of class-name rules, for classes files, class maps and every curated format alike.
@@ -48,7 +53,7 @@ def class_name_problem(name: str) -> str | None:
     return None
 
 
-def case_collisions(names) -> list[list[str]]:
+def case_collisions(names: Iterable[str]) -> list[list[str]]:
     """Groups of distinct names that differ only in letter case (``Melanoma``/``melanoma``)."""
     groups: dict[str, list[str]] = {}
     for name in dict.fromkeys(names):
@@ -101,7 +106,7 @@ def decode_utf8(path: Path, data: bytes) -> str:
         ) from None
 
 
-def _reject_duplicate_keys(path: Path):
+def _reject_duplicate_keys(path: Path) -> Callable[[list[tuple[str, object]]], dict[str, object]]:
     """A json ``object_pairs_hook`` that refuses repeated keys (json keeps the last silently,
     which would lose a class's descriptions without a word)."""
 
@@ -152,7 +157,7 @@ class NpyMember:
         return f"{self.key} {self.shape} {self.dtype}"
 
 
-def _read_header(handle) -> tuple[tuple[int, ...], bool, Any]:
+def _read_header(handle: IO[bytes]) -> tuple[tuple[int, ...], bool, Any]:
     import numpy as np
 
     version = np.lib.format.read_magic(handle)
@@ -160,10 +165,13 @@ def _read_header(handle) -> tuple[tuple[int, ...], bool, Any]:
         return np.lib.format.read_array_header_1_0(handle)
     if version == (2, 0):
         return np.lib.format.read_array_header_2_0(handle)
-    return np.lib.format._read_array_header(handle, version)  # 3.0: 2.0 with a UTF-8 header
+    # 3.0: 2.0 with a UTF-8 header; numpy's stubs leave out the private reader that handles it
+    header: tuple[tuple[int, ...], bool, Any] = np.lib.format._read_array_header(  # type: ignore[attr-defined]
+        handle, version)
+    return header
 
 
-def npz_members(path: Path, error=InputFileError) -> dict[str, NpyMember]:
+def npz_members(path: Path, error: type[InputFileError] = InputFileError) -> dict[str, NpyMember]:
     """Every array of the ``.npz`` at ``path`` as its header declares it, nothing else read.
 
     Refuses members whose data cannot match their header (truncated, or a header declaring more
@@ -187,7 +195,8 @@ def npz_members(path: Path, error=InputFileError) -> dict[str, NpyMember]:
     return members
 
 
-def _member(path: Path, key: str, head: tuple, info, error) -> NpyMember:
+def _member(path: Path, key: str, head: tuple[tuple[int, ...], Any, int], info: ZipInfo,
+            error: type[InputFileError]) -> NpyMember:
     import math
 
     shape, dtype, header = head
@@ -218,8 +227,9 @@ def _memory_bytes() -> int:
         return 1 << 62
 
 
-def read_npz(path: Path, what: str = "file", fix_missing: str = "check the path", error=InputFileError,
-             check=None) -> dict:
+def read_npz(path: Path, what: str = "file", fix_missing: str = "check the path",
+             error: type[InputFileError] = InputFileError,
+             check: Callable[[dict[str, NpyMember]], None] | None = None) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file, read as data: never unpickled, every problem one ``error`` line.
 
     Before any array is read, every member's npy header is checked (``npz_members``), the total must
@@ -253,7 +263,7 @@ def read_npz(path: Path, what: str = "file", fix_missing: str = "check the path"
         raise error(path, f"not a readable .npz file ({err})", "write it with numpy.savez") from None
 
 
-def npz_model_id(path: Path, value, error=InputFileError) -> str | None:
+def npz_model_id(path: Path, value: np.ndarray | None, error: type[InputFileError] = InputFileError) -> str | None:
     """The one rule for an ``.npz``'s ``model_id`` (knowledge bases and features files alike): a
     string, stored as a scalar or as an array of one; empty means none. Any other shape is refused,
     never read as "no model_id" (that would evaluate in another embedding space)."""

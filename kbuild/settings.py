@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import overload
 
 ENV_STORE = "KBUILD_STORE"
 ENV_CHROMA_URL = "KBUILD_CHROMA_URL"
@@ -23,6 +24,10 @@ DEFAULT_CLIP_MODEL = "ViT-B-32"  # the paper used ViT-L-14-336 / openai: README 
 DEFAULT_CLIP_PRETRAINED = "openai"
 
 
+@overload
+def _pick(flag: str | None, env_name: str, default: str) -> str: ...
+@overload
+def _pick(flag: str | None, env_name: str, default: None) -> str | None: ...
 def _pick(flag: str | None, env_name: str, default: str | None) -> str | None:
     if flag not in (None, ""):
         return flag

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,13 +20,13 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_KNN_RECALL = 0.95
 
 
-def require_int(value, label: str, low: int = 0) -> None:
+def require_int(value: Any, label: str, low: int = 0) -> None:
     """``value`` is an integer (a bool is not) >= ``low``, or a UsageError naming ``label``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise UsageError(f"{label} must be an integer >= {low} (got {value!r})")
 
 
-def require_number(value, label: str, positive: bool = False, hint: str = "") -> None:
+def require_number(value: Any, label: str, positive: bool = False, hint: str = "") -> None:
     """``value`` is a finite number > 0 (``positive``) or >= 0, or a UsageError naming ``label``."""
     ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
           and math.isfinite(value) and (value > 0 if positive else value >= 0))
@@ -57,7 +58,7 @@ class KPLParams:
     # labels, kpl.method.prior); run_kpl's default stays the paper's.
     prior: str = "uniform"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # numpy scalars (e.g. k from np.arange) would not survive json.dumps in to_json
         for name, value in asdict(self).items():
             if isinstance(value, np.generic):
@@ -86,5 +87,5 @@ class KPLParams:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         return self
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)

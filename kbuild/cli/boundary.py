@@ -87,7 +87,7 @@ def _report_usage(err: typer.TyperException, prog_name: str) -> int:
     return int(code) if code else 2
 
 
-def _report_unexpected(err: Exception) -> int:
+def _report_unexpected(err: BaseException) -> int:
     """The last line of defence: one line, never a traceback unless KBUILD_DEBUG asks for it."""
     if settings.debug():
         _print_traceback()

@@ -7,16 +7,17 @@ from typing import Annotated, Optional
 import typer
 
 from kbuild import settings
-from kbuild.descriptions import visible
-from kbuild.ops.copy import copy_snapshots, open_endpoint
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, print_json
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, StoreOpt
+from kbuild.descriptions import visible
+from kbuild.ops.copy import copy_snapshots, open_endpoint
 
 
 def copy(
+    # required (no default), so it comes first; Typer lists arguments and options apart, so help is unchanged
+    to: Annotated[str, typer.Option("--to", help="Target store: a folder (embedded) or a Chroma server URL.")],
     snapshots: Annotated[Optional[list[str]], typer.Argument(help="Snapshots to copy: snapshot_v3, v3, latest or a tag.")] = None,
-    to: Annotated[str, typer.Option("--to", help="Target store: a folder (embedded) or a Chroma server URL.")] = ...,
     source: Annotated[Optional[str], typer.Option("--from", help="Source store: a folder or a URL \\[default: --store / --chroma-url].")] = None,
     everything: Annotated[bool, typer.Option("--all", help="Copy every snapshot of the source.")] = False,
     store: StoreOpt = None, chroma_url: ChromaUrlOpt = None, json_out: JsonOpt = False,

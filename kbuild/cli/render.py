@@ -8,6 +8,7 @@ escaped instead of acting on the terminal."""
 from __future__ import annotations
 
 import sys
+from typing import Iterable
 
 from rich.console import Console
 from rich.table import Table
@@ -15,17 +16,18 @@ from rich.text import Text
 
 from kbuild.descriptions import visible
 from kbuild.diff import SnapshotDiff
+from kbuild.store.snapshots import SnapshotInfo
 
 console = Console(highlight=False, markup=False, emoji=False, soft_wrap=True,
                   width=None if sys.stdout.isatty() else 200)
 
 
-def data(value, style: str | None = None) -> Text:
+def data(value: object, style: str | None = None) -> Text:
     """A piece of data as rich ``Text``: never markup, control characters escaped."""
     return Text(visible(str(value)), style=style or "")
 
 
-def line(*parts) -> Text:
+def line(*parts: object | tuple[object, str | None]) -> Text:
     """One output line from ``(text, style)`` pairs and plain strings, every part taken as data."""
     out = Text()
     for part in parts:
@@ -38,7 +40,7 @@ def _short_time(iso: str) -> str:
     return iso[:19].replace("T", " ") if iso else ""
 
 
-def snapshots_table(snapshots) -> Table:
+def snapshots_table(snapshots: Iterable[SnapshotInfo]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("name", "tags", "op", "parent", "classes", "texts", "removed", "created", "from", "model"):
         table.add_column(column, no_wrap=column in ("name", "tags", "created"), overflow="fold")
@@ -72,13 +74,13 @@ def print_diff(diff: SnapshotDiff) -> None:
             out(data(f"    removed:  {text}" + (f"  [{reason}]" if reason else ""), "red"))
         for old, new, sim in change.reworded:
             out(data(f"    reworded: {old}  ->  {new}  (similarity {sim:.3f})", "cyan"))
-    for key, change in diff.manifest.items():
+    for key, entry in diff.manifest.items():
         if key != "parameters":
-            out(data(f"Manifest {key}: {change['old']} -> {change['new']}"))
+            out(data(f"Manifest {key}: {entry['old']} -> {entry['new']}"))
         elif "operation" in diff.manifest:  # another command's parameters: listing them all is noise
-            out(data(f"Manifest parameters differ ({', '.join(change['changed'])}; see --json)"))
+            out(data(f"Manifest parameters differ ({', '.join(entry['changed'])}; see --json)"))
         else:
-            names = ", ".join(f"{k}: {change['old'].get(k)!r} -> {change['new'].get(k)!r}" for k in change["changed"])
+            names = ", ".join(f"{k}: {entry['old'].get(k)!r} -> {entry['new'].get(k)!r}" for k in entry["changed"])
             out(data(f"Manifest parameters changed: {names}"))
     if not diff.reword_detection:
         out(data("(reword detection skipped: the snapshots were embedded with different CLIP models)"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def _folder(model: str) -> Path | None:
     return path if path.is_dir() else None
 
 
-def transformers_model_id(model: str, sha256) -> str:
+def transformers_model_id(model: str, sha256: Callable[[Path], str]) -> str:
     """Stable identity of a transformers CLIP model (see the module docstring); ``sha256(path)`` hashes weights."""
     folder = _folder(model)
     if folder is None:
@@ -52,7 +52,7 @@ def transformers_model_id(model: str, sha256) -> str:
     return f"{TRANSFORMERS}{folder.name}@{tag}"
 
 
-def _sharded_sha256(index: Path, sha256) -> str:
+def _sharded_sha256(index: Path, sha256: Callable[[Path], str]) -> str:
     """One digest over a sharded checkpoint: the index json and every shard its weight_map names."""
     import hashlib
     import json
@@ -90,10 +90,10 @@ class ImageProcessorTransform:
     size, crop or normalisation changes the feature-cache key.
     """
 
-    def __init__(self, image_processor):
+    def __init__(self, image_processor: Any) -> None:
         self.image_processor = image_processor
 
-    def __call__(self, image):
+    def __call__(self, image: Any) -> Any:
         return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
     def __repr__(self) -> str:
@@ -101,7 +101,7 @@ class ImageProcessorTransform:
         return f"ImageProcessorTransform({json.dumps(settings, sort_keys=True)})"
 
 
-def _features(output):
+def _features(output: Any) -> Any:
     """transformers 4.x returns the projected tensor; 5.x a model output whose pooler_output it is."""
     return output if hasattr(output, "norm") else output.pooler_output
 
@@ -109,7 +109,7 @@ def _features(output):
 class HFClipModel:
     """A transformers CLIP model with batched, normalised text and image encoding. Build via ``load_clip``."""
 
-    def __init__(self, model: str, device: str, model_id: str, precision: str = "fp32"):
+    def __init__(self, model: str, device: str, model_id: str, precision: str = "fp32") -> None:
         check_transformers_spec(model)
         folder = _folder(model)
         # A folder is recorded by absolute path, so prune or review can reload it from anywhere.
@@ -120,12 +120,14 @@ class HFClipModel:
             from transformers import CLIPModel, CLIPProcessor
             from transformers.utils import logging as hf_logging
 
-            hf_logging.disable_progress_bar()  # our own stderr stays one line per step
-            hf_logging.set_verbosity_error()
+            # transformers leaves these two unannotated: nothing else to check them against
+            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # stderr stays one line per step
+            hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
 
             source = str(_folder(model) or _target(model))
             self.processor = CLIPProcessor.from_pretrained(source)
-            self.model = CLIPModel.from_pretrained(source).to(device).eval()
+            # transformers' stubs type PreTrainedModel.to's wrapper as taking a model, not a device
+            self.model = CLIPModel.from_pretrained(source).to(device).eval()  # type: ignore[arg-type]
         except KbuildError:
             raise
         except Exception as exc:  # transformers raises OSError/ValueError/... for "cannot fetch or parse"
@@ -155,7 +157,7 @@ class HFClipModel:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(chunks).astype(np.float32, copy=False)
 
-    def encode_image_batch(self, images) -> np.ndarray:
+    def encode_image_batch(self, images: Any) -> np.ndarray:
         """(B, 3, H, W) preprocessed tensor -> (B, D) float32 unit rows."""
         import torch
 
@@ -167,6 +169,6 @@ class HFClipModel:
         """Tokens including start/end markers, compared against the context length."""
         return len(self.tokenizer(text, truncation=False)["input_ids"])
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"model": self.spec_model, "pretrained": None, "model_id": self.model_id, "dim": self.dim,
                 "context_length": self.context_length}

@@ -217,7 +217,7 @@ def general_rows() -> list[dict[str, str]]:
     return rows
 
 
-def registry_rows() -> list[dict[str, str]]:
+def registry_rows() -> list[dict[str, str | bool | None]]:
     """One row per registry name, for ``kpl models`` (and its --json)."""
     rows = []
     for name, entry in MODELS.items():

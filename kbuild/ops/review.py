@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kbuild.descriptions import DEFAULT_TEMPLATE, Description, normalise_text
 from kbuild.clip import text as clip_text
 from kbuild.clip.text import TextEmbedder, templated_embeddings
+from kbuild.descriptions import DEFAULT_TEMPLATE, Description, normalise_text
 from kbuild.errors import KbuildError
 from kbuild.store import KnowledgeBase, RemovedRecord, SnapshotInfo, SnapshotStore
 from kbuild.store.manifest import SnapshotDraft, display_names, now_iso
@@ -88,7 +88,7 @@ class Decision:
         return decision
 
 
-def _field(payload: dict, name: str, limit: int, required: bool = True, exact: bool = False) -> str:
+def _field(payload: dict[str, Any], name: str, limit: int, required: bool = True, exact: bool = False) -> str:
     value = payload.get(name)
     if value is None:
         value = ""
@@ -145,13 +145,13 @@ def _apply(parent: KnowledgeBase, decisions: list[Decision]) -> tuple[list[Descr
             by_text[(decision.class_name, decision.old)] = decision
     kept, removed = [], []
     for d in parent.descriptions:
-        decision = by_text.get((d.class_name, d.text))
-        if decision is None:
+        found = by_text.get((d.class_name, d.text))
+        if found is None:
             kept.append(d)
-        elif decision.action == "reject":
-            removed.append(RemovedRecord(d, STAGE, rejection_reason(decision)))
+        elif found.action == "reject":
+            removed.append(RemovedRecord(d, STAGE, rejection_reason(found)))
         else:
-            kept.append(_reviewed(d, decision))
+            kept.append(_reviewed(d, found))
     kept += [_added(x) for x in decisions if x.action == "add"]
     seen: set[str] = set()
     for d in kept:
@@ -210,7 +210,8 @@ def review_snapshot(store: SnapshotStore, reference: str, decisions: list[Decisi
     ``draft_key`` names the saved draft and its version (``extra.review_draft``): when a snapshot
     already carries it, that save published before it was interrupted, and it is returned as is."""
     if draft_key is not None:
-        done = next((s for s in store.list() if (s.manifest.get("extra") or {}).get("review_draft") == draft_key),
+        # typed here: the store's methods pass through an untyped fault-translating decorator
+        done: SnapshotInfo | None = next((s for s in store.list() if (s.manifest.get("extra") or {}).get("review_draft") == draft_key),
                     None)
         if done is not None:
             return done
@@ -218,7 +219,8 @@ def review_snapshot(store: SnapshotStore, reference: str, decisions: list[Decisi
     draft = apply_review(parent, decisions, lambda: snapshot_embedder(store, parent.info, model, pretrained))
     if draft_key is not None:
         draft.extra["review_draft"] = draft_key
-    return store.publish(draft, name=name)
+    published: SnapshotInfo = store.publish(draft, name=name)
+    return published
 
 
 def stamp(payload: dict[str, Any], who: str) -> Decision:

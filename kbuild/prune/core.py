@@ -23,7 +23,7 @@ import numpy as np
 
 from kbuild.descriptions import DEFAULT_TEMPLATE, Description, RemovedRecord
 from kbuild.errors import KbuildError, UsageError
-from kbuild.progress import task
+from kbuild.progress import Task, task
 from kbuild.prune.similarity import unit_rows
 from kbuild.prune.stages import cross_class, low_margin, max_per_class, near_duplicates, restore_minimum
 from kbuild.prune.text import FIX_TRUNCATED, Drop, Item, canonical_items, exact_duplicates, overlong, sanitise
@@ -219,8 +219,9 @@ def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndar
                       display_names)
 
 
-def _prune(descriptions, text_embeddings, params, name_embeddings, token_count, template, run,
-           display_names) -> PruneResult:
+def _prune(descriptions: list[Description], text_embeddings: np.ndarray | Embedder, params: PruneParams,
+           name_embeddings: dict[str, np.ndarray] | None, token_count: Callable[[str], int] | None, template: str,
+           run: _Run, display_names: dict[str, str] | None) -> PruneResult:
     items = canonical_items(descriptions)
     items = run.text_stage("sanitise", sanitise, items, params.min_chars)
     if token_count is None:
@@ -263,9 +264,11 @@ def _vector_stages(items: list[Item], x: np.ndarray, params: PruneParams,
     else:
         alive = run.vector_stage("cross_class", cross_class, pool, pool_x, alive, params.cross_class,
                                  params.cross_class_threshold, classes, names)
-    items, x = [pool[i] for i in np.flatnonzero(alive)], None
+    items = [pool[i] for i in np.flatnonzero(alive)]
     if (params.min_margin is not None or params.max_per_class is not None) and items:
         x = pool_x[alive]  # a compact copy only when a later stage needs the rows
+    else:
+        x = pool_x[:0]  # no later stage reads the rows: an empty view, no copy
     if params.min_margin is None:
         run.skipped["margin"] = "min_margin is None"
     elif items:
@@ -317,6 +320,7 @@ def _name_matrix(classes: list[str], names: dict[str, np.ndarray] | None, dim: i
     """(C, D) unit name embeddings in ``classes`` order, when a stage needs them, else None."""
     if not params.needs_references() or params.margin_reference != "name":
         return None
+    assert names is not None  # prune_descriptions refuses a name reference without name embeddings
     missing = [c for c in classes if c not in names]
     if missing:
         raise KbuildError(f"no name embedding for {len(missing)} classes (first: {missing[0]!r}); "
@@ -332,7 +336,7 @@ def _name_matrix(classes: list[str], names: dict[str, np.ndarray] | None, dim: i
 class _Run:
     """Bookkeeping for one prune: removals by stage, skipped stages, notes, timings."""
 
-    def __init__(self, params: PruneParams, progress=None):
+    def __init__(self, params: PruneParams, progress: Task | None = None) -> None:
         self.params = params
         self.progress = progress
         self.drops: dict[str, list[Drop]] = {stage: [] for stage in STAGES}
@@ -341,7 +345,8 @@ class _Run:
         self.seconds: dict[str, float] = {}
         self.all_items: list[Item] = []
 
-    def text_stage(self, stage: str, fn, items: list[Item], *args) -> list[Item]:
+    def text_stage(self, stage: str, fn: Callable[..., tuple[list[Item], list[Drop]]], items: list[Item],
+                   *args: Any) -> list[Item]:
         if stage == "sanitise":
             self.all_items = items
         started = time.perf_counter()
@@ -351,7 +356,8 @@ class _Run:
         self._advance()
         return kept
 
-    def vector_stage(self, stage: str, fn, items: list[Item], x: np.ndarray, *args) -> np.ndarray:
+    def vector_stage(self, stage: str, fn: Callable[..., tuple[np.ndarray, list[Drop]]], items: list[Item],
+                     x: np.ndarray, *args: Any) -> np.ndarray:
         started = time.perf_counter()
         keep, drops = fn(items, x, *args)
         self.seconds[stage] = time.perf_counter() - started

@@ -40,7 +40,8 @@ def unit_rows(x: np.ndarray, inplace: bool = False) -> np.ndarray:
     if inplace:
         x /= norms
         return x
-    return x / norms
+    scaled: np.ndarray = x / norms
+    return scaled
 
 
 def normalise_vector(v: np.ndarray) -> np.ndarray:
@@ -68,7 +69,8 @@ def greedy_suppress(x: np.ndarray, threshold: float, block: int = BLOCK) -> tupl
     return by, sim
 
 
-def _best_among(rows: np.ndarray, x: np.ndarray, candidates: np.ndarray | None, block: int):
+def _best_among(rows: np.ndarray, x: np.ndarray, candidates: np.ndarray | None,
+                block: int) -> tuple[np.ndarray, np.ndarray]:
     """For each of (b, D) rows, the best similarity to x[candidates] and which candidate gives it."""
     best_sim = np.full(len(rows), -np.inf, dtype=np.float32)
     best_by = np.full(len(rows), -1, dtype=np.int64)
@@ -84,7 +86,8 @@ def _best_among(rows: np.ndarray, x: np.ndarray, candidates: np.ndarray | None, 
     return best_sim, best_by
 
 
-def _suppress_within(rows, threshold, prior_sim, prior_by, offset):
+def _suppress_within(rows: np.ndarray, threshold: float, prior_sim: np.ndarray, prior_by: np.ndarray,
+                     offset: int) -> tuple[np.ndarray, np.ndarray]:
     """Suppression inside one block, given each row's best similarity to earlier blocks' kept rows."""
     n = len(rows)
     # only earlier rows of the block can suppress a row: mask the diagonal and above
@@ -146,7 +149,8 @@ def _top_subspace(gram: np.ndarray, k: int, iterations: int = 4) -> np.ndarray:
     return basis
 
 
-def _block_pairs(x, bound, threshold, rows, cols, not_upper):
+def _block_pairs(x: np.ndarray, bound: np.ndarray, threshold: float, rows: tuple[int, int], cols: tuple[int, int],
+                 not_upper: np.ndarray) -> Hits | None:
     """Exact pairs above threshold between rows[0]:rows[1] and cols[0]:cols[1] (i < j), or None."""
     (i0, i1), (j0, j1) = rows, cols
     b = bound[i0:i1] @ bound[j0:j1].T
@@ -177,9 +181,10 @@ def mmr_order(x: np.ndarray, relevance: np.ndarray, n: int, weight: float = 0.5)
     n = min(n, m)
     redundancy = np.full(m, -np.inf, dtype=np.float32)
     available = np.ones(m, dtype=bool)
-    chosen, scores = [], []
+    chosen: list[int] = []
+    scores: list[float] = []
     for step in range(n):
-        penalty = redundancy if step else 0.0
+        penalty: np.ndarray | float = redundancy if step else 0.0
         score = weight * relevance - (1 - weight) * penalty
         score = np.where(available, score, -np.inf)
         j = int(score.argmax())

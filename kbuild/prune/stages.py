@@ -19,6 +19,8 @@ return a keep mask (n,) plus the ``Drop`` records of what they removed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from kbuild.prune.similarity import BLOCK, greedy_suppress, mmr_order, normalise_vector, pairs_above
@@ -45,7 +47,8 @@ def _labels(items: list[Item], classes: list[str]) -> np.ndarray:
 
 def _centroid_similarity(xc: np.ndarray) -> np.ndarray:
     """(m,) cosine of each of (m, D) rows to their normalised mean."""
-    return xc @ normalise_vector(xc.sum(axis=0))
+    similarity: np.ndarray = xc @ normalise_vector(xc.sum(axis=0))
+    return similarity
 
 
 # --- near duplicates -------------------------------------------------------------------------
@@ -110,7 +113,7 @@ def _class_sums(x: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray
 
 def _own_fit(g: np.ndarray, lab: np.ndarray, norms: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
     """Cosine to the own reference; for centroids, to the class sum without the row itself."""
-    dot = g[np.arange(len(lab)), lab]
+    dot: np.ndarray = g[np.arange(len(lab)), lab]
     if counts is None:
         return dot
     rest = np.sqrt(np.maximum(norms[lab] ** 2 - 2 * dot + 1, 1e-12))
@@ -132,10 +135,25 @@ def cross_class(pool: list[Item], x: np.ndarray, alive: np.ndarray, mode: str, t
     text_ids = _text_ids(pool)
     exact_other = _exact_partner_class(pool, labels, text_ids)
     best_sim, best_partner, links = _near_partners(x, labels, text_ids, threshold, collect_links=mode == "best")
+    found = _Collisions(pool, classes, labels, exact_other, best_sim, best_partner)
     if mode == "drop":
-        return _drop_all(pool, alive, classes, labels, exact_other, best_sim, best_partner)
+        return _drop_all(found, alive)
     links.extend(_exact_links(text_ids, labels))
-    return _keep_best(pool, x, alive, classes, labels, exact_other, best_sim, best_partner, links, names)
+    return _keep_best(found, x, alive, links, names)
+
+
+@dataclass(frozen=True)
+class _Collisions:
+    """The cross-class evidence for a pool of n texts: each row's class (``labels``), the first
+    other class holding its identical text (``exact_other``, -1 for none), and its most similar
+    text of another class above the threshold (``best_partner``, -1 for none; ``best_sim``)."""
+
+    pool: list[Item]
+    classes: list[str]
+    labels: np.ndarray
+    exact_other: np.ndarray
+    best_sim: np.ndarray
+    best_partner: np.ndarray
 
 
 def _text_ids(items: list[Item]) -> np.ndarray:
@@ -143,7 +161,7 @@ def _text_ids(items: list[Item]) -> np.ndarray:
     return np.array([ids.setdefault(item.text, len(ids)) for item in items], dtype=np.int64)
 
 
-def _exact_partner_class(pool, labels, text_ids) -> np.ndarray:
+def _exact_partner_class(pool: list[Item], labels: np.ndarray, text_ids: np.ndarray) -> np.ndarray:
     """(n,) the first other class (sorted) holding the identical text, or -1."""
     holders: dict[int, list[int]] = {}
     for t, lab in zip(text_ids.tolist(), labels.tolist()):
@@ -162,7 +180,8 @@ def _exact_links(text_ids: np.ndarray, labels: np.ndarray) -> list[tuple[np.ndar
     return [(order[:-1][same], order[1:][same])]
 
 
-def _near_partners(x, labels, text_ids, threshold, collect_links):
+def _near_partners(x: np.ndarray, labels: np.ndarray, text_ids: np.ndarray, threshold: float | None,
+                   collect_links: bool) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
     """Per row, the most similar row of another class with a different text (sim >= threshold)."""
     best_sim = np.full(len(x), -np.inf, dtype=np.float32)
     best_partner = np.full(len(x), -1, dtype=np.int64)
@@ -178,7 +197,8 @@ def _near_partners(x, labels, text_ids, threshold, collect_links):
     return best_sim, best_partner, links
 
 
-def _update_best(best_sim, best_partner, a, b, s) -> None:
+def _update_best(best_sim: np.ndarray, best_partner: np.ndarray, a: np.ndarray, b: np.ndarray,
+                 s: np.ndarray) -> None:
     """Fold pairs (a -> b with similarity s) into each a's best partner; ties go to the lower b."""
     if a.size == 0:
         return
@@ -190,9 +210,14 @@ def _update_best(best_sim, best_partner, a, b, s) -> None:
     best_sim[a[better]], best_partner[a[better]] = s[better], b[better]
 
 
-def _collision(i, pool, classes, labels, exact_other, best_sim, best_partner, holders):
+Collision = tuple[str, float, str, tuple[str, ...]]
+
+
+def _collision(i: int | np.intp, found: _Collisions, holders: dict[str, list[int]]) -> Collision | None:
     """(reason, score, partner text, other classes) of row i's collision, the identical-text one
     first, or None. An identical text names every other class that holds it."""
+    pool, classes, labels = found.pool, found.classes, found.labels
+    exact_other, best_sim, best_partner = found.exact_other, found.best_sim, found.best_partner
     if exact_other[i] >= 0:
         others = tuple(classes[k] for k in holders[pool[i].text] if k != labels[i])
         return "identical text in another class", 1.0, pool[i].text, others
@@ -202,7 +227,7 @@ def _collision(i, pool, classes, labels, exact_other, best_sim, best_partner, ho
     return None
 
 
-def _holders(pool, labels) -> dict[str, list[int]]:
+def _holders(pool: list[Item], labels: np.ndarray) -> dict[str, list[int]]:
     """text -> the sorted class indices holding it."""
     out: dict[str, set[int]] = {}
     for item, lab in zip(pool, labels.tolist()):
@@ -210,32 +235,35 @@ def _holders(pool, labels) -> dict[str, list[int]]:
     return {text: sorted(ks) for text, ks in out.items()}
 
 
-def _drop_all(pool, alive, classes, labels, exact_other, best_sim, best_partner):
+def _drop_all(found: _Collisions, alive: np.ndarray) -> tuple[np.ndarray, list[Drop]]:
+    pool = found.pool
     keep = alive.copy()
-    drops = []
-    holders = _holders(pool, labels)
+    drops: list[Drop] = []
+    holders = _holders(pool, found.labels)
     for i in np.flatnonzero(alive):
-        hit = _collision(i, pool, classes, labels, exact_other, best_sim, best_partner, holders)
+        hit = _collision(i, found, holders)
         if hit:
             drops.append(Drop(pool[i], *hit))
             keep[i] = False
     return keep, drops
 
 
-def _keep_best(pool, x, alive, classes, labels, exact_other, best_sim, best_partner, links, names):
+def _keep_best(found: _Collisions, x: np.ndarray, alive: np.ndarray, links: list[tuple[np.ndarray, np.ndarray]],
+               names: np.ndarray | None) -> tuple[np.ndarray, list[Drop]]:
     """Each collision group stays only in the class of its alive member that fits its class best."""
+    pool, classes, labels = found.pool, found.classes, found.labels
     group = _components(len(pool), links)
     alive_idx = np.flatnonzero(alive)
     own, _, _ = class_fit(x[alive_idx], labels[alive_idx], len(classes), names)
     fit = np.full(len(pool), -np.inf, dtype=np.float32)
     fit[alive_idx] = own
-    winner = {}
+    winner: dict[int, int] = {}
     for i in alive_idx[np.lexsort((alive_idx, -fit[alive_idx]))]:  # best fit first, then index
         winner.setdefault(group[i], i)
     keep, drops = alive.copy(), []
     holders = _holders(pool, labels)
     for i in alive_idx:
-        hit = _collision(i, pool, classes, labels, exact_other, best_sim, best_partner, holders)
+        hit = _collision(i, found, holders)
         w = winner[group[i]]
         if hit is None and labels[w] == labels[i]:
             continue

@@ -60,7 +60,7 @@ def canonical_items(descriptions: list[Description]) -> list[Item]:
     return items
 
 
-def _sort_key(item: Item):
+def _sort_key(item: Item) -> tuple[str, str, bool, str, str, str, str, int]:
     d = item.original
     extra = json.dumps(d.extra, sort_keys=True, ensure_ascii=False, default=str) if d.extra else ""
     # Among copies of one text the already-clean one comes first, so exact dedup keeps it; the
@@ -127,7 +127,7 @@ def overlong(items: list[Item], token_count: Callable[[str], int], template: str
     return kept, drops
 
 
-def _truncate(item: Item, token_count, template: str, max_tokens: int) -> str | None:
+def _truncate(item: Item, token_count: Callable[[str], int], template: str, max_tokens: int) -> str | None:
     """The longest word prefix of the text whose prompt fits (binary search), or None.
 
     ``template`` has its class name already filled in: one ``{}`` left, for the text."""

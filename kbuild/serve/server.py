@@ -33,7 +33,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from kbuild import settings
 from kbuild.descriptions import visible
@@ -83,8 +83,9 @@ class KbuildHTTPServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, address, service: ReviewService, token: str, *, timeout_s: float = REQUEST_TIMEOUT_S,
-                 max_connections: int = MAX_CONNECTIONS, allowed_hosts: tuple[str, ...] = ()):
+    def __init__(self, address: tuple[str, int], service: ReviewService, token: str, *,
+                 timeout_s: float = REQUEST_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+                 allowed_hosts: tuple[str, ...] = ()) -> None:
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__(address, Handler)
@@ -123,7 +124,7 @@ class KbuildHTTPServer(ThreadingHTTPServer):
     # ---- connections: a cap, deadlines, and a shutdown no client can hold up -------------------
     request_queue_size = 128  # a burst of connects waits in the kernel instead of being dropped
 
-    def process_request(self, request, client_address) -> None:
+    def process_request(self, request: Any, client_address: Any) -> None:
         if not self.connections.admit(request):
             refuse(request, _BUSY_HEAD, _BUSY_BODY)
             return
@@ -134,13 +135,13 @@ class KbuildHTTPServer(ThreadingHTTPServer):
             self.connections.forget(request)
             raise
 
-    def process_request_thread(self, request, client_address) -> None:
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
             self.connections.forget(request)
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away is routine; anything else is one masked line, not a traceback."""
         exc = sys.exc_info()[1]
         if isinstance(exc, GONE):
@@ -148,7 +149,7 @@ class KbuildHTTPServer(ThreadingHTTPServer):
         first = settings.mask_secrets(str(exc).splitlines()[0]) if str(exc) else ""
         sys.stderr.write(f"kbuild serve: unexpected {type(exc).__name__}: {visible(first)}\n")
 
-    def mark(self, request, busy: bool) -> None:
+    def mark(self, request: Any, busy: bool) -> None:
         self.connections.mark(request, busy)
 
     def server_close(self) -> None:
@@ -290,7 +291,7 @@ class Handler(BaseHTTPRequestHandler):
             raise Refused("Unexpected Host header: open the address printed by 'kbuild serve' "
                           "(or start it with --allow-host NAME)")
 
-    def _check_read(self, parts) -> None:
+    def _check_read(self, parts: SplitResult) -> None:
         """Beyond loopback, data needs the token: anyone on the network can reach the port."""
         if self.server.loopback or self.command != "GET":
             return
@@ -346,9 +347,13 @@ class Handler(BaseHTTPRequestHandler):
         s = self.server.service
         actions = {"/api/draft/decision": s.decide, "/api/draft/undo": s.undo,
                    "/api/draft/discard": s.discard, "/api/draft/save": s.save}
-        self._dispatch({path: (lambda _, act=act: self._write(act)) for path, act in actions.items()})
+        self._dispatch({path: self._writer(act) for path, act in actions.items()})
 
-    def _write(self, action: Callable[[dict], Any]) -> None:
+    def _writer(self, action: Callable[[dict[str, Any]], Any]) -> Callable[[str], None]:
+        """A route that runs ``action`` on the request body (the route's own argument is unused)."""
+        return lambda _: self._write(action)
+
+    def _write(self, action: Callable[[dict[str, Any]], Any]) -> None:
         self._check_write()
         self._json(200, action(self._body()))
 
@@ -382,7 +387,7 @@ def _threshold(query: str) -> float:
     return value
 
 
-def make_server(service: ReviewService, host: str, port: int, token: str, **limits) -> KbuildHTTPServer:
+def make_server(service: ReviewService, host: str, port: int, token: str, **limits: Any) -> KbuildHTTPServer:
     """Bind (port 0 = any free port); the caller runs ``serve_forever`` and ``server_close``.
     ``limits``: ``timeout_s``, ``max_connections``, ``allowed_hosts`` (see KbuildHTTPServer)."""
     try:

@@ -300,16 +300,16 @@ def load_curated(
     files: name to load it as}, applied first (names mapped to one join); ``created``: the ISO
     timestamp for every description (default: now, UTC); ``limits``: refuse larger files or more texts.
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
+    files = [Path(p) for p in paths]
+    if not files:
         raise UsageError("no curated files given")
     if format is not None:
         get_reader(format)  # an unknown name fails before any file is read
     max_bytes = DEFAULT_MAX_BYTES if limits.max_bytes is None else limits.max_bytes
     max_texts = DEFAULT_MAX_TEXTS if limits.max_texts is None else limits.max_texts
-    _check_total_size(paths, max_bytes)
+    _check_total_size(files, max_bytes)
     parsed: list[ParsedFile] = []
-    for path in paths:  # one file at a time: the text limit stops the import before the next is parsed
+    for path in files:  # one file at a time: the text limit stops the import before the next is parsed
         item = read_source(path, format, section, max_bytes)
         if class_map:
             item.groups = rename_classes(item.groups, class_map)

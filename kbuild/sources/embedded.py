@@ -28,13 +28,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kbuild.descriptions import Description, normalise_text
 from kbuild.errors import InputFileError, UsageError
 from kbuild.inputs import canonical_class_name, case_collisions, class_name_problem, npz_model_id, read_npz, unit_rows
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 EMBEDDED_SUFFIXES = (".npz",)
 REQUIRED_KEYS = ("classes", "texts", "embeddings", "model_id")
@@ -117,7 +120,10 @@ def _read_jsonl(path: Path) -> dict[str, np.ndarray]:
     """The JSONL form as the arrays of the .npz form (checked by the same code afterwards)."""
     from kbuild.inputs import read_utf8
 
-    classes, texts, vectors, spaces = [], [], [], set()
+    classes: list[str] = []
+    texts: list[str] = []
+    vectors: list[list[float]] = []
+    spaces: set[str] = set()
     for number, line in enumerate(read_utf8(path, MAX_JSONL_BYTES, "embeddings file").splitlines(), 1):
         if not line.strip():
             continue
@@ -148,7 +154,7 @@ def _read_jsonl(path: Path) -> dict[str, np.ndarray]:
             "embeddings": np.asarray(vectors, dtype=np.float64), "model_id": np.asarray(spaces.pop())}
 
 
-def _strings(path: Path, data: dict, key: str) -> list[str]:
+def _strings(path: Path, data: dict[str, np.ndarray], key: str) -> list[str]:
     values = data[key]
     if values.ndim != 1 or values.dtype.kind not in "US":
         raise InputFileError(path, f"{key} must be a 1-D array of strings, got {values.dtype} {values.shape}",
@@ -156,7 +162,7 @@ def _strings(path: Path, data: dict, key: str) -> list[str]:
     return [str(v) for v in values.tolist()]
 
 
-def _class_names(path: Path, data: dict) -> list[str]:
+def _class_names(path: Path, data: dict[str, np.ndarray]) -> list[str]:
     """The classes column under the one class-name rule every reader follows (kbuild.inputs)."""
     names = []
     for row, raw in enumerate(_strings(path, data, "classes")):
@@ -168,8 +174,10 @@ def _class_names(path: Path, data: dict) -> list[str]:
     return names
 
 
-def _check_rows(path: Path, members: dict) -> None:
-    """Refuse, from the npy headers alone, a file over the text cap that curated files have too."""
+def _check_rows(path: Path, members: dict[str, Any]) -> None:
+    """Refuse, from the npy headers alone, a file over the text cap that curated files have too.
+
+    ``members`` maps a key to anything with a ``shape``: an NpyMember, or JSONL's row count."""
     from kbuild.sources.curated import DEFAULT_MAX_TEXTS
 
     for key in ("classes", "texts", "embeddings"):
@@ -179,7 +187,7 @@ def _check_rows(path: Path, members: dict) -> None:
                                  "per load", "split the file and load the parts separately, then 'kbuild merge' them")
 
 
-def check_embeddings(path: Path, embeddings, rows: int) -> tuple[np.ndarray, int]:
+def check_embeddings(path: Path, embeddings: npt.ArrayLike, rows: int) -> tuple[np.ndarray, int]:
     """(M, D) float32 unit rows and how many rows had to be normalised; one clear error otherwise.
 
     The rows follow the one policy for embedding matrices read from files (``kbuild.inputs.unit_rows``)."""

@@ -25,13 +25,13 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Callable
 
 import numpy as np
 
 from kbuild.errors import KbuildError
 from kpl.errors import KplError, UsageError
-
 from kpl.images.datasets import ImageDataset
 from kpl.images.features import FeatureSet, Progress, feature_set, look_up, precision_of
 from kpl.images.shards import DEFAULT_SHARD_SIZE, ShardFolder
@@ -151,7 +151,7 @@ def _ray_log_lines_dropped():
             os.write(2, kept)
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     """The ``ray`` module with Ray Data, or a one-line error saying what to install."""
     for key, value in _RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -166,10 +166,10 @@ def import_ray():
 class _Cluster:
     """Connect to ``address`` or start a local cluster; shut down only a cluster this process started."""
 
-    def __init__(self, address: str | None):
+    def __init__(self, address: str | None) -> None:
         self.ray, self.address, self.started = import_ray(), address, False
 
-    def __enter__(self):
+    def __enter__(self) -> ModuleType:
         import logging
 
         ray = self.ray
@@ -193,7 +193,7 @@ class _Cluster:
         context.print_on_execution_start = False
         return ray
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         if self.started:
             with _ray_log_lines_dropped():
                 self.ray.shutdown()
@@ -213,11 +213,10 @@ class EncoderSpec:
 class _Encoder:
     """A Ray Data actor: the CLIP model loaded once, applied to batches of (index, path)."""
 
-    def __init__(self, spec: EncoderSpec):
+    def __init__(self, spec: EncoderSpec) -> None:
         import torch
 
         from kbuild.clip.models import load_clip
-
         from kpl.images.features import ImageFiles, placeholder_image
 
         if spec.device == "cpu":
@@ -226,7 +225,7 @@ class _Encoder:
         if self.clip.model_id != spec.model_id:
             raise KplError(f"the model on this Ray node is {self.clip.model_id}, the driver's is {spec.model_id} "
                            "(give every node the same weights)")
-        self.files = lambda paths: ImageFiles(paths, self.clip.preprocess, placeholder_image(self.clip.preprocess))
+        self.files: Callable[[list[Path]], ImageFiles] = lambda paths: ImageFiles(paths, self.clip.preprocess, placeholder_image(self.clip.preprocess))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -241,7 +240,7 @@ class _Encoder:
         return {"index": batch["index"], "ok": ok, "features": features}
 
 
-def _actor_plan(ray, device: str | None, actors: int | None) -> tuple[str, int, dict[str, float], int]:
+def _actor_plan(ray: ModuleType, device: str | None, actors: int | None) -> tuple[str, int, dict[str, float], int]:
     """(device, actor count, resources per actor, torch threads per actor) for this cluster."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
@@ -264,7 +263,7 @@ def _precision(device: str) -> str:
     return "fp16-autocast" if device == "cuda" else "fp32"
 
 
-def encode_dataset_ray(dataset: ImageDataset, clip, model: str, pretrained: str | None, device: str | None,
+def encode_dataset_ray(dataset: ImageDataset, clip: Any, model: str, pretrained: str | None, device: str | None,
                        cache_dir: Path | None, batch_size: int, engine: EngineSpec,
                        progress: Progress | None = None) -> FeatureSet:
     """Like ``kpl.images.features.encode_dataset``, with the encoding done by Ray actors, in shards."""
@@ -284,6 +283,7 @@ def encode_dataset_ray(dataset: ImageDataset, clip, model: str, pretrained: str 
             scratch = tempfile.TemporaryDirectory(prefix="kpl-shards-")
         found = look_up(dataset, clip, Path(scratch.name) if scratch else cache_dir, precision, engine="ray")
         cache, key, cache_info = found.cache, found.key, found.info
+        assert cache is not None  # look_up was given a folder: the cache's, or this run's scratch one
         if scratch is not None:
             cache_info = {"status": "off", "key": cache_info["key"], "engine": "ray"}
         try:
@@ -310,8 +310,8 @@ def encode_dataset_ray(dataset: ImageDataset, clip, model: str, pretrained: str 
                 scratch.cleanup()
 
 
-def _encode_missing(ray, dataset: ImageDataset, shards: ShardFolder, missing: list[tuple[int, int]], spec: EncoderSpec,
-                    batch_size: int, actors: int, resources: dict, progress: Progress | None) -> int:
+def _encode_missing(ray: ModuleType, dataset: ImageDataset, shards: ShardFolder, missing: list[tuple[int, int]], spec: EncoderSpec,
+                    batch_size: int, actors: int, resources: dict[str, float], progress: Progress | None) -> int:
     """Encode the ``missing`` ranges on the actor pool, writing each shard as soon as it is complete."""
     import pyarrow as pa
 
@@ -326,7 +326,7 @@ def _encode_missing(ray, dataset: ImageDataset, shards: ShardFolder, missing: li
     tables = [pa.table({"index": np.arange(start, stop, dtype=np.int64),
                         "path": [str(p) for p in dataset.paths[start:stop]]}) for start, stop in missing]
     size = shards.ranges[0][1] - shards.ranges[0][0]
-    pending: dict[int, list] = {}  # range start -> [features (n, D), ok (n,), rows received]
+    pending: dict[int, list[Any]] = {}  # range start -> [features (n, D), ok (n,), rows received]
     ends = dict(missing)
     mapped = ray.data.from_arrow(tables).map_batches(
         _Encoder, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size, batch_format="numpy",

@@ -59,6 +59,7 @@ class ShardFolder:
         if problem is not None:
             self.rejected[path.name] = problem
             return None
+        assert arrays is not None  # read_entry returns the arrays or a problem, never neither
         return arrays["features"].astype(np.float32, copy=False), arrays["ok"].astype(bool)
 
     def done(self) -> list[tuple[int, int]]:
@@ -92,7 +93,10 @@ class ShardFolder:
         features = np.empty((int(ok.sum()), dim), dtype=np.float32)
         row = 0
         for start, stop in self.ranges:
-            part_features, _ = self.read(start, stop)
+            part = self.read(start, stop)
+            if part is None:  # removed since the first pass
+                raise FileNotFoundError(f"shard {start}-{stop} of {self.key[:12]} is missing")
+            part_features = part[0]
             features[row:row + len(part_features)] = part_features
             row += len(part_features)
         return features, ok

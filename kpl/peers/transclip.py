@@ -38,15 +38,16 @@ comes from an approximate index (``knn="auto"``, kpl.peers.knn).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from kbuild.progress import task
 from kpl.errors import UsageError
-from kpl.peers.knn import (DEFAULT_BLOCK, DEFAULT_TARGET_RECALL, METHODS as KNN_METHODS, check_target_recall, knn_graph,
-                           require_faiss)
 from kpl.params import require_int, require_number
+from kpl.peers.knn import DEFAULT_BLOCK, DEFAULT_TARGET_RECALL, KnnGraph, check_target_recall, knn_graph, require_faiss
+from kpl.peers.knn import METHODS as KNN_METHODS
 
 # Variances below this are rounding noise of a collapsed dimension; dividing by them would blow up.
 MIN_VARIANCE = 1e-8
@@ -83,7 +84,7 @@ class TransCLIPParams:
             require_faiss("transclip: knn 'faiss'")
         return self
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -111,7 +112,7 @@ def log_likelihood(x: torch.Tensor, means: torch.Tensor, variance: torch.Tensor)
 def _unit(v: torch.Tensor, fallback: torch.Tensor | None = None) -> torch.Tensor:
     """Rows of ``v`` scaled to unit length; a zero row keeps ``fallback``'s row (else stays zero)."""
     norms = v.norm(dim=1, keepdim=True)
-    unit = v / norms.clamp_min(torch.finfo(v.dtype).tiny)
+    unit: torch.Tensor = v / norms.clamp_min(torch.finfo(v.dtype).tiny)
     if fallback is None:
         return unit
     return torch.where(norms > 0, unit, fallback)
@@ -140,17 +141,18 @@ def symmetric_affinity(idx: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tens
 
 def neighbour_messages(z: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
     """(N, C) ((W + W^T) z): what each image hears from its k nearest and from the images that list it."""
-    return torch.sparse.mm(affinity, z)
+    messages: torch.Tensor = torch.sparse.mm(affinity, z)
+    return messages
 
 
 def assignment_update(z: torch.Tensor, fixed: torch.Tensor, affinity: torch.Tensor,
-                      steps: int, neighbour_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+                      steps: int, neighbour_weight: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``steps`` z-steps with the means and variance fixed: z = softmax(fixed + neighbour_weight (W + W^T) z).
 
     ``fixed`` is lambda log y + log p / scale; ``affinity`` is W + W^T (``symmetric_affinity``);
-    ``neighbour_weight`` is 1 / (2k). Returns (z, its log-scores).
+    ``neighbour_weight`` is 1 / (2k). Returns (z, its log-scores; None when ``steps`` is 0).
     """
-    scores = None
+    scores: torch.Tensor | None = None
     for _ in range(steps):
         scores = fixed + neighbour_weight * neighbour_messages(z, affinity)
         z = torch.softmax(scores, dim=1)
@@ -182,7 +184,7 @@ def shared_variance(column_squares: torch.Tensor, means: torch.Tensor, weighted:
     return (spread / n).clamp_min(MIN_VARIANCE)
 
 
-def graph_for(image_features, params: TransCLIPParams):
+def graph_for(image_features: torch.Tensor | np.ndarray, params: TransCLIPParams) -> KnnGraph:
     """The kNN graph TransCLIP uses with these settings (a ``kpl.peers.knn.KnnGraph``)."""
     return knn_graph(image_features, params.neighbours, block=params.block, method=params.knn,
                      target_recall=params.knn_recall)

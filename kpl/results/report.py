@@ -17,11 +17,17 @@ import csv
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 Table = tuple[list[str], list[list[str]]]
+# The records drawn here (kpl.evaluate's EvalResult, SweepResult, CompareResult, MethodRun) live above
+# this module: naming their types would point an import up, so they are read as Any.
+Result = Any
 FINAL = "kpl.image_ot"
 
 
@@ -36,7 +42,7 @@ def write_json(payload: Any, path: Path) -> Path:
 
 
 # ------------------------------------------------------------------ tables
-def eval_table(result) -> Table:
+def eval_table(result: Result) -> Table:
     """Rows: every method run, in table order (skipped methods are in the notes, with the reason).
 
     Top-1, balanced accuracy and AUROC carry their bootstrap 95 % interval, e.g. ``78.00 [72.5, 83.5]``."""
@@ -48,7 +54,7 @@ def eval_table(result) -> Table:
     return headers, rows
 
 
-def _ci(run, metric: str) -> list[float] | None:
+def _ci(run: Result, metric: str) -> list[float] | None:
     return (getattr(run, "ci", None) or {}).get(metric)
 
 
@@ -59,18 +65,18 @@ def with_ci(value: float | None, interval: list[float] | None) -> str:
     return f"{pct(value)} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
 
 
-def _auroc(run) -> float | None:
+def _auroc(run: Result) -> float | None:
     """Binary AUROC for two classes, else the macro one-vs-rest AUROC."""
     ranking = getattr(run, "ranking", None) or {}
     value = ranking.get("auroc")
     return value if value is not None else ranking.get("macro_auroc_ovr")
 
 
-def _varying(rows: list[dict], keys: tuple[str, ...]) -> list[str]:
+def _varying(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[str]:
     return [key for key in keys if len({row[key] for row in rows}) > 1]
 
 
-def sweep_table(result) -> Table:
+def sweep_table(result: Result) -> Table:
     """Rows: one per (k, setting); only the parameters that vary get a column.
 
     Per stage top-1 and balanced accuracy; a k "auto" row shows the k it chose, e.g. ``auto (24)``.
@@ -85,7 +91,7 @@ def sweep_table(result) -> Table:
     return headers, rows
 
 
-def _k_cell(row: dict) -> str:
+def _k_cell(row: dict[str, Any]) -> str:
     return f"{row['k']} ({row['chosen_k']})" if "chosen_k" in row else str(row["k"])
 
 
@@ -93,7 +99,7 @@ COMPARED = (("top-1", lambda run: run.metrics.accuracy), ("bal.acc", lambda run:
             ("AUROC", lambda run: _auroc(run)))
 
 
-def compare_table(result) -> Table:
+def compare_table(result: Result) -> Table:
     """Rows: per method, one row per snapshot with top-1, balanced accuracy and AUROC, and on every
     snapshot after the first the change of each of the three against the first (a top-1 gain can
     hide a balanced-accuracy loss on an imbalanced set). One row per snapshot keeps the table
@@ -112,7 +118,7 @@ def compare_table(result) -> Table:
     return headers, rows
 
 
-def _delta(first, last, get) -> str:
+def _delta(first: Result, last: Result, get: Callable[[Result], float | None]) -> str:
     """``last - first`` in percentage points, ``-`` when either is missing."""
     if first is None or last is None:
         return "-"
@@ -123,7 +129,7 @@ def _delta(first, last, get) -> str:
 
 
 # ------------------------------------------------------------------ plots
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -136,7 +142,8 @@ def row_normalised(confusion: np.ndarray) -> np.ndarray:
     """(C, C) share of each true class (row) given each prediction; rows without images stay 0."""
     counts = np.asarray(confusion, dtype=np.float64)
     totals = counts.sum(axis=1, keepdims=True)
-    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    shares: np.ndarray = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    return shares
 
 
 def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str, path: Path) -> Path:
@@ -145,7 +152,7 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str, pa
     return path
 
 
-def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
+def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str) -> Figure:
     """(C, C) counts, rows true and columns predicted, drawn row-normalised (each row is the share of
     that class's images, so a small class is as visible as a large one; its diagonal is the class's
     recall); percentages written in the cells up to 25 classes."""
@@ -169,20 +176,20 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
     return figure
 
 
-def plot_accuracy_vs_k(result, path: Path) -> Path:
+def plot_accuracy_vs_k(result: Result, path: Path) -> Path:
     """``accuracy_vs_k_figure`` saved as a PNG at ``path``."""
     accuracy_vs_k_figure(result).savefig(path)
     return path
 
 
-def accuracy_vs_k_figure(result):
+def accuracy_vs_k_figure(result: Result) -> Figure:
     """Balanced accuracy of KPL's final stage per setting; with a single setting also the text and
     image stages. A k "auto" row is drawn as a star at the k it chose; a dotted line marks chance
     (1 / classes), below which a setting does worse than guessing."""
     figure = _figure(7, 4.5)
     ax = figure.add_subplot()
     varying = _varying(result.rows, ("tau_t", "tau_i", "alpha", "ot"))
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     fixed = [row for row in result.rows if "chosen_k" not in row]
     for row in fixed:
         groups.setdefault(tuple(row[key] for key in varying), []).append(row)
@@ -219,7 +226,7 @@ def accuracy_vs_k_figure(result):
 
 
 # ------------------------------------------------------------------ CSV
-def write_predictions_csv(result, path: Path) -> Path:
+def write_predictions_csv(result: Result, path: Path) -> Path:
     """index, path, true label, the predicted class name of every method, then every method's
     score for every class (columns ``score:METHOD:CLASS``: its logit; TransCLIP's log-assignment)."""
     fs = result.session.features
@@ -283,7 +290,7 @@ def write_html(path: Path, title: str, facts: dict[str, Any], sections: list[str
     return path
 
 
-def _eval_facts(payload: dict) -> dict[str, Any]:
+def _eval_facts(payload: dict[str, Any]) -> dict[str, Any]:
     snap, features = payload["snapshot"], payload["features"]
     return {"snapshot": f"{snap['name']} ({snap['content_hash']})", "image features": payload["model"]["image_features"],
             "descriptions": payload["model"]["descriptions"], "template": payload["model"]["template"],
@@ -292,7 +299,7 @@ def _eval_facts(payload: dict) -> dict[str, Any]:
             **_ci_and_environment_facts(payload)}
 
 
-def _ci_and_environment_facts(payload: dict) -> dict[str, str]:
+def _ci_and_environment_facts(payload: dict[str, Any]) -> dict[str, str]:
     """How the intervals were made and what the numbers were computed on (from metrics.json)."""
     facts = {}
     ci = next((r.get("ci95") for r in payload.get("results", {}).values() if r.get("ci95")), None)
@@ -310,7 +317,7 @@ def _ci_and_environment_facts(payload: dict) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ writers per command
-def write_eval_outputs(result, out: Path) -> list[Path]:
+def write_eval_outputs(result: Result, out: Path) -> list[Path]:
     """metrics.json, confusion_matrix.png, predictions.csv and report.html under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     payload = result.to_json()
@@ -333,7 +340,7 @@ def write_eval_outputs(result, out: Path) -> list[Path]:
     return written
 
 
-def write_sweep_outputs(result, out: Path) -> list[Path]:
+def write_sweep_outputs(result: Result, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     table = sweep_table(result)
     png = plot_accuracy_vs_k(result, out / "accuracy_vs_k.png")
@@ -344,7 +351,7 @@ def write_sweep_outputs(result, out: Path) -> list[Path]:
             write_html(out / "report.html", "kpl sweep", facts, sections)]
 
 
-def write_compare_outputs(result, out: Path) -> list[Path]:
+def write_compare_outputs(result: Result, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     table = compare_table(result)
     facts = {r.knowledge.kb.info.name: r.knowledge.kb.info.content_hash for r in result.results}
