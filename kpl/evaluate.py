@@ -35,6 +35,7 @@ from kpl.errors import KplError
 from kbuild.store import KnowledgeBase, SnapshotStore
 from kbuild.store.manifest import display_name, display_names
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
+from kpl.method.decision import RESOLUTION_RULE
 from kpl.results.ranking import ranking_metrics
 
 from kpl.images.datasets import ImageDataset, match_classes
@@ -313,11 +314,13 @@ class MethodRun:
     params: dict = field(default_factory=dict)
     scores: np.ndarray | None = None
     ranking: dict = field(default_factory=dict)
+    float32_ties: int | None = None  # predictions float32 scores cannot decide (kpl.method.decision)
 
     def to_json(self) -> dict[str, Any]:
         m = self.metrics.to_json()
         m["per_class_recall"] = dict(zip(m.pop("class_names"), m["per_class_recall"]))
-        return {**m, **self.ranking, "iterations": self.iterations, "converged": self.converged,
+        ties = {} if self.float32_ties is None else {"float32_ties": self.float32_ties}
+        return {**m, **self.ranking, "iterations": self.iterations, "converged": self.converged, **ties,
                 "seconds": round(self.seconds, 4), "params": self.params}
 
 
@@ -325,10 +328,27 @@ def _metrics(features: FeatureSet, predictions: np.ndarray):
     return compute_metrics(features.labels, predictions, class_names=features.class_names)
 
 
-def _row(features: FeatureSet, name: str, predictions, scores, seconds, iterations, converged, params) -> MethodRun:
+def _row(features: FeatureSet, name: str, predictions, scores, seconds, iterations, converged, params,
+         float32_ties: int | None = None) -> MethodRun:
     """A table row with its metrics, including AUROC from the method's (N, C) scores."""
     return MethodRun(name, predictions, _metrics(features, predictions), seconds, iterations, converged, params,
-                     scores, ranking_metrics(features.labels, scores, features.class_names))
+                     scores, ranking_metrics(features.labels, scores, features.class_names), float32_ties)
+
+
+def float32_resolution(runs: dict[str, MethodRun]) -> dict[str, Any]:
+    """metrics.json's record of the predictions float32 cannot decide: the rule and a count per row."""
+    return {"rule": RESOLUTION_RULE, "scores": "float64",
+            "undecided_in_float32": {name: r.float32_ties for name, r in runs.items() if r.float32_ties is not None}}
+
+
+def note_float32_ties(session: Session, runs: dict[str, MethodRun]) -> None:
+    """One note (console and metrics.json) per row with predictions that float32 scores cannot decide."""
+    for name, r in runs.items():
+        if r.float32_ties:
+            session.note(f"{name}: {r.float32_ties} of {len(r.predictions)} predictions are within float32 "
+                         f"resolution of their scores (top-2 margin at rounding level); decided here from float64 "
+                         f"scores, float32 scores (as in the paper's code) can flip them. See float32_resolution "
+                         f"in metrics.json")
 
 
 def math_device(session: Session) -> str:
@@ -360,7 +380,7 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
             for stage in KPL_STAGES:
                 s = kpl_result.stage(stage)
                 runs[f"kpl.{stage}"] = _row(features, f"kpl.{stage}", s.predictions, s.logits, share,
-                                            s.iterations, s.converged, used)
+                                            s.iterations, s.converged, used, s.float32_ties)
             continue
         if method == "transclip":
             from kpl.method.retrieval import as_matrix
@@ -387,7 +407,7 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
         r = run_baseline(method, x, class_embeddings=knowledge.class_embeddings,
                          name_embeddings=knowledge.name_embeddings, device=device, **extra)
         runs[method] = _row(features, method, r.predictions, r.logits, time.perf_counter() - start,
-                            r.iterations, r.converged, r.params)
+                            r.iterations, r.converged, r.params, r.float32_ties)
     return runs, skipped, kpl_result
 
 
@@ -434,6 +454,7 @@ class EvalResult:
                        "methods": list(self.methods), "device": math_device(self.session)},
             "k_auto": self.k_auto,
             "results": {name: run.to_json() for name, run in self.runs.items()},
+            "float32_resolution": float32_resolution(self.runs),
             "skipped_methods": self.skipped,
             "selected_descriptions": self.selected,
             "notes": list(self.session.notes),
@@ -458,6 +479,7 @@ def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = MET
                                             math_device(session), transclip, session.knn_graph)
     if kpl_result is not None:
         params = kpl_result.params
+    note_float32_ties(session, runs)
     return EvalResult(session, knowledge, params, methods, runs, skipped, _selected_texts(knowledge, kpl_result),
                       datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       kpl_result.auto if kpl_result is not None else None)

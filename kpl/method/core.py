@@ -27,7 +27,8 @@ from kpl.method.auto_k import auto_range, choose_k, is_auto
 from kpl.errors import UsageError
 from kpl.params import KPLParams
 from kpl.method.ot import get_ot_method
-from kpl.method.proxies import fit_vision_proxies
+from kpl.method.decision import decide
+from kpl.method.proxies import ProxyFit, fit_vision_proxies
 from kpl.method.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies
 
 
@@ -65,7 +66,12 @@ def pick_threads(num_threads: int | None, n: int, d: int, c: int) -> int | None:
 
 @dataclass
 class StageResult:
-    """One stage's output: (N,) predictions, (D, C) proxies, (N, C) logits, where its loop stopped."""
+    """One stage's output: (N,) predictions, (D, C) proxies, (N, C) logits, where its loop stopped.
+
+    ``logits`` are ``X w_c`` minus each image's mean over classes (softmax, argmax and margins
+    unchanged), from float64 scores (kpl.method.decision), so float32 keeps their differences.
+    ``float32_ties``: how many predictions float32 scores cannot decide (kpl.method.decision).
+    """
 
     name: str
     predictions: np.ndarray
@@ -73,6 +79,7 @@ class StageResult:
     logits: np.ndarray
     iterations: int = 0
     converged: bool = True
+    float32_ties: int = 0
 
     def to_json(self, arrays: bool = False) -> dict:
         """JSON-ready dict; proxies and logits only with ``arrays=True`` (they can be large)."""
@@ -81,6 +88,7 @@ class StageResult:
             "iterations": self.iterations,
             "converged": self.converged,
             "predictions": self.predictions.tolist(),
+            "float32_ties": self.float32_ties,
         }
         if arrays:
             out["proxies"] = self.proxies.tolist()
@@ -129,9 +137,12 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def _stage(name: str, x: torch.Tensor, proxies: torch.Tensor, iterations=0, converged=True) -> StageResult:
-    logits = x @ proxies
-    return StageResult(name, _numpy(logits.argmax(dim=1)), _numpy(proxies), _numpy(logits), iterations, converged)
+def _stage(name: str, x: torch.Tensor, proxies: torch.Tensor, fit: ProxyFit | None = None) -> StageResult:
+    """A stage's result; predictions from float64 scores of the loop's float64 proxies when there are some."""
+    decision = decide(x, fit.exact if fit is not None and fit.exact is not None else proxies)
+    iterations, converged = (fit.iterations, fit.converged) if fit is not None else (0, True)
+    return StageResult(name, _numpy(decision.predictions), _numpy(proxies), _numpy(decision.logits), iterations,
+                       converged, decision.float32_ties)
 
 
 def _fit(x, plan, init, p: KPLParams):
@@ -151,8 +162,8 @@ def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams):
     image, image_ot = _fit(x, soft, w_text, p), _fit(x, plan, w_text, p)
     return (
         _stage("text", x, w_text),
-        _stage("image", x, image.proxies, image.iterations, image.converged),
-        _stage("image_ot", x, image_ot.proxies, image_ot.iterations, image_ot.converged),
+        _stage("image", x, image.proxies, image),
+        _stage("image_ot", x, image_ot.proxies, image_ot),
         _numpy(plan),
     )
 
