@@ -34,7 +34,7 @@ from helpers import SHARED, shared_data_missing
 from kpl import run_kpl
 from reference_loops import paper_loop
 from kpl.results.metrics import compute_metrics
-from kpl.method.retrieval import split_by_class
+from kpl.method.retrieval import as_matrix, split_by_class
 
 TOL = 1e-5
 TIE_MARGIN = 1e-5
@@ -110,6 +110,7 @@ class Case:
     @staticmethod
     def _paper_proxies(x: np.ndarray, result) -> dict[str, np.ndarray]:
         """The paper's float32 loop on run_kpl's text proxies and plans (retrieval and OT are unchanged)."""
+        x = as_matrix(x, "image_features").numpy()  # the rows run_kpl works on
         w_text = torch.from_numpy(result.text.proxies)
         soft = torch.softmax(torch.from_numpy(x) @ w_text / result.params.tau_t, dim=1)
         plans = {"image": soft, "image_ot": torch.from_numpy(result.plan)}
