@@ -36,7 +36,7 @@ rows instead, so neither an (N, D) transposed copy nor a full (N, C) softmax is 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -53,13 +53,15 @@ class ProxyFit:
     """Outcome of the proxy loop.
 
     ``proxies``: (D, C) in x's dtype (float32), what a stage reports; ``exact``: the loop's own
-    float64 W, which the stage's scores and predictions use; iterations run; whether the stop test held.
+    float64 W, which the stage's scores and predictions use; iterations run; whether the stop test
+    held; ``changes``: max |W_new - W| of every iteration run (what the stop test looked at).
     """
 
     proxies: torch.Tensor
     iterations: int
     converged: bool
     exact: torch.Tensor | None = None
+    changes: list[float] = field(default_factory=list)
 
 
 def harden_labels(plan: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -124,6 +126,7 @@ def fit_vision_proxies(
     prev_norm = math.inf
     step = lr
     quiet = 0  # consecutive iterations with max |W_new - W| < tol
+    changes: list[float] = []
     for it in range(iters):
         centred = (w - w.mean(dim=1, keepdim=True)).to(x.dtype)
         h = products.xt_residual(centred, centred_labels, tau_i)
@@ -133,11 +136,12 @@ def fit_vision_proxies(
         prev_norm = grad_norm
         moved = w - (step / (n * tau_i)) * (h + common[:, None])
         w_new = moved / torch.linalg.vector_norm(moved, dim=0).clamp_min(1e-12)
-        quiet = quiet + 1 if float((w_new - w).abs().max()) < tol else 0
+        changes.append(float((w_new - w).abs().max()))
+        quiet = quiet + 1 if changes[-1] < tol else 0
         w = w_new
         if quiet >= patience and not exact_iters:
-            return ProxyFit(w.to(x.dtype), it + 1, True, w)
-    return ProxyFit(w.to(x.dtype), iters, quiet >= patience, w)
+            return ProxyFit(w.to(x.dtype), it + 1, True, w, changes)
+    return ProxyFit(w.to(x.dtype), iters, quiet >= patience, w, changes)
 
 
 def _common_column(x: torch.Tensor, labels: torch.Tensor, rows: int) -> torch.Tensor:
