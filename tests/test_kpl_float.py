@@ -186,3 +186,41 @@ def test_inmap_baseline_uses_the_same_decision():
     scores = x.astype(np.float64) @ result.proxies.astype(np.float64)
     decided = np.abs(np.diff(np.sort(scores, 1)[:, -2:], axis=1)[:, 0]) > 1e-6
     np.testing.assert_array_equal(result.predictions[decided], scores.argmax(1)[decided])
+
+
+# ----------------------------------------------------------------------------- metrics.json and the console
+@pytest.fixture()
+def kpl_cli(capsys):
+    from helpers import CliRunner
+    from kpl.cli import app
+
+    return CliRunner(app, "kpl", capsys)
+
+
+def test_eval_records_and_says_how_many_decisions_float32_cannot_make(kbuild, kpl_cli, monkeypatch, tmp_path):
+    if not PH2.exists():
+        shared_data_missing("../shared/datasets/features/ph2_vitb16.npz")
+    from test_own_embeddings import ph2_files
+
+    monkeypatch.setenv("KBUILD_STORE", str(tmp_path / "store"))
+    kb, feats, data = ph2_files(SHARED, tmp_path)
+    assert kbuild("load", kb).code == 0
+    out = tmp_path / "out"
+    result = kpl_cli("eval", "--kb", "latest", "--features", feats, "--methods", "clip,kpl", "--json", "--out", out)
+    assert result.code == 0, result.err
+    classes = split_by_class(data["description_embeddings"], data["description_class"])
+    expected = run_kpl(data["image_features"], classes)
+    metrics = json.loads((out / "metrics.json").read_text())
+    record = metrics["float32_resolution"]
+    assert "sqrt(D) * 2**-24" in record["rule"]
+    counts = record["undecided_in_float32"]
+    assert set(counts) == {"kpl.text", "kpl.image", "kpl.image_ot"}  # clip has no counted decision
+    for stage in STAGES:
+        assert counts[f"kpl.{stage}"] == metrics["results"][f"kpl.{stage}"]["float32_ties"]
+        assert counts[f"kpl.{stage}"] == expected.stage(stage).float32_ties
+    ties = counts["kpl.image_ot"]
+    assert ties > 0
+    assert f"kpl.image_ot: {ties} of 200 predictions are within float32 resolution" in result.err
+    assert any(f"kpl.image_ot: {ties} of 200" in note for note in metrics["notes"])
+    if counts["kpl.text"] == 0:
+        assert "kpl.text:" not in result.err  # said only where there are some
