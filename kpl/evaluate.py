@@ -328,11 +328,10 @@ def _metrics(features: FeatureSet, predictions: np.ndarray):
     return compute_metrics(features.labels, predictions, class_names=features.class_names)
 
 
-def _row(features: FeatureSet, name: str, predictions, scores, seconds, iterations, converged, params,
-         float32_ties: int | None = None) -> MethodRun:
+def _row(features: FeatureSet, name: str, predictions, scores, seconds, iterations, converged, params) -> MethodRun:
     """A table row with its metrics, including AUROC from the method's (N, C) scores."""
     return MethodRun(name, predictions, _metrics(features, predictions), seconds, iterations, converged, params,
-                     scores, ranking_metrics(features.labels, scores, features.class_names), float32_ties)
+                     scores, ranking_metrics(features.labels, scores, features.class_names))
 
 
 def float32_resolution(runs: dict[str, MethodRun]) -> dict[str, Any]:
@@ -379,8 +378,8 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
             used = kpl_result.params.to_json()
             for stage in KPL_STAGES:
                 s = kpl_result.stage(stage)
-                runs[f"kpl.{stage}"] = _row(features, f"kpl.{stage}", s.predictions, s.logits, share,
-                                            s.iterations, s.converged, used, s.float32_ties)
+                runs[f"kpl.{stage}"] = replace(_row(features, f"kpl.{stage}", s.predictions, s.logits, share,
+                                                    s.iterations, s.converged, used), float32_ties=s.float32_ties)
             continue
         if method == "transclip":
             from kpl.method.retrieval import as_matrix
@@ -406,8 +405,8 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
         extra = inmap if method == "inmap" else {}
         r = run_baseline(method, x, class_embeddings=knowledge.class_embeddings,
                          name_embeddings=knowledge.name_embeddings, device=device, **extra)
-        runs[method] = _row(features, method, r.predictions, r.logits, time.perf_counter() - start,
-                            r.iterations, r.converged, r.params, r.float32_ties)
+        runs[method] = replace(_row(features, method, r.predictions, r.logits, time.perf_counter() - start,
+                                    r.iterations, r.converged, r.params), float32_ties=r.float32_ties)
     return runs, skipped, kpl_result
 
 
