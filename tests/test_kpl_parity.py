@@ -11,7 +11,8 @@ but of the CPU: the proxy loop halves its step whenever the gradient norm grows,
 comparisons and the trajectory parts. The paper's float32 proxies then differ by 1e-4..8e-4 between
 AVX2 and AVX-512 kernels of the same torch build, and the golden values are one such draw (on
 nat10 they sit 1.5e-4 from the same loop run in float64). So each case measures the rounding spread
-of both arithmetics: run_kpl, and the paper's plain float32 loop (tests/reference_loops.py), on
+of both arithmetics: run_kpl, and the paper's float32 Greenkhorn and plain float32 loop
+(tests/reference_loops.py), on
 the feature dimensions permuted (mathematically the same problem, summed in another order). A
 result whose larger spread exceeds ``TOL / 10`` is ill-conditioned at float32, and must then lie
 within ``SPREAD_FACTOR`` times that spread of the golden value, never more than ``CHAOTIC_CAP`` (an
@@ -34,6 +35,7 @@ from helpers import SHARED, shared_data_missing
 from kpl import run_kpl
 from reference_loops import paper_loop
 from kpl.results.metrics import compute_metrics
+from kpl.method.ot import greenkhorn
 from kpl.method.retrieval import as_matrix, split_by_class
 
 TOL = 1e-5
@@ -100,21 +102,22 @@ class Case:
                 for stage in STAGES:
                     moved = np.abs(other.stage(stage).proxies[inverse] - self.result.stage(stage).proxies).max()
                     spread[stage] = max(spread[stage], float(moved))
-                for stage in paper:
-                    moved = np.abs(other_paper[stage][inverse] - paper[stage]).max()
-                    spread[stage] = max(spread[stage], float(moved))
+                for key, value in paper.items():  # proxies are (D, C): permuted back; the plan is (N, C)
+                    theirs = other_paper[key] if key == "plan" else other_paper[key][inverse]
+                    spread[key] = max(spread[key], float(np.abs(theirs - value).max()))
                 spread["plan"] = max(spread["plan"], float(np.abs(other.plan - self.result.plan).max()))
             self._spread = spread
         return self._spread[key]
 
     @staticmethod
     def _paper_proxies(x: np.ndarray, result) -> dict[str, np.ndarray]:
-        """The paper's float32 loop on run_kpl's text proxies and plans (retrieval and OT are unchanged)."""
+        """The paper's float32 Greenkhorn plan and loop on run_kpl's text proxies (retrieval is unchanged)."""
         x = as_matrix(x, "image_features").numpy()  # the rows run_kpl works on
         w_text = torch.from_numpy(result.text.proxies)
-        soft = torch.softmax(torch.from_numpy(x) @ w_text / result.params.tau_t, dim=1)
-        plans = {"image": soft, "image_ot": torch.from_numpy(result.plan)}
-        return {stage: paper_loop(x, plan, w_text).numpy() for stage, plan in plans.items()}
+        logits = torch.from_numpy(x) @ w_text
+        soft = torch.softmax(logits / result.params.tau_t, dim=1)
+        plans = {"image": soft, "image_ot": greenkhorn(logits, result.params.tau_t)}
+        return {"plan": plans["image_ot"].numpy(), **{stage: paper_loop(x, plan, w_text).numpy() for stage, plan in plans.items()}}
 
     def tolerance(self, key: str) -> float:
         """TOL where float32 rounding cannot move the result by a tenth of it; else the measured spread x SPREAD_FACTOR."""

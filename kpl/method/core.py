@@ -158,7 +158,9 @@ def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams):
     """(text, image, image_ot, plan) for one set of text proxies."""
     logits = x @ w_text
     soft = torch.softmax(logits / p.tau_t, dim=1)
-    plan = get_ot_method(p.ot)(logits, p.tau_t, iters=p.ot_iters, gamma=p.gamma)
+    # OT sums over all N images: in float32 their order (image order, CPU kernels) moved Greenkhorn's
+    # plan by up to 2e-3 and flipped predictions; in float64 image order changes it by ~1e-18
+    plan = get_ot_method(p.ot)(logits.to(torch.float64), p.tau_t, iters=p.ot_iters, gamma=p.gamma).to(x.dtype)
     image, image_ot = _fit(x, soft, w_text, p), _fit(x, plan, w_text, p)
     return (
         _stage("text", x, w_text),
