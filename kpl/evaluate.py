@@ -41,6 +41,7 @@ from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
 from kpl.peers.baselines import BASELINES, PROTOTYPE_METHODS
 from kpl.results.bootstrap import confidence_intervals
 from kpl.results.environment import environment
+from kpl.method.decision import RESOLUTION_RULE
 from kpl.results.ranking import ranking_metrics
 
 from kpl.images.datasets import ImageDataset, match_classes
@@ -327,11 +328,13 @@ class MethodRun:
     scores: np.ndarray | None = None
     ranking: dict = field(default_factory=dict)
     ci: dict = field(default_factory=dict)  # bootstrap 95 % intervals (kpl.results.bootstrap)
+    float32_ties: int | None = None  # predictions float32 scores cannot decide (kpl.method.decision)
 
     def to_json(self) -> dict[str, Any]:
         m = self.metrics.to_json()
         m["per_class_recall"] = dict(zip(m.pop("class_names"), m["per_class_recall"]))
-        return {**m, **self.ranking, "ci95": self.ci, "iterations": self.iterations, "converged": self.converged,
+        ties = {} if self.float32_ties is None else {"float32_ties": self.float32_ties}
+        return {**m, **self.ranking, "ci95": self.ci, "iterations": self.iterations, "converged": self.converged, **ties,
                 "seconds": round(self.seconds, 4), "params": self.params}
 
 
@@ -345,6 +348,22 @@ def _row(features: FeatureSet, name: str, predictions, scores, seconds, iteratio
     return MethodRun(name, predictions, _metrics(features, predictions), seconds, iterations, converged, params,
                      scores, ranking_metrics(features.labels, scores, features.class_names),
                      confidence_intervals(features.labels, predictions, scores))
+
+
+def float32_resolution(runs: dict[str, MethodRun]) -> dict[str, Any]:
+    """metrics.json's record of the predictions float32 cannot decide: the rule and a count per row."""
+    return {"rule": RESOLUTION_RULE, "scores": "float64",
+            "undecided_in_float32": {name: r.float32_ties for name, r in runs.items() if r.float32_ties is not None}}
+
+
+def note_float32_ties(session: Session, runs: dict[str, MethodRun]) -> None:
+    """One note (console and metrics.json) per row with predictions that float32 scores cannot decide."""
+    for name, r in runs.items():
+        if r.float32_ties:
+            session.note(f"{name}: {r.float32_ties} of {len(r.predictions)} predictions are within float32 "
+                         f"resolution of their scores (top-2 margin at rounding level); decided here from float64 "
+                         f"scores, float32 scores (as in the paper's code) can flip them. See float32_resolution "
+                         f"in metrics.json")
 
 
 def math_device(session: Session) -> str:
@@ -403,8 +422,8 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
         extra = inmap if method == "inmap" else {}
         r = run_baseline(method, x, class_embeddings=knowledge.class_embeddings,
                          name_embeddings=knowledge.name_embeddings, device=device, **extra)
-        runs[method] = _row(features, method, r.predictions, r.logits, time.perf_counter() - start,
-                            r.iterations, r.converged, r.params)
+        runs[method] = replace(_row(features, method, r.predictions, r.logits, time.perf_counter() - start,
+                                    r.iterations, r.converged, r.params), float32_ties=r.float32_ties)
     return runs, skipped, kpl_result
 
 
@@ -422,8 +441,8 @@ def _kpl_rows(features: FeatureSet, result, prefix: str, share: float) -> dict[s
     rows = {}
     for stage in KPL_STAGES:
         s = result.stage(stage)
-        rows[f"{prefix}.{stage}"] = _row(features, f"{prefix}.{stage}", s.predictions, s.logits, share,
-                                         s.iterations, s.converged, used)
+        rows[f"{prefix}.{stage}"] = replace(_row(features, f"{prefix}.{stage}", s.predictions, s.logits, share,
+                                                 s.iterations, s.converged, used), float32_ties=s.float32_ties)
     return rows
 
 
@@ -470,6 +489,7 @@ class EvalResult:
                        "methods": list(self.methods), "device": math_device(self.session)},
             "k_auto": self.k_auto,
             "results": {name: run.to_json() for name, run in self.runs.items()},
+            "float32_resolution": float32_resolution(self.runs),
             "skipped_methods": self.skipped,
             "selected_descriptions": self.selected,
             "notes": list(self.session.notes),
@@ -495,6 +515,7 @@ def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = MET
                                             math_device(session), transclip, session.knn_graph)
     if kpl_result is not None:  # the chosen k; the prior asked for (auto runs both)
         params = replace(kpl_result.params, prior=params.prior)
+    note_float32_ties(session, runs)
     return EvalResult(session, knowledge, params, methods, runs, skipped, _selected_texts(knowledge, kpl_result),
                       datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       kpl_result.auto if kpl_result is not None else None)

@@ -29,9 +29,10 @@ from kpl.method.auto_k import auto_range, choose_k, is_auto
 from kpl.errors import KplError, UsageError
 from kpl.params import KPLParams
 from kpl.method.ot import get_ot_method
+from kpl.method.decision import decide
 from kpl.method.prior import (REFERENCE_ROWS, assign_to_shares, centred_scores, estimate_prior, plan_scale,
                               prior_weight, target_shares)
-from kpl.method.proxies import fit_vision_proxies
+from kpl.method.proxies import ProxyFit, fit_vision_proxies
 from kpl.method.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies
 
 
@@ -69,7 +70,12 @@ def pick_threads(num_threads: int | None, n: int, d: int, c: int) -> int | None:
 
 @dataclass
 class StageResult:
-    """One stage's output: (N,) predictions, (D, C) proxies, (N, C) logits, where its loop stopped."""
+    """One stage's output: (N,) predictions, (D, C) proxies, (N, C) logits, where its loop stopped.
+
+    ``logits`` are ``X w_c`` minus each image's mean over classes (softmax, argmax and margins
+    unchanged), from float64 scores (kpl.method.decision), so float32 keeps their differences.
+    ``float32_ties``: how many predictions float32 scores cannot decide (kpl.method.decision).
+    """
 
     name: str
     predictions: np.ndarray
@@ -77,6 +83,7 @@ class StageResult:
     logits: np.ndarray
     iterations: int = 0
     converged: bool = True
+    float32_ties: int = 0
 
     def to_json(self, arrays: bool = False) -> dict:
         """JSON-ready dict; proxies and logits only with ``arrays=True`` (they can be large)."""
@@ -85,6 +92,7 @@ class StageResult:
             "iterations": self.iterations,
             "converged": self.converged,
             "predictions": self.predictions.tolist(),
+            "float32_ties": self.float32_ties,
         }
         if arrays:
             out["proxies"] = self.proxies.tolist()
@@ -136,9 +144,12 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def _stage(name: str, x: torch.Tensor, proxies: torch.Tensor, iterations=0, converged=True) -> StageResult:
-    logits = x @ proxies
-    return StageResult(name, _numpy(logits.argmax(dim=1)), _numpy(proxies), _numpy(logits), iterations, converged)
+def _stage(name: str, x: torch.Tensor, proxies: torch.Tensor, fit: ProxyFit | None = None) -> StageResult:
+    """A stage's result; predictions from float64 scores of the loop's float64 proxies when there are some."""
+    decision = decide(x, fit.exact if fit is not None and fit.exact is not None else proxies)
+    iterations, converged = (fit.iterations, fit.converged) if fit is not None else (0, True)
+    return StageResult(name, _numpy(decision.predictions), _numpy(proxies), _numpy(decision.logits), iterations,
+                       converged, decision.float32_ties)
 
 
 def _fit(x, plan, init, p: KPLParams):
@@ -154,14 +165,16 @@ def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams):
     """(text, image, image_ot, plan, prior record or None) for one set of text proxies."""
     logits = x @ w_text
     soft = torch.softmax(logits / p.tau_t, dim=1)
-    plan = get_ot_method(p.ot)(logits, p.tau_t, iters=p.ot_iters, gamma=p.gamma)
+    # OT sums over all N images: in float32 their order (image order, CPU kernels) moved Greenkhorn's
+    # plan by up to 2e-3 and flipped predictions; in float64 image order changes it by ~1e-18
+    plan = get_ot_method(p.ot)(logits.to(torch.float64), p.tau_t, iters=p.ot_iters, gamma=p.gamma).to(x.dtype)
     if p.prior == "auto":
         return _auto_stages(x, w_text, logits, soft, plan, p)
     image, image_ot = _fit(x, soft, w_text, p), _fit(x, plan, w_text, p)
     return (
         _stage("text", x, w_text),
-        _stage("image", x, image.proxies, image.iterations, image.converged),
-        _stage("image_ot", x, image_ot.proxies, image_ot.iterations, image_ot.converged),
+        _stage("image", x, image.proxies, image),
+        _stage("image_ot", x, image_ot.proxies, image_ot),
         _numpy(plan),
         None,
     )
@@ -183,13 +196,14 @@ def _auto_stages(x, w_text, logits, soft, plan, p: KPLParams):
     stages, record = [], {"mode": "auto", "estimated_shares": _rounded(shares), "weight": round(weight, 6),
                           "plan_row_mass": 1.0 / min(n, REFERENCE_ROWS) if p.ot == "greenkhorn" else None}
     for name, fit in (("image", image), ("image_ot", image_ot)):
-        scores = centred_scores(x, fit.proxies)
+        exact = fit.exact if fit.exact is not None else fit.proxies  # the loop's float64 proxies
+        scores = centred_scores(x, exact)
         fitted = torch.bincount(scores.argmax(dim=1), minlength=scores.shape[1]).double() / n
         goal = target_shares(shares, fitted, weight)
         final = assign_to_shares(scores, goal)
         record[name] = {"fitted_shares": _rounded(fitted), "target_shares": _rounded(goal)}
         stages.append(StageResult(name, _numpy(final.argmax(dim=1)), _numpy(fit.proxies), _numpy(final.float()),
-                                  fit.iterations, fit.converged))
+                                  fit.iterations, fit.converged, decide(x, exact).float32_ties))
     return _stage("text", x, w_text), stages[0], stages[1], _numpy(plan), record
 
 

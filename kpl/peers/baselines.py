@@ -27,13 +27,18 @@ import torch.nn.functional as F
 from kpl.errors import UsageError
 from kpl.method.core import KPLParams, pick_threads, run_kpl, torch_threads
 from kpl.method.ot import sinkhorn
+from kpl.method.decision import decide
 from kpl.method.proxies import fit_vision_proxies
 from kpl.method.retrieval import as_matrix, prepare_inputs
 
 
 @dataclass
 class BaselineResult:
-    """(N,) predictions, (N, C) logits, (D, C) proxies (None where a method has no single proxy)."""
+    """(N,) predictions, (N, C) logits, (D, C) proxies (None where a method has no single proxy).
+
+    ``float32_ties``: for the methods scored by kpl.method.decision (inmap, kpl), how many
+    predictions float32 scores cannot decide; None for the others.
+    """
 
     name: str
     predictions: np.ndarray
@@ -42,6 +47,7 @@ class BaselineResult:
     params: dict = field(default_factory=dict)
     iterations: int = 0
     converged: bool = True
+    float32_ties: int | None = None
 
     def to_json(self, arrays: bool = False) -> dict:
         """JSON-ready dict; logits and proxies only with ``arrays=True``."""
@@ -137,7 +143,9 @@ def inmap_baseline(image_features, class_embeddings=None, name_embeddings=None, 
         tol=p.tol, patience=p.patience, exact_iters=p.exact_iters,
     )
     used = {key: getattr(p, key) for key in _INMAP_KEYS}
-    return _result("inmap", x @ fit.proxies, fit.proxies, used, fit.iterations, fit.converged)
+    decision = decide(x, fit.exact)  # float64 scores of the loop's float64 proxies, as KPL's stages
+    return BaselineResult("inmap", _numpy(decision.predictions), _numpy(decision.logits), _numpy(fit.proxies),
+                          used, fit.iterations, fit.converged, decision.float32_ties)
 
 
 def kpl_baseline(
@@ -148,7 +156,8 @@ def kpl_baseline(
     result = run_kpl(image_features, class_embeddings, device=device, num_threads=num_threads, **params)
     stage = result.image_ot
     return BaselineResult(
-        "kpl", stage.predictions, stage.logits, stage.proxies, result.params.to_json(), stage.iterations, stage.converged
+        "kpl", stage.predictions, stage.logits, stage.proxies, result.params.to_json(), stage.iterations,
+        stage.converged, stage.float32_ties,
     )
 
 
