@@ -4,7 +4,8 @@ from pathlib import Path
 
 from kbuild import settings
 from kbuild.store.names import resolve_auto_name, validate_snapshot_name, validate_tag_name
-from kbuild.store.snapshots import KnowledgeBase, RemovedRecord, SnapshotInfo, SnapshotStore
+from kbuild.store.records import RemovedRecord
+from kbuild.store.snapshots import KnowledgeBase, SnapshotInfo, SnapshotStore
 
 __all__ = [
     "KnowledgeBase", "RemovedRecord", "SnapshotInfo", "SnapshotStore",

@@ -44,7 +44,7 @@ _COLUMNS = ("id", "class", "display_name", "text", "vector", "source", "created"
             "removed_stage", "removed_reason", "removed_score", "removed_related", "removed_related_classes")
 
 
-def arrow():
+def arrow() -> Any:  # the pyarrow module, imported late
     """pyarrow, or one line saying how to install it (it comes with the ``travel`` extra)."""
     try:
         import pyarrow
@@ -88,7 +88,7 @@ def bundle_metadata(kb: KnowledgeBase, lineage: list[dict[str, Any]]) -> dict[st
             "manifest": m, "lineage": lineage}
 
 
-def bundle_table(kb: KnowledgeBase, lineage: list[dict[str, Any]]):
+def bundle_table(kb: KnowledgeBase, lineage: list[dict[str, Any]]) -> Any:
     """The bundle as a ``pyarrow.Table`` (schema metadata included)."""
     pa = arrow()
     if kb.removed and kb.removed_embeddings is None:
@@ -97,7 +97,8 @@ def bundle_table(kb: KnowledgeBase, lineage: list[dict[str, Any]]):
     records = [(d, KEPT, None) for d in kb.descriptions] + [(r.description, REMOVED, r) for r in kb.removed]
     dim = int(kb.info.manifest.get("embedding_dim") or kb.embeddings.shape[1])
     vectors = np.concatenate([kb.embeddings.reshape(-1, dim)]
-                             + ([kb.removed_embeddings.reshape(-1, dim)] if kb.removed else [])).astype("<f4")
+                             + ([kb.removed_embeddings.reshape(-1, dim)]
+                                if kb.removed and kb.removed_embeddings is not None else [])).astype("<f4")
     columns = {
         "id": [d.id for d, _, _ in records],
         "class": [d.class_name for d, _, _ in records],
@@ -145,7 +146,7 @@ def _sha256(path: Path) -> tuple[str, int]:
     return f"sha256:{digest.hexdigest()}", size
 
 
-def _open_table(path: Path):
+def _open_table(path: Path) -> tuple[Any, dict[str, Any]]:
     pa = arrow()
     if not path.is_file():
         raise InputFileError(path, "no such file", "check the path")
@@ -174,7 +175,7 @@ def _open_table(path: Path):
     return table, meta
 
 
-def _vectors(path: Path, table, dim: int) -> np.ndarray:
+def _vectors(path: Path, table: Any, dim: int) -> np.ndarray:
     """(rows, dim) float32 from the ``vector`` column, with a clear error for a row of another length."""
     pa = arrow()
     column = table.column("vector").combine_chunks()
@@ -200,7 +201,7 @@ def _vectors(path: Path, table, dim: int) -> np.ndarray:
     return flat.astype(np.float32).reshape(len(column), dim)
 
 
-def _records(table) -> list[dict[str, Any]]:
+def _records(table: Any) -> list[dict[str, Any]]:
     # Column by column: Table.to_pylist would import pandas (~1 s) on the way.
     wanted = [c for c in _COLUMNS if c != "vector"]
     columns = [table.column(c).combine_chunks().to_pylist() for c in wanted]
@@ -246,7 +247,7 @@ def read_bundle(path: Path | str) -> Bundle:
     return Bundle(kb, list(meta.get("lineage") or []), str(path), sha, size, meta, normalised)
 
 
-def _check_hashes(path: Path, meta: dict, descriptions: list[Description], kept: np.ndarray, gone: np.ndarray) -> None:
+def _check_hashes(path: Path, meta: dict[str, Any], descriptions: list[Description], kept: np.ndarray, gone: np.ndarray) -> None:
     manifest = meta["manifest"]
     recorded = manifest.get("content_hash")
     recomputed = content_hash((d.class_name, d.text) for d in descriptions)

@@ -7,6 +7,7 @@ would download a model): callers pass ``embedding_function=None`` and their own 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from kbuild.errors import StoreUnavailable, UsageError
@@ -14,17 +15,17 @@ from kbuild.store.damage import check_database_present, classify, native_panics_
 from kbuild.store.locking import store_write_lock
 
 
-def _settings(token: str | None):
+def _settings(token: str | None) -> Any:  # chromadb.config.Settings, imported late
     from chromadb.config import Settings
 
-    options = {"anonymized_telemetry": False}
+    options: dict[str, Any] = {"anonymized_telemetry": False}
     if token:
         options["chroma_client_auth_provider"] = "chromadb.auth.token_authn.TokenAuthClientProvider"
         options["chroma_client_auth_credentials"] = token
     return Settings(**options)
 
 
-def open_embedded(home: Path):
+def open_embedded(home: Path) -> Any:  # a chromadb ClientAPI
     import chromadb
 
     folder = home / "chroma"
@@ -71,7 +72,7 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     return parsed.hostname, parsed.port or (443 if ssl else 8000), ssl
 
 
-def open_server(url: str, token: str | None):
+def open_server(url: str, token: str | None) -> Any:  # a chromadb ClientAPI
     import chromadb
 
     host, port, ssl = parse_url(url)

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from kbuild.errors import StoreUnavailable
 
@@ -158,7 +158,7 @@ _PANIC_START = re.compile(rb"^thread '.*' (\(\d+\) )?panicked at ")
 
 
 @contextlib.contextmanager
-def native_panics_silenced():
+def native_panics_silenced() -> Iterator[None]:
     global _redirect_depth, _redirect_state
     with _redirect_lock:
         if _redirect_depth == 0:

@@ -8,7 +8,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from kbuild import __version__
 from kbuild.descriptions import Description, content_hash
 from kbuild.errors import KbuildError
 from kbuild.store.records import RemovedRecord
+
+if TYPE_CHECKING:  # snapshots imports this module
+    from kbuild.store.snapshots import SnapshotInfo
 
 MANIFEST_VERSION = 1
 
@@ -53,7 +56,7 @@ class SnapshotDraft:
             _check_matrix(self.removed_embeddings, len(self.removed), "removed_embeddings")
 
 
-def _check_matrix(matrix, rows: int, what: str) -> None:
+def _check_matrix(matrix: np.ndarray | None, rows: int, what: str) -> None:
     """An internal assertion on what an operation is about to publish, not an input policy: vectors
     from files were already checked by ``kbuild.inputs.unit_rows``, the others come from an encoder."""
     if matrix is None or matrix.ndim != 2 or matrix.shape[0] != rows:
@@ -67,7 +70,7 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-def build_manifest(draft: SnapshotDraft, parents: list) -> dict[str, Any]:
+def build_manifest(draft: SnapshotDraft, parents: list[SnapshotInfo]) -> dict[str, Any]:
     counts = Counter(d.class_name for d in draft.descriptions)
     removed_by_stage = Counter(r.stage for r in draft.removed)
     return {
@@ -98,7 +101,8 @@ def display_names(manifest: dict[str, Any]) -> dict[str, str]:
 
 def display_name(manifest: dict[str, Any], class_name: str) -> str:
     """The name CLIP and reports use for ``class_name``: its display name, or the key itself."""
-    return (manifest.get("display_names") or {}).get(class_name, class_name)
+    name: str = (manifest.get("display_names") or {}).get(class_name, class_name)
+    return name
 
 
 def _jsonable(value: Any) -> Any:

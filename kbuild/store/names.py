@@ -98,7 +98,7 @@ def nearest(reference: str, candidates: list[str], count: int = 5) -> list[str]:
     wanted = resolve_auto_name(reference)
     number = auto_number(wanted)
 
-    def distance(name: str) -> tuple:
+    def distance(name: str) -> tuple[float, float, str]:
         other = auto_number(name)
         by_number = abs(other - number) if number is not None and other is not None else float("inf")
         return by_number, -difflib.SequenceMatcher(None, wanted.lower(), name.lower()).ratio(), name

@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass, field  # noqa: F401
 from typing import Any
 
-from kbuild.descriptions import Description, RemovedRecord  # noqa: F401 (the store's record of a removal)
+from kbuild.descriptions import Description
+from kbuild.descriptions import RemovedRecord as RemovedRecord  # re-exported: the store's record of a removal
 
 KEPT = "kept"
 REMOVED = "removed"

@@ -11,6 +11,7 @@ race simply takes the next number. A killed writer leaves at most a pending coll
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import json
@@ -19,13 +20,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Concatenate, Container, Iterator, ParamSpec, TypeVar, cast
 
 import numpy as np
 
 from kbuild import settings
-from kbuild.progress import task
+from kbuild.descriptions import Description
 from kbuild.errors import KbuildError, SnapshotNotFound, StoreUnavailable
+from kbuild.progress import task
 from kbuild.store import damage, names
 from kbuild.store.client import is_auth_error, open_embedded, open_server, refused
 from kbuild.store.locking import store_write_lock
@@ -51,11 +53,11 @@ class SnapshotInfo:
 
     @property
     def created(self) -> str:
-        return self.manifest.get("created", "")
+        return cast(str, self.manifest.get("created", ""))
 
     @property
     def content_hash(self) -> str:
-        return self.manifest.get("content_hash", "")
+        return cast(str, self.manifest.get("content_hash", ""))
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "tags": sorted(self.tags), "manifest": self.manifest}
@@ -66,7 +68,7 @@ class KnowledgeBase:
     """A snapshot read back: kept descriptions with their (M, D) embeddings, and what was removed."""
 
     info: SnapshotInfo
-    descriptions: list
+    descriptions: list[Description]
     embeddings: np.ndarray
     removed: list[RemovedRecord] = field(default_factory=list)
     removed_embeddings: np.ndarray | None = None  # (R, D), aligned with ``removed``, when read with embeddings
@@ -89,11 +91,17 @@ class KnowledgeBase:
 _WRITES = {"publish", "tag", "remove", "gc", "gc_segments"}
 
 
-def _server_faults(method):
+_Store = TypeVar("_Store", bound="SnapshotStore")
+_Args = ParamSpec("_Args")
+_Result = TypeVar("_Result")
+
+
+def _server_faults(
+        method: Callable[Concatenate[_Store, _Args], _Result]) -> Callable[Concatenate[_Store, _Args], _Result]:
     """A Chroma server that goes away in the middle of a store call is a one-line StoreUnavailable, not a
     stack trace (the pending collection of a write in progress stays invisible: nothing is half-published)."""
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: _Store, /, *args: _Args.args, **kwargs: _Args.kwargs) -> _Result:
         try:
             if self.mode == "embedded":
                 with damage.native_panics_silenced():
@@ -108,7 +116,7 @@ def _server_faults(method):
             if not isinstance(exc, Exception):
                 raise
             if self.mode == "server" and is_auth_error(exc):
-                raise refused(self.url, exc) from exc
+                raise refused(self.location, exc) from exc  # location is the URL on a server
             if self.mode != "server" or not _is_transport_error(exc):
                 raise
             detail = str(exc).splitlines()[0] if str(exc) else ""
@@ -125,7 +133,7 @@ def _is_transport_error(exc: Exception) -> bool:
     return isinstance(exc, (httpx.TransportError, ConnectionError))
 
 
-def _sort_key(info: SnapshotInfo) -> tuple:
+def _sort_key(info: SnapshotInfo) -> tuple[str, int, str]:
     number = names.auto_number(info.name)
     return (info.created, number if number is not None else -1, info.name)
 
@@ -149,7 +157,7 @@ class SnapshotStore:
         return self.url or str(self.home)
 
     # ---- reading -------------------------------------------------------------------------
-    def _collections(self) -> list:
+    def _collections(self) -> list[Any]:
         try:
             return list(self.client.list_collections())
         except Exception as exc:
@@ -206,10 +214,10 @@ class SnapshotStore:
         raise SnapshotNotFound(f"Unknown snapshot '{reference}' in {self.location}. {listing} "
                                "(see 'kbuild list')")
 
-    def _collection(self, name: str):
+    def _collection(self, name: str) -> Any:
         return self.client.get_collection(name, embedding_function=None)
 
-    def _pages(self, name: str, include: list[str]) -> Iterator[dict]:
+    def _pages(self, name: str, include: builtins.list[str]) -> Iterator[dict[str, Any]]:
         from chromadb.errors import NotFoundError
 
         try:
@@ -229,7 +237,7 @@ class SnapshotStore:
         """A snapshot's kept descriptions (+ embeddings, float32) and removed records, in write order."""
         info = self.resolve(reference)
         include = ["documents", "metadatas"] + (["embeddings"] if embeddings else [])
-        rows = []
+        rows: builtins.list[tuple[int, str, dict[str, Any], Any]] = []
         for page in self._pages(info.name, include):
             vectors = page.get("embeddings") if embeddings else None
             for j, (text, meta) in enumerate(zip(page["documents"], page["metadatas"])):
@@ -241,14 +249,14 @@ class SnapshotStore:
         matrix = (np.asarray([r[3] for r in kept], dtype=np.float32) if embeddings and kept
                   else np.zeros((0, 0), dtype=np.float32))
         gone = [r for r in rows if r[2].get("state") == REMOVED]
-        removed_matrix = None
+        removed_matrix: np.ndarray | None = None
         if embeddings and class_name is None:
             removed_matrix = (np.asarray([r[3] for r in gone], dtype=np.float32) if gone
                               else np.zeros((0, matrix.shape[1] if matrix.size else 0), dtype=np.float32))
         return KnowledgeBase(info, [to_description(r[1], r[2]) for r in kept], matrix, removed, removed_matrix)
 
     @_server_faults
-    def vectors(self, kb: KnowledgeBase, rows: list[int]) -> np.ndarray:
+    def vectors(self, kb: KnowledgeBase, rows: builtins.list[int]) -> np.ndarray:
         """(len(rows), D) float32 embeddings of ``kb``'s kept descriptions at ``rows``, fetched by id.
 
         For callers that read a snapshot without embeddings and need only a few (``diff``).
@@ -272,7 +280,7 @@ class SnapshotStore:
         return np.asarray([found[i] for i in ids], dtype=np.float32).reshape(len(ids), -1)
 
     # ---- writing -------------------------------------------------------------------------
-    def _lock(self):
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
         # Embedded Chroma is one folder shared by processes: serialise writers on this machine.
         return store_write_lock(self.home) if self.mode == "embedded" else contextlib.nullcontext()
 
@@ -284,7 +292,7 @@ class SnapshotStore:
             self._refuse_taken(name, {s.name for s in self.list()})
 
     @staticmethod
-    def _refuse_taken(name: str | None, existing) -> None:
+    def _refuse_taken(name: str | None, existing: Container[str]) -> None:
         if name is not None and name in existing:
             raise KbuildError(f"Snapshot '{name}' already exists and snapshots are immutable "
                               "(choose another --name, or leave it out for the next version)")
@@ -315,7 +323,7 @@ class SnapshotStore:
                 if self.mode == "embedded":  # callers hold the write lock: no other write is half-made
                     damage.drop_orphaned_segments(self.home / "chroma")
 
-    def _write_pending(self, draft: SnapshotDraft, manifest: dict) -> Any:
+    def _write_pending(self, draft: SnapshotDraft, manifest: dict[str, Any]) -> Any:
         pending_name = f"{names.PENDING_PREFIX}{int(time.time())}-{uuid.uuid4().hex[:12]}"
         collection = self.client.create_collection(
             pending_name, embedding_function=None, configuration=_COLLECTION_CONFIG,
@@ -338,7 +346,8 @@ class SnapshotStore:
                               "nothing was published, try again")
         return collection
 
-    def _claim_name(self, collection, name: str | None, existing: dict, manifest: dict) -> str:
+    def _claim_name(self, collection: Any, name: str | None, existing: dict[str, SnapshotInfo],
+                    manifest: dict[str, Any]) -> str:
         if name is not None:
             if not self._try_rename(collection, name, manifest):
                 self.client.delete_collection(collection.name)
@@ -351,7 +360,7 @@ class SnapshotStore:
                 return names.auto_name(candidate)
         raise KbuildError("Could not claim a snapshot number after 1000 tries (is another writer looping?)")
 
-    def _try_rename(self, collection, new_name: str, manifest: dict) -> bool:
+    def _try_rename(self, collection: Any, new_name: str, manifest: dict[str, Any]) -> bool:
         # 'created' is the moment the snapshot becomes visible, stamped in the same call as the
         # rename: 'latest' and list order then follow publication, even for overlapping server writers.
         manifest["created"] = now_iso()
@@ -382,7 +391,7 @@ class SnapshotStore:
         return info.name, (previous if previous != info.name else None)
 
     @_server_faults
-    def remove(self, reference: str, force: bool = False) -> tuple[SnapshotInfo, list[str], list[str]]:
+    def remove(self, reference: str, force: bool = False) -> tuple[SnapshotInfo, builtins.list[str], builtins.list[str]]:
         """Delete a snapshot; returns (it, the tags removed with it, its children).
 
         A snapshot that is tagged or is the parent of another is refused unless ``force``: a tag
@@ -410,13 +419,13 @@ class SnapshotStore:
             self._free_segments(segments)
         return info, tags, children
 
-    def _segments_of(self, name: str) -> list[str]:
+    def _segments_of(self, name: str) -> builtins.list[str]:
         """The ids of the segments (folders, for the vector index) of collection ``name``; embedded only."""
         if self.mode != "embedded":
             return []
         return damage.segment_ids_of(self.home / "chroma", str(self._collection(name).id))
 
-    def _free_segments(self, segment_ids: list[str]) -> None:
+    def _free_segments(self, segment_ids: builtins.list[str]) -> None:
         """Delete the folders of these segments once the database no longer names them: Chroma's
         delete_collection leaves them on disk (until 'kbuild gc' found them, a removed snapshot kept its
         space)."""
@@ -443,18 +452,18 @@ class SnapshotStore:
         return False
 
     @_server_faults
-    def removed_names(self) -> list[str]:
+    def removed_names(self) -> builtins.list[str]:
         """Names of snapshots removed with ``kbuild rm`` (their numbers stay taken)."""
         return self._removed_names()
 
-    def _removed_names(self) -> list[str]:
+    def _removed_names(self) -> builtins.list[str]:
         return [c.name[len(names.REMOVED_PREFIX):] for c in self._collections()
                 if c.name.startswith(names.REMOVED_PREFIX)]
 
     @_server_faults
-    def gc(self, older_than_s: float = 3600.0) -> list[str]:
+    def gc(self, older_than_s: float = 3600.0) -> builtins.list[str]:
         """Delete pending collections left by killed writers; returns their names."""
-        removed = []
+        removed: builtins.list[str] = []
         with self._lock():
             for c in self._collections():
                 if not c.name.startswith(names.PENDING_PREFIX):
@@ -467,13 +476,13 @@ class SnapshotStore:
         return removed
 
     @_server_faults
-    def gc_segments(self) -> list[tuple[str, int]]:
+    def gc_segments(self) -> builtins.list[tuple[str, int]]:
         """Delete segment folders no collection uses any more (Chroma leaves them behind when a
         collection is deleted, ~2 MB per killed 5 000-description write); returns (name, bytes) each.
         Embedded stores only: a server owns its own disk."""
         if self.mode != "embedded":
             return []
-        freed = []
+        freed: builtins.list[tuple[str, int]] = []
         with self._lock():  # writers create segments under this lock, so none is half-made now
             for folder in damage.orphaned_segments(self.home / "chroma"):
                 size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
@@ -482,13 +491,13 @@ class SnapshotStore:
         return freed
 
 
-def _is_snapshot(collection) -> bool:
+def _is_snapshot(collection: Any) -> bool:
     meta = collection.metadata or {}
     return (meta.get("kbuild_kind") == "snapshot" and "kbuild_manifest" in meta
             and not collection.name.startswith(names.INTERNAL_PREFIX))
 
 
-def _records(draft: SnapshotDraft):
+def _records(draft: SnapshotDraft) -> tuple[list[str], list[str], list[dict[str, Any]], np.ndarray]:
     ids = [d.id for d in draft.descriptions]
     docs = [d.text for d in draft.descriptions]
     metas = [kept_metadata(d, i) for i, d in enumerate(draft.descriptions)]

@@ -101,7 +101,7 @@ def publish_exact(store: SnapshotStore, kb: KnowledgeBase) -> SnapshotInfo:
     return SnapshotInfo(name, manifest)
 
 
-def _rename(store: SnapshotStore, pending, name: str, manifest: dict) -> None:
+def _rename(store: SnapshotStore, pending: Any, name: str, manifest: dict[str, Any]) -> None:
     try:
         pending.modify(name=name, metadata={"kbuild_kind": "snapshot",
                                             "kbuild_manifest": json.dumps(manifest, ensure_ascii=False)})
@@ -114,7 +114,7 @@ def _rename(store: SnapshotStore, pending, name: str, manifest: dict) -> None:
 
 def _check_arrival(store: SnapshotStore, pending_name: str, info: SnapshotInfo, expected_digest: str) -> None:
     """Read the pending collection back: the same content hash and vector digest, or nothing is published."""
-    rows = []
+    rows: list[tuple[dict[str, Any], str, Any]] = []
     for page in store._pages(pending_name, ["documents", "metadatas", "embeddings"]):
         rows.extend(zip(page["metadatas"], page["documents"], page["embeddings"]))
     rows.sort(key=lambda row: row[0]["i"])
