@@ -77,7 +77,7 @@ def prune(
     outcome = prune_snapshot(kb_store, embedder, snapshot, params, name, similarity, similarity_model, force)
     if embedder is not None and embedder.clip.loaded:
         info(f"note: {embedder.cache.misses} texts had no vector and were encoded with {embedder.model_id}")
-    if outcome.reembedded:
+    if outcome.reembedded and embedder is not None:  # re-embedding needs an embedder: it is never None here
         info(f"note: {outcome.parent.name} was embedded with another model; the child was re-embedded with "
              f"{embedder.model_id}")
     for note in outcome.result.notes:
