@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from kbuild.descriptions import Description  # noqa: E402
-from kbuild.clip.text import TextEmbedder  # noqa: E402
 from kbuild.clip.models import load_clip, write_local_dir  # noqa: E402
+from kbuild.clip.text import TextEmbedder  # noqa: E402
+from kbuild.descriptions import Description  # noqa: E402
 from kbuild.store import SnapshotStore  # noqa: E402
 from kbuild.store.manifest import SnapshotDraft  # noqa: E402
 from kpl import KPLParams  # noqa: E402

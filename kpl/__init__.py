@@ -45,9 +45,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from kpl.peers.baselines import BASELINES, BaselineResult, run_baseline
-    from kpl.method.core import KPLResult, StageResult, run_kpl, run_kpl_many
     from kpl.errors import InputFileError, KplError, UsageError
-    from kpl.results.metrics import Metrics, compute_metrics
+    from kpl.method.core import KPLResult, StageResult, run_kpl, run_kpl_many
     from kpl.method.ot import OT_METHODS
     from kpl.params import KPLParams
+    from kpl.peers.baselines import BASELINES, BaselineResult, run_baseline
+    from kpl.results.metrics import Metrics, compute_metrics

@@ -17,11 +17,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from kbuild.cli.kit import (ENV_KPL_CACHE, ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt,
-                            run_with_boundary, visible)
+from kbuild.cli.kit import ENV_KPL_CACHE, ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt, run_with_boundary, visible
 from kpl.errors import UsageError
-from kpl.params import DEFAULT_KNN_RECALL, KPLParams
 from kpl.images.shards import DEFAULT_SHARD_SIZE
+from kpl.params import DEFAULT_KNN_RECALL, KPLParams
 
 app = typer.Typer(
     name="kpl",

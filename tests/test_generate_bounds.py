@@ -12,9 +12,7 @@ import signal
 import time
 
 import pytest
-
-from test_generate import (DISPLAYS, FAKE_KEY, gen, log_rows, server, start_generate_process,  # noqa: F401
-                           wait_until_held)
+from test_generate import DISPLAYS, FAKE_KEY, gen, log_rows, server, start_generate_process, wait_until_held  # noqa: F401
 
 
 def test_a_trickling_reply_ends_at_the_whole_reply_deadline(gen, server):

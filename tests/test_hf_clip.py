@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from helpers import CliRunner
 from hf_tiny import build_tiny_hf_clip_dir
 from test_kpl_features import make_image_folder
+
+from helpers import CliRunner
 
 KB = {"red": ["a red square", "crimson pixels", "warm colour"],
       "green": ["a green square", "leafy pixels", "cool colour", "grass"],

@@ -27,8 +27,8 @@ import pytest
 
 from helpers import SHARED, shared_data_missing
 from kpl import run_kpl
-from kpl.results.metrics import compute_metrics
 from kpl.method.retrieval import split_by_class
+from kpl.results.metrics import compute_metrics
 
 TOL = 1e-5
 TIE_MARGIN = 1e-5

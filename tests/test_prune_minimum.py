@@ -11,11 +11,11 @@ import json
 import random
 
 import pytest
+from test_prune import CUPL_FOOD, DCLIP_FOOD, LABO_RAW, bag_of_words, kb, load  # noqa: F401 (kb is a fixture)
 
 from kbuild.descriptions import Description
 from kbuild.errors import UsageError
 from kbuild.prune.core import PruneParams, prune_descriptions
-from test_prune import CUPL_FOOD, DCLIP_FOOD, LABO_RAW, bag_of_words, kb, load  # noqa: F401 (kb is a fixture)
 
 SHARED = ["a black bill", "a red crown", "white wing bars", "a long tail", "a short bill", "black legs",
           "a yellow breast", "brown back", "a white belly", "grey wings", "a black head", "an orange eye ring"]

@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from kbuild.errors import KbuildError, UsageError
-
 from kbuild.clip import causal
 from kbuild.clip.precision import image_autocast, pick_precision
 from kbuild.clip.registry import TRANSFORMERS, check_cached, resolve
+from kbuild.errors import KbuildError, UsageError
 
 if TYPE_CHECKING:  # transformers loads only for a transformers: model
     from kbuild.clip.hf_clip import HFClipModel

@@ -12,10 +12,10 @@ from typing import Any, Literal, Sequence, overload
 import numpy as np
 
 from kbuild import settings
-from kbuild.progress import task
-from kbuild.descriptions import DEFAULT_TEMPLATE, NAME_TEMPLATE, Description  # noqa: F401 (kpl reads them here)
 from kbuild.clip.cache import TextEmbeddingCache
+from kbuild.descriptions import DEFAULT_TEMPLATE, NAME_TEMPLATE, Description  # noqa: F401 (kpl reads them here)
 from kbuild.errors import UsageError
+from kbuild.progress import task
 
 BARE_TEMPLATE = "{}"
 PROGRESS_CHUNK = 1024  # texts encoded between two progress reports

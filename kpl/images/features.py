@@ -31,7 +31,6 @@ import numpy as np
 from kbuild.errors import KbuildError
 from kbuild.inputs import canonical_class_name, class_name_problem, npz_members, npz_model_id, read_npz, unit_rows
 from kpl.errors import InputFileError, KplError, UsageError
-
 from kpl.images.datasets import ImageDataset
 
 if TYPE_CHECKING:  # torch and PIL load only when images are encoded
@@ -442,7 +441,6 @@ def load_or_encode(data: Path | None, features: Path | None, split: str | None, 
     it is passed in, so this module never imports an engine that builds on it.
     """
     from kbuild.clip.models import load_clip
-
     from kpl.images.datasets import load_dataset
 
     if features is not None and data is None:
