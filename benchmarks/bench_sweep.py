@@ -120,7 +120,7 @@ def main() -> None:
 
         cold, _ = timed(lambda: sweep(open_session(inputs, ["latest"], log=quiet), base, KS, {}))
         warm, result = median_time(lambda: sweep(open_session(inputs, ["latest"], log=quiet), base, KS, {}))
-        separate = [timed(lambda: evaluate(open_session(uncached, ["latest"], log=quiet), KPLParams(k=k), ("kpl",)))[0]
+        separate = [timed(lambda k=k: evaluate(open_session(uncached, ["latest"], log=quiet), KPLParams(k=k), ("kpl",)))[0]
                     for k in KS]
         encode, _ = median_time(lambda: open_session(uncached, ["latest"], log=quiet))
 

@@ -5,7 +5,6 @@ anything big is read. Real Chroma stores, the real CLI boundary, no mocks."""
 from __future__ import annotations
 
 import json
-import struct
 import zipfile
 from pathlib import Path
 

@@ -15,8 +15,6 @@ import pytest
 from hf_tiny import build_tiny_hf_clip_dir
 from test_kpl_features import make_image_folder
 
-from helpers import CliRunner
-
 KB = {"red": ["a red square", "crimson pixels", "warm colour"],
       "green": ["a green square", "leafy pixels", "cool colour", "grass"],
       "blue": ["a blue square", "sky pixels", "ocean colour"]}

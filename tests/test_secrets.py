@@ -24,8 +24,6 @@ import pytest
 from llm_server import FakeLLMServer
 from test_kpl_features import make_image_folder
 
-from helpers import CliRunner
-
 KEY = "sk-proj-SECRET-key-4e1d7a99c0b2"
 TOKEN = "chroma-SECRET-token-93b0e51f7a"
 SECRETS = (KEY, TOKEN)
