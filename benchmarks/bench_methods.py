@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from kpl import compute_metrics, run_baseline  # noqa: E402
-from kpl.results.ranking import ranking_metrics  # noqa: E402
 from kpl.method.retrieval import split_by_class  # noqa: E402
+from kpl.results.ranking import ranking_metrics  # noqa: E402
 
 SHARED = Path(os.environ.get("KPL_TEST_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 SETS = [SHARED / "datasets" / "features" / "ph2_vitb16.npz", SHARED / "golden" / "nat10_k8.npz",

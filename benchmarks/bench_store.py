@@ -130,7 +130,6 @@ def clip_encoding_seconds(texts: list[str]) -> tuple[float, str]:
     """Encode the templated texts with a tiny random open_clip model (as the tests build it)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from helpers import build_tiny_clip_dir
-
     from kbuild.clip.models import ClipModel, ModelSpec
 
     with tempfile.TemporaryDirectory() as folder:

@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from kbuild.descriptions import Description  # noqa: E402
-from kbuild.clip.text import TextEmbedder  # noqa: E402
 from kbuild.clip.models import load_clip, write_local_dir  # noqa: E402
+from kbuild.clip.text import TextEmbedder  # noqa: E402
+from kbuild.descriptions import Description  # noqa: E402
 from kbuild.store import SnapshotStore  # noqa: E402
 from kbuild.store.manifest import SnapshotDraft  # noqa: E402
 from kpl import KPLParams  # noqa: E402
@@ -120,7 +120,7 @@ def main() -> None:
 
         cold, _ = timed(lambda: sweep(open_session(inputs, ["latest"], log=quiet), base, KS, {}))
         warm, result = median_time(lambda: sweep(open_session(inputs, ["latest"], log=quiet), base, KS, {}))
-        separate = [timed(lambda: evaluate(open_session(uncached, ["latest"], log=quiet), KPLParams(k=k), ("kpl",)))[0]
+        separate = [timed(lambda k=k: evaluate(open_session(uncached, ["latest"], log=quiet), KPLParams(k=k), ("kpl",)))[0]
                     for k in KS]
         encode, _ = median_time(lambda: open_session(uncached, ["latest"], log=quiet))
 

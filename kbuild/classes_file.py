@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kbuild.errors import InputFileError
 from kbuild.inputs import MAX_NAME_CHARS, class_name_problem, load_json, nfc, read_utf8
+
 # Generous: a classes file of 100k long names is still far below this.
 CLASSES_FILE_MAX_BYTES = 50 * 1024 * 1024
 

@@ -44,10 +44,19 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from kpl.peers.baselines import BASELINES, BaselineResult, run_baseline
-    from kpl.method.core import KPLResult, StageResult, run_kpl, run_kpl_many
-    from kpl.errors import InputFileError, KplError, UsageError
-    from kpl.results.metrics import Metrics, compute_metrics
-    from kpl.method.ot import OT_METHODS
-    from kpl.params import KPLParams
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly, each re-exported
+    # as ``X as X`` (the names of __all__, which is built from _EXPORTS above)
+    from kpl.errors import InputFileError as InputFileError
+    from kpl.errors import KplError as KplError
+    from kpl.errors import UsageError as UsageError
+    from kpl.method.core import KPLResult as KPLResult
+    from kpl.method.core import StageResult as StageResult
+    from kpl.method.core import run_kpl as run_kpl
+    from kpl.method.core import run_kpl_many as run_kpl_many
+    from kpl.method.ot import OT_METHODS as OT_METHODS
+    from kpl.params import KPLParams as KPLParams
+    from kpl.peers.baselines import BASELINES as BASELINES
+    from kpl.peers.baselines import BaselineResult as BaselineResult
+    from kpl.peers.baselines import run_baseline as run_baseline
+    from kpl.results.metrics import Metrics as Metrics
+    from kpl.results.metrics import compute_metrics as compute_metrics

@@ -17,11 +17,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from kbuild.cli.kit import (ENV_KPL_CACHE, ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt,
-                            run_with_boundary, visible)
+from kbuild.cli.kit import ENV_KPL_CACHE, ChromaUrlOpt, JsonOpt, ModelOpt, PretrainedOpt, StoreOpt, run_with_boundary, visible
 from kpl.errors import UsageError
-from kpl.params import DEFAULT_KNN_RECALL, KPLParams
 from kpl.images.shards import DEFAULT_SHARD_SIZE
+from kpl.params import DEFAULT_KNN_RECALL, KPLParams
 
 app = typer.Typer(
     name="kpl",
@@ -219,8 +218,8 @@ def eval_(
     from kpl.evaluate import evaluate
     from kpl.results.report import eval_table, write_eval_outputs
 
-    k, auto_k = _parse_k(k)
-    params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
+    k_value, auto_k = _parse_k(k)
+    params = KPLParams(k=k_value, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
                        exact_iters=exact_iters, precision=_loop_precision(precision, device), prior=prior).validate()
     chosen = _parse_methods(methods)
     graph = _graph_settings(knn, knn_recall)
@@ -379,8 +378,8 @@ def compare(
 
     if len(kb) < 2:
         raise UsageError("compare needs at least two snapshots: --kb A --kb B")
-    k, auto_k = _parse_k(k)
-    params = KPLParams(k=k, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
+    k_value, auto_k = _parse_k(k)
+    params = KPLParams(k=k_value, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
                        exact_iters=exact_iters, precision=_loop_precision(precision, device), prior=prior).validate()
     chosen = _parse_methods(methods)
     graph = _graph_settings(knn, knn_recall)
@@ -436,7 +435,7 @@ def models(json_out: JsonOpt = False) -> None:
     if json_out:
         _print_json(rows)
         return
-    cached = {True: "yes", False: "no", None: "?"}
+    cached: dict[bool | None, str] = {True: "yes", False: "no", None: "?"}
     _print_table((["name", "model", "library", "domain", "cached"],
                   [[r["name"], r["model"], r["library"], r["domain"], cached[r["cached"]]] for r in rows]))
     for r in rows:

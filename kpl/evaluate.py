@@ -20,32 +20,31 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from datetime import datetime, timezone
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from kbuild import __version__
-from kbuild.clip.choice import choose_model
 from kbuild.classes_file import parse_class_map
+from kbuild.clip.choice import choose_model
 from kbuild.clip.text import DEFAULT_TEMPLATE, NAME_TEMPLATE
 from kbuild.diff import diff_snapshots
 from kbuild.errors import KbuildError
-from kpl.errors import KplError
 from kbuild.store import KnowledgeBase, SnapshotStore, feature_cache_dir, home_folder
 from kbuild.store.bundle import is_bundle, read_bundle
 from kbuild.store.manifest import display_name, display_names
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
+from kpl.errors import KplError
+from kpl.images.datasets import ImageDataset, match_classes
+from kpl.images.features import FeatureSet, Progress, feature_notes, load_or_encode
+from kpl.method.decision import RESOLUTION_RULE
 from kpl.peers.baselines import BASELINES, PROTOTYPE_METHODS
 from kpl.results.bootstrap import confidence_intervals
 from kpl.results.environment import environment
-from kpl.method.decision import RESOLUTION_RULE
 from kpl.results.ranking import ranking_metrics
-
-from kpl.images.datasets import ImageDataset, match_classes
-from kpl.images.features import FeatureSet, Progress, feature_notes, load_or_encode
 
 METHODS = tuple(BASELINES)  # the registry's order is the table's
 # transclip and stata give two rows each: with class-name prototypes (needs a text model) and with description ones

@@ -13,8 +13,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from helpers import (CliRunner, SHARED, build_tiny_clip_dir, in_ci, shared_data_missing,  # noqa: E402
-                     start_chroma_server, stop_process)
+from helpers import SHARED, CliRunner, build_tiny_clip_dir, in_ci, shared_data_missing, start_chroma_server, stop_process  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -114,7 +114,7 @@ def start_chroma_server(path: Path) -> tuple[subprocess.Popen, str]:
             return proc, url
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError("chroma run exited early")
+                raise RuntimeError("chroma run exited early") from None
             time.sleep(0.3)
     proc.kill()
     raise RuntimeError("chroma run did not answer within 60 s")

@@ -19,10 +19,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_kpl_features import make_image_folder
 
 from helpers import Result, run_kbuild, store_fingerprint
 from kbuild.store import SnapshotStore
-from test_kpl_features import make_image_folder
 
 PROGRESS = ("encoding images: ", "features: ")
 FOUND_LATE = {"data: only corrupt images", "features: wrong dimension"}

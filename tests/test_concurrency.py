@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 
+import forkserver
 import pytest
 
-import forkserver
 from helpers import cli_env, write_class_lists
 
 pytestmark = pytest.mark.slow

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from helpers import cli_env, run_subprocess, start_processes, stop_process
-from kbuild.descriptions import DEFAULT_TEMPLATE, Description
 from kbuild.clip.cache import TextEmbeddingCache
 from kbuild.clip.models import ModelSpec, model_id
+from kbuild.descriptions import DEFAULT_TEMPLATE, Description
 from kbuild.store import SnapshotStore
 from kbuild.store.manifest import SnapshotDraft
 

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from test_kpl_cli import FAST, KB
 from test_kpl_features import make_image_folder
 
@@ -26,9 +25,9 @@ def loaded(kbuild, tmp_path):
 
 
 def embedder(store_home):
+    from kbuild import settings
     from kbuild.clip.models import load_clip
     from kbuild.clip.text import TextEmbedder, cache_path
-    from kbuild import settings
 
     return TextEmbedder(load_clip(settings.clip_model(None), None), cache_path(store_home))
 

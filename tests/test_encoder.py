@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from helpers import TINY_CLIP_CONFIG, run_kbuild
-from kbuild.clip.text import TextEmbedder
 from kbuild.clip.models import ClipModel, ModelSpec, model_id
+from kbuild.clip.text import TextEmbedder
 from kbuild.errors import KbuildError, UsageError
 
 TINY_NAME = "kbuild-test-tiny"

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from llm_server import FakeLLMServer
 
 from helpers import REPO, cli_env
 from kbuild.sources.llm.calllog import CallLog, CallRecord, cache_key
 from kbuild.sources.llm.client import RetryPolicy, estimate_cost, public_url, redact, retry_after_seconds
 from kbuild.sources.llm.parse import ReplyParseError, parse_reply
 from kbuild.sources.llm.prompts import load_prompt
-from llm_server import FakeLLMServer
 
 FAKE_KEY = "sk-test-SECRET-7f3a9c2b"
 CLASSES_TEXT = "# skin lesions\nmelanoma\n\nnevus: melanocytic nevus\nseb_k: seborrheic keratosis\n"

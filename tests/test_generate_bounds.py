@@ -12,9 +12,11 @@ import signal
 import time
 
 import pytest
+import test_generate
+from test_generate import FAKE_KEY, log_rows, start_generate_process, wait_until_held
 
-from test_generate import (DISPLAYS, FAKE_KEY, gen, log_rows, server, start_generate_process,  # noqa: F401
-                           wait_until_held)
+# Fixtures shared with test_generate: bound here by name, so pytest finds them in this module too.
+gen, server = test_generate.gen, test_generate.server
 
 
 def test_a_trickling_reply_ends_at_the_whole_reply_deadline(gen, server):

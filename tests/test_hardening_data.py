@@ -5,7 +5,6 @@ anything big is read. Real Chroma stores, the real CLI boundary, no mocks."""
 from __future__ import annotations
 
 import json
-import struct
 import zipfile
 from pathlib import Path
 
@@ -373,9 +372,8 @@ def test_rm_while_an_export_reads_the_snapshot_is_one_line(kbuild, written_store
 # ---- item 2: the identity of a transformers folder with sharded weights -----------------------------
 def sharded_hf_clip(folder: Path, seed: int) -> Path:
     """The tiny transformers CLIP saved in several safetensors shards plus their index json."""
-    from transformers import CLIPModel
-
     from hf_tiny import build_tiny_hf_clip_dir
+    from transformers import CLIPModel
 
     build_tiny_hf_clip_dir(folder, seed=seed)
     model = CLIPModel.from_pretrained(folder)

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from helpers import CliRunner
 from hf_tiny import build_tiny_hf_clip_dir
 from test_kpl_features import make_image_folder
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kpl.errors import UsageError
 from kpl import compute_metrics, run_kpl, run_kpl_many
+from kpl.errors import UsageError
 from kpl.method.auto_k import agreement_matrix, auto_range, choose_k
 from kpl.method.retrieval import split_by_class
 from kpl.synthetic import synthetic_case

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from kbuild.errors import KbuildError
-
 import kpl.method.retrieval as retrieval
+from kbuild.errors import KbuildError
 from kpl.method.proxies import fit_vision_proxies
 
 

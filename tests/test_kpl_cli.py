@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from helpers import CliRunner, cli_env, run_subprocess, shared_data_missing
 from test_kpl_features import make_image_folder
+
+from helpers import cli_env, run_subprocess, shared_data_missing
 
 FAST = ("--iters", "300")  # the proxy loops stop early on real data; random features need a cap
 KB = {

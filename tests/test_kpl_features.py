@@ -10,8 +10,7 @@ import pytest
 
 from kpl.errors import InputFileError, KplError
 from kpl.images.datasets import load_dataset
-from kpl.images.features import (FeatureSet, cache_key, encode_dataset, encode_images, load_features_npz,
-                          save_features_npz)
+from kpl.images.features import FeatureSet, cache_key, encode_dataset, encode_images, load_features_npz, save_features_npz
 
 COLORS = {"bird": (40, 60, 200), "cat": (200, 60, 40), "dog": (60, 180, 60)}
 

@@ -16,6 +16,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from reference_loops import paper_loop
 
 from helpers import SHARED, shared_data_missing
 from kpl import run_baseline, run_kpl
@@ -24,7 +25,6 @@ from kpl.method.decision import within_float32_resolution
 from kpl.method.ot import greenkhorn
 from kpl.method.proxies import fit_vision_proxies, softmax_deviation
 from kpl.method.retrieval import as_matrix, split_by_class
-from reference_loops import paper_loop
 
 STAGES = ("text", "image", "image_ot")
 PH2 = SHARED / "datasets" / "features" / "ph2_vitb16.npz"

@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
+from test_kpl_cli import FAST, KB, one_error_line, setup  # noqa: F401  (setup is a fixture)
 
 from kpl.results.ranking import auroc, class_margins, ranking_metrics
-from test_kpl_cli import FAST, KB, one_error_line, setup  # noqa: F401  (setup is a fixture)
 
 
 def brute_auroc(positive, score):

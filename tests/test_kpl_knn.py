@@ -16,8 +16,8 @@ import kpl.peers.transclip as transclip_module
 from kpl import run_baseline
 from kpl.errors import UsageError
 from kpl.peers.knn import knn_graph
-from kpl.synthetic import clip_like_features
 from kpl.peers.transclip import transclip
+from kpl.synthetic import clip_like_features
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kpl.errors import KplError, UsageError
 from kpl import BASELINES, OT_METHODS, KPLParams, run_baseline, run_kpl, run_kpl_many
+from kpl.errors import KplError, UsageError
 from kpl.method.core import torch_threads
-from kpl.results.metrics import compute_metrics, confusion_matrix
 from kpl.method.ot import greenkhorn, sinkhorn, softmax_plan
 from kpl.method.proxies import fit_vision_proxies, harden_labels
 from kpl.method.retrieval import as_matrix
+from kpl.results.metrics import compute_metrics, confusion_matrix
 
 
 def unit(a: np.ndarray) -> np.ndarray:

@@ -28,15 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import torch
+from reference_loops import paper_loop
 
 from helpers import SHARED, shared_data_missing
 from kpl import run_kpl
-from reference_loops import paper_loop
-from kpl.results.metrics import compute_metrics
 from kpl.method.ot import greenkhorn
 from kpl.method.retrieval import as_matrix, split_by_class
+from kpl.results.metrics import compute_metrics
 
 TOL = 1e-5
 TIE_MARGIN = 1e-5

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from test_kpl_cli import FAST, one_error_line, setup  # noqa: F401  (setup is a fixture)
 
 from helpers import SHARED
 from kpl import KPLParams, run_kpl
@@ -15,7 +16,6 @@ from kpl.method.prior import assign_to_shares, estimate_prior, plan_scale
 from kpl.method.retrieval import split_by_class
 from kpl.results.metrics import compute_metrics
 from kpl.synthetic import synthetic_case
-from test_kpl_cli import FAST, one_error_line, setup  # noqa: F401  (setup is a fixture)
 
 PH2 = SHARED / "datasets" / "features" / "ph2_vitb16.npz"
 

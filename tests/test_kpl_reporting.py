@@ -10,13 +10,16 @@ from importlib import metadata
 
 import numpy as np
 import pytest
-
-from kpl.peers.transclip import TransCLIPParams, assignment_updates
+import test_kpl_cli
+from test_kpl_cli import FAST, KB
 
 from kbuild.cli import progress as cli_progress
+from kpl.peers.transclip import TransCLIPParams, assignment_updates
 from kpl.results.metrics import compute_metrics
 from kpl.results.ranking import ranking_metrics
-from test_kpl_cli import FAST, KB, setup  # noqa: F401  (setup is a fixture)
+
+# Fixtures shared with test_kpl_cli: bound here by name, so pytest finds them in this module too.
+setup = test_kpl_cli.setup
 
 
 def _planted(n: int = 120, c: int = 3, seed: int = 3):

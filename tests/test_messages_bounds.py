@@ -14,13 +14,13 @@ import io
 
 import numpy as np
 import pytest
+from test_hardening_store import _draft, tiny_disk  # noqa: F401 (a fixture)
 
 from helpers import Result, run_kbuild
 from kbuild.descriptions import Description
 from kbuild.store import SnapshotStore
 from kbuild.store.damage import segment_dirs
 from kbuild.store.manifest import SnapshotDraft
-from test_hardening_store import _draft, tiny_disk  # noqa: F401 (a fixture)
 
 HOSTILE = "a red \x1b[2J cap \x1b]8;;http://evil.example/\x1b\\click\x1b]8;;\x1b\\ here"
 

@@ -8,12 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from test_store import make_draft
 
 from kbuild.descriptions import Description
 from kbuild.errors import SnapshotNotFound
 from kbuild.sources.class_names import similar_classes, singular_key
 from kbuild.store import RemovedRecord, SnapshotStore
-from test_store import make_draft
 
 
 @pytest.fixture()

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import CliRunner
 from kbuild.clip.models import load_clip
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl
 from kpl.method.retrieval import split_by_class

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from kbuild.errors import InputFileError, KbuildError, UsageError
-from kbuild.sources.llm.prompts import (default_prompts_dir, list_prompts, load_prompt, load_prompt_file, placeholders,
-                            substitute)
+from kbuild.sources.llm.prompts import default_prompts_dir, list_prompts, load_prompt, load_prompt_file, placeholders, substitute
 
 SHIPPED = default_prompts_dir()
 MODALITIES = ["chest X-ray", "fundus photograph", "dermoscopy", "brain MRI", "microscopy"]

@@ -291,7 +291,7 @@ def test_every_removed_and_kept_description_is_accounted_for():
     assert len(result.kept) + len(result.removed) == len(descriptions)
     rows = result.table_rows()
     assert rows[-1][0] == "total" and len(rows[-1]) == len(TABLE_COLUMNS)
-    for name, report in result.per_class.items():
+    for report in result.per_class.values():
         assert report.before == report.kept + sum(report.removed.values())
     json.dumps(result.to_json())
     assert all("prune" in d.extra and d.source == "test:planted" for d in result.kept)

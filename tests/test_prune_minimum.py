@@ -11,14 +11,18 @@ import json
 import random
 
 import pytest
+import test_prune
+from test_prune import CUPL_FOOD, DCLIP_FOOD, LABO_RAW, bag_of_words, load
 
 from kbuild.descriptions import Description
 from kbuild.errors import UsageError
 from kbuild.prune.core import PruneParams, prune_descriptions
-from test_prune import CUPL_FOOD, DCLIP_FOOD, LABO_RAW, bag_of_words, kb, load  # noqa: F401 (kb is a fixture)
 
 SHARED = ["a black bill", "a red crown", "white wing bars", "a long tail", "a short bill", "black legs",
           "a yellow breast", "brown back", "a white belly", "grey wings", "a black head", "an orange eye ring"]
+
+# Fixtures shared with test_prune: bound here by name, so pytest finds them in this module too.
+kb = test_prune.kb
 
 
 def dclip_style(classes: int = 60, seed: int = 3) -> list[Description]:

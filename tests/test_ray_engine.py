@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_kpl_features import make_image_folder
 
-from helpers import REPO, CliRunner, cli_env, run_subprocess
+from helpers import REPO, cli_env, run_subprocess
 from kpl.images.features import FeatureCache
 from kpl.images.shards import ShardFolder, shard_ranges
-from test_kpl_features import make_image_folder
 
 
 def embed(kpl, images: Path, cache: Path, *extra: str) -> dict:

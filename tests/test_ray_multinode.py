@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_kpl_features import make_image_folder
 
 from helpers import REPO, cli_env, free_port, run_subprocess
-from test_kpl_features import make_image_folder
 
 pytest.importorskip("ray", reason="Ray is absent: pip install 'kpl-toolkit[distributed]'")
 

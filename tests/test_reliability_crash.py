@@ -30,12 +30,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 import forkserver
+import pytest
 from forkserver import ForkServer
-from helpers import cli_env
 from llm_server import FakeLLMServer
+
+from helpers import cli_env
 
 pytestmark = pytest.mark.slow
 

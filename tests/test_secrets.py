@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from helpers import CliRunner
 from llm_server import FakeLLMServer
 from test_kpl_features import make_image_folder
 

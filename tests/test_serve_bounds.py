@@ -16,11 +16,11 @@ import time
 
 import numpy as np
 import pytest
+from test_hardening_serve import _connect, _get, serving
 
 from kbuild.descriptions import Description
 from kbuild.store import SnapshotStore
 from kbuild.store.manifest import SnapshotDraft
-from test_hardening_serve import _connect, _get, serving
 
 
 @pytest.fixture(scope="module")

@@ -77,8 +77,8 @@ def home(clip_env, kbuild, tmp_path) -> Path:
 # ---- the review core -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def embedder(tiny_model):
-    from kbuild.clip.text import TextEmbedder
     from kbuild.clip.models import load_clip
+    from kbuild.clip.text import TextEmbedder
 
     return TextEmbedder(load_clip(tiny_model, None), None)
 

@@ -20,11 +20,11 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import forkserver
-from helpers import cli_env, start_chroma_server, stop_process, write_class_lists
+import pytest
 from llm_server import FakeLLMServer, _Handler
+
+from helpers import cli_env, start_chroma_server, stop_process, write_class_lists
 
 SMALL_PAGES = {"kbuild.store.snapshots._PAGE": 5, "kbuild.store.snapshots._WRITE_BATCH": 20}
 LOST = "Error: Lost the connection to the Chroma server at http://127.0.0.1:"

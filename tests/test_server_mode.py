@@ -8,8 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from helpers import (cli_env, finish, run_kbuild, start_processes,
-                     write_class_lists)
+from helpers import cli_env, finish, run_kbuild, start_processes, write_class_lists
 from kbuild.store import SnapshotStore
 
 pytestmark = pytest.mark.server

@@ -78,4 +78,4 @@ def test_kpl_public_names_import_on_first_use():
     for name in kpl.__all__:
         assert getattr(kpl, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        kpl.nope
+        _ = kpl.nope

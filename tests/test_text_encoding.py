@@ -9,7 +9,6 @@ import copy
 import numpy as np
 
 from helpers import TINY_CLIP_CONFIG
-
 from kbuild.clip import causal
 from kbuild.clip.models import load_clip
 

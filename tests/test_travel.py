@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from llm_server import FakeLLMServer
 
 from helpers import run_kbuild, start_chroma_server, stop_process, store_fingerprint
 from kbuild.clip.models import load_clip
 from kbuild.store import SnapshotStore
 from kbuild.store.transfer import kb_digest, lineage
-from llm_server import FakeLLMServer
 
 KEY = "sk-travel-SECRET-5b1e0c"
 KB = {"melanoma": ["irregular borders", "several colours", "irregular borders."],

@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from llm_server import FakeLLMServer
 
 from helpers import REPO, cli_env
 from kbuild.sources.llm.prompts import load_prompt_file
-from llm_server import FakeLLMServer
 
 # What a wheel is built from (the sdist holds the same; see MANIFEST.in).
 SOURCES = ("kbuild", "kpl", "prompts", "pyproject.toml", "setup.py", "MANIFEST.in", "README.md")

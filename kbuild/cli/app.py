@@ -11,8 +11,7 @@ import sys
 
 import typer
 
-from kbuild.cli import (cmd_copy, cmd_generate, cmd_inspect, cmd_load, cmd_merge, cmd_models, cmd_prompts,
-                        cmd_prune, cmd_serve)
+from kbuild.cli import cmd_copy, cmd_generate, cmd_inspect, cmd_load, cmd_merge, cmd_models, cmd_prompts, cmd_prune, cmd_serve
 from kbuild.cli.boundary import run_with_boundary
 from kbuild.cli.commands import CommandSpec
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
-
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from kbuild.cli.commands import CommandSpec
+from kbuild.cli.context import info, open_store, print_json
+from kbuild.cli.options import ChromaUrlOpt, JsonOpt, StoreOpt
+from kbuild.cli.render import console, line, print_diff, snapshots_table
 from kbuild.descriptions import visible
 from kbuild.diff import diff_stored
 from kbuild.errors import KbuildError, SnapshotNotFound, UsageError, did_you_mean
@@ -16,10 +19,6 @@ from kbuild.ops.export import export_hf, export_parquet
 from kbuild.ops.inspect import EXPORT_FORMATS, export_text, remove_snapshot, verify
 from kbuild.ops.provenance import summary_lines
 from kbuild.store.transfer import lineage
-from kbuild.cli.commands import CommandSpec
-from kbuild.cli.context import info, open_store, print_json
-from kbuild.cli.options import ChromaUrlOpt, JsonOpt, StoreOpt
-from kbuild.cli.render import console, line, print_diff, snapshots_table
 
 BUNDLE_FORMATS = ("parquet", "hf")
 ALL_FORMATS = (*EXPORT_FORMATS, *BUNDLE_FORMATS)

@@ -10,7 +10,7 @@ from kbuild.cli.context import info, print_json
 from kbuild.cli.options import JsonOpt
 from kbuild.cli.render import console, data
 
-_CACHED = {True: "yes", False: "no", None: "?"}
+_CACHED: dict[bool | None, str] = {True: "yes", False: "no", None: "?"}
 
 
 def models(json_out: JsonOpt = False) -> None:

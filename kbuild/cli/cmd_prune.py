@@ -7,15 +7,15 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from kbuild.clip.text import snapshot_embedder
-from kbuild.prune.core import STAGES, TABLE_COLUMNS, PruneParams, default_dedup_threshold
-from kbuild.ops.prune import prune_snapshot
-from kbuild.ops.unchanged import unchanged_message
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, open_store, print_json
-from kbuild.cli.options import ChromaUrlOpt, JsonOpt, SnapshotModelOpt, NameOpt, SnapshotPretrainedOpt, StoreOpt
+from kbuild.cli.options import ChromaUrlOpt, JsonOpt, NameOpt, SnapshotModelOpt, SnapshotPretrainedOpt, StoreOpt
 from kbuild.cli.render import console, data, line
+from kbuild.clip.text import snapshot_embedder
 from kbuild.errors import UsageError
+from kbuild.ops.prune import prune_snapshot
+from kbuild.ops.unchanged import unchanged_message
+from kbuild.prune.core import STAGES, TABLE_COLUMNS, PruneParams, default_dedup_threshold
 
 _SIM = {"min": -1.0, "max": 1.0}
 
@@ -77,7 +77,7 @@ def prune(
     outcome = prune_snapshot(kb_store, embedder, snapshot, params, name, similarity, similarity_model, force)
     if embedder is not None and embedder.clip.loaded:
         info(f"note: {embedder.cache.misses} texts had no vector and were encoded with {embedder.model_id}")
-    if outcome.reembedded:
+    if outcome.reembedded and embedder is not None:  # re-embedding needs an embedder: it is never None here
         info(f"note: {outcome.parent.name} was embedded with another model; the child was re-embedded with "
              f"{embedder.model_id}")
     for note in outcome.result.notes:

@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from kbuild.errors import UsageError
 from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, open_store
 from kbuild.cli.options import ChromaUrlOpt, SnapshotModelOpt, SnapshotPretrainedOpt, StoreOpt
+from kbuild.errors import UsageError
 
 
 def _stop_on_sigterm():

@@ -16,22 +16,27 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator, TextIO, cast
 
 from kbuild import progress
+
+if TYPE_CHECKING:  # rich loads only when a bar is drawn
+    from rich.progress import TaskID
 
 PLAIN_EVERY_S = 2.0
 
 
 class PlainSink:
-    def __init__(self, stream=None, every: float | None = None):
+    def __init__(self, stream: TextIO | None = None, every: float | None = None) -> None:
         self.stream, self.every = stream, PLAIN_EVERY_S if every is None else every
 
-    def start(self, label: str, total: int | None) -> dict:
+    def start(self, label: str, total: int | None) -> dict[str, Any]:
         now = time.monotonic()
         return {"label": label, "total": total, "start": now, "last": now, "done": 0, "said": False}
 
-    def update(self, h: dict, done: int) -> None:
+    # handles are typed ``object`` as ``progress.Sink`` says; each is the dict ``start`` returned
+    def update(self, handle: object, done: int) -> None:
+        h = cast("dict[str, Any]", handle)
         h["done"] = done
         now = time.monotonic()
         if now - h["last"] >= self.every and done != h["total"]:  # the end has its own line
@@ -41,12 +46,13 @@ class PlainSink:
     def close(self) -> None:
         pass
 
-    def finish(self, h: dict) -> None:
+    def finish(self, handle: object) -> None:
+        h = cast("dict[str, Any]", handle)
         # a task that reported, or ran long enough to, says it ended; a quick one stays silent
         if h["said"] or time.monotonic() - h["start"] >= self.every:
             self._say(h, time.monotonic(), final=True)
 
-    def _say(self, h: dict, now: float, final: bool = False) -> None:
+    def _say(self, h: dict[str, Any], now: float, final: bool = False) -> None:
         done, total, elapsed = h["done"], h["total"], now - h["start"]
         line = f"{h['label']}: {done}" + (f"/{total} ({100 * done / total:.0f}%)" if total else "")
         if final:
@@ -57,38 +63,37 @@ class PlainSink:
 
 
 class RichSink:
-    def __init__(self, stream=None):
+    def __init__(self, stream: TextIO | None = None) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=stream or sys.stderr),
                             transient=True)
         self.open = 0
 
-    def start(self, label: str, total: int | None):
+    def start(self, label: str, total: int | None) -> TaskID:
         if not self.open:
             self.bar.start()
         self.open += 1
         return self.bar.add_task(label, total=total)
 
-    def update(self, handle, done: int) -> None:
-        self.bar.update(handle, completed=done)
+    def update(self, handle: object, done: int) -> None:
+        self.bar.update(cast("TaskID", handle), completed=done)
 
     def close(self) -> None:
         if self.open:
             self.open = 0
             self.bar.stop()
 
-    def finish(self, handle) -> None:
-        self.bar.remove_task(handle)
+    def finish(self, handle: object) -> None:
+        self.bar.remove_task(cast("TaskID", handle))
         self.open -= 1
         if not self.open:
             self.bar.stop()
 
 
-def _own_stderr():
+def _own_stderr() -> TextIO | None:
     """A private handle on the real stderr (a duplicate of fd 2), or None where ``sys.stderr`` is not fd 2
     (a test's or a notebook's capture: progress then goes wherever ``sys.stderr`` goes)."""
     try:

@@ -17,7 +17,12 @@ are not handled here: ``supports`` says so, and the caller uses ``encode_text``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:  # torch loads only when a batch is encoded
+    import torch
 
 BATCH_TOKENS = 16384  # at most this many tokens (rows x padded length) per forward pass
 MIN_BATCH_TOKENS = 4096  # below this a batch keeps growing even past a length jump: on a CPU, small
@@ -67,7 +72,7 @@ def length_batches(lengths: np.ndarray, batch_tokens: int = BATCH_TOKENS, max_ba
         start = stop
 
 
-def encode(model, tokens) -> "torch.Tensor":  # noqa: F821 (torch is imported by the caller)
+def encode(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """(B, D) unit text embeddings of (B, L) token ids, each batch cut to its longest text."""
     import torch
     import torch.nn.functional as F

@@ -120,9 +120,8 @@ class HFClipModel:
             from transformers import CLIPModel, CLIPProcessor
             from transformers.utils import logging as hf_logging
 
-            # transformers leaves these two unannotated: nothing else to check them against
-            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # stderr stays one line per step
-            hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+            hf_logging.disable_progress_bar()  # stderr stays one line per step
+            hf_logging.set_verbosity_error()
 
             source = str(_folder(model) or _target(model))
             self.processor = CLIPProcessor.from_pretrained(source)

@@ -22,15 +22,17 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-
-from kbuild.errors import KbuildError, UsageError
 
 from kbuild.clip import causal
 from kbuild.clip.precision import image_autocast, pick_precision
 from kbuild.clip.registry import TRANSFORMERS, check_cached, resolve
+from kbuild.errors import KbuildError, UsageError
+
+if TYPE_CHECKING:  # transformers loads only for a transformers: model
+    from kbuild.clip.hf_clip import HFClipModel
 
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
@@ -119,8 +121,9 @@ def _check_spec(spec: ModelSpec) -> None:
             f"Unknown CLIP model '{spec.model}' (see open_clip.list_models() and 'kpl models', or pass "
             "--model local-dir:PATH, hf-hub:ORG/REPO or transformers:ID_OR_DIR)")
     pretrained = spec.pretrained
-    looks_like_file = pretrained and (("/" in pretrained) or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")))
-    if looks_like_file and not Path(pretrained).expanduser().is_file():
+    looks_like_file = pretrained is not None and (
+        "/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")))
+    if looks_like_file and pretrained is not None and not Path(pretrained).expanduser().is_file():
         raise UsageError(f"--pretrained {pretrained}: checkpoint file not found")
 
 
@@ -318,7 +321,7 @@ class LazyClip:
 
 @lru_cache(maxsize=4)
 def load_clip(model: str, pretrained: str | None, device: str | None = None,
-              precision: str | None = None) -> ClipModel:
+              precision: str | None = None) -> ClipModel | HFClipModel:
     """Load (once per process) the CLIP model named by ``--model/--pretrained`` (or a registry name)."""
     spec = _resolved(ModelSpec(model, pretrained))
     check_cached(spec.model, alias=model if spec.model != model else None, pretrained=spec.pretrained)

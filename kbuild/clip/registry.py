@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypedDict
 
 from kbuild.errors import KbuildError
 
@@ -137,9 +138,13 @@ def check_cached(model: str, alias: str | None = None, pretrained: str | None = 
     """
     repo = hub_repo(model)
     tagged = None if repo else open_clip_weights(model, pretrained)
-    if repo is None and tagged is None:
+    files: tuple[str, ...]
+    if repo is not None:
+        repo_id, files = repo[0], (repo[1],)
+    elif tagged is not None:
+        repo_id, files = tagged
+    else:
         return
-    repo_id, files = (repo[0], (repo[1],)) if repo else tagged
     if is_cached(repo_id, files) is not False:
         return
     if offline():
@@ -202,13 +207,24 @@ GENERAL: dict[str, dict[str, str]] = {
     "ViT-L-14-336/openai": {"repo": "timm/vit_large_patch14_clip_336.openai",
                             "domain": "general (the KPL paper's model: ~1.7 GB, for a GPU)"},
 }
+class ModelRow(TypedDict):
+    """One line of ``kbuild models`` / ``kpl models`` (and their --json)."""
+
+    name: str
+    model: str
+    library: str
+    domain: str
+    cached: bool | None  # None: cannot tell (no huggingface_hub, or not a hub model)
+    source: str
+
+
 _OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 _OPENAI_SOURCE = "Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021"
 
 
-def general_rows() -> list[dict[str, str]]:
+def general_rows() -> list[ModelRow]:
     """One row per general open_clip model in ``GENERAL``: use as --model NAME --pretrained TAG."""
-    rows = []
+    rows: list[ModelRow] = []
     for key, entry in GENERAL.items():
         name, tag = key.split("/")
         rows.append({"name": name, "model": f"{name} --pretrained {tag}", "library": "open_clip",
@@ -217,9 +233,9 @@ def general_rows() -> list[dict[str, str]]:
     return rows
 
 
-def registry_rows() -> list[dict[str, str | bool | None]]:
+def registry_rows() -> list[ModelRow]:
     """One row per registry name, for ``kpl models`` (and its --json)."""
-    rows = []
+    rows: list[ModelRow] = []
     for name, entry in MODELS.items():
         kind = "transformers" if entry["model"].startswith(TRANSFORMERS) else "open_clip"
         repo = hub_repo(entry["model"])

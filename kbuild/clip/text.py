@@ -7,15 +7,15 @@ input KPL retrieves from; pruning compares descriptions on their bare text (temp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Literal, Sequence, overload
 
 import numpy as np
 
 from kbuild import settings
-from kbuild.progress import task
-from kbuild.descriptions import DEFAULT_TEMPLATE, NAME_TEMPLATE, Description  # noqa: F401 (kpl reads them here)
 from kbuild.clip.cache import TextEmbeddingCache
+from kbuild.descriptions import DEFAULT_TEMPLATE, NAME_TEMPLATE, Description  # noqa: F401 (kpl reads them here)
 from kbuild.errors import UsageError
+from kbuild.progress import task
 
 BARE_TEMPLATE = "{}"
 PROGRESS_CHUNK = 1024  # texts encoded between two progress reports
@@ -74,7 +74,17 @@ def cache_path(home: Path) -> Path:
     return home / "cache" / "text_embeddings.sqlite"
 
 
-def snapshot_embedder(home: Path, clip: dict, model: str | None = None, pretrained: str | None = None,
+@overload
+def snapshot_embedder(home: Path, clip: dict[str, Any], model: str | None = None, pretrained: str | None = None,
+                      required: Literal[True] = True) -> TextEmbedder: ...
+
+
+@overload
+def snapshot_embedder(home: Path, clip: dict[str, Any], model: str | None = None, pretrained: str | None = None,
+                      *, required: bool) -> TextEmbedder | None: ...
+
+
+def snapshot_embedder(home: Path, clip: dict[str, Any], model: str | None = None, pretrained: str | None = None,
                       required: bool = True) -> TextEmbedder | None:
     """An embedder for work on an existing snapshot: the snapshot's own CLIP model (``clip`` from its
     manifest) unless a flag or the environment names another. The model loads only when a text
@@ -105,8 +115,15 @@ def templated_embeddings(embedder: TextEmbedder | None, parent_vectors: dict[str
                          "snapshot's imported embeddings name no model to encode them with: pass --model "
                          "(and --pretrained) for that space")
     if not descriptions:
-        dim = next(iter(parent_vectors.values())).shape[0] if parent_vectors else embedder.clip.dim
+        if parent_vectors:
+            dim = next(iter(parent_vectors.values())).shape[0]
+        elif embedder is not None:
+            dim = embedder.clip.dim
+        else:
+            raise UsageError("this snapshot has no vectors and its imported embeddings name no model to size "
+                             "them with: pass --model (and --pretrained) for that space")
         return np.zeros((0, dim), dtype=np.float32)
-    fresh = (dict(zip((d.id for d in missing), embedder.embed_descriptions(missing, template, display_names)))
-             if missing else {})
+    fresh: dict[str, np.ndarray] = {}
+    if missing and embedder is not None:  # (missing with no embedder was refused above)
+        fresh = dict(zip((d.id for d in missing), embedder.embed_descriptions(missing, template, display_names)))
     return np.stack([fresh[d.id] if d.id in fresh else parent_vectors[d.id] for d in descriptions]).astype(np.float32)

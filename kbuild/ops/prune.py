@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kbuild.clip.text import TextEmbedder, templated_embeddings
-from kbuild.descriptions import DEFAULT_TEMPLATE
+from kbuild.descriptions import DEFAULT_TEMPLATE, RemovedRecord
 from kbuild.errors import KbuildError, UsageError
 from kbuild.ops.unchanged import repeated_prune, same_content
 from kbuild.prune.core import PruneParams, PruneResult, prune_descriptions
@@ -65,16 +65,17 @@ def prune_snapshot(store: SnapshotStore, embedder: TextEmbedder | None, referenc
         result.skipped["overlong"] = "imported vectors name no CLIP tokenizer"
     if not force and reuse and same_content(kb.info, result.kept, clip_info, displays):
         return PruneOutcome(kb.info, kb.info, result, reembedded=False, unchanged=True)
-    child_clip = clip_info if reuse else {"model_id": embedder.model_id, "template": template}
+    # reuse is False only with an embedder (see above); the test says so to the type checker too
+    child_clip = clip_info if reuse or embedder is None else {"model_id": embedder.model_id, "template": template}
     earlier = None if force else repeated_prune(store, kb.info.name, result.kept, child_clip, displays)
     if earlier is not None:  # this prune of the same parent ran before: its child is that snapshot
         return PruneOutcome(kb.info, earlier, result, reembedded=False, unchanged=True)
     parent_vectors = {d.id: v for d, v in zip(kb.descriptions, kb.embeddings)}
     kept_vectors = templated_embeddings(embedder, parent_vectors, result.kept, template, reuse, displays)
-    removed = result.removed
+    removed: list[RemovedRecord] = list(result.removed)
     removed_vectors = templated_embeddings(embedder, parent_vectors, [r.description for r in removed], template,
                                            reuse, displays)
-    if not reuse:
+    if not reuse and embedder is not None:
         clip_info = {**embedder.clip.describe(), "template": template}
     parameters = {**params.to_json(), "similarity_model": similarity_name or f"stored:{clip_info.get('model_id')}"}
     draft = SnapshotDraft(result.kept, kept_vectors, "prune", parameters, clip_info, parents=[kb.info.name],

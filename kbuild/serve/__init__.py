@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import secrets
 
-from kbuild.store import SnapshotStore
 from kbuild.serve.server import KbuildHTTPServer, is_loopback, make_server
 from kbuild.serve.service import ReviewService, ServeOptions
+from kbuild.store import SnapshotStore
 
 __all__ = ["KbuildHTTPServer", "ReviewService", "ServeOptions", "is_loopback", "open_server"]
 

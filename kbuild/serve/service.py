@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kbuild import __version__
-from kbuild.settings import mask_secrets
 from kbuild.descriptions import normalise_text
 from kbuild.diff import diff_stored
 from kbuild.errors import UsageError
 from kbuild.ops.review import MAX_NAME, Decision, ReviewError, check_decision, review_snapshot, snapshot_embedder, stamp
-from kbuild.store import KnowledgeBase, SnapshotStore, validate_snapshot_name
-from kbuild.store.transfer import lineage
 from kbuild.serve.drafts import FOLDER, DraftStore, drop_decision, put_decision
 from kbuild.serve.results import find_reports, report_file
+from kbuild.settings import mask_secrets
+from kbuild.store import KnowledgeBase, SnapshotStore, validate_snapshot_name
+from kbuild.store.transfer import lineage
 
 _CACHED_SNAPSHOTS = 8
 

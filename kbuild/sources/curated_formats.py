@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from kbuild.inputs import canonical_class_name, class_name_problem, decode_utf8, load_json, nfc, read_checked_bytes
 from kbuild.errors import InputFileError, KbuildError, UsageError, did_you_mean
+from kbuild.inputs import canonical_class_name, class_name_problem, decode_utf8, load_json, nfc, read_checked_bytes
 
 CLASS_COLUMNS = ("class", "class_name", "classname", "label", "category")
 TEXT_COLUMNS = ("text", "description", "descriptor", "concept", "feature", "sentence", "prompt")

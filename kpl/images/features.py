@@ -24,15 +24,18 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import numpy as np
 
 from kbuild.errors import KbuildError
 from kbuild.inputs import canonical_class_name, class_name_problem, npz_members, npz_model_id, read_npz, unit_rows
 from kpl.errors import InputFileError, KplError, UsageError
-
 from kpl.images.datasets import ImageDataset
+
+if TYPE_CHECKING:  # torch and PIL load only when images are encoded
+    import torch
+    from PIL.Image import Image as PILImage
 
 CACHE_VERSION = 1
 REQUIRED_KEYS = ("image_features", "labels", "class_names")
@@ -141,8 +144,9 @@ def load_features_npz(path: Path | str) -> FeatureSet:
                    "save image_features (N, D), labels (N,) and class_names (C,)")
     features, labels, names, normalised = check_features(path, data["image_features"], data["labels"],
                                                          data["class_names"])
-    paths = data.get("paths")
-    paths = [str(p) for p in paths.tolist()] if paths is not None and paths.shape == labels.shape else None
+    stored_paths = data.get("paths")
+    paths = ([str(p) for p in stored_paths.tolist()]
+             if stored_paths is not None and stored_paths.shape == labels.shape else None)
     name_embeddings, names_normalised = _name_embeddings(path, data.get("name_embeddings"), len(names),
                                                          features.shape[1])
     counts = {"image_features": normalised, "name_embeddings": names_normalised}
@@ -167,7 +171,7 @@ def save_features_npz(features: FeatureSet, path: Path | str) -> Path:
     """Write a features file that ``load_features_npz`` (and ``kpl eval --features``) reads back."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"image_features": features.features.astype(np.float32), "labels": features.labels.astype(np.int64),
+    arrays: dict[str, np.ndarray] = {"image_features": features.features.astype(np.float32), "labels": features.labels.astype(np.int64),
               "class_names": np.asarray(features.class_names, dtype=str),
               "model_id": np.asarray(features.model_id or "", dtype=str)}
     if features.paths is not None:
@@ -183,7 +187,9 @@ def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            # typed loosely: numpy's stub would read a key named allow_pickle as that flag (ours are array names)
+            members: dict[str, Any] = arrays
+            np.savez(handle, **members)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -252,7 +258,7 @@ class FeatureCache:
         arrays, problem = read_entry(path, ("features", "ok"))
         if arrays is not None:
             problem = entry_problem(arrays["features"], arrays["ok"], count, dim)
-        if problem is not None:
+        if problem is not None or arrays is None:  # read_entry gives no arrays only with a reason
             self.rejected = f"{path.name}: {problem}"
             return None
         return arrays["features"].astype(np.float32, copy=False), arrays["ok"].astype(bool)
@@ -335,7 +341,8 @@ class ImageFiles:
             return self.placeholder, index, False
 
 
-def placeholder_image(preprocess):
+def placeholder_image(preprocess: Callable[[PILImage], torch.Tensor]) -> torch.Tensor:
+    """An all-zero image as ``preprocess`` shapes it, standing in for a file that cannot be decoded."""
     from PIL import Image
 
     return preprocess(Image.new("RGB", (8, 8))).zero_()
@@ -357,10 +364,11 @@ def default_workers(count: int, batch_size: int, device: str = "cpu") -> int:
 
 def make_loader(paths: list[Path], preprocess, batch_size: int, workers: int, pin_memory: bool = False):
     """A torch DataLoader yielding (B, 3, H, W) images, (B,) indices, (B,) decoded flags, in order."""
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Dataset
 
     files = ImageFiles(paths, preprocess, placeholder_image(preprocess))
-    return DataLoader(files, batch_size=batch_size, shuffle=False, num_workers=workers,
+    # ImageFiles is a map-style dataset (__len__, __getitem__) without importing torch at module load
+    return DataLoader(cast("Dataset[Any]", files), batch_size=batch_size, shuffle=False, num_workers=workers,
                       pin_memory=pin_memory, prefetch_factor=4 if workers else None)
 
 
@@ -433,16 +441,15 @@ def load_or_encode(data: Path | None, features: Path | None, split: str | None, 
     it is passed in, so this module never imports an engine that builds on it.
     """
     from kbuild.clip.models import load_clip
-
     from kpl.images.datasets import load_dataset
 
-    if (data is None) == (features is None):
-        raise UsageError("Pass exactly one of --data DIR (images) or --features FILE.npz")
-    if features is not None:
+    if features is not None and data is None:
         loaded = load_features_npz(features)
         if check_classes is not None:
             check_classes(loaded.class_names)
         return loaded, None, None
+    if data is None or features is not None:
+        raise UsageError("Pass exactly one of --data DIR (images) or --features FILE.npz")
     dataset = load_dataset(data, split)
     if check_classes is not None:
         check_classes(dataset.class_names)

@@ -25,16 +25,22 @@ import numpy as np
 import torch
 
 from kbuild.progress import task
-from kpl.method.auto_k import auto_range, choose_k, is_auto
 from kpl.errors import KplError, UsageError
-from kpl.params import KPLParams
-from kpl.method.ot import get_ot_method
+from kpl.method.auto_k import auto_range, choose_k, is_auto
 from kpl.method.decision import decide
-from kpl.method.prior import (REFERENCE_ROWS, assign_to_shares, centred_scores, estimate_prior, plan_scale,
-                              prior_weight, target_shares)
+from kpl.method.ot import get_ot_method
+from kpl.method.prior import (
+    REFERENCE_ROWS,
+    assign_to_shares,
+    centred_scores,
+    estimate_prior,
+    plan_scale,
+    prior_weight,
+    target_shares,
+)
 from kpl.method.proxies import ProxyFit, fit_vision_proxies
 from kpl.method.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies
-
+from kpl.params import KPLParams
 
 # Below this many multiply-adds per (N, D) x (D, C) product, splitting a product across threads
 # costs more in fork/join than it saves, and on a busy machine a second thread that waits for a

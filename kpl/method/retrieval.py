@@ -21,7 +21,6 @@ import torch.nn.functional as F
 
 from kpl.errors import KplError, UsageError
 
-
 # Float32 rounding leaves unit vectors within ~2e-7 of norm 1; features kept in float16 are
 # off by up to ~5e-4. Anything beyond this bound was not normalised in float32.
 UNIT_NORM_TOL = 1e-5

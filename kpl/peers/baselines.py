@@ -19,6 +19,7 @@ the ``BASELINES`` registry and returns a :class:`BaselineResult`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable, overload
 
 import numpy as np
 import torch
@@ -26,8 +27,8 @@ import torch.nn.functional as F
 
 from kpl.errors import UsageError
 from kpl.method.core import KPLParams, pick_threads, run_kpl, torch_threads
-from kpl.method.ot import sinkhorn
 from kpl.method.decision import decide
+from kpl.method.ot import sinkhorn
 from kpl.method.proxies import fit_vision_proxies
 from kpl.method.retrieval import as_matrix, prepare_inputs
 
@@ -64,11 +65,20 @@ class BaselineResult:
         return out
 
 
+@overload
+def _numpy(t: torch.Tensor) -> np.ndarray: ...
+
+
+@overload
+def _numpy(t: None) -> None: ...
+
+
 def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().cpu().numpy()
 
 
-def _result(name, logits, proxies, params=None, iterations=0, converged=True) -> BaselineResult:
+def _result(name: str, logits: torch.Tensor, proxies: torch.Tensor | None, params: dict[str, Any] | None = None,
+            iterations: int = 0, converged: bool = True) -> BaselineResult:
     return BaselineResult(
         name, _numpy(logits.argmax(dim=1)), _numpy(logits), _numpy(proxies), params or {}, iterations, converged
     )
@@ -169,7 +179,10 @@ def _transductive(name: str, image_features, class_embeddings, name_embeddings, 
     from kpl.peers.stata import StatAParams, stata
     from kpl.peers.transclip import TransCLIPParams, assignment_updates, graph_for, transclip
 
-    settings_type, method = {"transclip": (TransCLIPParams, transclip), "stata": (StatAParams, stata)}[name]
+    # StatAParams extends TransCLIPParams; each method takes its own settings type (hence the ``...``)
+    methods: dict[str, tuple[type[TransCLIPParams], Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]]
+    methods = {"transclip": (TransCLIPParams, transclip), "stata": (StatAParams, stata)}
+    settings_type, method = methods[name]
     graph = params.pop("graph", None)
     if name_embeddings is None and class_embeddings is None:
         raise UsageError(f"Baseline '{name}' needs name_embeddings (a (C, D) array) "

@@ -138,8 +138,9 @@ class ChatClient:
 
     def __init__(self, model: str, base_url: str | None, api_key: str, *, temperature: float | None = None,
                  seed: int | None = None, timeout_s: float = 60.0, policy: RetryPolicy = RetryPolicy(),
-                 stop: threading.Event | None = None, rng: random.Random | None = None):
+                 stop: threading.Event | None = None, rng: random.Random | None = None) -> None:
         from langchain_openai import ChatOpenAI  # slow import: only when generating
+        from pydantic import SecretStr
 
         from kbuild.sources.llm.bounded_http import bounded, http_client
 
@@ -151,7 +152,7 @@ class ChatClient:
         self._secret = api_key
         self._bounded = bounded
         # The caller's URL (which may carry credentials) goes to the client only.
-        self._llm = ChatOpenAI(model=model, base_url=base_url or OPENAI_BASE_URL, api_key=api_key,
+        self._llm = ChatOpenAI(model=model, base_url=base_url or OPENAI_BASE_URL, api_key=SecretStr(api_key),
                                temperature=temperature, seed=seed, timeout=timeout_s, max_retries=0,
                                http_client=http_client(timeout_s))
 

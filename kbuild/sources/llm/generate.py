@@ -23,11 +23,11 @@ from typing import Any, Callable
 from kbuild.classes_file import ClassEntry
 from kbuild.descriptions import Description, normalise_text
 from kbuild.errors import StopNow, UsageError
-from kbuild.sources.llm.prompts import GENERATE_VARIABLES, PromptTemplate
-from kbuild.store.manifest import SnapshotDraft, now_iso
 from kbuild.sources.llm.calllog import ERROR, MALFORMED, OK, CallLog, CallRecord, cache_key
 from kbuild.sources.llm.client import Attempt, CallFailed, ChatClient, ChatReply, Interrupted, estimate_cost, url_host
 from kbuild.sources.llm.parse import ReplyParseError, parse_reply
+from kbuild.sources.llm.prompts import GENERATE_VARIABLES, PromptTemplate
+from kbuild.store.manifest import SnapshotDraft, now_iso
 
 SIBLINGS = "siblings"
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from kbuild.inputs import read_utf8
 from kbuild.errors import InputFileError, KbuildError, UsageError
+from kbuild.inputs import read_utf8
 
 PROMPT_SUFFIX = ".toml"
 PROMPT_MAX_BYTES = 1024 * 1024
