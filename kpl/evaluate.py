@@ -152,7 +152,7 @@ def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progres
     """
     # A Parquet bundle (kbuild export --format parquet) is read as it is: no store is opened for it.
     store = None if all(is_bundle(ref) for ref in kb_refs) else SnapshotStore.open(inputs.store, inputs.chroma_url)
-    kbs = [read_bundle(ref).kb if is_bundle(ref) else store.read(ref) for ref in kb_refs]
+    kbs = [read_bundle(ref).kb if store is None or is_bundle(ref) else store.read(ref) for ref in kb_refs]
     class_map = parse_class_map(inputs.class_map) if inputs.class_map else None
 
     def check_classes(class_names: list[str]) -> None:
@@ -530,7 +530,7 @@ class SweepResult:
     """
 
     snapshot: dict[str, Any]
-    grid: dict[str, list]
+    grid: dict[str, Any]
     rows: list[dict[str, Any]]
     features: dict[str, Any]
     notes: list[str]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -91,9 +91,9 @@ class StageResult:
     converged: bool = True
     float32_ties: int = 0
 
-    def to_json(self, arrays: bool = False) -> dict:
+    def to_json(self, arrays: bool = False) -> dict[str, Any]:
         """JSON-ready dict; proxies and logits only with ``arrays=True`` (they can be large)."""
-        out = {
+        out: dict[str, Any] = {
             "name": self.name,
             "iterations": self.iterations,
             "converged": self.converged,
@@ -120,19 +120,19 @@ class KPLResult:
     image_ot: StageResult
     selected: list[np.ndarray]
     plan: np.ndarray
-    auto: dict | None = None
-    prior: dict | None = None  # prior="auto": estimated shares, fitted shares, weight, plan scale
+    auto: dict[str, Any] | None = None
+    prior: dict[str, Any] | None = None  # prior="auto": estimated shares, fitted shares, weight, plan scale
     stages: ClassVar[tuple[str, ...]] = ("text", "image", "image_ot")
 
     def stage(self, name: str) -> StageResult:
         """The stage called ``name`` (one of ``stages``)."""
         if name not in self.stages:
             raise UsageError(f"Unknown stage {name!r}. Available: {', '.join(self.stages)}")
-        return getattr(self, name)
+        return cast(StageResult, getattr(self, name))
 
-    def to_json(self, arrays: bool = False) -> dict:
+    def to_json(self, arrays: bool = False) -> dict[str, Any]:
         """JSON-ready dict; the plan only with ``arrays=True``."""
-        out = {
+        out: dict[str, Any] = {
             "params": self.params.to_json(),
             "selected": [s.tolist() for s in self.selected],
             **{name: getattr(self, name).to_json(arrays) for name in self.stages},
@@ -158,7 +158,7 @@ def _stage(name: str, x: torch.Tensor, proxies: torch.Tensor, fit: ProxyFit | No
                        converged, decision.float32_ties)
 
 
-def _fit(x, plan, init, p: KPLParams):
+def _fit(x: torch.Tensor, plan: torch.Tensor, init: torch.Tensor, p: KPLParams) -> ProxyFit:
     dtype = DTYPES[p.precision]
     return fit_vision_proxies(
         x, plan, init, tau_i=p.tau_i, alpha=p.alpha, lr=p.lr, iters=p.iters,
@@ -167,7 +167,10 @@ def _fit(x, plan, init, p: KPLParams):
     )
 
 
-def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams):
+Stages = tuple[StageResult, StageResult, StageResult, np.ndarray, "dict[str, Any] | None"]
+
+
+def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams) -> Stages:
     """(text, image, image_ot, plan, prior record or None) for one set of text proxies."""
     logits = x @ w_text
     soft = torch.softmax(logits / p.tau_t, dim=1)
@@ -190,7 +193,8 @@ def _rounded(values: torch.Tensor) -> list[float]:
     return [round(float(v), 6) for v in values]
 
 
-def _auto_stages(x, w_text, logits, soft, plan, p: KPLParams):
+def _auto_stages(x: torch.Tensor, w_text: torch.Tensor, logits: torch.Tensor, soft: torch.Tensor,
+                 plan: torch.Tensor, p: KPLParams) -> Stages:
     """prior="auto" (kpl.method.prior): a plan whose pull does not fade with N, decisions moved
     toward the batch's estimated class shares, as far as the text posteriors can be trusted."""
     n = x.shape[0]
@@ -220,7 +224,7 @@ def _check_batch(x: torch.Tensor) -> None:
                        "batch; classify a single image with the text stage or the dclip baseline, or batch images")
 
 
-def _params(params: KPLParams | None, overrides: dict) -> KPLParams:
+def _params(params: KPLParams | None, overrides: dict[str, Any]) -> KPLParams:
     unknown = set(overrides) - set(KPLParams.__dataclass_fields__)
     if unknown:
         valid = ", ".join(KPLParams.__dataclass_fields__)
@@ -229,21 +233,22 @@ def _params(params: KPLParams | None, overrides: dict) -> KPLParams:
     return KPLParams(**{**base, **overrides}).validate()
 
 
-def _run_with_scores(x, classes, scores, p: KPLParams) -> KPLResult:
+def _run_with_scores(x: torch.Tensor, classes: list[torch.Tensor], scores: list[torch.Tensor],
+                     p: KPLParams) -> KPLResult:
     selected = select_top_k(scores, p.k)
     text, image, image_ot, plan, prior = _stages_from_text(x, text_proxies(classes, selected), p)
     return KPLResult(p, text, image, image_ot, [_numpy(s) for s in selected], plan, prior=prior)
 
 
 def run_kpl(
-    image_features,
-    class_embeddings: Sequence,
+    image_features: Any,
+    class_embeddings: Sequence[Any],
     *,
     params: KPLParams | None = None,
     device: str | torch.device = "cpu",
     num_threads: int | None = None,
     auto_ks: Iterable[int] | None = None,
-    **overrides,
+    **overrides: Any,
 ) -> KPLResult:
     """Run KPL on (N, D) image features and C per-class (M_c, D) description embeddings.
 
@@ -269,15 +274,15 @@ def run_kpl(
 
 
 def run_kpl_many(
-    image_features,
-    class_embeddings: Sequence,
+    image_features: Any,
+    class_embeddings: Sequence[Any],
     ks: Iterable[int | str],
     *,
     params: KPLParams | None = None,
     device: str | torch.device = "cpu",
     num_threads: int | None = None,
     auto_ks: Iterable[int] | None = None,
-    **overrides,
+    **overrides: Any,
 ) -> dict[int | str, KPLResult]:
     """``{k: run_kpl(..., k=k)}`` for every k, sharing input conversion and description scores.
 
@@ -294,14 +299,14 @@ def run_kpl_many(
         _check_batch(x)
         with torch_threads(pick_threads(num_threads, x.shape[0], x.shape[1], len(classes))):
             if not auto:
-                return _run_many(x, classes, fixed, base)
+                return {k: r for k, r in _run_many(x, classes, fixed, base).items()}
             candidates = _auto_ks(classes, auto_ks)
             every = _run_many(x, classes, list(dict.fromkeys(fixed + candidates)), base)
             chosen = _auto_from(every, candidates)
             return {("auto" if is_auto(k) else check_k(k)): (chosen if is_auto(k) else every[check_k(k)]) for k in ks}
 
 
-def _auto_ks(classes, auto_ks) -> list[int]:
+def _auto_ks(classes: list[torch.Tensor], auto_ks: Iterable[int] | None) -> list[int]:
     return auto_range([int(e.shape[0]) for e in classes], auto_ks)
 
 
@@ -311,10 +316,10 @@ def _auto_from(results: dict[int, KPLResult], ks: list[int]) -> KPLResult:
     return replace(results[chosen], auto=record)
 
 
-def _run_many(x, classes, ks, base: KPLParams) -> dict[int, KPLResult]:
+def _run_many(x: torch.Tensor, classes: list[torch.Tensor], ks: list[int], base: KPLParams) -> dict[int, KPLResult]:
     """The per-k part of run_kpl_many; one computation per distinct selection."""
     results: dict[int, KPLResult] = {}
-    by_selection: dict[tuple, KPLResult] = {}
+    by_selection: dict[tuple[tuple[int, ...], ...], KPLResult] = {}
     scores = description_scores(x, classes)
     with task("KPL over k", len(ks)) as progress:
         for k in ks:

@@ -114,6 +114,7 @@ def fit_vision_proxies(
     if chunk_rows is None:
         chunk_rows = n if x.numel() <= CHUNK_ELEMENTS else CHUNK_ROWS
     labels = harden_labels(plan, alpha)
+    products: _HalfProducts | _RowBlocks | _WholeProducts
     if compute_dtype is not None and compute_dtype != x.dtype:
         products = _HalfProducts(x, compute_dtype)
     elif chunk_rows < n:
