@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # The browser tests drive the system's Chromium: `chromium` installs Debian's package when it is missing (root).
-test: $(STAMP) chromium
+test: $(STAMP) chromium lint
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
 # ruff (pyflakes, import order, bug-prone patterns) and mypy (strict on the core modules; pyproject.toml).
