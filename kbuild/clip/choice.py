@@ -17,10 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kbuild import settings
-
-LOCAL_DIR = "local-dir:"
-HF_HUB = "hf-hub:"
-TRANSFORMERS = "transformers:"
+from kbuild.clip.registry import HF_HUB, LOCAL_DIR, TRANSFORMERS, resolve
 
 Library = Literal["open_clip", "open_clip_dir", "open_clip_hub", "transformers"]
 _PREFIXES: dict[str, Library] = {LOCAL_DIR: "open_clip_dir", HF_HUB: "open_clip_hub", TRANSFORMERS: "transformers"}
@@ -43,8 +40,6 @@ class ModelName:
 
 
 def parse_model_name(model: str) -> ModelName:
-    from kbuild.clip.registry import resolve
-
     spec = resolve(model.strip())
     for prefix, library in _PREFIXES.items():
         if spec.startswith(prefix):

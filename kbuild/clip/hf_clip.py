@@ -19,9 +19,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from kbuild.clip.precision import image_autocast
+from kbuild.clip.registry import TRANSFORMERS
 from kbuild.errors import KbuildError, UsageError
 
-TRANSFORMERS = "transformers:"
 # What CLIPModel.from_pretrained reads, in its own order of preference: the first present is loaded and
 # any other weights in the folder are ignored, so only the first is hashed (a stale file is not).
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

@@ -28,14 +28,12 @@ import numpy as np
 
 from kbuild.clip import causal
 from kbuild.clip.precision import image_autocast, pick_precision
-from kbuild.clip.registry import TRANSFORMERS, check_cached, resolve
+from kbuild.clip.registry import HF_HUB, LOCAL_DIR, TRANSFORMERS, check_cached, resolve
 from kbuild.errors import KbuildError, UsageError
 
 if TYPE_CHECKING:  # transformers loads only for a transformers: model
     from kbuild.clip.hf_clip import HFClipModel
 
-LOCAL_DIR = "local-dir:"
-HF_HUB = "hf-hub:"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from typing import TypedDict
 
 from kbuild.errors import KbuildError
 
+# The --model prefixes, defined once (kbuild.clip.choice.parse_model_name reads them).
+LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 TRANSFORMERS = "transformers:"
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -17,8 +18,15 @@ from kbuild.descriptions import Description, content_hash
 from kbuild.errors import KbuildError
 from kbuild.store.records import RemovedRecord
 
-if TYPE_CHECKING:  # snapshots imports this module
-    from kbuild.store.snapshots import SnapshotInfo
+
+class Parent(Protocol):
+    """What a manifest records of a parent snapshot (a ``SnapshotInfo``; snapshots imports this module)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def content_hash(self) -> str: ...
 
 MANIFEST_VERSION = 1
 
@@ -70,7 +78,7 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-def build_manifest(draft: SnapshotDraft, parents: list[SnapshotInfo]) -> dict[str, Any]:
+def build_manifest(draft: SnapshotDraft, parents: Sequence[Parent]) -> dict[str, Any]:
     counts = Counter(d.class_name for d in draft.descriptions)
     removed_by_stage = Counter(r.stage for r in draft.removed)
     return {
