@@ -77,7 +77,7 @@ class Figure:
 
 
 LOAD_EXAMPLE = "kbuild load examples/medical_kb.json --classes examples/classes.txt"
-SHORT_PRUNE = "kbuild prune v3 --dedup-threshold 0.9999 --cross-class-threshold 0.9999"
+SHORT_PRUNE = "kbuild prune v4 --dedup-threshold 0.9999 --cross-class-threshold 0.9999"
 METHOD_TABLE = (r"(\s+(\d+(\.\d+)?|-)){2}$",)   # the iters and seconds columns of a method table
 
 
@@ -91,7 +91,7 @@ def _figures() -> list[Figure]:
             Step("kbuild load examples/short_descriptors.json", quiet=True),
             Step(SHORT_PRUNE, comment="3 birds, 11 short descriptors"),
             Step(SHORT_PRUNE + " --allow-empty", head=1, tail=1),
-            Step("kbuild rm v5"),
+            Step("kbuild rm v6"),
         )),
         Figure("walkthrough-progress", "demo",
                (Step("kbuild load ../shared/datasets/kb/CuPL__food_prompts_full.json 2>&1 | cat"),),
@@ -102,7 +102,8 @@ def _figures() -> list[Figure]:
                (Step("kpl compare --kb v1 --kb v2 --data demo_out/images --out demo_out/compare"),)),
         Figure("walkthrough-serve", "demo", (Step(
             "kbuild serve --results demo_out",
-            run="timeout -s INT 8 kbuild serve --results demo_out --port 8765 || test $? = 124", hide=r"(?<=token=)\S+"),),
+            run="timeout -s INT 8 kbuild serve --results demo_out --port 8765 || test $? = 124",
+            hide=r"(?<=token=)\S+|(?<=store )/tmp/[^;]+"),),
             checked=False),
         Figure("offline-default-model", "demo", (Step(
             "HF_HUB_OFFLINE=1 kbuild load kb.json",
@@ -121,7 +122,7 @@ def _figures() -> list[Figure]:
                (Step("kpl sweep --kb latest --features ph2_features.npz --k 1,2,5,6,8,12,19,24,30,auto"),),
                tolerance=0.01),
         Figure("methods-table", "bench", script="python benchmarks/bench_methods.py", fence="", tolerance=0.1),
-        Figure("auto-k-table", "bench", script="python benchmarks/bench_auto_k.py", fence="", tolerance=0.1,
+        Figure("auto-k-table", "bench", script="python benchmarks/bench_auto_k.py", fence="text", tolerance=0.1,
                checked=False),
     ]
 
