@@ -19,7 +19,6 @@ proxies, so only the OT sums, the loop and the scoring differ.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -29,38 +28,23 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_loops import paper_loop  # noqa: E402  (the paper's float32 loop, shared with the parity tests)
+
 from kpl import run_kpl  # noqa: E402
 from kpl.method.decision import within_float32_resolution  # noqa: E402
 from kpl.method.ot import greenkhorn  # noqa: E402
-from kpl.method.proxies import harden_labels  # noqa: E402
 from kpl.method.retrieval import as_matrix, split_by_class  # noqa: E402
 
 SHARED = Path(os.environ.get("KPL_TEST_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 PERMUTATIONS = 4
 
 
-def paper_loop(x, plan, init, early_stop=True, tau_i=0.04, iters=2000, tol=1e-6, patience=20):
-    """The paper code's float32 proxy loop (its op order), with the stop rule of ARCHITECTURE 4."""
-    target = x.T @ harden_labels(plan, 0.6)
-    w, step, prev, quiet = init.clone(), 10.0, math.inf, 0
-    for _ in range(iters):
-        grad = x.T @ torch.softmax(x @ w / tau_i, dim=1) - target
-        norm = float(torch.norm(grad))
-        step = step / 2 if norm > prev else step
-        prev = norm
-        w_new = F.normalize(w - (step / (x.shape[0] * tau_i)) * grad, dim=0)
-        quiet = quiet + 1 if float((w_new - w).abs().max()) < tol else 0
-        w = w_new
-        if early_stop and quiet >= patience:
-            break
-    return w
-
-
 def before(x_np, classes, k, exact_iters=False):
     """(predictions, float32 scores) of image_ot in the paper's arithmetic."""
     w_text = torch.from_numpy(run_kpl(x_np, classes, k=k, iters=0).text.proxies)  # retrieval only
     x = as_matrix(x_np, "x")
-    w = paper_loop(x, greenkhorn(x @ w_text, 0.01), w_text, not exact_iters)  # float32 Greenkhorn, as the paper
+    w = paper_loop(x, greenkhorn(x @ w_text, 0.01), w_text, early_stop=not exact_iters)  # float32 Greenkhorn, as the paper
     scores = x @ w
     return scores.argmax(1).numpy(), scores.numpy(), w
 

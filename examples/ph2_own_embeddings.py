@@ -20,8 +20,10 @@ SPACE = "ViT-B-16/openai@concept-based-interpretability-VLM"
 DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
-def write_ph2_files(shared: Path, folder: Path, *, space: str = SPACE, names: bool = True) -> tuple[Path, Path, dict]:
-    """(kb.npz, features.npz, the source arrays) built from ph2_vitb16.npz and its sentences."""
+def write_ph2_files(shared: Path, folder: Path, *, features_space: str = SPACE,
+                    names: bool = True) -> tuple[Path, Path, dict]:
+    """(kb.npz, features.npz, the source arrays) built from ph2_vitb16.npz and its sentences; the knowledge
+    base is in SPACE, the features in ``features_space`` (another one shows the spaces refusal)."""
     source = shared / "datasets" / "features"
     data = dict(np.load(source / "ph2_vitb16.npz"))
     sentences = json.loads((source / "ph2_vitb16_kb.json").read_text())
@@ -35,11 +37,11 @@ def write_ph2_files(shared: Path, folder: Path, *, space: str = SPACE, names: bo
     folder.mkdir(parents=True, exist_ok=True)
     kb = folder / "ph2_kb.npz"
     np.savez(kb, classes=np.asarray(classes), texts=np.asarray(texts),
-             embeddings=data["description_embeddings"], model_id=np.asarray(space))
+             embeddings=data["description_embeddings"], model_id=np.asarray(SPACE))
     features = folder / "ph2_features.npz"
     extra = {"name_embeddings": data["class_label_embeddings"]} if names else {}
     np.savez(features, image_features=data["image_features"], labels=data["labels"],
-             class_names=data["class_names"], model_id=np.asarray(space), **extra)
+             class_names=data["class_names"], model_id=np.asarray(features_space), **extra)
     return kb, features, data
 
 

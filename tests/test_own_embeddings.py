@@ -4,16 +4,20 @@ and ``kpl eval --features`` in the same space, end to end on the real PH2 featur
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import REPO
 from kbuild.clip.models import load_clip
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl
 from kpl.method.retrieval import split_by_class
 
-SPACE = "ViT-B-16/openai@concept-based-interpretability-VLM"
+sys.path.insert(0, str(REPO / "examples"))
+from ph2_own_embeddings import SPACE, write_ph2_files  # noqa: E402  (the README's own-embeddings files)
+
 ROWS = ("clip", "dclip", "cupl", "inmap", "transclip", "transclip_desc", "stata", "stata_desc", "kpl.text", "kpl.image", "kpl.image_ot")
 
 
@@ -27,24 +31,8 @@ def store(monkeypatch, tmp_path) -> Path:
 
 
 def ph2_files(shared_dir: Path, folder: Path, space: str = SPACE, names: bool = True) -> tuple[Path, Path, dict]:
-    """(kb.npz, features.npz, the arrays) built from ph2_vitb16.npz and its sentences."""
-    data = dict(np.load(shared_dir / "datasets" / "features" / "ph2_vitb16.npz"))
-    sentences = json.loads((shared_dir / "datasets" / "features" / "ph2_vitb16_kb.json").read_text())
-    class_names = [str(c) for c in data["class_names"]]
-    classes = [class_names[i] for i in data["description_class"]]
-    seen = {c: 0 for c in class_names}
-    texts = []
-    for c in classes:  # the sentences are listed per class in the order of the embedding rows
-        texts.append(sentences[c][seen[c]])
-        seen[c] += 1
-    kb = folder / "ph2_kb.npz"
-    np.savez(kb, classes=np.asarray(classes), texts=np.asarray(texts),
-             embeddings=data["description_embeddings"], model_id=np.asarray(SPACE))
-    feats = folder / "ph2_features.npz"
-    extra = {"name_embeddings": data["class_label_embeddings"]} if names else {}
-    np.savez(feats, image_features=data["image_features"], labels=data["labels"],
-             class_names=data["class_names"], model_id=np.asarray(space), **extra)
-    return kb, feats, data
+    """(kb.npz, features.npz, the arrays) built from ph2_vitb16.npz and its sentences (examples/ph2_own_embeddings.py)."""
+    return write_ph2_files(shared_dir, folder, features_space=space, names=names)
 
 
 def test_ph2_round_trip_matches_the_library(kbuild, kpl, store, shared_dir, tmp_path):
