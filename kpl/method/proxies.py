@@ -126,28 +126,26 @@ def fit_vision_proxies(
     del labels
 
     w = init.to(torch.float64)
-    progress = task("KPL vision proxies", iters)
     prev_norm = math.inf
     step = lr
     quiet = 0  # consecutive iterations with max |W_new - W| < tol
     changes: list[float] = []
-    for it in range(iters):
-        progress.advance()
-        centred = (w - w.mean(dim=1, keepdim=True)).to(x.dtype)
-        h = products.xt_residual(centred, centred_labels, tau_i)
-        grad_norm = float(torch.linalg.vector_norm(h))
-        if grad_norm > prev_norm:
-            step /= 2
-        prev_norm = grad_norm
-        moved = w - (step / (n * tau_i)) * (h + common[:, None])
-        w_new = moved / torch.linalg.vector_norm(moved, dim=0).clamp_min(1e-12)
-        changes.append(float((w_new - w).abs().max()))
-        quiet = quiet + 1 if changes[-1] < tol else 0
-        w = w_new
-        if quiet >= patience and not exact_iters:
-            progress.close()
-            return ProxyFit(w.to(x.dtype), it + 1, True, w, changes)
-    progress.close()
+    with task("KPL vision proxies", iters) as progress:  # an early stop ends the reported task there
+        for it in range(iters):
+            progress.advance()
+            centred = (w - w.mean(dim=1, keepdim=True)).to(x.dtype)
+            h = products.xt_residual(centred, centred_labels, tau_i)
+            grad_norm = float(torch.linalg.vector_norm(h))
+            if grad_norm > prev_norm:
+                step /= 2
+            prev_norm = grad_norm
+            moved = w - (step / (n * tau_i)) * (h + common[:, None])
+            w_new = moved / torch.linalg.vector_norm(moved, dim=0).clamp_min(1e-12)
+            changes.append(float((w_new - w).abs().max()))
+            quiet = quiet + 1 if changes[-1] < tol else 0
+            w = w_new
+            if quiet >= patience and not exact_iters:
+                return ProxyFit(w.to(x.dtype), it + 1, True, w, changes)
     return ProxyFit(w.to(x.dtype), iters, quiet >= patience, w, changes)
 
 
