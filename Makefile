@@ -29,7 +29,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check kbuild kpl tests benchmarks examples docs
 	$(BIN)/mypy
 
-# The edit loop: no crash/concurrency trials, no Chroma server, no browser (about 2 minutes).
+# The edit loop: no slow tests (crash/concurrency trials, Ray, the wheel), no Chroma server, no browser
+# (under 2 minutes on an idle 2-core machine).
 test-fast: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q -x -m "not slow and not server and not browser"
 

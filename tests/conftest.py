@@ -38,10 +38,14 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_collection_modifyitems(config, items):
-    """A test that starts `chroma run` is a server test wherever it lives (make test-fast leaves them out)."""
+    """A test that starts `chroma run` is a server test, and one that starts Ray a slow one, wherever
+    it lives (make test-fast leaves both out)."""
     for item in items:
-        if "chroma_url" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "chroma_url" in fixtures:
             item.add_marker(pytest.mark.server)
+        if "ray_cluster" in fixtures:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -106,6 +110,42 @@ def kpl(capsys) -> CliRunner:
     from kpl.cli import app
 
     return CliRunner(app, "kpl", capsys)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for torch (and faiss) in this module: its arrays are small, and on a 2-core
+    machine shared with Chroma servers and child processes a second OpenMP thread spins on them
+    (10-30x the CPU time of one thread, same results). Use: pytestmark = pytest.mark.usefixtures("one_thread")."""
+    from kpl.method.core import torch_threads
+
+    faiss = _faiss_or_none()
+    before = faiss.omp_get_max_threads() if faiss else None
+    if faiss:
+        faiss.omp_set_num_threads(1)
+    try:
+        with torch_threads(1):
+            yield
+    finally:
+        if faiss:
+            faiss.omp_set_num_threads(before)
+
+
+def _faiss_or_none():
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+@pytest.fixture(scope="session")
+def forks(tmp_path_factory):
+    """One fork server for the whole run (tests/forkserver.py): each ``forks.run`` is a real, fresh
+    ``kbuild``/``kpl`` process that did not pay the 4-6 s of imports (see helpers.run_forked)."""
+    import forkserver
+
+    return forkserver.shared(tmp_path_factory.mktemp("forks"))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 earlier snapshots stay intact, no partial snapshot appears under a real name, ``kbuild gc``
 removes the leftover, and the same load then succeeds.
 
-Everything after the kill runs as separate ``kbuild`` processes, as a user would run them.
+Everything after the kill runs as separate ``kbuild`` processes, as a user would run them (forked
+from tests/forkserver.py: real processes without the import cost).
 The store is watched through a read-only SQLite connection, so this process never holds a
 Chroma client that could mask what a fresh process sees.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import cli_env, run_subprocess, start_processes, stop_process
+from helpers import cli_env, run_forked
 from kbuild.clip.cache import TextEmbeddingCache
 from kbuild.clip.models import ModelSpec, model_id
 from kbuild.descriptions import DEFAULT_TEMPLATE, Description
@@ -77,49 +78,50 @@ def first_snapshot(home: Path) -> str:
     return SnapshotStore(home).publish(SnapshotDraft(descriptions, rows, "load", {}, {"model_id": "x"})).content_hash
 
 
-def kill_while_writing(args: list, env: dict, home: Path, limit_s: float = 40.0) -> int:
+def kill_while_writing(forks, args: list, env: dict, home: Path, limit_s: float = 40.0) -> int:
     """Start ``kbuild load``, SIGKILL it once its pending collection holds some records; returns them."""
-    (proc,) = start_processes("kbuild", [args], env)
+    child = forks.run("kbuild", *args, env=env)
     try:
         deadline = time.monotonic() + limit_s
-        while time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and forks.poll(child) is None:
             written = sum(pending_rows(home).values())
             if 0 < written < CLASSES * PER_CLASS:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(10)
+                forks.kill(child)
+                assert forks.wait(child, 10) == -signal.SIGKILL
                 return written
             time.sleep(0.05)
-        pytest.fail(f"the load finished or stalled before it could be killed mid-write (rc {proc.poll()})")
+        pytest.fail(f"the load finished or stalled before it could be killed mid-write (rc {forks.poll(child)})")
     finally:
-        stop_process(proc)
+        forks.kill(child)
+        forks.wait(child, 10)
 
 
-def test_killed_load_leaves_earlier_snapshots_intact_and_gc_cleans_up(tmp_path, tiny_model):
+def test_killed_load_leaves_earlier_snapshots_intact_and_gc_cleans_up(forks, tmp_path, tiny_model):
     home = tmp_path / "store"
     env = cli_env(KBUILD_STORE=str(home), KPL_CLIP_MODEL=tiny_model)
     earlier_hash = first_snapshot(home)
     source = big_file(tmp_path / "big.json")
     warm_cache(home, tiny_model, source)
 
-    written = kill_while_writing(["load", source], env, home)
+    written = kill_while_writing(forks, ["load", source], env, home)
     assert 0 < written < CLASSES * PER_CLASS
     leftover = pending_rows(home)
     assert len(leftover) == 1
 
-    listed = run_subprocess("kbuild", "list", "--json", env=env)
+    listed = run_forked(forks, "kbuild", "list", "--json", env=env)
     assert listed.code == 0, listed.err
     assert [(s["name"], s["manifest"]["content_hash"]) for s in listed.json()] == [("snapshot_v1", earlier_hash)]
-    verified = run_subprocess("kbuild", "verify", "v1", "--json", env=env)
+    verified = run_forked(forks, "kbuild", "verify", "v1", "--json", env=env)
     assert verified.code == 0 and verified.json()["recomputed"] == earlier_hash
 
-    cleaned = run_subprocess("kbuild", "gc", env=env)
+    cleaned = run_forked(forks, "kbuild", "gc", env=env)
     assert cleaned.code == 0 and cleaned.out.splitlines()[0] == "removed 1 unfinished write(s)"
     assert pending_rows(home) == {}
 
-    rerun = run_subprocess("kbuild", "load", source, "--json", env=env)
+    rerun = run_forked(forks, "kbuild", "load", source, "--json", env=env)
     assert rerun.code == 0, rerun.err
     assert rerun.json()["snapshot"] == "snapshot_v2" and rerun.json()["total"] == CLASSES * PER_CLASS
-    final = run_subprocess("kbuild", "list", "--json", env=env).json()
+    final = run_forked(forks, "kbuild", "list", "--json", env=env).json()
     assert [s["name"] for s in final] == ["snapshot_v1", "snapshot_v2"]
-    assert run_subprocess("kbuild", "verify", "v2", env=env).code == 0
-    assert run_subprocess("kbuild", "verify", "v1", env=env).code == 0
+    assert run_forked(forks, "kbuild", "verify", "v2", env=env).code == 0
+    assert run_forked(forks, "kbuild", "verify", "v1", env=env).code == 0

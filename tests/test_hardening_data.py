@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import run_subprocess
+from helpers import run_forked, run_subprocess
 from kbuild.errors import InputFileError
 from kbuild.inputs import read_npz
 from kbuild.sources.embedded import read_embedded
@@ -243,21 +243,30 @@ def test_a_classes_file_follows_the_same_rule(tmp_path):
 
 
 # ---- items 1, 15, 16: the store's own files --------------------------------------------------------
-@pytest.fixture()
-def written_store(tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def written_once(tmp_path_factory) -> Path:
     """A store with one 3000-description snapshot (own vectors, no CLIP), enough records that Chroma
-    has moved them from its log into the vector index files (600 were not)."""
+    has moved them from its log into the vector index files (600 were not). Written once per module."""
     rng = np.random.default_rng(0)
     texts = [f"trait {i}" for i in range(3000)]
     classes = [f"class {i % 6}" for i in range(3000)]
     vectors = rng.standard_normal((3000, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    home = tmp_path / "store"
+    root = tmp_path_factory.mktemp("written")
+    home = root / "store"
     # Written by another process, which flushes the vector index to disk when it exits.
-    result = run_subprocess("kbuild", "load", kb_npz(tmp_path / "kb.npz", classes, texts, vectors), "--store", home)
+    result = run_subprocess("kbuild", "load", kb_npz(root / "kb.npz", classes, texts, vectors), "--store", home)
     assert result.code == 0, result.err
     assert list_segments(home), "Chroma wrote no segment folder"
     return home
+
+
+@pytest.fixture()
+def written_store(written_once, tmp_path) -> Path:
+    """This test's own copy of the written store (the tests damage it)."""
+    import shutil
+
+    return Path(shutil.copytree(written_once, tmp_path / "store"))
 
 
 def list_segments(home: Path) -> list[Path]:
@@ -320,11 +329,11 @@ def _damage(kind: str, segment: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["index_metadata.pickle", "header.bin", "data_level0.bin", "segment folder"])
-def test_damage_outside_the_database_is_called_damage(written_store, kind):
+def test_damage_outside_the_database_is_called_damage(forks, written_store, kind):
     home = written_store
     _damage(kind, list_segments(home)[0])
     # A fresh process: this one's Chroma keeps the vector index it already loaded in memory.
-    line = one_error_line(run_subprocess("kbuild", "verify", "v1", "--store", home))
+    line = one_error_line(run_forked(forks, "kbuild", "verify", "v1", "--store", home))
     assert "is damaged" in line and "restore" in line, line
 
 

@@ -15,6 +15,7 @@ from kpl.synthetic import synthetic_case
 
 PH2 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "features" / "ph2_vitb16.npz"
 FAST = {"iters": 300}
+pytestmark = pytest.mark.usefixtures("one_thread")  # small arrays: a second thread only spins (conftest)
 
 
 def test_choose_k_is_the_medoid_and_ties_go_to_the_smallest_k():
@@ -67,6 +68,7 @@ def test_auto_errors_are_usage_errors():
         run_kpl(x, classes, k="automatic")
 
 
+@pytest.mark.slow  # every k of the auto range to 2000 iterations on the real features
 @pytest.mark.skipif(not PH2.is_file(), reason="../shared PH2 features are absent")
 def test_auto_never_collapses_on_ph2():
     data = np.load(PH2)

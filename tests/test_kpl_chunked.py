@@ -11,6 +11,8 @@ import kpl.method.retrieval as retrieval
 from kbuild.errors import KbuildError
 from kpl.method.proxies import fit_vision_proxies
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small arrays: a second thread only spins (conftest)
+
 
 def unit(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32))

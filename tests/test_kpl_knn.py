@@ -20,6 +20,8 @@ from kpl.peers.transclip import transclip
 from kpl.synthetic import clip_like_features
 
 ROOT = Path(__file__).resolve().parents[1]
+# faiss and torch on one thread (conftest.one_thread): a second OpenMP thread spins on these arrays.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)

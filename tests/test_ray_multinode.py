@@ -32,6 +32,7 @@ from test_kpl_features import make_image_folder
 from helpers import REPO, cli_env, free_port, run_subprocess
 
 pytest.importorskip("ray", reason="Ray is absent: pip install 'kpl-toolkit[distributed]'")
+pytestmark = pytest.mark.slow  # starts a two-node Ray cluster
 
 OBJECT_STORE_BYTES = 80 * 1024 * 1024  # Ray's floor is 75 MiB; the features are a few KiB
 # Every process of this cluster inherits this variable, so teardown can find (and stop) exactly them.

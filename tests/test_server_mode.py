@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from helpers import cli_env, finish, run_kbuild, start_processes, write_class_lists
+from helpers import cli_env, finish_forked, run_kbuild, write_class_lists
 from kbuild.store import SnapshotStore
 
 pytestmark = pytest.mark.server
@@ -122,11 +122,11 @@ def test_latest_is_the_last_published_even_when_server_writers_overlap(tmp_path,
 
 
 @pytest.mark.slow
-def test_four_processes_writing_to_one_server_each_get_their_own_version(tmp_path, chroma_url, tiny_model, both):
+def test_four_processes_writing_to_one_server_each_get_their_own_version(forks, tmp_path, chroma_url, tiny_model, both):
     files = [write_class_lists(tmp_path / f"team{k}.json", classes=2, per_class=6, prefix=f"team{k}") for k in range(4)]
     before = {s.name for s in SnapshotStore(tmp_path, chroma_url).list()}
     env = cli_env(KBUILD_STORE=str(tmp_path / "home"), KBUILD_CHROMA_URL=chroma_url, KPL_CLIP_MODEL=tiny_model)
-    results = finish(start_processes("kbuild", [["load", f, "--json"] for f in files], env))
+    results = finish_forked(forks, [forks.run("kbuild", "load", f, "--json", env=env) for f in files])
     assert all(r.code == 0 for r in results), [r.err for r in results]
     published = {r.json()["snapshot"]: r.json()["content_hash"] for r in results}
     assert len(published) == 4 and not set(published) & before

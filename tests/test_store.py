@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import cli_env, finish, start_processes, write_class_lists
+from helpers import cli_env, finish_forked, write_class_lists
 from kbuild.descriptions import Description, content_hash
 from kbuild.errors import KbuildError, SnapshotNotFound, UsageError
 from kbuild.ops.inspect import verify
@@ -274,11 +274,11 @@ def test_a_name_chroma_rejects_is_refused_before_anything_is_written(store):
 
 
 # ---- concurrent writers -------------------------------------------------------------------------
-def test_four_processes_loading_at_once_each_get_their_own_version(tmp_path, tiny_model):
+def test_four_processes_loading_at_once_each_get_their_own_version(forks, tmp_path, tiny_model):
     home = tmp_path / "store"
     files = [write_class_lists(tmp_path / f"kb{k}.json", classes=3, per_class=5, prefix=f"src{k}") for k in range(4)]
     env = cli_env(KBUILD_STORE=str(home), KPL_CLIP_MODEL=tiny_model)
-    results = finish(start_processes("kbuild", [["load", f, "--json"] for f in files], env))
+    results = finish_forked(forks, [forks.run("kbuild", "load", f, "--json", env=env) for f in files])
     assert all(r.code == 0 for r in results), [r.err for r in results]
     published = {r.json()["snapshot"]: r.json()["content_hash"] for r in results}
     assert sorted(published) == ["snapshot_v1", "snapshot_v2", "snapshot_v3", "snapshot_v4"]

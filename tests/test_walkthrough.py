@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import sys
 
-from helpers import REPO, cli_env, run_subprocess
+from helpers import REPO, cli_env, run_forked
 
 sys.path.insert(0, str(REPO / "examples"))
 from make_demo_images import write_images  # noqa: E402
 
 
-def test_demo_steps_against_a_chroma_server(chroma_url, tiny_model, tmp_path):
+def test_demo_steps_against_a_chroma_server(forks, chroma_url, tiny_model, tmp_path):
     env = cli_env(KBUILD_CHROMA_URL=chroma_url, KBUILD_STORE=str(tmp_path / "home"),
                   KPL_CLIP_MODEL=tiny_model, KPL_CLIP_PRETRAINED="none")
     images = write_images(tmp_path / "images", per_class=4)
 
     def run(prog, *args):
-        result = run_subprocess(prog, *args, env=env)
+        result = run_forked(forks, prog, *args, env=env)  # a fresh process per command
         assert result.code == 0, f"{prog} {' '.join(args)} failed: {result.err}"
         return result
 

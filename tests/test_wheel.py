@@ -25,6 +25,7 @@ from kbuild.sources.llm.prompts import load_prompt_file
 # What a wheel is built from (the sdist holds the same; see MANIFEST.in).
 SOURCES = ("kbuild", "kpl", "prompts", "pyproject.toml", "setup.py", "MANIFEST.in", "README.md")
 FAKE_KEY = "sk-test-wheel-0000"
+pytestmark = pytest.mark.slow  # builds and installs a wheel, runs its console script in fresh interpreters
 
 
 @pytest.fixture(scope="module")
