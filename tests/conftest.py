@@ -114,29 +114,13 @@ def kpl(capsys) -> CliRunner:
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """One intra-op thread for torch (and faiss) in this module: its arrays are small, and on a 2-core
-    machine shared with Chroma servers and child processes a second OpenMP thread spins on them
-    (10-30x the CPU time of one thread, same results). Use: pytestmark = pytest.mark.usefixtures("one_thread")."""
+    """One torch intra-op thread in this module: its arrays are small, and on a 2-core machine shared
+    with Chroma servers and child processes a second OpenMP thread spins on them (10x the CPU time of
+    one thread, same results). Use: pytestmark = pytest.mark.usefixtures("one_thread")."""
     from kpl.method.core import torch_threads
 
-    faiss = _faiss_or_none()
-    before = faiss.omp_get_max_threads() if faiss else None
-    if faiss:
-        faiss.omp_set_num_threads(1)
-    try:
-        with torch_threads(1):
-            yield
-    finally:
-        if faiss:
-            faiss.omp_set_num_threads(before)
-
-
-def _faiss_or_none():
-    try:
-        import faiss
-    except ImportError:
-        return None
-    return faiss
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

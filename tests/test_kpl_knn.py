@@ -20,8 +20,24 @@ from kpl.peers.transclip import transclip
 from kpl.synthetic import clip_like_features
 
 ROOT = Path(__file__).resolve().parents[1]
-# faiss and torch on one thread (conftest.one_thread): a second OpenMP thread spins on these arrays.
-pytestmark = pytest.mark.usefixtures("one_thread")
+# torch (conftest.one_thread) and faiss (faiss_one_thread) on one thread: a second OpenMP thread spins
+# on these arrays (30x the CPU time on a busy 2-core machine, same graphs).
+pytestmark = pytest.mark.usefixtures("one_thread", "faiss_one_thread")
+
+
+@pytest.fixture(scope="module")
+def faiss_one_thread():
+    try:
+        import faiss
+    except ImportError:  # the tests that need it skip by themselves
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture(scope="module", autouse=True)
