@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # The edit loop: no slow tests (crash/concurrency trials, Ray, the wheel), no Chroma server, no browser
-# (under 2 minutes on an idle 2-core machine).
+# (4.5 minutes on a near-idle 2-core machine; issue 20 asks for 2).
 test-fast: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q -x -m "not slow and not server and not browser"
 
