@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from kbuild.store.manifest import display_name, display_names
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
 from kpl.errors import KplError
 from kpl.images.datasets import ImageDataset, match_classes
-from kpl.images.features import FeatureSet, Progress, feature_notes, load_or_encode
+from kpl.images.features import FeatureSet, ImageRequest, Progress, feature_notes, load_or_encode
 from kpl.method.decision import RESOLUTION_RULE
 from kpl.peers.baselines import BASELINES, PROTOTYPE_METHODS
 from kpl.results.bootstrap import confidence_intervals
@@ -54,6 +54,9 @@ KPL_STAGES = ("text", "image", "image_ot")
 SWEEP_KEYS = ("tau_t", "tau_i", "alpha", "ot")
 _INMAP_KEYS = ("tau_t", "tau_i", "alpha", "lr", "iters", "ot_iters", "gamma", "tol", "patience", "exact_iters")
 
+if TYPE_CHECKING:
+    from kpl.images.ray_engine import EngineSpec
+
 Log = Callable[[str], None]
 
 
@@ -61,9 +64,11 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Inputs:
-    """What to evaluate on: exactly one of ``data`` (images) and ``features`` (.npz), plus how."""
+    """The request of ``kpl eval``, ``compare``, ``sweep`` and ``embed`` (kpl.cli builds it in one place):
+    exactly one of ``data`` (images) and ``features`` (.npz), plus how. ``model``/``pretrained`` are the
+    flags as given; ``image_request`` resolves them (flag > environment > snapshot > default)."""
 
     data: Path | None = None
     features: Path | None = None
@@ -80,7 +85,7 @@ class Inputs:
     store: str | None = None
     chroma_url: str | None = None
     precision: str | None = None  # image encoding: auto (fp16 on CUDA), fp32, fp16, bf16
-    engine: Any = None  # kpl.images.ray_engine.EngineSpec; None: encode in this process
+    engine: EngineSpec | None = None  # None: encode in this process
 
 
 @dataclass
@@ -117,29 +122,34 @@ class Session:
         return self.graphs[key]
 
 
-def load_image_features(inputs: Inputs, progress: Progress | None = None,
-                        check_classes: Callable[[list[str]], None] | None = None, snapshot: dict | None = None):
-    """(FeatureSet, ImageDataset or None, image model or None) from ``--features`` or ``--data``.
-
-    The image model: --model > KPL_CLIP_MODEL > ``snapshot``'s own model (a manifest's ``clip``) > default,
-    so images and descriptions share a space unless the user says otherwise."""
+def image_request(inputs: Inputs, snapshot: dict | None = None) -> ImageRequest:
+    """What ``load_or_encode`` needs from ``inputs``, with the image model chosen: --model > KPL_CLIP_MODEL >
+    ``snapshot``'s own model (a manifest's ``clip``) > default, so images and descriptions share a space
+    unless the user says otherwise."""
     cache_dir = (inputs.cache_dir or feature_cache_dir(inputs.store)) if inputs.use_cache else None
     choice = choose_model(inputs.model, inputs.pretrained, snapshot=snapshot)
-    model, pretrained = choice.model, choice.pretrained
-    return load_or_encode(inputs.data, inputs.features, inputs.split, model, pretrained, inputs.device,
-                          inputs.batch_size, inputs.workers, cache_dir, progress, check_classes, inputs.precision,
-                          _ray_encoder(inputs, model, pretrained, cache_dir, progress))
+    return ImageRequest(data=inputs.data, features=inputs.features, split=inputs.split, model=choice.model,
+                        pretrained=choice.pretrained, device=inputs.device, batch_size=inputs.batch_size,
+                        workers=inputs.workers, cache_dir=cache_dir, precision=inputs.precision)
 
 
-def _ray_encoder(inputs: Inputs, model: str, pretrained: str | None, cache_dir, progress):
+def load_image_features(inputs: Inputs, progress: Progress | None = None,
+                        check_classes: Callable[[list[str]], None] | None = None, snapshot: dict | None = None):
+    """(FeatureSet, ImageDataset or None, image model or None) from ``--features`` or ``--data``
+    (the image model as ``image_request`` chooses it)."""
+    request = image_request(inputs, snapshot)
+    return load_or_encode(request, progress=progress, check_classes=check_classes,
+                          encode_elsewhere=_ray_encoder(inputs.engine, request, progress))
+
+
+def _ray_encoder(engine: EngineSpec | None, request: ImageRequest, progress: Progress | None):
     """The encoder that runs on Ray when ``--engine ray`` asks for it; None: encode in this process."""
-    if inputs.engine is None or inputs.engine.name != "ray":
+    if engine is None or engine.name != "ray":
         return None
     from kpl.images.ray_engine import encode_dataset_ray
 
     def encode(dataset, clip):
-        return encode_dataset_ray(dataset, clip, model, pretrained, inputs.device, cache_dir, inputs.batch_size,
-                                  inputs.engine, progress)
+        return encode_dataset_ray(dataset, clip, request, engine, progress)
 
     return encode
 
