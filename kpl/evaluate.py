@@ -171,7 +171,7 @@ def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progres
 
     features, dataset, clip = load_image_features(inputs, progress, check_classes,
                                                   snapshot=_kb_clip(kbs[0]) if kbs else None)
-    session = Session(inputs, store, kbs, features, dataset, clip, log=log)
+    session = Session(inputs, store, kbs=kbs, features=features, dataset=dataset, clip=clip, log=log)
     for message in feature_notes(features, dataset):
         session.note(message)
     return session
@@ -319,7 +319,8 @@ def prepare_knowledge(session: Session, kb: KnowledgeBase, need_names: bool = Tr
                           f"embeddings have dim {', '.join(map(str, sorted(dims)))}: they come from different "
                           "models (pass the features' --model, or features encoded with the snapshot's model)")
     names = _name_embeddings(session, kb, kb_classes, model_id) if need_names else None
-    return Knowledge(kb, kb_classes, embeddings, names, template, source, ignored)
+    return Knowledge(kb, kb_classes, class_embeddings=embeddings, name_embeddings=names, template=template,
+                     text_source=source, ignored_classes=ignored)
 
 
 # ------------------------------------------------------------------ running the methods
@@ -354,9 +355,10 @@ def _metrics(features: FeatureSet, predictions: np.ndarray):
 def _row(features: FeatureSet, name: str, predictions, scores, seconds, iterations, converged, params) -> MethodRun:
     """A table row with its metrics, including AUROC from the method's (N, C) scores, and bootstrap
     95 % intervals of top-1, balanced accuracy and AUROC."""
-    return MethodRun(name, predictions, _metrics(features, predictions), seconds, iterations, converged, params,
-                     scores, ranking_metrics(features.labels, scores, features.class_names),
-                     confidence_intervals(features.labels, predictions, scores))
+    return MethodRun(name, predictions, metrics=_metrics(features, predictions), seconds=seconds, iterations=iterations,
+                     converged=converged, params=params, scores=scores,
+                     ranking=ranking_metrics(features.labels, scores, features.class_names),
+                     ci=confidence_intervals(features.labels, predictions, scores))
 
 
 def float32_resolution(runs: dict[str, MethodRun]) -> dict[str, Any]:
@@ -422,8 +424,9 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
                     continue
                 start = time.perf_counter()
                 r = run_baseline(method, x, **{source: given}, graph=shared, **settings.to_json())
-                runs[row] = _row(features, row, r.predictions, r.logits, time.perf_counter() - start + graph_share,
-                                 r.iterations, r.converged, r.params)
+                runs[row] = _row(features, row, predictions=r.predictions, scores=r.logits,
+                                 seconds=time.perf_counter() - start + graph_share, iterations=r.iterations,
+                                 converged=r.converged, params=r.params)
             continue
         if method in ("clip", "inmap") and knowledge.name_embeddings is None:
             skipped[method] = "no text model to embed class-name prompts"
@@ -431,8 +434,9 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
         extra = inmap if method == "inmap" else {}
         r = run_baseline(method, x, class_embeddings=knowledge.class_embeddings,
                          name_embeddings=knowledge.name_embeddings, device=device, **extra)
-        runs[method] = replace(_row(features, method, r.predictions, r.logits, time.perf_counter() - start,
-                                    r.iterations, r.converged, r.params), float32_ties=r.float32_ties)
+        runs[method] = replace(_row(features, method, predictions=r.predictions, scores=r.logits,
+                                    seconds=time.perf_counter() - start, iterations=r.iterations, converged=r.converged,
+                                    params=r.params), float32_ties=r.float32_ties)
     return runs, skipped, kpl_result
 
 
@@ -450,8 +454,9 @@ def _kpl_rows(features: FeatureSet, result, prefix: str, share: float) -> dict[s
     rows = {}
     for stage in KPL_STAGES:
         s = result.stage(stage)
-        rows[f"{prefix}.{stage}"] = replace(_row(features, f"{prefix}.{stage}", s.predictions, s.logits, share,
-                                                 s.iterations, s.converged, used), float32_ties=s.float32_ties)
+        rows[f"{prefix}.{stage}"] = replace(_row(features, f"{prefix}.{stage}", predictions=s.predictions,
+                                                 scores=s.logits, seconds=share, iterations=s.iterations,
+                                                 converged=s.converged, params=used), float32_ties=s.float32_ties)
     return rows
 
 
@@ -520,14 +525,15 @@ def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = MET
     if short and "kpl" in methods and not auto_k:
         session.note(f"k={params.k} exceeds the descriptions of {len(short)} class(es), which use all of theirs: "
                      + ", ".join(f"{c} ({n})" for c, n in list(short.items())[:5]))
-    runs, skipped, kpl_result = run_methods(session.features, knowledge, params, methods, auto_k,
-                                            math_device(session), transclip, session.knn_graph)
+    runs, skipped, kpl_result = run_methods(session.features, knowledge, params=params, methods=methods, auto_k=auto_k,
+                                            device=math_device(session), transclip=transclip, graph=session.knn_graph)
     if kpl_result is not None:  # the chosen k; the prior asked for (auto runs both)
         params = replace(kpl_result.params, prior=params.prior)
     note_float32_ties(session, runs)
-    return EvalResult(session, knowledge, params, methods, runs, skipped, _selected_texts(knowledge, kpl_result),
-                      datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      kpl_result.auto if kpl_result is not None else None)
+    return EvalResult(session, knowledge, params=params, methods=methods, runs=runs, skipped=skipped,
+                      selected=_selected_texts(knowledge, kpl_result),
+                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      k_auto=kpl_result.auto if kpl_result is not None else None)
 
 
 # ------------------------------------------------------------------ sweep and compare
@@ -574,8 +580,9 @@ def sweep(session: Session, base: KPLParams, ks: list[int | str], grid: dict[str
             rows.append(row)
     kb = knowledge.kb
     return SweepResult({"name": kb.info.name, "content_hash": kb.info.content_hash},
-                       {"k": list(ks), **{key: grid[key] for key in keys}, "base": base.to_json()},
-                       rows, fs.describe(), list(session.notes), 1.0 / max(len(np.unique(fs.labels)), 1))
+                       {"k": list(ks), **{key: grid[key] for key in keys}, "base": base.to_json()}, rows=rows,
+                       features=fs.describe(), notes=list(session.notes),
+                       chance=1.0 / max(len(np.unique(fs.labels)), 1))
 
 
 @dataclass
@@ -619,7 +626,8 @@ def _difference(old: float | None, new: float | None) -> float | None:
 def compare(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS,
             auto_k: bool = False, transclip: Any = None) -> CompareResult:
     """``evaluate`` each of the session's snapshots; diff each against the one before it."""
-    results = [evaluate(session, params, methods, i, auto_k, transclip) for i in range(len(session.kbs))]
+    results = [evaluate(session, params, methods=methods, kb_index=i, auto_k=auto_k, transclip=transclip)
+               for i in range(len(session.kbs))]
     diffs = []
     for old, new in zip(session.kbs, session.kbs[1:]):
         d = diff_snapshots(old, new)

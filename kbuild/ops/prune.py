@@ -95,10 +95,11 @@ def prune_snapshot(store: SnapshotStore, request: PruneRequest) -> PruneOutcome:
     if earlier is not None:  # this prune of the same parent ran before: its child is that snapshot
         return PruneOutcome(kb.info, earlier, result, reembedded=False, unchanged=True, embedder=embedder)
     parent_vectors = {d.id: v for d, v in zip(kb.descriptions, kb.embeddings)}
-    kept_vectors = templated_embeddings(embedder, parent_vectors, result.kept, template, reuse, displays)
+    kept_vectors = templated_embeddings(embedder, parent_vectors, descriptions=result.kept, template=template,
+                                        reuse=reuse, display_names=displays)
     removed: list[RemovedRecord] = list(result.removed)
-    removed_vectors = templated_embeddings(embedder, parent_vectors, [r.description for r in removed], template,
-                                           reuse, displays)
+    removed_vectors = templated_embeddings(embedder, parent_vectors, descriptions=[r.description for r in removed],
+                                           template=template, reuse=reuse, display_names=displays)
     if not reuse and embedder is not None:
         clip_info = {**embedder.clip.describe(), "template": template}
     parameters = {**params.to_json(), "similarity_model": similarity_name or f"stored:{clip_info.get('model_id')}"}

@@ -181,12 +181,14 @@ def apply_review(parent: KnowledgeBase, decisions: list[Decision],
         if not reuse:  # another model was asked for: every vector must come from it, or KPL mixes spaces
             clip_info = {**model.clip.describe(), "template": template}
     displays = display_names(parent.info.manifest)
-    kept_vectors = (templated_embeddings(model, parent_vectors, kept, template, reuse, displays) if model is not None
+    kept_vectors = (templated_embeddings(model, parent_vectors, descriptions=kept, template=template, reuse=reuse,
+                                         display_names=displays) if model is not None
                     else np.stack([parent_vectors[d.id] for d in kept]).astype(np.float32))
     removed_descs = [r.description for r in removed]
     removed_vectors = None
     if removed:
-        removed_vectors = (templated_embeddings(model, parent_vectors, removed_descs, template, reuse, displays)
+        removed_vectors = (templated_embeddings(model, parent_vectors, descriptions=removed_descs, template=template,
+                                                reuse=reuse, display_names=displays)
                            if model is not None else np.stack([parent_vectors[d.id] for d in removed_descs]))
     counts = Counter(x.action for x in decisions)
     parameters = {"reviewers": sorted({x.who for x in decisions}),
@@ -212,7 +214,7 @@ def review_snapshot(store: SnapshotStore, reference: str, decisions: list[Decisi
     if draft_key is not None:
         # typed here: the store's methods pass through an untyped fault-translating decorator
         done: SnapshotInfo | None = next((s for s in store.list() if (s.manifest.get("extra") or {}).get("review_draft") == draft_key),
-                    None)
+                                         None)
         if done is not None:
             return done
     parent = store.read(reference)

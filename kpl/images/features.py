@@ -408,10 +408,13 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
     precision = precision_of(clip)
     found = look_up(dataset, clip, cache_dir, precision)
     if found.hit is not None:
-        return feature_set(dataset, clip, *found.hit, found.info, 0, clip.device, precision)
+        features, ok = found.hit
+        return feature_set(dataset, clip, features=features, ok=ok, cache_info=found.info, encoded=0,
+                           device=clip.device, precision=precision)
     features, ok = encode_images(dataset.paths, clip, batch_size, workers, progress)
     found.save(dataset, clip, features, ok, precision)
-    return feature_set(dataset, clip, features, ok, found.info, len(dataset), clip.device, precision)
+    return feature_set(dataset, clip, features=features, ok=ok, cache_info=found.info, encoded=len(dataset),
+                       device=clip.device, precision=precision)
 
 
 def feature_set(dataset: ImageDataset, clip, features: np.ndarray, ok: np.ndarray, cache_info: dict[str, Any],

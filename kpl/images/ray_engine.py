@@ -287,7 +287,9 @@ def encode_dataset_ray(dataset: ImageDataset, clip: Any, request: ImageRequest, 
     if cache_dir is not None:
         early = look_up(dataset, clip, cache_dir, precision_of(clip), engine="ray")
         if early.hit is not None:
-            return feature_set(dataset, clip, *early.hit, early.info, 0, clip.device, precision_of(clip))
+            features, ok = early.hit
+            return feature_set(dataset, clip, features=features, ok=ok, cache_info=early.info, encoded=0,
+                               device=clip.device, precision=precision_of(clip))
     with _Cluster(engine.address) as ray:
         plan = _actor_plan(ray, request.device, engine.actors)
         device, precision = plan.device, _precision(plan.device)
@@ -301,7 +303,9 @@ def encode_dataset_ray(dataset: ImageDataset, clip: Any, request: ImageRequest, 
             cache_info = {"status": "off", "key": cache_info["key"], "engine": "ray"}
         try:
             if found.hit is not None and scratch is None:
-                return feature_set(dataset, clip, *found.hit, cache_info, 0, device, precision)
+                features, ok = found.hit
+                return feature_set(dataset, clip, features=features, ok=ok, cache_info=cache_info, encoded=0,
+                                   device=device, precision=precision)
             shards = ShardFolder(cache, key, count, engine.shard_size, dim=clip.dim)
             missing = shards.missing()
             cache_info["shards"] = {"total": len(shards.ranges), "reused": len(shards.ranges) - len(missing),
@@ -312,12 +316,14 @@ def encode_dataset_ray(dataset: ImageDataset, clip: Any, request: ImageRequest, 
             if rejected:
                 cache_info["rejected"] = "; ".join(rejected)
             spec = EncoderSpec(request.model, request.pretrained, device, clip.model_id, plan.threads)
-            encoded = _encode_missing(ray, dataset, shards, missing, spec, plan, batch_size=batch_size, progress=progress)
+            encoded = _encode_missing(ray, dataset, shards=shards, missing=missing, spec=spec, plan=plan,
+                                      batch_size=batch_size, progress=progress)
             features, ok = shards.join(clip.dim)
             # kept shards let a rerun join them without encoding when the entry could not be written
             if scratch is None and found.save(dataset, clip, features, ok, precision, engine="ray"):
                 shards.remove()
-            return feature_set(dataset, clip, features, ok, cache_info, encoded, device, precision)
+            return feature_set(dataset, clip, features=features, ok=ok, cache_info=cache_info, encoded=encoded,
+                               device=device, precision=precision)
         finally:
             if scratch is not None:
                 scratch.cleanup()

@@ -181,12 +181,14 @@ def _transductive(name: str, image_features, class_embeddings, name_embeddings, 
 
 def transclip_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
     """TransCLIP-ZS as its authors run it (kpl.peers.transclip); prototypes from names or descriptions."""
-    return _transductive("transclip", image_features, class_embeddings, name_embeddings, device, params)
+    return _transductive("transclip", image_features, class_embeddings=class_embeddings,
+                         name_embeddings=name_embeddings, device=device, params=params)
 
 
 def stata_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
     """StatA (kpl.peers.stata): TransCLIP with each class mean anchored to its prototype; names or descriptions."""
-    return _transductive("stata", image_features, class_embeddings, name_embeddings, device, params)
+    return _transductive("stata", image_features, class_embeddings=class_embeddings, name_embeddings=name_embeddings,
+                         device=device, params=params)
 
 
 # The one registry of methods: `kpl eval`'s rows, --methods and run_methods follow this order.

@@ -203,8 +203,9 @@ class ChatClient:
         usage = getattr(message, "usage_metadata", None) or {}
         content = message.content if isinstance(message.content, str) else json.dumps(message.content)
         attempts.append(Attempt("ok", duration, 200))
-        return ChatReply(self.redact(content), usage.get("input_tokens"), usage.get("output_tokens"), duration,
-                         (message.response_metadata or {}).get("finish_reason"), attempts)
+        return ChatReply(self.redact(content), usage.get("input_tokens"), completion_tokens=usage.get("output_tokens"),
+                         duration_s=duration, finish_reason=(message.response_metadata or {}).get("finish_reason"),
+                         attempts=attempts)
 
     @staticmethod
     def _too_large(duration: float) -> Attempt:
