@@ -101,7 +101,7 @@ def _changed_texts(old_rows: dict[str, int], new_rows: dict[str, int]) -> tuple[
     return sorted(set(old_rows) - set(new_rows)), sorted(set(new_rows) - set(old_rows))
 
 
-def _class_diff(name, removed, added, new_kb, threshold, old_vecs=None, new_vecs=None) -> ClassDiff:
+def _class_diff(name, removed, *, added, new_kb, threshold, old_vecs=None, new_vecs=None) -> ClassDiff:
     """``old_vecs`` (len(removed), D) and ``new_vecs`` (len(added), D) when rewordings are detected."""
     diff = ClassDiff(name)
     pairs = []

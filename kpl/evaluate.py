@@ -352,7 +352,7 @@ def _metrics(features: FeatureSet, predictions: np.ndarray):
     return compute_metrics(features.labels, predictions, class_names=features.class_names)
 
 
-def _row(features: FeatureSet, name: str, predictions, scores, seconds, iterations, converged, params) -> MethodRun:
+def _row(features: FeatureSet, name: str, *, predictions, scores, seconds, iterations, converged, params) -> MethodRun:
     """A table row with its metrics, including AUROC from the method's (N, C) scores, and bootstrap
     95 % intervals of top-1, balanced accuracy and AUROC."""
     return MethodRun(name, predictions, metrics=_metrics(features, predictions), seconds=seconds, iterations=iterations,
@@ -383,7 +383,7 @@ def math_device(session: Session) -> str:
     return device if device.startswith("cuda") else "cpu"
 
 
-def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, methods: tuple[str, ...],
+def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, methods: tuple[str, ...], *,
                 auto_k: bool = False, device: str = "cpu", transclip: Any = None, graph: Callable | None = None):
     """({row name: MethodRun}, {skipped method: why}, the KPL result or None).
 

@@ -204,7 +204,7 @@ def snapshot_embedder(store: SnapshotStore, info: SnapshotInfo, model: str | Non
     return clip_text.snapshot_embedder(store.home, info.manifest.get("clip", {}), model, pretrained)
 
 
-def review_snapshot(store: SnapshotStore, reference: str, decisions: list[Decision], model: str | None = None,
+def review_snapshot(store: SnapshotStore, reference: str, decisions: list[Decision], *, model: str | None = None,
                     pretrained: str | None = None, name: str | None = None,
                     draft_key: str | None = None) -> SnapshotInfo:
     """Read ``reference``, apply ``decisions`` and publish the child through the store's atomic publish.

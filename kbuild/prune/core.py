@@ -193,7 +193,7 @@ class PruneResult:
 
 
 def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndarray | Embedder,
-                       params: PruneParams | None = None,
+                       params: PruneParams | None = None, *,
                        name_embeddings: dict[str, np.ndarray] | None = None,
                        token_count: Callable[[str], int] | None = None,
                        template: str = DEFAULT_TEMPLATE,
@@ -219,7 +219,7 @@ def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndar
                       token_count=token_count, template=template, run=run, display_names=display_names)
 
 
-def _prune(descriptions: list[Description], text_embeddings: np.ndarray | Embedder, params: PruneParams,
+def _prune(descriptions: list[Description], text_embeddings: np.ndarray | Embedder, *, params: PruneParams,
            name_embeddings: dict[str, np.ndarray] | None, token_count: Callable[[str], int] | None, template: str,
            run: _Run, display_names: dict[str, str] | None) -> PruneResult:
     items = canonical_items(descriptions)

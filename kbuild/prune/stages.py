@@ -123,7 +123,7 @@ def _own_fit(g: np.ndarray, lab: np.ndarray, norms: np.ndarray, counts: np.ndarr
 
 # --- cross-class collisions -----------------------------------------------------------------
 
-def cross_class(pool: list[Item], x: np.ndarray, alive: np.ndarray, mode: str, threshold: float | None,
+def cross_class(pool: list[Item], x: np.ndarray, *, alive: np.ndarray, mode: str, threshold: float | None,
                 classes: list[str], names: np.ndarray | None) -> tuple[np.ndarray, list[Drop]]:
     """Texts of ``pool`` identical or near-identical (>= threshold) to a text of another class.
 

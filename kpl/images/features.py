@@ -417,7 +417,7 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
                        device=clip.device, precision=precision)
 
 
-def feature_set(dataset: ImageDataset, clip, features: np.ndarray, ok: np.ndarray, cache_info: dict[str, Any],
+def feature_set(dataset: ImageDataset, clip, *, features: np.ndarray, ok: np.ndarray, cache_info: dict[str, Any],
                 encoded: int, device: str, precision: str) -> FeatureSet:
     """The FeatureSet of ``dataset`` from its decodable rows ``features`` and (N,) ``ok`` mask (any engine)."""
     if not ok.any():

@@ -1,5 +1,6 @@
-"""The one record of a classifier's output: a KPL stage (kpl.method.core's ``StageResult``) and a
-baseline (kpl.peers.baselines' ``BaselineResult``) are both a ``MethodResult``."""
+"""The one record of a classifier's output: a baseline's row (kpl.peers.baselines' ``BaselineResult``
+is this class) and a KPL stage's (kpl.method.core's ``StageResult`` has these fields in this order, so
+it can become an alias of this class without touching a caller)."""
 
 from __future__ import annotations
 

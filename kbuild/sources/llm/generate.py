@@ -151,7 +151,7 @@ def dedup_key(text: str) -> str:
 class _Run:
     """State shared by the worker threads of one generate run."""
 
-    def __init__(self, classes, prompt, options, log, client, progress, run_id):
+    def __init__(self, classes, prompt, *, options, log, client, progress, run_id):
         self.classes, self.prompt, self.options = classes, prompt, options
         self.log, self.client, self.run_id = log, client, run_id
         self.progress = progress or (lambda event: None)
