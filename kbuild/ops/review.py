@@ -214,7 +214,7 @@ def review_snapshot(store: SnapshotStore, reference: str, decisions: list[Decisi
     if draft_key is not None:
         # typed here: the store's methods pass through an untyped fault-translating decorator
         done: SnapshotInfo | None = next((s for s in store.list() if (s.manifest.get("extra") or {}).get("review_draft") == draft_key),
-                                         None)
+                    None)
         if done is not None:
             return done
     parent = store.read(reference)
