@@ -29,7 +29,7 @@ import numpy as np
 from kbuild.clip import causal
 from kbuild.clip.choice import ModelName, parse_model_name
 from kbuild.clip.precision import image_autocast, pick_precision
-from kbuild.clip.registry import check_cached, resolve
+from kbuild.clip.registry import LOCAL_DIR, check_cached, resolve
 from kbuild.errors import KbuildError, UsageError
 
 if TYPE_CHECKING:  # transformers loads only for a transformers: model
@@ -94,7 +94,7 @@ def model_id(spec: ModelSpec) -> str:
     if name.library == "open_clip_dir":
         folder = Path(name.identifier).expanduser()
         # The hash of the file _load_local_dir_weights reads, so the id names what was loaded.
-        return f"local-dir:{folder.name}@sha256:{file_sha256(_local_dir_weights(folder))[:16]}"
+        return f"{LOCAL_DIR}{folder.name}@sha256:{file_sha256(_local_dir_weights(folder))[:16]}"
     if name.library == "open_clip_hub":
         return spec.model
     if spec.pretrained and Path(spec.pretrained).expanduser().is_file():
