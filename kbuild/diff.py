@@ -101,7 +101,7 @@ def _changed_texts(old_rows: dict[str, int], new_rows: dict[str, int]) -> tuple[
     return sorted(set(old_rows) - set(new_rows)), sorted(set(new_rows) - set(old_rows))
 
 
-def _class_diff(name, removed, added, new_kb, threshold, old_vecs=None, new_vecs=None) -> ClassDiff:
+def _class_diff(name, removed, *, added, new_kb, threshold, old_vecs=None, new_vecs=None) -> ClassDiff:
     """``old_vecs`` (len(removed), D) and ``new_vecs`` (len(added), D) when rewordings are detected."""
     diff = ClassDiff(name)
     pairs = []
@@ -177,8 +177,8 @@ def diff_snapshots(old: KnowledgeBase, new: KnowledgeBase, reword_threshold: flo
     old_vecs = _vectors_by_class(old, old_map, {n: r for n, (r, _) in paired.items()}, vectors or _from_matrix)
     new_vecs = _vectors_by_class(new, new_map, {n: a for n, (_, a) in paired.items()}, vectors or _from_matrix)
     for name, (removed, added) in changed.items():
-        result.modified.append(_class_diff(name, removed, added, new, reword_threshold,
-                                           old_vecs.get(name), new_vecs.get(name)))
+        result.modified.append(_class_diff(name, removed, added=added, new_kb=new, threshold=reword_threshold,
+                                           old_vecs=old_vecs.get(name), new_vecs=new_vecs.get(name)))
     result.manifest = _manifest_changes(old.info.manifest, new.info.manifest)
     return result
 

@@ -204,7 +204,8 @@ def _member(path: Path, key: str, head: tuple[tuple[int, ...], Any, int], info: 
         raise error(path, f"array '{key}' holds Python objects, which cannot be read without pickle",
                     "store strings as unicode arrays, e.g. np.asarray(texts, dtype=str)")
     declared = math.prod(shape) * dtype.itemsize
-    member = NpyMember(key, tuple(shape), dtype, declared, info.file_size, info.compress_size, header)
+    member = NpyMember(key, tuple(shape), dtype=dtype, declared_bytes=declared, stored_bytes=info.file_size,
+                       compressed_bytes=info.compress_size, header_bytes=header)
     limit = info.compress_size * (_DEFLATE_MAX_RATIO if info.compress_type else 1) + header
     if header + declared != info.file_size or info.file_size > limit:
         raise error(path, f"array '{key}' declares {shape} {dtype} ({_size(declared)}) but holds "
@@ -321,8 +322,8 @@ def unit_rows(path: Path | str, matrix: Any, what: str, *, error: type[InputFile
             top = np.abs(wide).max(axis=1, initial=0.0)
             scale[start:start + step] = top
             scaled_norm[start:start + step] = np.linalg.norm(wide / top[:, None], axis=1)
-    _refuse(path, what, nonfinite, "NaN/inf in {} row(s)", error, fix)
-    _refuse(path, what, scale == 0, "{} all-zero row(s)", error, fix)
+    _refuse(path, what, bad=nonfinite, problem="NaN/inf in {} row(s)", error=error, fix=fix)
+    _refuse(path, what, bad=scale == 0, problem="{} all-zero row(s)", error=error, fix=fix)
     with np.errstate(over="ignore"):
         norms = scale * scaled_norm
         result = matrix.astype(np.float32, copy=False)

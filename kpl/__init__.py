@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "BASELINES": "kpl.peers.baselines", "BaselineResult": "kpl.peers.baselines", "run_baseline": "kpl.peers.baselines",
     "KPLResult": "kpl.method.core", "StageResult": "kpl.method.core", "run_kpl": "kpl.method.core", "run_kpl_many": "kpl.method.core",
-    "KPLParams": "kpl.params",
+    "KPLParams": "kpl.params", "MethodResult": "kpl.method.result",
     "InputFileError": "kpl.errors", "KplError": "kpl.errors", "UsageError": "kpl.errors",
     "Metrics": "kpl.results.metrics", "compute_metrics": "kpl.results.metrics",
     "OT_METHODS": "kpl.method.ot",
@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from kpl.method.core import run_kpl as run_kpl
     from kpl.method.core import run_kpl_many as run_kpl_many
     from kpl.method.ot import OT_METHODS as OT_METHODS
+    from kpl.method.result import MethodResult as MethodResult
     from kpl.params import KPLParams as KPLParams
     from kpl.peers.baselines import BASELINES as BASELINES
     from kpl.peers.baselines import BaselineResult as BaselineResult

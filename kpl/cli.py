@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Mapping, Optional
 
 import typer
 from rich.console import Console
@@ -120,23 +120,41 @@ def _graph_settings(knn: str, knn_recall: float):
     return TransCLIPParams(knn=knn, knn_recall=knn_recall).validate()
 
 
-def _engine(name: str, address: str | None, actors: int | None, shard_size: int):
+def _engine(options: Mapping[str, Any]):
     from kpl.images.ray_engine import EngineSpec
 
-    return EngineSpec(name, address, actors, shard_size).validate()
+    return EngineSpec(name=options["engine"], address=options["ray_address"], actors=options["ray_actors"],
+                      shard_size=options["shard_size"]).validate()
 
 
-def _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-            cache_dir, no_cache, store, chroma_url, precision: str = "auto", engine=None):
+def _request(options: Mapping[str, Any]):
+    """The one request object of eval, compare, sweep and embed (``kpl.evaluate.Inputs``), from a command's
+    options (``ctx.params``: the names of its signature), checked before any snapshot is read or image
+    encoded. An option a command does not offer (embed has no --features) is None."""
     from kpl.evaluate import Inputs
 
+    engine = _engine(options)
+    batch_size, workers, precision = options["batch_size"], options["workers"], options["precision"]
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1 (got {batch_size})")
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be >= 0 (got {workers})")
     _check_precision(precision)
-    return Inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                  cache_dir, not no_cache, store, chroma_url, precision, engine)
+    return Inputs(data=options.get("data"), features=options.get("features"), split=options.get("split"),
+                  class_map=options.get("class_map"), model=options.get("model"), pretrained=options.get("pretrained"),
+                  template=options.get("template"), device=options.get("device"), batch_size=batch_size,
+                  workers=workers, cache_dir=options.get("cache_dir"), use_cache=not options["no_cache"],
+                  store=options.get("store"), chroma_url=options.get("chroma_url"), precision=precision, engine=engine)
+
+
+def _kpl_params(options: Mapping[str, Any]) -> tuple[KPLParams, bool]:
+    """eval's and compare's KPL settings, checked, and whether ``--k auto`` asked KPL to choose k."""
+    k, auto_k = _parse_k(options["k"])
+    params = KPLParams(k=k, ot=options["ot"], tau_t=options["tau_t"], tau_i=options["tau_i"], alpha=options["alpha"],
+                       lr=options["lr"], iters=options["iters"], gamma=options["gamma"],
+                       exact_iters=options["exact_iters"],
+                       precision=_loop_precision(options["precision"], options["device"]), prior=options["prior"])
+    return params.validate(), auto_k
 
 
 def _check_precision(precision: str) -> None:
@@ -186,12 +204,13 @@ def _print_json(payload: Any) -> None:
     print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
 
 
-def _emit(payload: dict[str, Any], json_out: bool, table, title: str, out: Path | None, writer, result) -> None:
-    if out is not None:
-        for path in writer(result, out):
+def _emit(result, options: Mapping[str, Any], table, title: str, writer) -> None:
+    """Write ``--out``'s files with ``writer``, then print ``result`` as JSON (``--json``) or as ``table``."""
+    if options["out"] is not None:
+        for path in writer(result, options["out"]):
             _info(f"wrote {path}")
-    if json_out:
-        _print_json(payload)
+    if options["json_out"]:
+        _print_json(result.to_json())
     else:
         _print_table(table, title)
 
@@ -200,7 +219,7 @@ def _emit(payload: dict[str, Any], json_out: bool, table, title: str, out: Path 
 @app.command("eval", epilog="Examples: kpl eval --kb latest --data derm/ --split val --out results/ | "
                     "kpl eval --kb v2 --features feats.npz --methods clip,kpl --json")
 def eval_(
-    kb: KbOpt, data: DataOpt = None, features: FeaturesOpt = None, split: SplitOpt = None,
+    ctx: typer.Context, kb: KbOpt, data: DataOpt = None, features: FeaturesOpt = None, split: SplitOpt = None,
     class_map: ClassMapOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
     template: TemplateOpt = None, k: KOpt = str(_D.k),
     ot: OtOpt = _D.ot, tau_t: TauTOpt = _D.tau_t, tau_i: TauIOpt = _D.tau_i, alpha: AlphaOpt = _D.alpha,
@@ -218,19 +237,15 @@ def eval_(
     from kpl.evaluate import evaluate
     from kpl.results.report import eval_table, write_eval_outputs
 
-    k_value, auto_k = _parse_k(k)
-    params = KPLParams(k=k_value, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
-                       exact_iters=exact_iters, precision=_loop_precision(precision, device), prior=prior).validate()
+    params, auto_k = _kpl_params(ctx.params)
     chosen = _parse_methods(methods)
     graph = _graph_settings(knn, knn_recall)
-    inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url, precision, _engine(engine, ray_address, ray_actors, shard_size))
-    result = evaluate(_open(inputs, [kb]), params, chosen, auto_k=auto_k, transclip=graph)
+    result = evaluate(_open(_request(ctx.params), [kb]), params, chosen, auto_k=auto_k, transclip=graph)
     _say_chosen_k(result.k_auto, result.knowledge.kb.info.name)
     for method, why in result.skipped.items():
         _info(f"skipped {method}: {why}")
     title = f"{result.knowledge.kb.info.name} on {result.session.features.features.shape[0]} images"
-    _emit(result.to_json(), json_out, eval_table(result), title, out, write_eval_outputs, result)
+    _emit(result, ctx.params, eval_table(result), title, write_eval_outputs)
 
 
 def _parse_methods(text: str | None) -> tuple[str, ...]:
@@ -312,7 +327,7 @@ def _parse_list(text: str, kind, option: str) -> list:
 
 @app.command(epilog="Example: kpl sweep --kb latest --data derm/ --k 1,2,4,8,16,32,50 --tau-t 0.01,0.02 --out sweep/")
 def sweep(
-    kb: KbOpt, data: DataOpt = None, features: FeaturesOpt = None, split: SplitOpt = None,
+    ctx: typer.Context, kb: KbOpt, data: DataOpt = None, features: FeaturesOpt = None, split: SplitOpt = None,
     class_map: ClassMapOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
     template: TemplateOpt = None,
     k: Annotated[str, typer.Option("--k", help="Comma list of k, ranges (1-30 or 1..30) and auto.")] = "1,2,4,8,16,32",
@@ -344,19 +359,17 @@ def sweep(
     for value in ks:
         if value != "auto":
             KPLParams(**{**base.to_json(), "k": value}).validate()
-    inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url, precision, _engine(engine, ray_address, ray_actors, shard_size))
-    result = run_sweep(_open(inputs, [kb]), base, ks, grid)
+    result = run_sweep(_open(_request(ctx.params), [kb]), base, ks, grid)
     for row in result.rows:
         if "chosen_k" in row:
             setting = ", ".join(f"{key}={row[key]}" for key in ("tau_t", "tau_i", "alpha", "ot") if len(grid[key]) > 1)
             _info(f"k auto ({result.snapshot['name']}{': ' + setting if setting else ''}): chose k={row['chosen_k']}")
-    _emit(result.to_json(), json_out, sweep_table(result), f"sweep of {result.snapshot['name']}", out,
-          write_sweep_outputs, result)
+    _emit(result, ctx.params, sweep_table(result), f"sweep of {result.snapshot['name']}", write_sweep_outputs)
 
 
 @app.command(epilog="Example: kpl compare --kb v1 --kb v2 --data derm/ --out compare/")
 def compare(
+    ctx: typer.Context,
     kb: Annotated[list[str], typer.Option("--kb", help="Snapshots to compare (repeat: --kb v1 --kb v2).")],
     data: DataOpt = None, features: FeaturesOpt = None, split: SplitOpt = None,
     class_map: ClassMapOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
@@ -378,17 +391,13 @@ def compare(
 
     if len(kb) < 2:
         raise UsageError("compare needs at least two snapshots: --kb A --kb B")
-    k_value, auto_k = _parse_k(k)
-    params = KPLParams(k=k_value, ot=ot, tau_t=tau_t, tau_i=tau_i, alpha=alpha, lr=lr, iters=iters, gamma=gamma,
-                       exact_iters=exact_iters, precision=_loop_precision(precision, device), prior=prior).validate()
+    params, auto_k = _kpl_params(ctx.params)
     chosen = _parse_methods(methods)
     graph = _graph_settings(knn, knn_recall)
-    inputs = _inputs(data, features, split, class_map, model, pretrained, template, device, batch_size, workers,
-                     cache_dir, no_cache, store, chroma_url, precision, _engine(engine, ray_address, ray_actors, shard_size))
-    result = run_compare(_open(inputs, list(kb)), params, chosen, auto_k=auto_k, transclip=graph)
+    result = run_compare(_open(_request(ctx.params), list(kb)), params, chosen, auto_k=auto_k, transclip=graph)
     for each in result.results:
         _say_chosen_k(each.k_auto, each.knowledge.kb.info.name)
-    _emit(result.to_json(), json_out, compare_table(result), "compare", out, write_compare_outputs, result)
+    _emit(result, ctx.params, compare_table(result), "compare", write_compare_outputs)
     if not json_out:
         for diff in result.diffs:
             console.print(Text(visible(f"{diff['old']} -> {diff['new']}: {diff['summary']}")))
@@ -396,6 +405,7 @@ def compare(
 
 @app.command(epilog="Example: kpl embed --data derm/ --split val --export derm_val.npz")
 def embed(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Option("--data", help="Images: an ImageFolder DIR or a CSV manifest.")],
     split: SplitOpt = None, model: ModelOpt = None, pretrained: PretrainedOpt = None,
     export: Annotated[Optional[Path], typer.Option("--export", help="Also write the features to this .npz.")] = None,
@@ -409,9 +419,7 @@ def embed(
     from kpl.evaluate import load_image_features
     from kpl.images.features import feature_notes, save_features_npz
 
-    inputs = _inputs(data, None, split, None, model, pretrained, None, device, batch_size, workers,
-                     cache_dir, no_cache, store, None, precision, _engine(engine, ray_address, ray_actors, shard_size))
-    fs, dataset, _clip = load_image_features(inputs, _progress())
+    fs, dataset, _clip = load_image_features(_request(ctx.params), _progress())
     for message in feature_notes(fs, dataset):
         _info(message)
     summary = {**fs.describe(), "dataset": dataset.describe() if dataset else None}

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from kbuild.store.manifest import display_name, display_names
 from kpl import KPLParams, compute_metrics, run_baseline, run_kpl, run_kpl_many
 from kpl.errors import KplError
 from kpl.images.datasets import ImageDataset, match_classes
-from kpl.images.features import FeatureSet, Progress, feature_notes, load_or_encode
+from kpl.images.features import FeatureSet, ImageRequest, Progress, feature_notes, load_or_encode
 from kpl.method.decision import RESOLUTION_RULE
 from kpl.peers.baselines import BASELINES, PROTOTYPE_METHODS
 from kpl.results.bootstrap import confidence_intervals
@@ -54,6 +54,9 @@ KPL_STAGES = ("text", "image", "image_ot")
 SWEEP_KEYS = ("tau_t", "tau_i", "alpha", "ot")
 _INMAP_KEYS = ("tau_t", "tau_i", "alpha", "lr", "iters", "ot_iters", "gamma", "tol", "patience", "exact_iters")
 
+if TYPE_CHECKING:
+    from kpl.images.ray_engine import EngineSpec
+
 Log = Callable[[str], None]
 
 
@@ -61,9 +64,11 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Inputs:
-    """What to evaluate on: exactly one of ``data`` (images) and ``features`` (.npz), plus how."""
+    """The request of ``kpl eval``, ``compare``, ``sweep`` and ``embed`` (kpl.cli builds it in one place):
+    exactly one of ``data`` (images) and ``features`` (.npz), plus how. ``model``/``pretrained`` are the
+    flags as given; ``image_request`` resolves them (flag > environment > snapshot > default)."""
 
     data: Path | None = None
     features: Path | None = None
@@ -80,7 +85,7 @@ class Inputs:
     store: str | None = None
     chroma_url: str | None = None
     precision: str | None = None  # image encoding: auto (fp16 on CUDA), fp32, fp16, bf16
-    engine: Any = None  # kpl.images.ray_engine.EngineSpec; None: encode in this process
+    engine: EngineSpec | None = None  # None: encode in this process
 
 
 @dataclass
@@ -117,29 +122,34 @@ class Session:
         return self.graphs[key]
 
 
-def load_image_features(inputs: Inputs, progress: Progress | None = None,
-                        check_classes: Callable[[list[str]], None] | None = None, snapshot: dict | None = None):
-    """(FeatureSet, ImageDataset or None, image model or None) from ``--features`` or ``--data``.
-
-    The image model: --model > KPL_CLIP_MODEL > ``snapshot``'s own model (a manifest's ``clip``) > default,
-    so images and descriptions share a space unless the user says otherwise."""
+def image_request(inputs: Inputs, snapshot: dict | None = None) -> ImageRequest:
+    """What ``load_or_encode`` needs from ``inputs``, with the image model chosen: --model > KPL_CLIP_MODEL >
+    ``snapshot``'s own model (a manifest's ``clip``) > default, so images and descriptions share a space
+    unless the user says otherwise."""
     cache_dir = (inputs.cache_dir or feature_cache_dir(inputs.store)) if inputs.use_cache else None
     choice = choose_model(inputs.model, inputs.pretrained, snapshot=snapshot)
-    model, pretrained = choice.model, choice.pretrained
-    return load_or_encode(inputs.data, inputs.features, inputs.split, model, pretrained, inputs.device,
-                          inputs.batch_size, inputs.workers, cache_dir, progress, check_classes, inputs.precision,
-                          _ray_encoder(inputs, model, pretrained, cache_dir, progress))
+    return ImageRequest(data=inputs.data, features=inputs.features, split=inputs.split, model=choice.model,
+                        pretrained=choice.pretrained, device=inputs.device, batch_size=inputs.batch_size,
+                        workers=inputs.workers, cache_dir=cache_dir, precision=inputs.precision)
 
 
-def _ray_encoder(inputs: Inputs, model: str, pretrained: str | None, cache_dir, progress):
+def load_image_features(inputs: Inputs, progress: Progress | None = None,
+                        check_classes: Callable[[list[str]], None] | None = None, snapshot: dict | None = None):
+    """(FeatureSet, ImageDataset or None, image model or None) from ``--features`` or ``--data``
+    (the image model as ``image_request`` chooses it)."""
+    request = image_request(inputs, snapshot)
+    return load_or_encode(request, progress=progress, check_classes=check_classes,
+                          encode_elsewhere=_ray_encoder(inputs.engine, request, progress))
+
+
+def _ray_encoder(engine: EngineSpec | None, request: ImageRequest, progress: Progress | None):
     """The encoder that runs on Ray when ``--engine ray`` asks for it; None: encode in this process."""
-    if inputs.engine is None or inputs.engine.name != "ray":
+    if engine is None or engine.name != "ray":
         return None
     from kpl.images.ray_engine import encode_dataset_ray
 
     def encode(dataset, clip):
-        return encode_dataset_ray(dataset, clip, model, pretrained, inputs.device, cache_dir, inputs.batch_size,
-                                  inputs.engine, progress)
+        return encode_dataset_ray(dataset, clip, request, engine, progress)
 
     return encode
 
@@ -161,7 +171,7 @@ def open_session(inputs: Inputs, kb_refs: list[str], log: Log = _stderr, progres
 
     features, dataset, clip = load_image_features(inputs, progress, check_classes,
                                                   snapshot=_kb_clip(kbs[0]) if kbs else None)
-    session = Session(inputs, store, kbs, features, dataset, clip, log=log)
+    session = Session(inputs, store, kbs=kbs, features=features, dataset=dataset, clip=clip, log=log)
     for message in feature_notes(features, dataset):
         session.note(message)
     return session
@@ -309,7 +319,8 @@ def prepare_knowledge(session: Session, kb: KnowledgeBase, need_names: bool = Tr
                           f"embeddings have dim {', '.join(map(str, sorted(dims)))}: they come from different "
                           "models (pass the features' --model, or features encoded with the snapshot's model)")
     names = _name_embeddings(session, kb, kb_classes, model_id) if need_names else None
-    return Knowledge(kb, kb_classes, embeddings, names, template, source, ignored)
+    return Knowledge(kb, kb_classes, class_embeddings=embeddings, name_embeddings=names, template=template,
+                     text_source=source, ignored_classes=ignored)
 
 
 # ------------------------------------------------------------------ running the methods
@@ -341,12 +352,13 @@ def _metrics(features: FeatureSet, predictions: np.ndarray):
     return compute_metrics(features.labels, predictions, class_names=features.class_names)
 
 
-def _row(features: FeatureSet, name: str, predictions, scores, seconds, iterations, converged, params) -> MethodRun:
+def _row(features: FeatureSet, name: str, *, predictions, scores, seconds, iterations, converged, params) -> MethodRun:
     """A table row with its metrics, including AUROC from the method's (N, C) scores, and bootstrap
     95 % intervals of top-1, balanced accuracy and AUROC."""
-    return MethodRun(name, predictions, _metrics(features, predictions), seconds, iterations, converged, params,
-                     scores, ranking_metrics(features.labels, scores, features.class_names),
-                     confidence_intervals(features.labels, predictions, scores))
+    return MethodRun(name, predictions, metrics=_metrics(features, predictions), seconds=seconds, iterations=iterations,
+                     converged=converged, params=params, scores=scores,
+                     ranking=ranking_metrics(features.labels, scores, features.class_names),
+                     ci=confidence_intervals(features.labels, predictions, scores))
 
 
 def float32_resolution(runs: dict[str, MethodRun]) -> dict[str, Any]:
@@ -371,7 +383,7 @@ def math_device(session: Session) -> str:
     return device if device.startswith("cuda") else "cpu"
 
 
-def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, methods: tuple[str, ...],
+def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, methods: tuple[str, ...], *,
                 auto_k: bool = False, device: str = "cpu", transclip: Any = None, graph: Callable | None = None):
     """({row name: MethodRun}, {skipped method: why}, the KPL result or None).
 
@@ -412,8 +424,9 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
                     continue
                 start = time.perf_counter()
                 r = run_baseline(method, x, **{source: given}, graph=shared, **settings.to_json())
-                runs[row] = _row(features, row, r.predictions, r.logits, time.perf_counter() - start + graph_share,
-                                 r.iterations, r.converged, r.params)
+                runs[row] = _row(features, row, predictions=r.predictions, scores=r.logits,
+                                 seconds=time.perf_counter() - start + graph_share, iterations=r.iterations,
+                                 converged=r.converged, params=r.params)
             continue
         if method in ("clip", "inmap") and knowledge.name_embeddings is None:
             skipped[method] = "no text model to embed class-name prompts"
@@ -421,8 +434,9 @@ def run_methods(features: FeatureSet, knowledge: Knowledge, params: KPLParams, m
         extra = inmap if method == "inmap" else {}
         r = run_baseline(method, x, class_embeddings=knowledge.class_embeddings,
                          name_embeddings=knowledge.name_embeddings, device=device, **extra)
-        runs[method] = replace(_row(features, method, r.predictions, r.logits, time.perf_counter() - start,
-                                    r.iterations, r.converged, r.params), float32_ties=r.float32_ties)
+        runs[method] = replace(_row(features, method, predictions=r.predictions, scores=r.logits,
+                                    seconds=time.perf_counter() - start, iterations=r.iterations, converged=r.converged,
+                                    params=r.params), float32_ties=r.float32_ties)
     return runs, skipped, kpl_result
 
 
@@ -440,8 +454,9 @@ def _kpl_rows(features: FeatureSet, result, prefix: str, share: float) -> dict[s
     rows = {}
     for stage in KPL_STAGES:
         s = result.stage(stage)
-        rows[f"{prefix}.{stage}"] = replace(_row(features, f"{prefix}.{stage}", s.predictions, s.logits, share,
-                                                 s.iterations, s.converged, used), float32_ties=s.float32_ties)
+        rows[f"{prefix}.{stage}"] = replace(_row(features, f"{prefix}.{stage}", predictions=s.predictions,
+                                                 scores=s.logits, seconds=share, iterations=s.iterations,
+                                                 converged=s.converged, params=used), float32_ties=s.float32_ties)
     return rows
 
 
@@ -510,14 +525,15 @@ def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = MET
     if short and "kpl" in methods and not auto_k:
         session.note(f"k={params.k} exceeds the descriptions of {len(short)} class(es), which use all of theirs: "
                      + ", ".join(f"{c} ({n})" for c, n in list(short.items())[:5]))
-    runs, skipped, kpl_result = run_methods(session.features, knowledge, params, methods, auto_k,
-                                            math_device(session), transclip, session.knn_graph)
+    runs, skipped, kpl_result = run_methods(session.features, knowledge, params=params, methods=methods, auto_k=auto_k,
+                                            device=math_device(session), transclip=transclip, graph=session.knn_graph)
     if kpl_result is not None:  # the chosen k; the prior asked for (auto runs both)
         params = replace(kpl_result.params, prior=params.prior)
     note_float32_ties(session, runs)
-    return EvalResult(session, knowledge, params, methods, runs, skipped, _selected_texts(knowledge, kpl_result),
-                      datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      kpl_result.auto if kpl_result is not None else None)
+    return EvalResult(session, knowledge, params=params, methods=methods, runs=runs, skipped=skipped,
+                      selected=_selected_texts(knowledge, kpl_result),
+                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      k_auto=kpl_result.auto if kpl_result is not None else None)
 
 
 # ------------------------------------------------------------------ sweep and compare
@@ -564,8 +580,9 @@ def sweep(session: Session, base: KPLParams, ks: list[int | str], grid: dict[str
             rows.append(row)
     kb = knowledge.kb
     return SweepResult({"name": kb.info.name, "content_hash": kb.info.content_hash},
-                       {"k": list(ks), **{key: grid[key] for key in keys}, "base": base.to_json()},
-                       rows, fs.describe(), list(session.notes), 1.0 / max(len(np.unique(fs.labels)), 1))
+                       {"k": list(ks), **{key: grid[key] for key in keys}, "base": base.to_json()}, rows=rows,
+                       features=fs.describe(), notes=list(session.notes),
+                       chance=1.0 / max(len(np.unique(fs.labels)), 1))
 
 
 @dataclass
@@ -609,7 +626,8 @@ def _difference(old: float | None, new: float | None) -> float | None:
 def compare(session: Session, params: KPLParams, methods: tuple[str, ...] = METHODS,
             auto_k: bool = False, transclip: Any = None) -> CompareResult:
     """``evaluate`` each of the session's snapshots; diff each against the one before it."""
-    results = [evaluate(session, params, methods, i, auto_k, transclip) for i in range(len(session.kbs))]
+    results = [evaluate(session, params, methods=methods, kb_index=i, auto_k=auto_k, transclip=transclip)
+               for i in range(len(session.kbs))]
     diffs = []
     for old, new in zip(session.kbs, session.kbs[1:]):
         d = diff_snapshots(old, new)

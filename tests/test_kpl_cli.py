@@ -236,6 +236,37 @@ def test_user_errors_are_one_line(kpl, setup, tmp_path):
         one_error_line(kpl("eval", "--kb", "v1", "--features", tmp_path / name), 1, fragment)
 
 
+@pytest.mark.parametrize("command", ["eval", "compare", "sweep", "embed"])
+def test_the_four_image_commands_check_one_request_the_same_way(kpl, clip_env, tmp_path, command):
+    """eval, compare, sweep and embed build one request (kpl.evaluate.Inputs) in one helper: the same
+    checks, the same words, before any snapshot is read (this store has none) or image listed."""
+    kbs = ["--kb", "v1"] + (["--kb", "v2"] if command == "compare" else [])
+    head = [command, "--data", tmp_path / "nowhere"] + ([] if command == "embed" else kbs)
+    one_error_line(kpl(*head, "--batch-size", "0"), 2, "--batch-size must be >= 1 (got 0)")
+    one_error_line(kpl(*head, "--workers", "-1"), 2, "--workers must be >= 0 (got -1)")
+    one_error_line(kpl(*head, "--precision", "fp8"), 2, "--precision must be auto, fp32, fp16 or bf16")
+    one_error_line(kpl(*head, "--engine", "spark"), 2, "--engine 'spark' is not an engine")
+
+
+def test_the_request_is_typed_frozen_and_by_keyword(tmp_path):
+    from dataclasses import FrozenInstanceError
+
+    from kpl.cli import _request
+    from kpl.evaluate import Inputs
+
+    options = {"data": tmp_path, "split": "val", "model": "m", "pretrained": None, "device": None, "batch_size": 8,
+               "workers": None, "precision": "auto", "cache_dir": None, "no_cache": True, "store": None,
+               "engine": "local", "ray_address": None, "ray_actors": None, "shard_size": 100}  # embed's options
+    request = _request(options)
+    assert request == Inputs(data=tmp_path, split="val", model="m", batch_size=8, use_cache=False, precision="auto",
+                             engine=request.engine)
+    assert request.features is None and request.class_map is None and request.engine.name == "local"
+    with pytest.raises(FrozenInstanceError):
+        request.batch_size = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Inputs(tmp_path)  # type: ignore[misc]
+
+
 def test_console_script_error_boundary(setup):
     env = cli_env(KPL_CLIP_MODEL=os.environ["KPL_CLIP_MODEL"], KBUILD_STORE=os.environ["KBUILD_STORE"])
     result = run_subprocess("kpl", "eval", "--kb", "nope", "--data", setup, env=env)

@@ -65,3 +65,16 @@ def test_merge_loads_a_model_only_to_reembed(store, tmp_path, tiny_model):
         merge_snapshots(store, "kb_a", "kb_c", model=NO_MODEL)  # a different template: re-embedding needs the model
     merged = merge_snapshots(store, "kb_a", "kb_c", name="kb_ac", model=tiny)
     assert merged.reembedded == 1 and merged.snapshot.manifest["clip"]["template"] != other
+
+
+def test_prune_request_prunes_on_stored_vectors_without_loading_a_model(store, tmp_path, tiny_model):
+    from kbuild.ops.prune import PruneRequest, prune_snapshot
+
+    kb = write(tmp_path / "kb.json", {"cat": ["whiskers", "whiskers", "soft fur"], "dog": ["a wet nose"]})
+    load_files(store, LoadRequest([kb], name="pets", model=ModelRequest(tiny_model, "none")))
+    outcome = prune_snapshot(store, PruneRequest(reference="latest", name="pets_pruned", force=True))
+    assert (outcome.parent.name, outcome.snapshot.name) == ("pets", "pets_pruned")
+    assert [p["name"] for p in outcome.snapshot.manifest["parents"]] == ["pets"]
+    assert outcome.embedder is not None and not outcome.embedder.clip.loaded  # the snapshot's model, named only
+    with pytest.raises(KbuildError, match="'pets_pruned' already exists"):
+        prune_snapshot(store, PruneRequest(reference="pets", name="pets_pruned", model=NO_MODEL))

@@ -132,3 +132,21 @@ def test_a_write_that_changes_nothing_publishes_nothing(kbuild, tmp_path):
     assert [s["name"] for s in kbuild("list", "--json").json()] == ["snapshot_v1"]
     assert kbuild("prune", "v1", *strict, "--force", "--json").json()["snapshot"] == "snapshot_v2"
     assert kbuild("load", path, "--force", "--json").json()["snapshot"] == "snapshot_v3"
+
+
+def test_prune_resolves_its_snapshot_once(kbuild, small_kb, monkeypatch):
+    """`latest` is read once, by ops: a snapshot published between two look-ups cannot split the prune."""
+    from kbuild.store import SnapshotStore
+
+    assert kbuild("load", small_kb).code == 0
+    asked: list[str] = []
+    resolve = SnapshotStore.resolve
+
+    def counted(self, reference):
+        asked.append(reference)
+        return resolve(self, reference)
+
+    monkeypatch.setattr(SnapshotStore, "resolve", counted)
+    result = kbuild("prune", "latest", "--json")
+    assert result.code == 0, result.err
+    assert result.json()["parent"] == "snapshot_v1" and asked.count("latest") == 1

@@ -87,7 +87,7 @@ def generate(
     json_out: JsonOpt = False,
 ) -> None:
     """Ask an LLM for visual descriptions of each class; every call is logged and cached; write a snapshot."""
-    from kbuild.sources.llm.client import ChatClient, RetryPolicy, resolve_api_key
+    from kbuild.sources.llm.client import ChatClient, ChatSettings, RetryPolicy, resolve_api_key
 
     entries = parse_classes_file(classes)
     template_ = load_prompt(prompt, settings.prompts_dir(str(prompts_dir) if prompts_dir else None))
@@ -104,8 +104,9 @@ def generate(
     api_key = resolve_api_key(settings.openai_api_key(), url)
     kb_store = open_store(store, chroma_url)
     kb_store.check_name_free(name)
-    client = ChatClient(settings.llm_model(llm_model), url, api_key, temperature=temperature, seed=seed,
+    chat = ChatSettings(model=settings.llm_model(llm_model), base_url=url, temperature=temperature, seed=seed,
                         timeout_s=timeout, policy=RetryPolicy(retries=retries, base_s=backoff))
+    client = ChatClient(chat, api_key)
     info(f"Asking {client.model} at {client.base_url} for {per_class} descriptions of each of "
          f"{len(entries)} classes (prompt {template_.name}, {template_.hash[:15]}...)")
     outcome = generate_snapshot(kb_store, request, client, progress=lambda event: info(event.describe()))

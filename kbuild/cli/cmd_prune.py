@@ -11,9 +11,8 @@ from kbuild.cli.commands import CommandSpec
 from kbuild.cli.context import info, open_store, print_json
 from kbuild.cli.options import ChromaUrlOpt, JsonOpt, NameOpt, SnapshotModelOpt, SnapshotPretrainedOpt, StoreOpt
 from kbuild.cli.render import console, data, line
-from kbuild.clip.text import snapshot_embedder
-from kbuild.errors import UsageError
-from kbuild.ops.prune import prune_snapshot
+from kbuild.clip.choice import ModelRequest
+from kbuild.ops.prune import PruneRequest, prune_snapshot
 from kbuild.ops.unchanged import unchanged_message
 from kbuild.prune.core import STAGES, TABLE_COLUMNS, PruneParams, default_dedup_threshold
 
@@ -69,12 +68,10 @@ def prune(
                          cross_class_threshold=cross_class_threshold, min_margin=min_margin,
                          margin_reference=margin_reference, max_per_class=max_per_class,
                          min_per_class=min_per_class, allow_empty=allow_empty).validate()
-    kb_store = open_store(store, chroma_url)
-    kb_store.check_name_free(name)  # before CLIP is loaded
-    clip = kb_store.resolve(snapshot).manifest.get("clip", {})
-    embedder = snapshot_embedder(kb_store.home, clip, model, pretrained, required=False)  # loads nothing yet
-    similarity = _similarity(similarity_model, embedder, clip)
-    outcome = prune_snapshot(kb_store, embedder, snapshot, params, name, similarity, similarity_model, force)
+    request = PruneRequest(reference=snapshot, params=params, name=name, force=force,
+                           model=ModelRequest(model, pretrained), similarity_model=similarity_model)
+    outcome = prune_snapshot(open_store(store, chroma_url), request)
+    embedder = outcome.embedder
     if embedder is not None and embedder.clip.loaded:
         info(f"note: {embedder.cache.misses} texts had no vector and were encoded with {embedder.model_id}")
     if outcome.reembedded and embedder is not None:  # re-embedding needs an embedder: it is never None here
@@ -96,22 +93,6 @@ def prune(
     console.print(_prune_table(outcome.result))
     if not outcome.unchanged:
         console.print(line(summary_line(outcome)))
-
-
-def _similarity(similarity_model: str | None, embedder, clip: dict):
-    """What texts are compared in: None (the stored vectors), the snapshot's CLIP on the bare texts
-    (``clip``, served from the embedding cache first), or a sentence-transformers model."""
-    if not similarity_model:
-        return None
-    if similarity_model == "clip":
-        if embedder is None:
-            raise UsageError(f"--similarity-model clip: this snapshot's vectors are imported "
-                             f"({clip.get('model_id')}) and name no CLIP model: pass --model, or leave "
-                             "--similarity-model out to compare the stored vectors")
-        return lambda texts: embedder.embed_texts(texts)
-    from kbuild.clip.sentence import sentence_embedder
-
-    return sentence_embedder(similarity_model)
 
 
 def summary_line(outcome) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from kbuild.clip.choice import parse_model_name
 from kbuild.clip.precision import image_autocast
 from kbuild.clip.registry import TRANSFORMERS
 from kbuild.errors import KbuildError, UsageError
@@ -29,7 +30,7 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 
 
 def _target(model: str) -> str:
-    return model[len(TRANSFORMERS):].strip()
+    return parse_model_name(model).identifier
 
 
 def _folder(model: str) -> Path | None:

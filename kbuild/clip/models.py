@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from kbuild.clip import causal
+from kbuild.clip.choice import ModelName, parse_model_name
 from kbuild.clip.precision import image_autocast, pick_precision
-from kbuild.clip.registry import HF_HUB, LOCAL_DIR, TRANSFORMERS, check_cached, resolve
+from kbuild.clip.registry import LOCAL_DIR, check_cached, resolve
 from kbuild.errors import KbuildError, UsageError
 
 if TYPE_CHECKING:  # transformers loads only for a transformers: model
@@ -42,6 +43,11 @@ class ModelSpec:
 
     model: str
     pretrained: str | None
+
+    @property
+    def name(self) -> ModelName:
+        """The parsed model name: which library loads it, and the folder, repo or name it points to."""
+        return parse_model_name(self.model)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -80,15 +86,16 @@ def _local_dir_weights(folder: Path) -> Path:
 def model_id(spec: ModelSpec) -> str:
     """Stable identity of a model for provenance and cache keys."""
     spec = _resolved(spec)
-    if spec.model.startswith(TRANSFORMERS):
+    name = spec.name
+    if name.library == "transformers":
         from kbuild.clip.hf_clip import transformers_model_id
 
         return transformers_model_id(spec.model, file_sha256)
-    if spec.model.startswith(LOCAL_DIR):
-        folder = Path(spec.model[len(LOCAL_DIR):]).expanduser()
+    if name.library == "open_clip_dir":
+        folder = Path(name.identifier).expanduser()
         # The hash of the file _load_local_dir_weights reads, so the id names what was loaded.
-        return f"local-dir:{folder.name}@sha256:{file_sha256(_local_dir_weights(folder))[:16]}"
-    if spec.model.startswith(HF_HUB):
+        return f"{LOCAL_DIR}{folder.name}@sha256:{file_sha256(_local_dir_weights(folder))[:16]}"
+    if name.library == "open_clip_hub":
         return spec.model
     if spec.pretrained and Path(spec.pretrained).expanduser().is_file():
         return f"{spec.model}@sha256:{file_sha256(Path(spec.pretrained).expanduser())[:16]}"
@@ -102,15 +109,16 @@ def _resolved(spec: ModelSpec) -> ModelSpec:
 
 
 def _check_spec(spec: ModelSpec) -> None:
-    if spec.model.startswith(LOCAL_DIR):
-        folder = Path(spec.model[len(LOCAL_DIR):]).expanduser()
+    name = spec.name
+    if name.library == "open_clip_dir":
+        folder = Path(name.identifier).expanduser()
         if not (folder / "open_clip_config.json").is_file():
             raise UsageError(
                 f"--model {spec.model}: no open_clip_config.json in {folder} "
                 "(a local-dir model folder holds open_clip_config.json and its weights)")
         _local_dir_weights(folder)  # refuses a folder without one clear weights file
         return
-    if spec.model.startswith(HF_HUB):
+    if name.library == "open_clip_hub":
         return
     import open_clip
 
@@ -128,15 +136,15 @@ def _check_spec(spec: ModelSpec) -> None:
 def _create(spec: ModelSpec, device: str):
     import open_clip
 
-    pretrained = spec.pretrained
-    if spec.model.startswith((LOCAL_DIR, HF_HUB)):
+    pretrained, name = spec.pretrained, spec.name
+    if name.carries_weights:
         pretrained = None  # the folder / hub repo carries its own weights
     elif pretrained and Path(pretrained).expanduser().is_file():
         pretrained = str(Path(pretrained).expanduser())
     # A local-dir folder's weights are loaded by us, strictly, from the file we named: open_clip's own
     # folder loader picks by other rules (it skips .pt), announced "Using 'other.safetensors'" while we
     # loaded model.pt, and died on a broken file we never meant to read.
-    local = {"load_weights": False, "pretrained_text": False} if spec.model.startswith(LOCAL_DIR) else {}
+    local = {"load_weights": False, "pretrained_text": False} if name.library == "open_clip_dir" else {}
     try:
         with _quiet_root_logger():
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -148,8 +156,8 @@ def _create(spec: ModelSpec, device: str):
             f"Could not load CLIP model {spec.model} ({spec.pretrained or 'random weights'}): "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
             "(offline? use --model local-dir:PATH or --pretrained FILE)") from exc
-    if spec.model.startswith(LOCAL_DIR):
-        _load_local_dir_weights(model, Path(spec.model[len(LOCAL_DIR):]).expanduser())
+    if name.library == "open_clip_dir":
+        _load_local_dir_weights(model, Path(name.identifier).expanduser())
     tokenizer = open_clip.get_tokenizer(spec.model)
     model.eval()
     return model, preprocess, tokenizer
@@ -256,7 +264,7 @@ class ClipModel:
 
     def describe(self) -> dict:
         # A local-dir/hf-hub model carries its own weights: a --pretrained default was not used.
-        own_weights = self.spec.model.startswith((LOCAL_DIR, HF_HUB))
+        own_weights = self.spec.name.carries_weights
         pretrained = None if own_weights else _public_pretrained(self.spec.pretrained)
         return {"model": self.spec.model, "pretrained": pretrained,
                 "model_id": self.model_id, "dim": self.dim, "context_length": self.context_length}
@@ -305,7 +313,7 @@ class LazyClip:
         return self.load().describe()
 
     def count_tokens(self, text: str) -> int:
-        if self._clip is None and self._tokenizer is None and not self.spec.model.startswith(TRANSFORMERS):
+        if self._clip is None and self._tokenizer is None and self.spec.name.library != "transformers":
             with contextlib.suppress(Exception):  # any failure: the model's own tokenizer, below
                 import open_clip
 
@@ -323,7 +331,7 @@ def load_clip(model: str, pretrained: str | None, device: str | None = None,
     """Load (once per process) the CLIP model named by ``--model/--pretrained`` (or a registry name)."""
     spec = _resolved(ModelSpec(model, pretrained))
     check_cached(spec.model, alias=model if spec.model != model else None, pretrained=spec.pretrained)
-    if spec.model.startswith(TRANSFORMERS):
+    if spec.name.library == "transformers":
         from kbuild.clip.hf_clip import HFClipModel
 
         chosen = pick_device(device)

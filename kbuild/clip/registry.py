@@ -93,7 +93,7 @@ def open_clip_weights(model: str, pretrained: str | None) -> tuple[str, tuple[st
     """(hub repo, the files any one of which holds the weights) for an open_clip name + pretrained tag
     (``ViT-B-32`` / ``openai``), or None: a checkpoint file, random weights, or a tag open_clip does
     not fetch from the hub. Reads open_clip's table of pretrained tags; downloads nothing."""
-    if not pretrained or model.startswith((HF_HUB, TRANSFORMERS, "local-dir:")) or Path(pretrained).expanduser().is_file():
+    if not pretrained or model.startswith((HF_HUB, TRANSFORMERS, LOCAL_DIR)) or Path(pretrained).expanduser().is_file():
         return None
     try:
         from open_clip.pretrained import get_pretrained_cfg

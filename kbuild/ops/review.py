@@ -181,12 +181,14 @@ def apply_review(parent: KnowledgeBase, decisions: list[Decision],
         if not reuse:  # another model was asked for: every vector must come from it, or KPL mixes spaces
             clip_info = {**model.clip.describe(), "template": template}
     displays = display_names(parent.info.manifest)
-    kept_vectors = (templated_embeddings(model, parent_vectors, kept, template, reuse, displays) if model is not None
+    kept_vectors = (templated_embeddings(model, parent_vectors, descriptions=kept, template=template, reuse=reuse,
+                                         display_names=displays) if model is not None
                     else np.stack([parent_vectors[d.id] for d in kept]).astype(np.float32))
     removed_descs = [r.description for r in removed]
     removed_vectors = None
     if removed:
-        removed_vectors = (templated_embeddings(model, parent_vectors, removed_descs, template, reuse, displays)
+        removed_vectors = (templated_embeddings(model, parent_vectors, descriptions=removed_descs, template=template,
+                                                reuse=reuse, display_names=displays)
                            if model is not None else np.stack([parent_vectors[d.id] for d in removed_descs]))
     counts = Counter(x.action for x in decisions)
     parameters = {"reviewers": sorted({x.who for x in decisions}),
@@ -202,7 +204,7 @@ def snapshot_embedder(store: SnapshotStore, info: SnapshotInfo, model: str | Non
     return clip_text.snapshot_embedder(store.home, info.manifest.get("clip", {}), model, pretrained)
 
 
-def review_snapshot(store: SnapshotStore, reference: str, decisions: list[Decision], model: str | None = None,
+def review_snapshot(store: SnapshotStore, reference: str, decisions: list[Decision], *, model: str | None = None,
                     pretrained: str | None = None, name: str | None = None,
                     draft_key: str | None = None) -> SnapshotInfo:
     """Read ``reference``, apply ``decisions`` and publish the child through the store's atomic publish.

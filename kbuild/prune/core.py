@@ -193,7 +193,7 @@ class PruneResult:
 
 
 def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndarray | Embedder,
-                       params: PruneParams | None = None,
+                       params: PruneParams | None = None, *,
                        name_embeddings: dict[str, np.ndarray] | None = None,
                        token_count: Callable[[str], int] | None = None,
                        template: str = DEFAULT_TEMPLATE,
@@ -215,11 +215,11 @@ def prune_descriptions(descriptions: list[Description], text_embeddings: np.ndar
                          "or use --margin-reference centroid")
     with task("pruning (stages)", len(STAGES)) as progress:
         run = _Run(params, progress)
-        return _prune(descriptions, text_embeddings, params, name_embeddings, token_count, template, run,
-                      display_names)
+        return _prune(descriptions, text_embeddings, params=params, name_embeddings=name_embeddings,
+                      token_count=token_count, template=template, run=run, display_names=display_names)
 
 
-def _prune(descriptions: list[Description], text_embeddings: np.ndarray | Embedder, params: PruneParams,
+def _prune(descriptions: list[Description], text_embeddings: np.ndarray | Embedder, *, params: PruneParams,
            name_embeddings: dict[str, np.ndarray] | None, token_count: Callable[[str], int] | None, template: str,
            run: _Run, display_names: dict[str, str] | None) -> PruneResult:
     items = canonical_items(descriptions)
@@ -227,8 +227,8 @@ def _prune(descriptions: list[Description], text_embeddings: np.ndarray | Embedd
     if token_count is None:
         run.skipped["overlong"] = "no token counter given"
     else:
-        items = run.text_stage("overlong", overlong, items, token_count, template, params.max_tokens, params.overlong,
-                               display_names)
+        items = run.text_stage("overlong", overlong, items, token_count=token_count, template=template,
+                               max_tokens=params.max_tokens, mode=params.overlong, display_names=display_names)
     items = run.text_stage("exact", exact_duplicates, items)
     if items:
         x = _embed(items, text_embeddings, len(descriptions), run)
@@ -262,8 +262,8 @@ def _vector_stages(items: list[Item], x: np.ndarray, params: PruneParams,
     if params.cross_class == "off":
         run.skipped["cross_class"] = "cross_class is off"
     else:
-        alive = run.vector_stage("cross_class", cross_class, pool, pool_x, alive, params.cross_class,
-                                 params.cross_class_threshold, classes, names)
+        alive = run.vector_stage("cross_class", cross_class, pool, pool_x, alive=alive, mode=params.cross_class,
+                                 threshold=params.cross_class_threshold, classes=classes, names=names)
     items = [pool[i] for i in np.flatnonzero(alive)]
     if (params.min_margin is not None or params.max_per_class is not None) and items:
         x = pool_x[alive]  # a compact copy only when a later stage needs the rows
@@ -272,7 +272,8 @@ def _vector_stages(items: list[Item], x: np.ndarray, params: PruneParams,
     if params.min_margin is None:
         run.skipped["margin"] = "min_margin is None"
     elif items:
-        keep = run.vector_stage("margin", low_margin, items, x, params.min_margin, names, classes)
+        keep = run.vector_stage("margin", low_margin, items, x, min_margin=params.min_margin, names=names,
+                                classes=classes)
         items, x = [items[i] for i in np.flatnonzero(keep)], x[keep]
     if params.max_per_class is None:
         run.skipped["max_per_class"] = "max_per_class is None"
@@ -346,20 +347,20 @@ class _Run:
         self.all_items: list[Item] = []
 
     def text_stage(self, stage: str, fn: Callable[..., tuple[list[Item], list[Drop]]], items: list[Item],
-                   *args: Any) -> list[Item]:
+                   *args: Any, **options: Any) -> list[Item]:
         if stage == "sanitise":
             self.all_items = items
         started = time.perf_counter()
-        kept, drops = fn(items, *args)
+        kept, drops = fn(items, *args, **options)
         self.seconds[stage] = time.perf_counter() - started
         self.drops[stage] = drops
         self._advance()
         return kept
 
     def vector_stage(self, stage: str, fn: Callable[..., tuple[np.ndarray, list[Drop]]], items: list[Item],
-                     x: np.ndarray, *args: Any) -> np.ndarray:
+                     x: np.ndarray, *args: Any, **options: Any) -> np.ndarray:
         started = time.perf_counter()
-        keep, drops = fn(items, x, *args)
+        keep, drops = fn(items, x, *args, **options)
         self.seconds[stage] = time.perf_counter() - started
         self.drops[stage] = drops
         self._advance()
@@ -383,13 +384,14 @@ class _Run:
         for stage in STAGES:
             for drop in sorted(self.drops[stage], key=lambda d: d.item.order):
                 per_class[drop.item.class_name].removed[stage] += 1
-                removed.append(Removal(drop.item.original, stage, drop.reason, _round(drop.score), drop.related,
-                                       list(drop.related_classes)))
+                removed.append(Removal(drop.item.original, stage, reason=drop.reason, score=_round(drop.score),
+                                       related=drop.related, related_classes=list(drop.related_classes)))
         for item in kept_items:
             per_class[item.class_name].kept += 1
             per_class[item.class_name].restored += item.restored is not None
         kept = [_kept_description(item) for item in kept_items]
-        return PruneResult(kept, removed, self.params, per_class, self.skipped, self.notes, self.seconds)
+        return PruneResult(kept, removed, params=self.params, per_class=per_class, skipped=self.skipped,
+                           notes=self.notes, seconds=self.seconds)
 
 
 def _round(score: float | None) -> float | None:

@@ -124,7 +124,7 @@ def pairs_above(x: np.ndarray, threshold: float, block: int = BLOCK) -> Iterator
         i1 = min(i0 + block, n)
         for j0 in range(i0, n, block):
             j1 = min(j0 + block, n)
-            hit = _block_pairs(x, bound, threshold, (i0, i1), (j0, j1), not_upper)
+            hit = _block_pairs(x, bound, threshold=threshold, rows=(i0, i1), cols=(j0, j1), not_upper=not_upper)
             if hit is not None:
                 yield hit
 

@@ -123,7 +123,7 @@ def _own_fit(g: np.ndarray, lab: np.ndarray, norms: np.ndarray, counts: np.ndarr
 
 # --- cross-class collisions -----------------------------------------------------------------
 
-def cross_class(pool: list[Item], x: np.ndarray, alive: np.ndarray, mode: str, threshold: float | None,
+def cross_class(pool: list[Item], x: np.ndarray, *, alive: np.ndarray, mode: str, threshold: float | None,
                 classes: list[str], names: np.ndarray | None) -> tuple[np.ndarray, list[Drop]]:
     """Texts of ``pool`` identical or near-identical (>= threshold) to a text of another class.
 
@@ -135,7 +135,7 @@ def cross_class(pool: list[Item], x: np.ndarray, alive: np.ndarray, mode: str, t
     text_ids = _text_ids(pool)
     exact_other = _exact_partner_class(pool, labels, text_ids)
     best_sim, best_partner, links = _near_partners(x, labels, text_ids, threshold, collect_links=mode == "best")
-    found = _Collisions(pool, classes, labels, exact_other, best_sim, best_partner)
+    found = _Collisions(pool, classes, labels=labels, exact_other=exact_other, best_sim=best_sim, best_partner=best_partner)
     if mode == "drop":
         return _drop_all(found, alive)
     links.extend(_exact_links(text_ids, labels))

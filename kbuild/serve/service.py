@@ -181,8 +181,8 @@ class ReviewService:
         with self.drafts.change(snapshot, reviewer, payload.get("version")) as draft:
             decisions = [Decision.from_json(d) for d in draft["decisions"]]
             with self._model_lock:
-                info = review_snapshot(self.store, snapshot, decisions, self.options.model,
-                                       self.options.pretrained, name=name,
+                info = review_snapshot(self.store, snapshot, decisions, model=self.options.model,
+                                       pretrained=self.options.pretrained, name=name,
                                        draft_key=self.drafts.key(snapshot, reviewer, draft["version"]))
             draft.update(decisions=[], saved_as=info.name)
         return {"snapshot": info.name, "parent": snapshot, "content_hash": info.content_hash,

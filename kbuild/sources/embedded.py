@@ -245,5 +245,7 @@ def read_embedded(path: Path | str, classes: list[str] | None = None, restrict: 
         keep.append(i)
     source = f"imported:{path.name}"
     descriptions = [Description(class_names[i], normalise_text(texts[i]), source=source) for i in keep]
-    return EmbeddedImport(str(path), model_id, descriptions, matrix[keep], normalised, duplicates,
-                          dropped, dropped_texts, case_collisions(d.class_name for d in descriptions))
+    return EmbeddedImport(str(path), model_id, descriptions=descriptions, embeddings=matrix[keep],
+                          normalised_rows=normalised, duplicates=duplicates, dropped_classes=dropped,
+                          dropped_texts=dropped_texts,
+                          case_collisions=case_collisions(d.class_name for d in descriptions))

@@ -215,9 +215,9 @@ def _description(row: dict[str, Any]) -> Description:
 
 
 def _removed(row: dict[str, Any]) -> RemovedRecord:
-    return RemovedRecord(_description(row), row.get("removed_stage") or "", row.get("removed_reason") or "",
-                         row.get("removed_score"), row.get("removed_related"),
-                         list(row.get("removed_related_classes") or []))
+    return RemovedRecord(_description(row), row.get("removed_stage") or "", reason=row.get("removed_reason") or "",
+                         score=row.get("removed_score"), related=row.get("removed_related"),
+                         related_classes=list(row.get("removed_related_classes") or []))
 
 
 def read_bundle(path: Path | str) -> Bundle:
@@ -244,7 +244,8 @@ def read_bundle(path: Path | str) -> Bundle:
     name = str(meta.get("snapshot") or path.stem)
     kb = KnowledgeBase(SnapshotInfo(name, manifest), descriptions, vectors[kept_rows], removed, vectors[gone_rows])
     sha, size = _sha256(path)
-    return Bundle(kb, list(meta.get("lineage") or []), str(path), sha, size, meta, normalised)
+    return Bundle(kb, list(meta.get("lineage") or []), path=str(path), sha256=sha, size=size, meta=meta,
+                  normalised_rows=normalised)
 
 
 def _check_hashes(path: Path, meta: dict[str, Any], descriptions: list[Description], kept: np.ndarray, gone: np.ndarray) -> None:

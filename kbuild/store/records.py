@@ -47,5 +47,5 @@ def to_description(text: str, meta: dict[str, Any]) -> Description:
 def to_removed(text: str, meta: dict[str, Any]) -> RemovedRecord:
     classes = json.loads(meta["removed_related_classes"]) if meta.get("removed_related_classes") else []
     return RemovedRecord(to_description(text, meta), meta.get("removed_stage", ""),
-                         meta.get("removed_reason", ""), meta.get("removed_score"),
-                         meta.get("removed_related"), classes)
+                         reason=meta.get("removed_reason", ""), score=meta.get("removed_score"),
+                         related=meta.get("removed_related"), related_classes=classes)

@@ -126,8 +126,8 @@ def _assemble(root, kind, split, files_by_class: dict[str, list[Path]], skipped)
     for index, name in enumerate(class_names):
         paths.extend(p.resolve() for p in files_by_class[name])
         labels.extend([index] * len(files_by_class[name]))
-    return ImageDataset(root.resolve(), kind, split, paths, np.asarray(labels, dtype=np.int64),
-                        class_names, skipped, empty)
+    return ImageDataset(root.resolve(), kind, split=split, paths=paths, labels=np.asarray(labels, dtype=np.int64),
+                        class_names=class_names, skipped=skipped, empty_classes=empty)
 
 
 def _manifest_rows(path: Path) -> list[tuple[int, str, str]]:

@@ -408,13 +408,16 @@ def encode_dataset(dataset: ImageDataset, clip, cache_dir: Path | None, batch_si
     precision = precision_of(clip)
     found = look_up(dataset, clip, cache_dir, precision)
     if found.hit is not None:
-        return feature_set(dataset, clip, *found.hit, found.info, 0, clip.device, precision)
+        features, ok = found.hit
+        return feature_set(dataset, clip, features=features, ok=ok, cache_info=found.info, encoded=0,
+                           device=clip.device, precision=precision)
     features, ok = encode_images(dataset.paths, clip, batch_size, workers, progress)
     found.save(dataset, clip, features, ok, precision)
-    return feature_set(dataset, clip, features, ok, found.info, len(dataset), clip.device, precision)
+    return feature_set(dataset, clip, features=features, ok=ok, cache_info=found.info, encoded=len(dataset),
+                       device=clip.device, precision=precision)
 
 
-def feature_set(dataset: ImageDataset, clip, features: np.ndarray, ok: np.ndarray, cache_info: dict[str, Any],
+def feature_set(dataset: ImageDataset, clip, *, features: np.ndarray, ok: np.ndarray, cache_info: dict[str, Any],
                 encoded: int, device: str, precision: str) -> FeatureSet:
     """The FeatureSet of ``dataset`` from its decodable rows ``features`` and (N,) ``ok`` mask (any engine)."""
     if not ok.any():
@@ -428,21 +431,37 @@ def feature_set(dataset: ImageDataset, clip, features: np.ndarray, ok: np.ndarra
         corrupt=[str(p) for p, good in zip(dataset.paths, ok) if not good])
 
 
-def load_or_encode(data: Path | None, features: Path | None, split: str | None, model: str, pretrained: str | None,
-                   device: str | None = None, batch_size: int = 64, workers: int | None = None,
-                   cache_dir: Path | None = None, progress: Progress | None = None,
-                   check_classes: Callable[[list[str]], None] | None = None, precision: str | None = None,
-                   encode_elsewhere: Callable[[ImageDataset, Any], FeatureSet] | None = None):
-    """(FeatureSet, ImageDataset or None, image model or None): read ``features`` or encode ``data``.
+@dataclass(frozen=True, kw_only=True)
+class ImageRequest:
+    """Where image features come from and how images are encoded: exactly one of ``data`` (images) and
+    ``features`` (.npz). ``model``/``pretrained`` are already chosen (kbuild.clip.choice); ``cache_dir``
+    None encodes without caching."""
 
-    Exactly one of the two is given; ``cache_dir`` None encodes without caching. ``check_classes``
-    sees the dataset's class names before any model is loaded or image encoded (it raises to stop).
-    ``encode_elsewhere(dataset, clip)`` replaces the in-process encoder (e.g. kpl.images.ray_engine's);
-    it is passed in, so this module never imports an engine that builds on it.
+    data: Path | None = None
+    features: Path | None = None
+    split: str | None = None
+    model: str
+    pretrained: str | None = None
+    device: str | None = None
+    batch_size: int = 64
+    workers: int | None = None
+    cache_dir: Path | None = None
+    precision: str | None = None  # auto (fp16 on CUDA), fp32, fp16, bf16
+
+
+def load_or_encode(request: ImageRequest, *, progress: Progress | None = None,
+                   check_classes: Callable[[list[str]], None] | None = None,
+                   encode_elsewhere: Callable[[ImageDataset, Any], FeatureSet] | None = None):
+    """(FeatureSet, ImageDataset or None, image model or None): read ``request.features`` or encode ``request.data``.
+
+    ``check_classes`` sees the dataset's class names before any model is loaded or image encoded (it
+    raises to stop). ``encode_elsewhere(dataset, clip)`` replaces the in-process encoder (e.g.
+    kpl.images.ray_engine's); it is passed in, so this module never imports an engine that builds on it.
     """
     from kbuild.clip.models import load_clip
     from kpl.images.datasets import load_dataset
 
+    data, features = request.data, request.features
     if features is not None and data is None:
         loaded = load_features_npz(features)
         if check_classes is not None:
@@ -450,13 +469,15 @@ def load_or_encode(data: Path | None, features: Path | None, split: str | None, 
         return loaded, None, None
     if data is None or features is not None:
         raise UsageError("Pass exactly one of --data DIR (images) or --features FILE.npz")
-    dataset = load_dataset(data, split)
+    dataset = load_dataset(data, request.split)
     if check_classes is not None:
         check_classes(dataset.class_names)
-    clip = load_clip(model, pretrained, device, precision)
+    clip = load_clip(request.model, request.pretrained, request.device, request.precision)
     if encode_elsewhere is not None:
         return encode_elsewhere(dataset, clip), dataset, clip
-    return encode_dataset(dataset, clip, cache_dir, batch_size, workers, progress), dataset, clip
+    encoded = encode_dataset(dataset, clip, request.cache_dir, batch_size=request.batch_size, workers=request.workers,
+                             progress=progress)
+    return encoded, dataset, clip
 
 
 def feature_notes(features: FeatureSet, dataset: ImageDataset | None) -> list[str]:

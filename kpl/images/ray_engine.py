@@ -33,7 +33,7 @@ import numpy as np
 from kbuild.errors import KbuildError
 from kpl.errors import KplError, UsageError
 from kpl.images.datasets import ImageDataset
-from kpl.images.features import FeatureSet, Progress, feature_set, look_up, precision_of
+from kpl.images.features import FeatureSet, ImageRequest, Progress, feature_set, look_up, precision_of
 from kpl.images.shards import DEFAULT_SHARD_SIZE, ShardFolder
 
 ENGINES = ("local", "ray")
@@ -240,8 +240,18 @@ class _Encoder:
         return {"index": batch["index"], "ok": ok, "features": features}
 
 
-def _actor_plan(ray: ModuleType, device: str | None, actors: int | None) -> tuple[str, int, dict[str, float], int]:
-    """(device, actor count, resources per actor, torch threads per actor) for this cluster."""
+@dataclass(frozen=True)
+class ActorPlan:
+    """How the encoder actors are laid out on this cluster."""
+
+    device: str
+    actors: int
+    resources: dict[str, float]  # per actor: num_gpus or num_cpus
+    threads: int  # torch threads per actor
+
+
+def _actor_plan(ray: ModuleType, device: str | None, actors: int | None) -> ActorPlan:
+    """Where the encoder actors run, how many, and what each reserves on this cluster."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     device = device or ("cuda" if gpus else "cpu")
@@ -249,24 +259,27 @@ def _actor_plan(ray: ModuleType, device: str | None, actors: int | None) -> tupl
         if not gpus:
             raise KplError("--device cuda, but the Ray cluster has no GPU (drop --device, or add GPU nodes)")
         count = actors or gpus
-        return device, count, {"num_gpus": min(1.0, gpus / count)}, 1  # more actors than GPUs share them
+        return ActorPlan(device, count, {"num_gpus": min(1.0, gpus / count)}, 1)  # more actors than GPUs share them
     if device != "cpu":
         raise UsageError(f"--engine ray encodes on cuda or cpu (got --device {device})")
     cpus = max(1, int(resources.get("CPU", 1)))
     node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
     count = actors or max(1, cpus // 4)
     per_actor = max(1, min(min(node_cpus or [cpus]), cpus // count))
-    return device, count, {"num_cpus": per_actor}, per_actor
+    return ActorPlan(device, count, {"num_cpus": per_actor}, per_actor)
 
 
 def _precision(device: str) -> str:
     return "fp16-autocast" if device == "cuda" else "fp32"
 
 
-def encode_dataset_ray(dataset: ImageDataset, clip: Any, model: str, pretrained: str | None, device: str | None,
-                       cache_dir: Path | None, batch_size: int, engine: EngineSpec,
+def encode_dataset_ray(dataset: ImageDataset, clip: Any, request: ImageRequest, engine: EngineSpec,
                        progress: Progress | None = None) -> FeatureSet:
-    """Like ``kpl.images.features.encode_dataset``, with the encoding done by Ray actors, in shards."""
+    """Like ``kpl.images.features.encode_dataset``, with the encoding done by Ray actors, in shards.
+
+    ``request`` gives the model choice, device, batch size and cache folder (its data was read into ``dataset``).
+    """
+    batch_size, cache_dir = request.batch_size, request.cache_dir
     if batch_size < 1:
         raise KplError(f"batch size must be >= 1 (got {batch_size})")
     count = len(dataset)
@@ -274,10 +287,12 @@ def encode_dataset_ray(dataset: ImageDataset, clip: Any, model: str, pretrained:
     if cache_dir is not None:
         early = look_up(dataset, clip, cache_dir, precision_of(clip), engine="ray")
         if early.hit is not None:
-            return feature_set(dataset, clip, *early.hit, early.info, 0, clip.device, precision_of(clip))
+            features, ok = early.hit
+            return feature_set(dataset, clip, features=features, ok=ok, cache_info=early.info, encoded=0,
+                               device=clip.device, precision=precision_of(clip))
     with _Cluster(engine.address) as ray:
-        device, actors, resources, threads = _actor_plan(ray, device, engine.actors)
-        precision = _precision(device)
+        plan = _actor_plan(ray, request.device, engine.actors)
+        device, precision = plan.device, _precision(plan.device)
         scratch = None
         if cache_dir is None:  # --no-cache: shards still need a home for this run (and nothing is kept)
             scratch = tempfile.TemporaryDirectory(prefix="kpl-shards-")
@@ -288,7 +303,9 @@ def encode_dataset_ray(dataset: ImageDataset, clip: Any, model: str, pretrained:
             cache_info = {"status": "off", "key": cache_info["key"], "engine": "ray"}
         try:
             if found.hit is not None and scratch is None:
-                return feature_set(dataset, clip, *found.hit, cache_info, 0, device, precision)
+                features, ok = found.hit
+                return feature_set(dataset, clip, features=features, ok=ok, cache_info=cache_info, encoded=0,
+                                   device=device, precision=precision)
             shards = ShardFolder(cache, key, count, engine.shard_size, dim=clip.dim)
             missing = shards.missing()
             cache_info["shards"] = {"total": len(shards.ranges), "reused": len(shards.ranges) - len(missing),
@@ -298,20 +315,22 @@ def encode_dataset_ray(dataset: ImageDataset, clip: Any, model: str, pretrained:
                          for name, why in list(shards.rejected.items())[:1]]
             if rejected:
                 cache_info["rejected"] = "; ".join(rejected)
-            spec = EncoderSpec(model, pretrained, device, clip.model_id, threads)
-            encoded = _encode_missing(ray, dataset, shards, missing, spec, batch_size, actors, resources, progress)
+            spec = EncoderSpec(request.model, request.pretrained, device, clip.model_id, plan.threads)
+            encoded = _encode_missing(ray, dataset, shards=shards, missing=missing, spec=spec, plan=plan,
+                                      batch_size=batch_size, progress=progress)
             features, ok = shards.join(clip.dim)
             # kept shards let a rerun join them without encoding when the entry could not be written
             if scratch is None and found.save(dataset, clip, features, ok, precision, engine="ray"):
                 shards.remove()
-            return feature_set(dataset, clip, features, ok, cache_info, encoded, device, precision)
+            return feature_set(dataset, clip, features=features, ok=ok, cache_info=cache_info, encoded=encoded,
+                               device=device, precision=precision)
         finally:
             if scratch is not None:
                 scratch.cleanup()
 
 
-def _encode_missing(ray: ModuleType, dataset: ImageDataset, shards: ShardFolder, missing: list[tuple[int, int]], spec: EncoderSpec,
-                    batch_size: int, actors: int, resources: dict[str, float], progress: Progress | None) -> int:
+def _encode_missing(ray: ModuleType, dataset: ImageDataset, shards: ShardFolder, missing: list[tuple[int, int]],
+                    spec: EncoderSpec, plan: ActorPlan, *, batch_size: int, progress: Progress | None) -> int:
     """Encode the ``missing`` ranges on the actor pool, writing each shard as soon as it is complete."""
     import pyarrow as pa
 
@@ -330,7 +349,7 @@ def _encode_missing(ray: ModuleType, dataset: ImageDataset, shards: ShardFolder,
     ends = dict(missing)
     mapped = ray.data.from_arrow(tables).map_batches(
         _Encoder, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors), **resources)
+        compute=ray.data.ActorPoolStrategy(size=plan.actors), **plan.resources)
     try:
         for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
             index = batch["index"].astype(np.int64)

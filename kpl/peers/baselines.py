@@ -18,7 +18,6 @@ the ``BASELINES`` registry and returns a :class:`BaselineResult`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable, overload
 
 import numpy as np
@@ -30,39 +29,11 @@ from kpl.method.core import KPLParams, pick_threads, run_kpl, torch_threads
 from kpl.method.decision import decide
 from kpl.method.ot import sinkhorn
 from kpl.method.proxies import fit_vision_proxies
+from kpl.method.result import MethodResult
 from kpl.method.retrieval import as_matrix, prepare_inputs
 
-
-@dataclass
-class BaselineResult:
-    """(N,) predictions, (N, C) logits, (D, C) proxies (None where a method has no single proxy).
-
-    ``float32_ties``: for the methods scored by kpl.method.decision (inmap, kpl), how many
-    predictions float32 scores cannot decide; None for the others.
-    """
-
-    name: str
-    predictions: np.ndarray
-    logits: np.ndarray
-    proxies: np.ndarray | None
-    params: dict = field(default_factory=dict)
-    iterations: int = 0
-    converged: bool = True
-    float32_ties: int | None = None
-
-    def to_json(self, arrays: bool = False) -> dict:
-        """JSON-ready dict; logits and proxies only with ``arrays=True``."""
-        out = {
-            "name": self.name,
-            "params": dict(self.params),
-            "iterations": self.iterations,
-            "converged": self.converged,
-            "predictions": self.predictions.tolist(),
-        }
-        if arrays:
-            out["logits"] = self.logits.tolist()
-            out["proxies"] = None if self.proxies is None else self.proxies.tolist()
-        return out
+# A baseline's row is the same record as a KPL stage's (kpl.method.result); the name stays for readers.
+BaselineResult = MethodResult
 
 
 @overload
@@ -79,9 +50,8 @@ def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
 
 def _result(name: str, logits: torch.Tensor, proxies: torch.Tensor | None, params: dict[str, Any] | None = None,
             iterations: int = 0, converged: bool = True) -> BaselineResult:
-    return BaselineResult(
-        name, _numpy(logits.argmax(dim=1)), _numpy(logits), _numpy(proxies), params or {}, iterations, converged
-    )
+    return BaselineResult(name=name, predictions=_numpy(logits.argmax(dim=1)), proxies=_numpy(proxies),
+                          logits=_numpy(logits), iterations=iterations, converged=converged, params=params or {})
 
 
 def _no_params(name: str, params: dict) -> None:
@@ -154,8 +124,9 @@ def inmap_baseline(image_features, class_embeddings=None, name_embeddings=None, 
     )
     used = {key: getattr(p, key) for key in _INMAP_KEYS}
     decision = decide(x, fit.exact)  # float64 scores of the loop's float64 proxies, as KPL's stages
-    return BaselineResult("inmap", _numpy(decision.predictions), _numpy(decision.logits), _numpy(fit.proxies),
-                          used, fit.iterations, fit.converged, decision.float32_ties)
+    return BaselineResult(name="inmap", predictions=_numpy(decision.predictions), proxies=_numpy(fit.proxies),
+                          logits=_numpy(decision.logits), iterations=fit.iterations, converged=fit.converged,
+                          float32_ties=decision.float32_ties, params=used)
 
 
 def kpl_baseline(
@@ -165,10 +136,9 @@ def kpl_baseline(
     _need("kpl", "class_embeddings", class_embeddings)
     result = run_kpl(image_features, class_embeddings, device=device, num_threads=num_threads, **params)
     stage = result.image_ot
-    return BaselineResult(
-        "kpl", stage.predictions, stage.logits, stage.proxies, result.params.to_json(), stage.iterations,
-        stage.converged, stage.float32_ties,
-    )
+    return BaselineResult(name="kpl", predictions=stage.predictions, proxies=stage.proxies, logits=stage.logits,
+                          iterations=stage.iterations, converged=stage.converged, float32_ties=stage.float32_ties,
+                          params=result.params.to_json())
 
 
 def _transductive(name: str, image_features, class_embeddings, name_embeddings, device, params: dict):
@@ -211,12 +181,14 @@ def _transductive(name: str, image_features, class_embeddings, name_embeddings, 
 
 def transclip_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
     """TransCLIP-ZS as its authors run it (kpl.peers.transclip); prototypes from names or descriptions."""
-    return _transductive("transclip", image_features, class_embeddings, name_embeddings, device, params)
+    return _transductive("transclip", image_features, class_embeddings=class_embeddings,
+                         name_embeddings=name_embeddings, device=device, params=params)
 
 
 def stata_baseline(image_features, class_embeddings=None, name_embeddings=None, device="cpu", **params):
     """StatA (kpl.peers.stata): TransCLIP with each class mean anchored to its prototype; names or descriptions."""
-    return _transductive("stata", image_features, class_embeddings, name_embeddings, device, params)
+    return _transductive("stata", image_features, class_embeddings=class_embeddings, name_embeddings=name_embeddings,
+                         device=device, params=params)
 
 
 # The one registry of methods: `kpl eval`'s rows, --methods and run_methods follow this order.

@@ -276,7 +276,7 @@ class _InvertedLists:
         with task(f"kNN graph (faiss lists, {nprobe} probed)", len(rows)) as progress:
             for start in range(0, len(rows), chunk):
                 local = np.arange(start, min(start + chunk, len(rows)))
-                self._search_chunk(rows, local, k, nprobe, best_i, best_w)
+                self._search_chunk(rows, local, k=k, nprobe=nprobe, best_i=best_i, best_w=best_w)
                 progress.advance(len(local))
         return best_i, best_w
 
@@ -367,8 +367,9 @@ def _faiss_graph(features, k: int, nprobe: int | None, target: float, start: flo
         short = np.nonzero(torch.isinf(weights).any(dim=1).numpy())[0]
         if len(short):
             indices[short], weights[torch.from_numpy(short)] = exact_neighbours(xt, short, k)
-    info = GraphInfo("faiss", k, n, time.perf_counter() - start, recall, margin, len(sample), target,
-                     recall - margin >= target, index.lists, probe, tuple((p, r) for p, r, _ in tried))
+    info = GraphInfo("faiss", k, images=n, seconds=time.perf_counter() - start, recall=recall, recall_margin=margin,
+                     sample=len(sample), target_recall=target, target_met=recall - margin >= target, lists=index.lists,
+                     nprobe=probe, ladder=tuple((p, r) for p, r, _ in tried))
     return KnnGraph(indices, weights.clamp_min(0.0).numpy(), info)
 
 

@@ -133,20 +133,34 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***")
 
 
+@dataclass(frozen=True, kw_only=True)
+class ChatSettings:
+    """Which chat model at which endpoint (None: OpenAI's), its sampling settings, and how long and how
+    often to try; ``kbuild generate`` builds it from its options."""
+
+    model: str
+    base_url: str | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    timeout_s: float = 60.0
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
 class ChatClient:
     """One chat model at one endpoint with fixed sampling settings; thread-safe."""
 
-    def __init__(self, model: str, base_url: str | None, api_key: str, *, temperature: float | None = None,
-                 seed: int | None = None, timeout_s: float = 60.0, policy: RetryPolicy = RetryPolicy(),
-                 stop: threading.Event | None = None, rng: random.Random | None = None) -> None:
+    def __init__(self, settings: ChatSettings, api_key: str, *, stop: threading.Event | None = None,
+                 rng: random.Random | None = None) -> None:
         from langchain_openai import ChatOpenAI  # slow import: only when generating
         from pydantic import SecretStr
 
         from kbuild.sources.llm.bounded_http import bounded, http_client
 
+        model, base_url, temperature, seed = settings.model, settings.base_url, settings.temperature, settings.seed
+        timeout_s = settings.timeout_s
         self.model, self.temperature, self.seed = model, temperature, seed
         self.base_url = public_url(base_url)
-        self.policy, self.timeout_s = policy, timeout_s
+        self.policy, self.timeout_s = settings.policy, timeout_s
         self.stop = stop or threading.Event()
         self._rng, self._rng_lock = rng or random.Random(), threading.Lock()
         self._secret = api_key
@@ -189,8 +203,9 @@ class ChatClient:
         usage = getattr(message, "usage_metadata", None) or {}
         content = message.content if isinstance(message.content, str) else json.dumps(message.content)
         attempts.append(Attempt("ok", duration, 200))
-        return ChatReply(self.redact(content), usage.get("input_tokens"), usage.get("output_tokens"), duration,
-                         (message.response_metadata or {}).get("finish_reason"), attempts)
+        return ChatReply(self.redact(content), usage.get("input_tokens"), completion_tokens=usage.get("output_tokens"),
+                         duration_s=duration, finish_reason=(message.response_metadata or {}).get("finish_reason"),
+                         attempts=attempts)
 
     @staticmethod
     def _too_large(duration: float) -> Attempt:

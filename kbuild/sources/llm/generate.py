@@ -151,7 +151,7 @@ def dedup_key(text: str) -> str:
 class _Run:
     """State shared by the worker threads of one generate run."""
 
-    def __init__(self, classes, prompt, options, log, client, progress, run_id):
+    def __init__(self, classes, prompt, *, options, log, client, progress, run_id):
         self.classes, self.prompt, self.options = classes, prompt, options
         self.log, self.client, self.run_id = log, client, run_id
         self.progress = progress or (lambda event: None)
@@ -190,7 +190,8 @@ class _Run:
             with self._lock:
                 self.stats.cached += 1
             return cached.items
-        base = CallRecord(key, self.client.identity(), entry.name, round_index, messages, OK, 0.0)
+        base = CallRecord(key, self.client.identity(), class_name=entry.name, round=round_index, messages=messages,
+                          outcome=OK, duration_s=0.0)
         problem = ""
         for _ in range(self.options.max_reasks + 1):
             reply = self.client.complete(messages, on_attempt=partial(self._failed_attempt, base))
@@ -245,7 +246,7 @@ class _Run:
             for future in as_completed(futures):
                 entry = futures[future]
                 texts, reason = future.result()  # re-raises a fatal error from a worker
-                self._finish_class(entry, texts, reason, done, failures, total)
+                self._finish_class(entry, texts, reason=reason, done=done, failures=failures, total=total)
         except BaseException as err:
             # Ctrl-C or a fatal error: no new requests; calls in flight finish and are logged.
             self.client.stop.set()
@@ -283,7 +284,7 @@ def generate_descriptions(classes: list[ClassEntry], prompt: PromptTemplate, opt
     check_request(classes, prompt, options)
     run_id = log.start_run({"model": client.model, "provider": client.base_url, "prompt": prompt.name,
                             "prompt_hash": prompt.hash, "classes": len(classes), "per_class": options.per_class})
-    run = _Run(classes, prompt, options, log, client, progress, run_id)
+    run = _Run(classes, prompt, options=options, log=log, client=client, progress=progress, run_id=run_id)
     status = "crashed"
     try:
         done, failures = run.run_all()
@@ -297,8 +298,8 @@ def generate_descriptions(classes: list[ClassEntry], prompt: PromptTemplate, opt
     finally:
         run.stats.estimated_cost_usd = _cost(client.model, run.stats)
         log.finish_run(run_id, status, run.stats.to_json())
-    return GenerateResult(_descriptions(classes, done, prompt, client.model), failures, run.stats, run_id,
-                          str(log.path), list(classes))
+    return GenerateResult(_descriptions(classes, done, prompt, client.model), failures, stats=run.stats, run_id=run_id,
+                          log_path=str(log.path), classes=list(classes))
 
 
 def _cost(model: str, stats: CallStats) -> float | None:
