@@ -139,6 +139,33 @@ def test_the_bundle_reads_as_it_is_in_pyarrow_pandas_and_datasets(store_a, tmp_p
                           kb.embeddings)
 
 
+def test_the_bundle_reads_as_it_is_in_duckdb(store_a, tmp_path):
+    """DuckDB's own Parquet reader (no pyarrow in between): rows, vectors and the kbuild metadata."""
+    import duckdb
+
+    bundle = tmp_path / "kb.parquet"
+    ok("export", "v2", "--format", "parquet", bundle, "--store", store_a.home)
+    kb = store_a.store.read("v2")
+    dim = kb.info.manifest["embedding_dim"]
+    with duckdb.connect() as db:
+        file = f"read_parquet('{bundle}', file_row_number = true)"
+        states = dict(db.execute(f"SELECT state, count(*) FROM {file} GROUP BY state").fetchall())
+        assert states == {"kept": len(kb.descriptions), "removed": len(kb.removed)}
+        assert db.execute(f"SELECT DISTINCT len(vector) FROM {file}").fetchall() == [(dim,)]
+        kept = db.execute(f"SELECT class, text, vector FROM {file} WHERE state = 'kept' "
+                          "ORDER BY file_row_number").fetchall()
+        assert [(c, t) for c, t, _ in kept] == [(d.class_name, d.text) for d in kb.descriptions]
+        assert np.array_equal(np.asarray([v for _, _, v in kept], dtype=np.float32), kb.embeddings)
+        counts = dict(db.execute(f"SELECT class, count(*) FROM {file} WHERE state = 'kept' GROUP BY class").fetchall())
+        assert counts == kb.info.manifest["counts"]
+        partners = db.execute(f"SELECT removed_reason, removed_related FROM {file} WHERE state = 'removed'").fetchall()
+        assert [p for _, p in partners] == [r.related for r in kb.removed] and all(reason for reason, _ in partners)
+        (raw,) = db.execute("SELECT value FROM parquet_kv_metadata(?) WHERE key = 'kbuild'", [str(bundle)]).fetchone()
+    meta = json.loads(raw)
+    assert meta["content_hash"] == kb.info.content_hash and meta["embedding_dim"] == dim
+    assert meta["rows"] == len(kb.descriptions) + len(kb.removed) and meta["manifest"]["operation"] == "prune"
+
+
 def test_hf_dataset_folder_loads_offline_with_datasets_and_with_kbuild(store_a, tmp_path, monkeypatch):
     import datasets
 

@@ -53,7 +53,8 @@ class SnapshotDraft:
     # sha256; or the original snapshot and lineage of an imported bundle. Empty for prune/merge/review.
     provenance: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self) -> None:
+    def validate(self) -> list[str]:
+        """Check the draft; returns its descriptions' ids (the store writes them: computed once)."""
         if not self.descriptions:
             raise KbuildError(f"Nothing to write: the {self.operation} produced no descriptions")
         ids = [d.id for d in self.descriptions]
@@ -62,6 +63,7 @@ class SnapshotDraft:
         _check_matrix(self.embeddings, len(self.descriptions), "embeddings")
         if self.removed:
             _check_matrix(self.removed_embeddings, len(self.removed), "removed_embeddings")
+        return ids
 
 
 def _check_matrix(matrix: np.ndarray | None, rows: int, what: str) -> None:

@@ -38,9 +38,12 @@ _PAGE = 5000
 _WRITE_BATCH = 5000  # records per add(): Chroma's own limit is larger; this bounds one request's size
 # "ip", not "cosine": Chroma re-normalises vectors stored in a cosine space, so they would not
 # read back bit-identical; ours are unit rows already, where inner product is cosine similarity.
-# kbuild never queries the HNSW index (it reads whole snapshots), so a light graph keeps the
-# 50 000-description write under 30 s: Chroma's default (M 16, ef 100) costs 2-3x, growing with size.
-_COLLECTION_CONFIG = {"hnsw": {"space": "ip", "ef_construction": 16, "max_neighbors": 8}}
+# kbuild never queries the HNSW index (it reads whole snapshots by page or by id), so the graph is
+# as light as hnswlib allows to stay useful: building it is most of Chroma's CPU time in a write of
+# 512-d vectors. Measured on 30 000 x 512 (benchmarks/bench_parquet.py): M 8 / ef 16 took ~9 s of
+# CPU for the index alone, M 4 / ef 4 ~3 s; Chroma's default (M 16, ef 100) costs several times more.
+# Snapshots written before keep their own settings: Chroma stores them with each collection.
+_COLLECTION_CONFIG = {"hnsw": {"space": "ip", "ef_construction": 4, "max_neighbors": 4}}
 
 
 @dataclass
@@ -302,13 +305,13 @@ class SnapshotStore:
         """Write ``draft`` as a new snapshot (named, or the next ``snapshot_vN``) and return it."""
         if name is not None:
             names.validate_snapshot_name(name)
-        draft.validate()
+        ids = draft.validate()
         with self._lock():
             existing = {s.name: s for s in self.list()}
             self._refuse_taken(name, existing)
             parents = [existing[p] if p in existing else self.resolve(p) for p in draft.parents]
             manifest = build_manifest(draft, parents)
-            pending = self._write_pending(draft, manifest)
+            pending = self._write_pending(draft, manifest, ids)
             try:
                 final = self._claim_name(pending, name, existing, manifest)
             except Exception:
@@ -323,12 +326,15 @@ class SnapshotStore:
                 if self.mode == "embedded":  # callers hold the write lock: no other write is half-made
                     damage.drop_orphaned_segments(self.home / "chroma")
 
-    def _write_pending(self, draft: SnapshotDraft, manifest: dict[str, Any]) -> Any:
+    def _write_pending(self, draft: SnapshotDraft, manifest: dict[str, Any],
+                       kept_ids: builtins.list[str] | None = None) -> Any:
+        """Write ``draft`` into a new pending collection (``kept_ids``: its descriptions' ids, when the
+        caller has them: each one is a hash of the text, 30 000 of them cost ~0.25 s)."""
         pending_name = f"{names.PENDING_PREFIX}{int(time.time())}-{uuid.uuid4().hex[:12]}"
         collection = self.client.create_collection(
             pending_name, embedding_function=None, configuration=_COLLECTION_CONFIG,
             metadata={"kbuild_kind": "snapshot", "kbuild_manifest": json.dumps(manifest, ensure_ascii=False)})
-        ids, docs, metas, vectors = _records(draft)
+        ids, docs, metas, vectors = _records(draft, kept_ids)
         batch = max(1, min(self.client.get_max_batch_size(), _WRITE_BATCH))
         try:
             with task("writing snapshot", len(ids)) as progress:
@@ -497,8 +503,9 @@ def _is_snapshot(collection: Any) -> bool:
             and not collection.name.startswith(names.INTERNAL_PREFIX))
 
 
-def _records(draft: SnapshotDraft) -> tuple[list[str], list[str], list[dict[str, Any]], np.ndarray]:
-    ids = [d.id for d in draft.descriptions]
+def _records(draft: SnapshotDraft, kept_ids: list[str] | None = None
+             ) -> tuple[list[str], list[str], list[dict[str, Any]], np.ndarray]:
+    ids = list(kept_ids) if kept_ids is not None else [d.id for d in draft.descriptions]
     docs = [d.text for d in draft.descriptions]
     metas = [kept_metadata(d, i) for i, d in enumerate(draft.descriptions)]
     offset = len(ids)
