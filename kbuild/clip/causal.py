@@ -7,7 +7,9 @@ largest id, so the pooled position is ``argmax(token ids)``. Everything after th
 end-of-text token in a batch therefore cannot change the result: the transformer runs on the
 tokens up to that point, with the positional embedding and the causal mask sliced to the same
 length. Texts are sorted by length so that each batch holds texts of similar length, and the
-rows are returned in the caller's order.
+rows are returned in the caller's order. Texts that share a token prefix (one template, one
+class) go further where the blocks allow it: the prefix runs once per group and each text runs
+only its own tokens against the cached keys and values (``prefix_groups``, ``kv_text``).
 
 The result equals ``encode_text`` up to float32 rounding of the shorter matrix products (a few
 1e-7; ``tests/test_text_encoding.py`` holds it within 1e-5). Models whose text path differs
@@ -21,6 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kbuild.clip import kv_text
+from kbuild.clip.prefix_groups import shared_prefixes
+
 if TYPE_CHECKING:  # torch loads only when a batch is encoded
     import torch
 
@@ -28,6 +33,7 @@ BATCH_TOKENS = 16384  # at most this many tokens (rows x padded length) per forw
 MIN_BATCH_TOKENS = 4096  # below this a batch keeps growing even past a length jump: on a CPU, small
 #                          matrix products cost more per token than the padding they save
 MAX_BATCH = 512
+MIN_SHARED = 0.1  # share prefixes when that skips at least this fraction of the token positions
 
 
 def supports(model) -> bool:
@@ -72,12 +78,20 @@ def length_batches(lengths: np.ndarray, batch_tokens: int = BATCH_TOKENS, max_ba
         start = stop
 
 
-def encode(model: Any, tokens: torch.Tensor) -> torch.Tensor:
-    """(B, D) unit text embeddings of (B, L) token ids, each batch cut to its longest text."""
+def encode(model: Any, tokens: torch.Tensor, share_prefixes: bool = True) -> torch.Tensor:
+    """(B, D) unit text embeddings of (B, L) token ids, each batch cut to its longest text.
+
+    Texts that share a token prefix (one template, one class) run it once per group
+    (``kv_text``) where the model allows it and that skips enough positions; ``share_prefixes``
+    False keeps to the sorted, cut batches alone (benchmarks compare the two)."""
     import torch
     import torch.nn.functional as F
 
     lengths = end_positions(tokens) + 1
+    if share_prefixes and kv_text.supports(model):
+        groups = shared_prefixes(tokens.cpu().numpy(), lengths)
+        if groups.saved_tokens() >= MIN_SHARED * lengths.sum():
+            return kv_text.encode(model, tokens, lengths, groups, length_batches)
     out = torch.empty((tokens.shape[0], _output_dim(model)), dtype=torch.float32, device=tokens.device)
     cast_dtype = model.transformer.get_cast_dtype()
     for rows, length in length_batches(lengths):
