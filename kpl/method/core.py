@@ -11,7 +11,8 @@ All math runs in float32 torch (CPU by default); results come back as numpy arra
 ``run_kpl_many`` runs several k over one input, sharing the work that does not depend on k.
 ``k="auto"`` chooses k without labels (kpl.method.auto_k): the result is the chosen k's, with the
 choice recorded in ``KPLResult.auto``. ``prior="auto"`` (kpl.method.prior) drops the paper's
-equal-class assumption; ``prior="uniform"`` (the default) is the paper's KPL, bit for bit.
+equal-class assumption: its ``image_ot`` is a StatA-like stage on the text stage, its means anchored at
+the text proxies; ``prior="uniform"`` (the default) is the paper's KPL, bit for bit.
 """
 
 from __future__ import annotations
