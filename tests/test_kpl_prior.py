@@ -178,3 +178,13 @@ def test_cli_one_image_and_a_class_without_descriptions_are_one_line(kpl, kbuild
     result = kpl("eval", "--kb", "v2", "--features", npz, "--prior", "auto", *FAST)
     assert result.code in (1, 2)
     one_error_line(result, result.code, "dog")
+
+
+def test_auto_decisions_do_not_rest_on_rounding():
+    """Permuted feature dimensions change the order of every float sum: the anchored stage decides the same."""
+    x, _, classes = synthetic_case("overlap", seed=3)
+    perm = np.random.default_rng(0).permutation(x.shape[1])
+    a = run_kpl(x, classes, k=8, prior="auto").image_ot
+    b = run_kpl(x[:, perm], [e[:, perm] for e in classes], k=8, prior="auto").image_ot
+    np.testing.assert_array_equal(a.predictions, b.predictions)
+    assert a.float32_ties == 0
