@@ -41,7 +41,7 @@ log-scores, centred), proxies the class means (D, C), and ``KPLResult.plan`` its
 Measured (benchmarks/bench_batches.py --auto-k, README "Batches that are not balanced"; plain accuracy,
 mean over mixes, 3 draws): PH2 ViT-B/16 batches of 40, melanoma share 0 .. 1: k auto 74.3 %, k 8 73.0 %
 (paper's KPL 64.3, TransCLIP with descriptions 72.5, StatA with descriptions 75.1); batches of 256:
-{PH2_256}; whole PH2 set: balanced accuracy 81.2 % with k auto, 83.1 % at k 8 (paper's KPL k 8: 81.6 %);
+k auto 74.6 %, k 8 73.4 % (paper's KPL 66.3, TransCLIP and StatA with descriptions 71.4); whole PH2 set: balanced accuracy 81.2 % with k auto, 83.1 % at k 8 (paper's KPL k 8: 81.6 %);
 synthetic one-sided binary batches of 40: 99-100 % (paper's KPL 60 %); 1-4 of 10 classes present,
 batches of 40: 40.2 % with k auto, 33.1 % at k 8 (text stage 30.0 %). Where it loses: bench_scale's
 balanced 10-class features (D 512) stay near the text stage, 0.547 at 10k and 0.544 at 100k against
