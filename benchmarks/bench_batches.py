@@ -7,8 +7,9 @@ mean over mixes and the worst mix.
 
 Rows: every baseline in ``kpl.peers.baselines.BASELINES`` (a row per input it accepts: class names,
 ``_desc`` descriptions; new baselines appear when registered), ``kpl`` (the paper: k 8, prior
-uniform), ``kpl_text`` (its zero-shot text stage), ``kpl_auto`` (k 8, prior auto) and, with ``--auto-k``, ``kpl_auto_k`` (k auto, prior auto:
-the issue's target row; 30 KPL runs per batch, slow). Problems:
+uniform), ``kpl_text`` (its zero-shot text stage), ``kpl_auto`` (k 8, prior auto: kpl.method.prior's anchored
+stage) and, with ``--auto-k``, ``kpl_auto_k`` (k auto, prior auto: the issue's target row; 30 KPL runs
+per batch, slow). Problems:
 
 - ``ph2``: the shared PH2 CLIP ViT-B/16 features (200 images, 40 melanoma; batches larger than a
   class's pool draw with replacement), class-label prompts as class names;
@@ -164,23 +165,28 @@ def print_table(title: str, mixes, table) -> None:
 
 
 def run_scale(sizes) -> None:
+    import resource
+
     from bench_scale import make_features
 
     from kpl import run_kpl
 
     print("\nKPL vs N (bench_scale's 10-class features, D 512, k 8): accuracy of image_ot")
-    print("| N | text | kpl (uniform) | kpl_auto | seconds uniform / auto |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| N | text | kpl (uniform) | kpl_auto | wall s uniform / auto | CPU s uniform / auto | peak RSS MB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         x, y, classes = make_features(n)
-        out, secs = [], []
+        out, secs, cpu = [], [], []
         for prior in ("uniform", "auto"):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             r = run_kpl(x, classes, k=8, prior=prior, num_threads=1)
             secs.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
             out.append(float(np.mean(r.image_ot.predictions == y)))
         text = float(np.mean(r.text.predictions == y))
-        print(f"| {n} | {text:.3f} | {out[0]:.3f} | {out[1]:.3f} | {secs[0]:.0f} / {secs[1]:.0f} |", flush=True)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; the process's peak so far
+        print(f"| {n} | {text:.3f} | {out[0]:.3f} | {out[1]:.3f} | {secs[0]:.0f} / {secs[1]:.0f} "
+              f"| {cpu[0]:.0f} / {cpu[1]:.0f} | {rss:.0f} |", flush=True)
 
 
 def main() -> None:

@@ -447,7 +447,7 @@ def _run_kpl(x, knowledge: Knowledge, params: KPLParams, device: str, auto_k: bo
 
 
 def _kpl_rows(features: FeatureSet, result, prefix: str, share: float) -> dict[str, MethodRun]:
-    """One row per KPL stage, ``prefix.stage``; an auto prior's record (estimated shares) in its params."""
+    """One row per KPL stage, ``prefix.stage``; an auto prior's record (anchor, text trust, class shares) in its params."""
     used = result.params.to_json()
     if result.prior is not None:
         used["prior_record"] = result.prior

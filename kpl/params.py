@@ -15,9 +15,19 @@ import numpy as np
 from kpl.errors import UsageError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+# the batch's class shares: the paper's equal ones, or estimated without labels (kpl.method.prior)
+PRIORS = ("uniform", "auto")
 # share of the exact neighbours an approximate kNN graph must find (kpl.peers.knn; here so the CLI can
 # show the default without importing torch)
 DEFAULT_KNN_RECALL = 0.95
+
+
+def check_prior(prior: Any) -> str:
+    """``prior`` if it is one of PRIORS, else a UsageError naming the valid ones."""
+    if prior not in PRIORS:
+        raise UsageError(f"prior must be one of {', '.join(PRIORS)} (got {prior!r}); "
+                         "uniform is the paper's KPL, auto estimates the batch's class shares")
+    return str(prior)
 
 
 def require_int(value: Any, label: str, low: int = 0) -> None:
@@ -68,7 +78,6 @@ class KPLParams:
         """Return self, or raise a UsageError naming the bad value and a valid one."""
         # torch-backed checks, imported here so that `kpl --help` never loads torch
         from kpl.method.ot import get_ot_method
-        from kpl.method.prior import check_prior
         from kpl.method.retrieval import check_k
 
         check_k(self.k)

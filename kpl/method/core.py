@@ -11,7 +11,8 @@ All math runs in float32 torch (CPU by default); results come back as numpy arra
 ``run_kpl_many`` runs several k over one input, sharing the work that does not depend on k.
 ``k="auto"`` chooses k without labels (kpl.method.auto_k): the result is the chosen k's, with the
 choice recorded in ``KPLResult.auto``. ``prior="auto"`` (kpl.method.prior) drops the paper's
-equal-class assumption; ``prior="uniform"`` (the default) is the paper's KPL, bit for bit.
+equal-class assumption: its ``image_ot`` is a StatA-like stage on the text stage, its means anchored at
+the text proxies; ``prior="uniform"`` (the default) is the paper's KPL, bit for bit.
 """
 
 from __future__ import annotations
@@ -29,15 +30,7 @@ from kpl.errors import KplError, UsageError
 from kpl.method.auto_k import auto_range, choose_k, is_auto
 from kpl.method.decision import decide
 from kpl.method.ot import get_ot_method
-from kpl.method.prior import (
-    REFERENCE_ROWS,
-    assign_to_shares,
-    centred_scores,
-    estimate_prior,
-    plan_scale,
-    prior_weight,
-    target_shares,
-)
+from kpl.method.prior import anchored_stage, batch_graph
 from kpl.method.proxies import ProxyFit, fit_vision_proxies
 from kpl.method.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies
 from kpl.params import KPLParams
@@ -108,7 +101,8 @@ class StageResult:
 
 @dataclass
 class KPLResult:
-    """Everything ``run_kpl`` computes. ``plan`` (N, C) is the OT plan behind ``image_ot``.
+    """Everything ``run_kpl`` computes. ``plan`` (N, C) is the OT plan behind ``image_ot`` (prior="auto":
+    the anchored stage's soft assignments, kpl.method.prior).
 
     ``auto`` is None for a fixed k; for ``k="auto"`` it records the rule, the k range compared,
     the chosen k (also ``params.k``) and each k's mean agreement.
@@ -121,7 +115,7 @@ class KPLResult:
     selected: list[np.ndarray]
     plan: np.ndarray
     auto: dict[str, Any] | None = None
-    prior: dict[str, Any] | None = None  # prior="auto": estimated shares, fitted shares, weight, plan scale
+    prior: dict[str, Any] | None = None  # prior="auto": the anchored stage's anchor, text trust, class shares
     stages: ClassVar[tuple[str, ...]] = ("text", "image", "image_ot")
 
     def stage(self, name: str) -> StageResult:
@@ -168,17 +162,21 @@ def _fit(x: torch.Tensor, plan: torch.Tensor, init: torch.Tensor, p: KPLParams) 
 
 
 Stages = tuple[StageResult, StageResult, StageResult, np.ndarray, "dict[str, Any] | None"]
+Graph = tuple[np.ndarray, np.ndarray]
 
 
-def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams) -> Stages:
-    """(text, image, image_ot, plan, prior record or None) for one set of text proxies."""
+def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams, graph: Graph | None = None) -> Stages:
+    """(text, image, image_ot, plan, prior record or None) for one set of text proxies.
+
+    ``graph``: the batch's kNN graph for prior="auto" (shared by every k), built here when None.
+    """
     logits = x @ w_text
     soft = torch.softmax(logits / p.tau_t, dim=1)
+    if p.prior == "auto":
+        return _auto_stages(x, w_text, soft, p, graph)
     # OT sums over all N images: in float32 their order (image order, CPU kernels) moved Greenkhorn's
     # plan by up to 2e-3 and flipped predictions; in float64 image order changes it by ~1e-18
     plan = get_ot_method(p.ot)(logits.to(torch.float64), p.tau_t, iters=p.ot_iters, gamma=p.gamma).to(x.dtype)
-    if p.prior == "auto":
-        return _auto_stages(x, w_text, logits, soft, plan, p)
     image, image_ot = _fit(x, soft, w_text, p), _fit(x, plan, w_text, p)
     return (
         _stage("text", x, w_text),
@@ -189,32 +187,33 @@ def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams) -> St
     )
 
 
-def _rounded(values: torch.Tensor) -> list[float]:
-    return [round(float(v), 6) for v in values]
+# a top-2 margin of the anchored stage's float32 log-scores within this many units of their rounding
+# (2**-24 relative) is a decision float32 cannot make (counted in float32_ties, as kpl.method.decision does)
+SCORE_ROUNDING_UNITS = 8
 
 
-def _auto_stages(x: torch.Tensor, w_text: torch.Tensor, logits: torch.Tensor, soft: torch.Tensor,
-                 plan: torch.Tensor, p: KPLParams) -> Stages:
-    """prior="auto" (kpl.method.prior): a plan whose pull does not fade with N, decisions moved
-    toward the batch's estimated class shares, as far as the text posteriors can be trusted."""
-    n = x.shape[0]
-    if p.ot == "greenkhorn":  # the only plan with rows ~1/N; sinkhorn and none have rows of 1
-        plan = plan * plan_scale(n)
-    shares = estimate_prior(logits, p.tau_t)
-    weight = prior_weight(logits, p.tau_t)
-    image, image_ot = _fit(x, soft, w_text, p), _fit(x, plan, w_text, p)
-    stages, record = [], {"mode": "auto", "estimated_shares": _rounded(shares), "weight": round(weight, 6),
-                          "plan_row_mass": 1.0 / min(n, REFERENCE_ROWS) if p.ot == "greenkhorn" else None}
-    for name, fit in (("image", image), ("image_ot", image_ot)):
-        exact = fit.exact if fit.exact is not None else fit.proxies  # the loop's float64 proxies
-        scores = centred_scores(x, exact)
-        fitted = torch.bincount(scores.argmax(dim=1), minlength=scores.shape[1]).double() / n
-        goal = target_shares(shares, fitted, weight)
-        final = assign_to_shares(scores, goal)
-        record[name] = {"fitted_shares": _rounded(fitted), "target_shares": _rounded(goal)}
-        stages.append(StageResult(name, _numpy(final.argmax(dim=1)), _numpy(fit.proxies), _numpy(final.float()),
-                                  fit.iterations, fit.converged, decide(x, exact).float32_ties))
-    return _stage("text", x, w_text), stages[0], stages[1], _numpy(plan), record
+def _auto_stages(x: torch.Tensor, w_text: torch.Tensor, soft: torch.Tensor, p: KPLParams,
+                 graph: Graph | None) -> Stages:
+    """prior="auto" (kpl.method.prior): the text stage, the paper's image stage, and as image_ot the
+    StatA-like stage anchored at the text proxies, with the batch's class shares as its prior."""
+    image = _fit(x, soft, w_text, p)
+    anchored = anchored_stage(x, w_text, p.tau_t, graph)
+    scores = anchored.scores
+    top2 = torch.topk(scores, 2, dim=1).values if scores.shape[1] > 1 else torch.cat([scores, scores - 1], dim=1)
+    rounding = SCORE_ROUNDING_UNITS * 2.0**-24 * top2.abs().sum(dim=1)
+    ties = int(((top2[:, 0] - top2[:, 1]) <= rounding).sum())
+    final = StageResult("image_ot", _numpy(scores.argmax(dim=1)), _numpy(anchored.means.T.contiguous()),
+                        _numpy(scores - scores.mean(dim=1, keepdim=True)), iterations=assignment_steps(),
+                        converged=True, float32_ties=ties)
+    return (_stage("text", x, w_text), _stage("image", x, image.proxies, image), final,
+            _numpy(anchored.assignments), anchored.record)
+
+
+def assignment_steps() -> int:
+    """How many assignment steps the anchored stage runs (TransCLIP's released schedule)."""
+    from kpl.peers.transclip import TransCLIPParams, assignment_updates
+
+    return assignment_updates(TransCLIPParams())
 
 
 def _check_batch(x: torch.Tensor) -> None:
@@ -234,9 +233,9 @@ def _params(params: KPLParams | None, overrides: dict[str, Any]) -> KPLParams:
 
 
 def _run_with_scores(x: torch.Tensor, classes: list[torch.Tensor], scores: list[torch.Tensor],
-                     p: KPLParams) -> KPLResult:
+                     p: KPLParams, graph: Graph | None = None) -> KPLResult:
     selected = select_top_k(scores, p.k)
-    text, image, image_ot, plan, prior = _stages_from_text(x, text_proxies(classes, selected), p)
+    text, image, image_ot, plan, prior = _stages_from_text(x, text_proxies(classes, selected), p, graph)
     return KPLResult(p, text, image, image_ot, [_numpy(s) for s in selected], plan, prior=prior)
 
 
@@ -321,12 +320,13 @@ def _run_many(x: torch.Tensor, classes: list[torch.Tensor], ks: list[int], base:
     results: dict[int, KPLResult] = {}
     by_selection: dict[tuple[tuple[int, ...], ...], KPLResult] = {}
     scores = description_scores(x, classes)
+    graph = batch_graph(x) if base.prior == "auto" else None  # depends on the images only: one for every k
     with task("KPL over k", len(ks)) as progress:
         for k in ks:
             p = _params(base, {"k": k})
             key = tuple(tuple(s.tolist()) for s in select_top_k(scores, k))
             if key not in by_selection:
-                by_selection[key] = _run_with_scores(x, classes, scores, p)
+                by_selection[key] = _run_with_scores(x, classes, scores, p, graph)
             shared = by_selection[key]
             results[k] = KPLResult(p, shared.text, shared.image, shared.image_ot, shared.selected, shared.plan,
                                    prior=shared.prior)

@@ -1,144 +1,130 @@
 """``prior="auto"``: KPL on batches whose classes are not equally frequent, without labels.
 
-The paper's KPL (``prior="uniform"``) assumes every class fills the same share of the batch. Two
-things go wrong when it does not, and when N grows:
+The paper's KPL (``prior="uniform"``) assumes every class fills the same share of the batch, and
+its image_ot stage acts on that in two places that a label-free share estimate cannot repair:
 
-1. **The image_ot stage splits any batch.** Its proxy loop is dominated by the softmax term
-   ``X^T softmax(X W / tau_i)`` (mass N) while the OT plan's pull has mass 1 (rows sum to 1/N):
-   at its fixed point each proxy is the direction of the images it wins, a spherical soft k-means
-   started from the text proxies. On an all-benign batch it still sends about half the images to
-   the other class (measured on PH2 batches of 40: 52 % accuracy); the plan's column marginals
-   hardly matter (gamma 0..1 moved the mean over batch mixes by < 0.5 pp).
-2. **The plan's pull fades as 1/N.** With rows summing to 1/N the pull shrinks against the softmax
-   term as N grows (synthetic, 10 classes: 0.91 at 10k, 0.56 at 100k, 0.24 at 1M).
+1. **Its proxy loop splits any batch.** The loop is dominated by the softmax term
+   ``X^T softmax(X W / tau_i)`` (mass N) while the OT plan's pull has mass 1: at its fixed point
+   each proxy is the direction of the images it wins, a spherical soft k-means started from the
+   text proxies. On an all-benign PH2 batch of 40 it sends about half the images to melanoma, and
+   its final proxies carry no class geometry there (PH2 whole set: image_ot proxies at cosine
+   1.0000, image-stage proxies at -1.0000), so they can be neither re-thresholded nor used as anchors.
+2. **The plan's pull fades as 1/N** (rows sum to 1/N): synthetic 10 classes, 0.91 at 10k, 0.24 at 1M.
 
-``auto`` answers each with a label-free estimate:
+``auto`` keeps KPL's text stage (its retrieved text proxies ``W_t`` and posteriors
+``softmax(X W_t / tau_t)``) and replaces the image_ot stage by a StatA-like transductive stage
+(``anchored_stage``, run by ``kpl.peers.transclip.fit``, the peers' own loop):
 
-- **Scale** (``plan_scale``): the plan's rows sum to ``1 / min(N, REFERENCE_ROWS)``: exactly the
-  paper's plan up to 10 000 images, a constant pull beyond (synthetic 100k: 0.918 instead of 0.56).
-- **Class proportions** (``estimate_prior``): the batch's class shares by EM on the zero-shot text
-  posteriors (Saerens, Latinne & Decaestecker, 2002), a MAP estimate under a symmetric Dirichlet
-  prior worth ``SMOOTHING`` pseudo-images in all, so no class is ever declared exactly absent.
-- **Trust** (``prior_weight``): how far to believe that estimate: the batch's mean top text
-  posterior above chance, rescaled to [0, 1] (a text classifier whose posteriors sit near chance
-  says little about the shares; on PH2 the weight is about 0.3).
-- **Decision** (``target_shares``, ``assign_to_shares``): the target shares lie between the shares
-  the fitted proxies give (weight 0: the paper's decisions) and the EM estimate (weight 1), a
-  linear blend; the final scores (centred, float64) get one offset per class so that their argmax gives
-  those shares. Each class keeps its ranking of the images; only the thresholds move.
+- **Zero-shot term**: KPL's text posteriors (TransCLIP's ``y`` at temperature ``1 / tau_t`` with
+  ``W_t`` as prototypes), so the retrieved descriptions, not a description mean, set the prior.
+- **Class means anchored at KPL's text proxies**, ``mu_c = normalise(alpha t_c + sum_i z_ic x_i)``
+  with ``alpha = ANCHOR_SHARE * N / C``: the anchor weighs as ``ANCHOR_SHARE`` of a balanced
+  class's images, so its pull on a class, ``alpha / (alpha + mass_c)``, shrinks as the class gathers
+  pseudo-label mass, and the same share of the batch is needed to escape it at any N (StatA's fixed
+  alpha in images fades as N grows). A class that gathers little stays near its text proxy, which
+  CLIP's modality gap keeps away from every image, so an absent class cannot capture images.
+- **Class shares as an assignment prior**: the zero-shot term is shifted by the classes' current
+  shares (``log y_ic + w log(C pi_c)``, Saerens et al. 2002's prior shift, pi from the previous
+  round's assignments with one pseudo-image spread over the classes). ``w`` is the trust in the text
+  posteriors (``text_trust``: their mean top posterior above chance, 0..1; PH2 ~0.3): a text
+  classifier near chance says little about which classes the batch holds. An EM estimate of the
+  shares from the text posteriors alone was measured first and dropped: on PH2, whose text stage
+  calls 90 % of an all-melanoma batch nevus, it declares melanoma absent in every mix (50 % mean).
+- Neighbour term, shared variance, iterations: TransCLIP's (kpl.peers.transclip, its released
+  settings), on the scalable kNN graph (kpl.peers.knn: exact below 200 000 images, an approximate
+  index above), built once per batch and shared by every k. Memory and time O(N (k + C) + C D).
 
-Measured (benchmarks/bench_batches.py, README "Batches that are not balanced"): one-sided synthetic
-batches keep their class; on PH2, whose text stage is biased toward nevus (balanced accuracy 61 %),
-auto trades melanoma-heavy batches for benign ones and its mean over mixes equals the paper's.
+The image stage is the paper's (vision proxies fitted to the text posteriors), kept for reference;
+``image_ot`` holds the anchored stage: predictions ``argmax S``, logits ``S`` (the assignments'
+log-scores, centred), proxies the class means (D, C), and ``KPLResult.plan`` its soft assignments Z.
+
+Measured (benchmarks/bench_batches.py --auto-k, README "Batches that are not balanced"; plain accuracy,
+mean over mixes, 3 draws): PH2 ViT-B/16 batches of 40, melanoma share 0 .. 1: k auto 74.3 %, k 8 73.0 %
+(paper's KPL 64.3, TransCLIP with descriptions 72.5, StatA with descriptions 75.1); batches of 256:
+k auto 74.6 %, k 8 73.4 % (paper's KPL 66.3, TransCLIP and StatA with descriptions 71.4); whole PH2 set: balanced accuracy 81.2 % with k auto, 83.1 % at k 8 (paper's KPL k 8: 81.6 %);
+synthetic one-sided binary batches of 40: 99-100 % (paper's KPL 60 %); 1-4 of 10 classes present,
+batches of 40: 40.2 % with k auto, 33.1 % at k 8 (text stage 30.0 %). Where it loses: bench_scale's
+balanced 10-class features (D 512) stay near the text stage, 0.547 at 10k and 0.544 at 100k against
+the paper's 0.909 / 0.918: TransCLIP's Gaussian term, scaled by 1/50 as its authors run it, cannot
+separate those noisy clusters (plain TransCLIP on KPL's text proxies 0.558; zero-shot term off, or
+means started at the paper's image_ot proxies: 0.50-0.55), where KPL's proxy loop can.
+
+Anchors at KPL's vision proxies instead of its text proxies (PH2 batches of 40 / 256, k 8): 74.6 / 73.4
+(image_ot proxies) and 77.1 / 76.1 (image-stage proxies) against 73.0 / 73.4, but those proxies are
+degenerate on PH2 (cosine +-1.0000: no class direction between them), so what they anchor to is an
+accident of the batch; the text anchor rests on a reason that holds for any CLIP (the modality gap).
+``ANCHOR_SHARE``: 0.03 / 0.05 / 0.1 give 74.3 / 74.8 / 76.2 % over PH2 batches of 40 (k auto) and
+81.2 / 78.8 / 73.4 % whole-set balanced accuracy; the smallest keeps the whole set within 2 points of
+the paper. An anchor fixed in images (StatA's 2, no share prior) fell from 75.4 to 71.3 % between
+batches of 40 and 256; 0.1 N / C, also without the share prior, held 75.4 / 75.5.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 import torch
 
-PRIORS = ("uniform", "auto")
-# Up to this many images the plan's rows sum to 1/N (the paper's plan); beyond it, 1/REFERENCE_ROWS.
-REFERENCE_ROWS = 10_000
-# Dirichlet pseudo-images in the EM estimate (MAP), spread evenly over the classes: keeps every share
-# above 0 with the same prior evidence for any number of classes (one per class for two classes).
-SMOOTHING = 2.0
-EM_ITERS = 200
-EM_TOL = 1e-7
-# assign_to_shares: scores divided by this fraction of their batch spread before balancing (soft
-# enough for Sinkhorn to converge, sharp enough that the argmax follows the target shares)
-SHARPNESS = 0.05
-OFFSET_TOL = 1e-9
+from kpl.params import PRIORS, check_prior
+
+# alpha = ANCHOR_SHARE * N / C: the text anchor weighs as this share of a balanced class's images
+ANCHOR_SHARE = 0.03
 
 
-def check_prior(prior) -> str:
-    """``prior`` if it is one of PRIORS, else a UsageError naming the valid ones."""
-    from kpl.errors import UsageError
-
-    if prior not in PRIORS:
-        raise UsageError(f"prior must be one of {', '.join(PRIORS)} (got {prior!r}); "
-                         "uniform is the paper's KPL, auto estimates the batch's class shares")
-    return prior
-
-
-def plan_scale(n: int) -> float:
-    """Factor that turns the paper's plan (rows ~1/N) into rows ~1/min(N, REFERENCE_ROWS)."""
-    return n / min(n, REFERENCE_ROWS)
-
-
-def estimate_prior(logits: torch.Tensor, tau: float, smoothing: float = SMOOTHING) -> torch.Tensor:
-    """(C,) float64 class shares of the batch by EM on ``softmax(logits / tau)`` (a uniform reference).
-
-    E-step: each image's posterior reweighted by the current shares (the classifier's own
-    reference prior is uniform: the text proxies favour no class by construction); M-step: the
-    shares are the mean reweighted posterior plus ``smoothing`` pseudo-images spread over the classes.
-    """
-    post = torch.softmax(logits.double() / tau, dim=1)
-    n, c = post.shape
-    pi = torch.full((c,), 1.0 / c, dtype=torch.float64, device=post.device)
-    for _ in range(EM_ITERS):
-        weighted = post * pi
-        weighted /= weighted.sum(dim=1, keepdim=True)
-        new = (weighted.sum(dim=0) + smoothing / c) / (n + smoothing)
-        done = float((new - pi).abs().max()) < EM_TOL
-        pi = new
-        if done:
-            break
-    return pi
-
-
-def prior_weight(logits: torch.Tensor, tau: float) -> float:
-    """Trust in the EM shares, in [0, 1]: the batch's mean top text posterior above chance (1/C)."""
+def text_trust(logits: torch.Tensor, tau: float) -> float:
+    """Trust in the text posteriors ``softmax(logits / tau)``, in [0, 1]: their mean top posterior above chance."""
     post = torch.softmax(logits.double() / tau, dim=1)
     c = post.shape[1]
     top = float(post.max(dim=1).values.mean())
     return max(0.0, min(1.0, (top - 1.0 / c) / (1.0 - 1.0 / c)))
 
 
-def target_shares(estimated: torch.Tensor, fitted: torch.Tensor, weight: float) -> torch.Tensor:
-    """(C,) shares between the fitted proxies' own (weight 0) and the EM estimate (weight 1).
+def anchor_strength(n: int, c: int) -> float:
+    """alpha, in images: ANCHOR_SHARE of a balanced class's N / C images."""
+    return ANCHOR_SHARE * n / c
 
-    A linear blend, so that an estimate at a corner of the simplex (EM on a biased text classifier
-    declares a class nearly absent) moves the target by at most ``weight`` of the way; blending in
-    log space went further (PH2, batches of 256: 62.3 % mean over mixes against 65.4 % linear; on
-    the synthetic problems the two were within 0.6 pp).
+
+def batch_graph(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The kNN graph of the batch with TransCLIP's settings (kpl.peers.knn; one per batch, shared over k)."""
+    from kpl.peers.transclip import TransCLIPParams, graph_for
+
+    return graph_for(x, TransCLIPParams())
+
+
+@dataclass
+class AnchoredFit:
+    """The anchored stage: (N, C) soft assignments Z and log-scores S, (C, D) unit class means, record."""
+
+    assignments: torch.Tensor
+    scores: torch.Tensor
+    means: torch.Tensor
+    record: dict[str, Any]
+
+
+def anchored_stage(x: torch.Tensor, w_text: torch.Tensor, tau_t: float,
+                   graph: tuple[np.ndarray, np.ndarray] | None = None) -> AnchoredFit:
+    """StatA-like stage on KPL's text stage: zero-shot ``softmax(X W_t / tau_t)``, means anchored at ``W_t``.
+
+    ``x`` (N, D) float32 unit rows, ``w_text`` (D, C) KPL's text proxies; ``graph`` from ``batch_graph``
+    (built here when None). See the module doc.
     """
-    return weight * estimated + (1 - weight) * fitted.double()
+    from kpl.peers.transclip import TransCLIPParams, fit_state
+
+    n, c = x.shape[0], w_text.shape[1]
+    prototypes = w_text.T.contiguous()
+    strength = anchor_strength(n, c)
+    trust = text_trust(x @ w_text, tau_t)
+    # KPL's text posteriors are softmax(X W_t / tau_t): TransCLIP's zero-shot term at temperature 1 / tau_t
+    state = fit_state(x, prototypes, TransCLIPParams(temperature=1.0 / tau_t),
+                      graph if graph is not None else batch_graph(x), anchors=prototypes, strength=strength,
+                      share_weight=trust)
+    shares = state.assignments.double().mean(dim=0)
+    record = {"mode": "auto", "stage": "anchored", "anchor_share": ANCHOR_SHARE, "anchor_images": round(strength, 6),
+              "text_trust": round(trust, 6), "shares": [round(float(v), 6) for v in shares]}
+    return AnchoredFit(state.assignments, state.scores, state.means, record)
 
 
-def centred_scores(x: torch.Tensor, proxies: torch.Tensor) -> torch.Tensor:
-    """(N, C) float64 ``X (W - mean_c w_c)``: the scores' differences, without their common part.
-
-    KPL's final proxies can sit within 1e-7 of each other (cosine 0.9999998 on PH2), so the float32
-    scores X W share a large common term and differ by ~1e-5; removing the common proxy first, in
-    float64, keeps those differences exact enough to rank images by them.
-    """
-    w = proxies.double()
-    return x.double() @ (w - w.mean(dim=1, keepdim=True))
-
-
-def assign_to_shares(scores: torch.Tensor, shares: torch.Tensor, iters: int = 500) -> torch.Tensor:
-    """(N, C) float64 log-scores whose argmax gives each class about ``shares`` of the images.
-
-    The scores are put on a common scale (their spread across the batch), then balanced by Sinkhorn
-    to rows 1 and column masses N * shares: per-class offsets, so each image keeps its ranking
-    within every class and only the thresholds between classes move.
-    """
-    n, c = scores.shape
-    spread = float(scores.std())
-    if not spread > 0:
-        return scores.clone()
-    log_p = (scores - scores.mean(dim=1, keepdim=True)) / (SHARPNESS * spread)
-    offsets = torch.zeros(c, dtype=torch.float64, device=scores.device)
-    log_target = torch.log(shares.clamp_min(1e-12) * n)
-    for _ in range(iters):
-        rows = torch.logsumexp(log_p + offsets, dim=1, keepdim=True)
-        new = log_target - torch.logsumexp(log_p - rows, dim=0)
-        moved = float((new - offsets).abs().max())
-        offsets = new
-        if moved < OFFSET_TOL:  # converged: further sweeps change no decision
-            break
-    return log_p + offsets
-
-
-__all__ = ["PRIORS", "REFERENCE_ROWS", "SMOOTHING", "assign_to_shares", "centred_scores",
-           "check_prior", "estimate_prior", "plan_scale", "prior_weight", "target_shares"]
+__all__ = ["ANCHOR_SHARE", "PRIORS", "AnchoredFit", "anchor_strength", "anchored_stage", "batch_graph",
+           "check_prior", "text_trust"]

@@ -29,6 +29,10 @@ not read: these are stated facts, implemented here in our own words):
 The mean update takes an optional pull toward per-class anchors (``anchors``, ``strength``):
 StatA (kpl.peers.stata) is this algorithm with each mean pulled toward its class's text
 embedding, ``mu_c = normalise(strength * t_c + sum_i z_ic x_i)``; TransCLIP has no pull.
+An optional class-share prior (``share_weight`` > 0, used by KPL's ``prior="auto"``,
+kpl.method.prior) shifts the zero-shot term by the classes' current shares, Saerens-style:
+``log y_ic + share_weight * log(C pi_c)`` with ``pi_c = (sum_i z_ic + SHARE_SMOOTHING / C) /
+(N + SHARE_SMOOTHING)`` after every round; 0 (TransCLIP, StatA) keeps the shares uniform.
 
 Memory is O(N (k + C) + C D) beyond X itself: the kNN graph is built in blocks (kpl.peers.knn), never
 N x N, and no (N, D) temporary is made (squares are taken in row chunks). At N ~ 1M the graph
@@ -53,6 +57,8 @@ from kpl.peers.knn import METHODS as KNN_METHODS
 MIN_VARIANCE = 1e-8
 # rows squared at a time: x * x in one go would be a second (N, D) matrix (2 GB at 1M x 512)
 SQUARE_CHUNK = 65536
+# pseudo-images of a uniform Dirichlet prior on the class shares (share_weight > 0): no class's share is ever 0
+SHARE_SMOOTHING = 1.0
 
 
 @dataclass(frozen=True)
@@ -190,13 +196,39 @@ def graph_for(image_features: torch.Tensor | np.ndarray, params: TransCLIPParams
                      target_recall=params.knn_recall)
 
 
+def log_share_prior(mass: torch.Tensor, n: int) -> torch.Tensor:
+    """(C,) ``log(C pi_c)``: the classes' smoothed shares ``pi`` against uniform (0 for equal shares)."""
+    c = mass.shape[0]
+    return torch.log((mass + SHARE_SMOOTHING / c) / (n + SHARE_SMOOTHING) * c)
+
+
+@dataclass
+class FitState:
+    """Where the loop ended: Z, S, Y (N, C) as ``fit`` returns them, and the last (C, D) unit class means."""
+
+    assignments: torch.Tensor
+    scores: torch.Tensor
+    zero_shot: torch.Tensor
+    means: torch.Tensor
+
+
 def fit(image_features: torch.Tensor, prototypes: torch.Tensor, params: TransCLIPParams,
         graph: tuple[np.ndarray, np.ndarray] | None = None, anchors: torch.Tensor | None = None,
-        strength: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        strength: float = 0.0, share_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The shared loop of TransCLIP and StatA: (Z, S, Y), each (N, C); see the module doc.
 
     ``anchors`` (C, D) and ``strength``: the pull of each class mean (StatA); None/0 for TransCLIP.
+    ``share_weight``: how far the zero-shot term follows the classes' current shares (0: not at all).
     """
+    state = fit_state(image_features, prototypes, params, graph, anchors=anchors, strength=strength,
+                      share_weight=share_weight)
+    return state.assignments, state.scores, state.zero_shot
+
+
+def fit_state(image_features: torch.Tensor, prototypes: torch.Tensor, params: TransCLIPParams,
+              graph: tuple[np.ndarray, np.ndarray] | None = None, *, anchors: torch.Tensor | None = None,
+              strength: float = 0.0, share_weight: float = 0.0) -> FitState:
+    """``fit``, returning the class means as well (a ``FitState``)."""
     p = params.validate()
     x, t = image_features, prototypes
     n, d = x.shape
@@ -211,9 +243,12 @@ def fit(image_features: torch.Tensor, prototypes: torch.Tensor, params: TransCLI
     means = initial_means(x, y, p.init_top)
     variance = torch.full((d,), 1.0 / d, dtype=x.dtype, device=x.device)
     z, scores = y.clone(), p.lam * log_y
+    shares = torch.zeros_like(log_y[0])  # log(C pi): uniform shares until the first round has assigned images
     progress = task("TransCLIP iterations", assignment_updates(p))
     for round_ in range(p.outer_iters + 1):  # the last round is the final assignment update alone
         fixed = p.lam * log_y + log_likelihood(x, means, variance) / p.scale
+        if share_weight:
+            fixed = fixed + share_weight * shares
         z, new_scores = assignment_update(z, fixed, affinity, p.inner_iters, neighbour_weight)
         scores = scores if new_scores is None else new_scores
         progress.advance(p.inner_iters)
@@ -221,8 +256,9 @@ def fit(image_features: torch.Tensor, prototypes: torch.Tensor, params: TransCLI
             break
         means, weighted, mass = update_means(x, z, means, anchors, strength)
         variance = shared_variance(column_squares, means, weighted, mass, n)
+        shares = log_share_prior(mass, n)
     progress.close()
-    return z, scores, y
+    return FitState(z, scores, y, means)
 
 
 def transclip(image_features: torch.Tensor, prototypes: torch.Tensor,
@@ -243,4 +279,5 @@ def assignment_updates(params: TransCLIPParams) -> int:
     return (params.outer_iters + 1) * params.inner_iters
 
 
-__all__ = ["TransCLIPParams", "assignment_updates", "fit", "transclip"]
+__all__ = ["SHARE_SMOOTHING", "FitState", "TransCLIPParams", "assignment_updates", "fit", "fit_state",
+           "log_share_prior", "transclip"]
