@@ -160,14 +160,6 @@ def test_prune_is_pure_functions_on_arrays():
 MAX_PARAMETERS = 8
 KEYWORDS_PAST = 6
 MAX_POSITIONAL = 5
-# Temporary: violations in modules other branches are rewriting right now; remove each entry when its
-# module is merged (the test fails on an entry that no longer occurs, so the list cannot go stale).
-ALLOWED_FOR_NOW = {
-    "kpl/method/proxies.py: def fit_vision_proxies takes 12 parameters",
-    "kpl/method/core.py: StageResult(...) passes 7 positionally",
-    "kpl/method/core.py: _auto_stages(...) passes 6 positionally",
-    "kpl/method/core.py: KPLResult(...) passes 6 positionally",
-}
 
 
 def _typer_aliases(trees: dict[str, ast.Module]) -> set[str]:
@@ -226,8 +218,7 @@ def test_options_travel_as_objects_or_keywords():
     """No function outside the Typer signatures takes more than 8 parameters, nor more than 6 by position; no
     call passes more than 5 positionally (docs/ARCHITECTURE.md, "How options travel")."""
     found = _option_violations()
-    assert not sorted(found - ALLOWED_FOR_NOW), "\n".join(sorted(found - ALLOWED_FOR_NOW))
-    assert not sorted(ALLOWED_FOR_NOW - found), f"fixed, remove from ALLOWED_FOR_NOW: {sorted(ALLOWED_FOR_NOW - found)}"
+    assert not found, "\n".join(sorted(found))
 
 
 def test_the_option_rules_catch_what_they_name():

@@ -9,7 +9,7 @@ import torch
 
 import kpl.method.retrieval as retrieval
 from kbuild.errors import KbuildError
-from kpl.method.proxies import fit_vision_proxies
+from kpl.method.proxies import ProxyLoop, fit_vision_proxies
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small arrays: a second thread only spins (conftest)
 
@@ -31,13 +31,13 @@ def test_row_block_proxy_loop_matches_the_whole_matrix_loop():
     x, w = clustered()
     plan = torch.softmax(x @ w / 0.01, dim=1)
     kwargs = dict(tau_i=0.04, alpha=0.6, lr=10.0, iters=150, exact_iters=True)
-    whole = fit_vision_proxies(x, plan, w, **kwargs)
-    blocks = fit_vision_proxies(x, plan, w, chunk_rows=257, **kwargs)  # uneven last block on purpose
+    whole = fit_vision_proxies(x, plan, w, ProxyLoop(**kwargs))
+    blocks = fit_vision_proxies(x, plan, w, ProxyLoop(chunk_rows=257, **kwargs))  # uneven last block on purpose
     assert whole.iterations == blocks.iterations == 150
     assert (whole.proxies - blocks.proxies).abs().max() < 1e-4
     assert torch.equal((x @ whole.proxies).argmax(1), (x @ blocks.proxies).argmax(1))
     # and the blocks really were used: a single block is the whole-matrix path, bit for bit
-    single = fit_vision_proxies(x, plan, w, chunk_rows=x.shape[0], **kwargs)
+    single = fit_vision_proxies(x, plan, w, ProxyLoop(chunk_rows=x.shape[0], **kwargs))
     assert torch.equal(single.proxies, whole.proxies)
 
 

@@ -23,7 +23,7 @@ from kpl import run_baseline, run_kpl
 from kpl.method.core import torch_threads
 from kpl.method.decision import within_float32_resolution
 from kpl.method.ot import greenkhorn
-from kpl.method.proxies import fit_vision_proxies, softmax_deviation
+from kpl.method.proxies import ProxyLoop, fit_vision_proxies, softmax_deviation
 from kpl.method.retrieval import as_matrix, split_by_class
 
 STAGES = ("text", "image", "image_ot")
@@ -155,7 +155,7 @@ def test_loop_is_closer_to_exact_arithmetic_than_the_paper_float32_loop():
     xt = torch.from_numpy(x)
     init = torch.nn.functional.normalize(torch.from_numpy(np.stack([e.mean(0) for e in classes], 1)), dim=0)
     plan = greenkhorn(xt @ init, 0.01)
-    ours = fit_vision_proxies(xt, plan, init, iters=300, exact_iters=True)
+    ours = fit_vision_proxies(xt, plan, init, ProxyLoop(iters=300, exact_iters=True))
     exact = paper_loop(xt, plan, init, dtype=torch.float64, iters=300, early_stop=False)
     paper = paper_loop(xt, plan, init, iters=300, early_stop=False).double()
     assert ours.exact.dtype == torch.float64

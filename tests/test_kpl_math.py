@@ -15,7 +15,7 @@ from kpl import BASELINES, OT_METHODS, KPLParams, run_baseline, run_kpl, run_kpl
 from kpl.errors import KplError, UsageError
 from kpl.method.core import torch_threads
 from kpl.method.ot import greenkhorn, sinkhorn, softmax_plan
-from kpl.method.proxies import fit_vision_proxies, harden_labels
+from kpl.method.proxies import ProxyLoop, fit_vision_proxies, harden_labels
 from kpl.method.retrieval import as_matrix
 from kpl.results.metrics import compute_metrics, confusion_matrix
 
@@ -191,7 +191,7 @@ def plain_run(loop_inputs):
 def test_exact_loop_equals_plain_loop(loop_inputs, plain_run):
     """The same iterates as the straightforward loop in exact arithmetic: 300 iterations agree with
     the float64 loop far below float32 resolution of W."""
-    fit = fit_vision_proxies(*loop_inputs, iters=300, exact_iters=True)
+    fit = fit_vision_proxies(*loop_inputs, ProxyLoop(iters=300, exact_iters=True))
     assert torch.abs(fit.exact - plain_run[0]).max() < 1e-7  # float32 resolution of W's entries
 
 
@@ -199,13 +199,13 @@ def test_exact_loop_equals_plain_loop(loop_inputs, plain_run):
 def test_stop_rule_is_patience_quiet_iterations(loop_inputs, tol, patience):
     """The early stop ends where the full run's changes first stay under tol for patience iterations,
     on the W the full run had there."""
-    full = fit_vision_proxies(*loop_inputs, tol=tol, patience=patience, exact_iters=True)
+    full = fit_vision_proxies(*loop_inputs, ProxyLoop(tol=tol, patience=patience, exact_iters=True))
     quiet = np.convolve(np.array(full.changes) < tol, np.ones(patience), "valid") == patience
     expected = int(np.argmax(quiet)) + patience  # iterations run when the run of quiet ones completes
-    fit = fit_vision_proxies(*loop_inputs, tol=tol, patience=patience)
+    fit = fit_vision_proxies(*loop_inputs, ProxyLoop(tol=tol, patience=patience))
     assert quiet.any() and fit.converged and fit.iterations == expected < full.iterations
     assert fit.changes == full.changes[:expected]
-    cut = fit_vision_proxies(*loop_inputs, tol=tol, patience=patience, iters=expected, exact_iters=True)
+    cut = fit_vision_proxies(*loop_inputs, ProxyLoop(tol=tol, patience=patience, iters=expected, exact_iters=True))
     assert torch.equal(fit.exact, cut.exact)
 
 

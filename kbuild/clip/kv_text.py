@@ -64,7 +64,7 @@ def encode(model: Any, tokens: torch.Tensor, lengths: np.ndarray, groups: Prefix
     for chunk_groups in _chunks(groups):
         rows = np.flatnonzero(np.isin(groups.group, chunk_groups))
         cache = _run_prefixes(model, tokens, groups, chunk_groups, batches)
-        _run_suffixes(model, tokens, _Rows(rows, lengths[rows], groups, chunk_groups), cache, batches, out)
+        _run_suffixes(model, tokens, _Rows(rows, lengths[rows], groups, chunk_groups), cache=cache, batches=batches, out=out)
     return out
 
 
@@ -134,7 +134,7 @@ def _run_prefixes(model, tokens, groups: PrefixGroups, chunk_groups: np.ndarray,
     return cache
 
 
-def _run_suffixes(model, tokens, chunk: _Rows, cache, batches, out) -> None:
+def _run_suffixes(model, tokens, chunk: _Rows, *, cache, batches, out) -> None:
     """Each text's own tokens after its group's prefix, attending to the cached prefix; writes ``out``."""
     import torch
 

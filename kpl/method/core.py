@@ -31,7 +31,8 @@ from kpl.method.auto_k import auto_range, choose_k, is_auto
 from kpl.method.decision import decide
 from kpl.method.ot import get_ot_method
 from kpl.method.prior import anchored_stage, batch_graph
-from kpl.method.proxies import ProxyFit, fit_vision_proxies
+from kpl.method.proxies import ProxyFit, ProxyLoop, fit_vision_proxies
+from kpl.method.result import MethodResult
 from kpl.method.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies
 from kpl.params import KPLParams
 
@@ -67,36 +68,9 @@ def pick_threads(num_threads: int | None, n: int, d: int, c: int) -> int | None:
     return 1 if n * d * c < SMALL_WORK else None
 
 
-@dataclass
-class StageResult:
-    """One stage's output: (N,) predictions, (D, C) proxies, (N, C) logits, where its loop stopped.
-
-    ``logits`` are ``X w_c`` minus each image's mean over classes (softmax, argmax and margins
-    unchanged), from float64 scores (kpl.method.decision), so float32 keeps their differences.
-    ``float32_ties``: how many predictions float32 scores cannot decide (kpl.method.decision).
-    """
-
-    name: str
-    predictions: np.ndarray
-    proxies: np.ndarray
-    logits: np.ndarray
-    iterations: int = 0
-    converged: bool = True
-    float32_ties: int = 0
-
-    def to_json(self, arrays: bool = False) -> dict[str, Any]:
-        """JSON-ready dict; proxies and logits only with ``arrays=True`` (they can be large)."""
-        out: dict[str, Any] = {
-            "name": self.name,
-            "iterations": self.iterations,
-            "converged": self.converged,
-            "predictions": self.predictions.tolist(),
-            "float32_ties": self.float32_ties,
-        }
-        if arrays:
-            out["proxies"] = self.proxies.tolist()
-            out["logits"] = self.logits.tolist()
-        return out
+# One stage's output is the record every method returns (kpl.method.result): (N,) predictions, (D, C)
+# proxies, (N, C) logits centred per image, where its loop stopped, and float32_ties (always counted here).
+StageResult = MethodResult
 
 
 @dataclass
@@ -148,17 +122,14 @@ def _stage(name: str, x: torch.Tensor, proxies: torch.Tensor, fit: ProxyFit | No
     """A stage's result; predictions from float64 scores of the loop's float64 proxies when there are some."""
     decision = decide(x, fit.exact if fit is not None and fit.exact is not None else proxies)
     iterations, converged = (fit.iterations, fit.converged) if fit is not None else (0, True)
-    return StageResult(name, _numpy(decision.predictions), _numpy(proxies), _numpy(decision.logits), iterations,
-                       converged, decision.float32_ties)
+    return StageResult(name=name, predictions=_numpy(decision.predictions), proxies=_numpy(proxies),
+                       logits=_numpy(decision.logits), iterations=iterations, converged=converged,
+                       float32_ties=decision.float32_ties)
 
 
 def _fit(x: torch.Tensor, plan: torch.Tensor, init: torch.Tensor, p: KPLParams) -> ProxyFit:
     dtype = DTYPES[p.precision]
-    return fit_vision_proxies(
-        x, plan, init, tau_i=p.tau_i, alpha=p.alpha, lr=p.lr, iters=p.iters,
-        tol=p.tol, patience=p.patience, exact_iters=p.exact_iters,
-        compute_dtype=None if dtype == torch.float32 else dtype,
-    )
+    return fit_vision_proxies(x, plan, init, ProxyLoop.of(p, compute_dtype=None if dtype == torch.float32 else dtype))
 
 
 Stages = tuple[StageResult, StageResult, StageResult, np.ndarray, "dict[str, Any] | None"]
@@ -173,7 +144,7 @@ def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams, graph
     logits = x @ w_text
     soft = torch.softmax(logits / p.tau_t, dim=1)
     if p.prior == "auto":
-        return _auto_stages(x, w_text, soft, p, graph)
+        return _auto_stages(x, w_text, soft=soft, p=p, graph=graph)
     # OT sums over all N images: in float32 their order (image order, CPU kernels) moved Greenkhorn's
     # plan by up to 2e-3 and flipped predictions; in float64 image order changes it by ~1e-18
     plan = get_ot_method(p.ot)(logits.to(torch.float64), p.tau_t, iters=p.ot_iters, gamma=p.gamma).to(x.dtype)
@@ -192,7 +163,7 @@ def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams, graph
 SCORE_ROUNDING_UNITS = 8
 
 
-def _auto_stages(x: torch.Tensor, w_text: torch.Tensor, soft: torch.Tensor, p: KPLParams,
+def _auto_stages(x: torch.Tensor, w_text: torch.Tensor, *, soft: torch.Tensor, p: KPLParams,
                  graph: Graph | None) -> Stages:
     """prior="auto" (kpl.method.prior): the text stage, the paper's image stage, and as image_ot the
     StatA-like stage anchored at the text proxies, with the batch's class shares as its prior."""
@@ -202,8 +173,9 @@ def _auto_stages(x: torch.Tensor, w_text: torch.Tensor, soft: torch.Tensor, p: K
     top2 = torch.topk(scores, 2, dim=1).values if scores.shape[1] > 1 else torch.cat([scores, scores - 1], dim=1)
     rounding = SCORE_ROUNDING_UNITS * 2.0**-24 * top2.abs().sum(dim=1)
     ties = int(((top2[:, 0] - top2[:, 1]) <= rounding).sum())
-    final = StageResult("image_ot", _numpy(scores.argmax(dim=1)), _numpy(anchored.means.T.contiguous()),
-                        _numpy(scores - scores.mean(dim=1, keepdim=True)), iterations=assignment_steps(),
+    final = StageResult(name="image_ot", predictions=_numpy(scores.argmax(dim=1)),
+                        proxies=_numpy(anchored.means.T.contiguous()),
+                        logits=_numpy(scores - scores.mean(dim=1, keepdim=True)), iterations=assignment_steps(),
                         converged=True, float32_ties=ties)
     return (_stage("text", x, w_text), _stage("image", x, image.proxies, image), final,
             _numpy(anchored.assignments), anchored.record)
@@ -236,7 +208,8 @@ def _run_with_scores(x: torch.Tensor, classes: list[torch.Tensor], scores: list[
                      p: KPLParams, graph: Graph | None = None) -> KPLResult:
     selected = select_top_k(scores, p.k)
     text, image, image_ot, plan, prior = _stages_from_text(x, text_proxies(classes, selected), p, graph)
-    return KPLResult(p, text, image, image_ot, [_numpy(s) for s in selected], plan, prior=prior)
+    return KPLResult(params=p, text=text, image=image, image_ot=image_ot, selected=[_numpy(s) for s in selected],
+                     plan=plan, prior=prior)
 
 
 def run_kpl(
@@ -328,8 +301,7 @@ def _run_many(x: torch.Tensor, classes: list[torch.Tensor], ks: list[int], base:
             if key not in by_selection:
                 by_selection[key] = _run_with_scores(x, classes, scores, p, graph)
             shared = by_selection[key]
-            results[k] = KPLResult(p, shared.text, shared.image, shared.image_ot, shared.selected, shared.plan,
-                                   prior=shared.prior)
+            results[k] = replace(shared, params=p, auto=None)
             progress.advance()
     return results
 

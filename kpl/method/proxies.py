@@ -90,26 +90,36 @@ def softmax_deviation(z: torch.Tensor) -> torch.Tensor:
     return torch.where(near, (e - e_mean) / (c * (1 + e_mean)), torch.softmax(z, dim=1) - 1.0 / c)
 
 
-def fit_vision_proxies(
-    x: torch.Tensor,
-    plan: torch.Tensor,
-    init: torch.Tensor,
-    *,
-    tau_i: float = 0.04,
-    alpha: float = 0.6,
-    lr: float = 10.0,
-    iters: int = 2000,
-    tol: float = 1e-6,
-    patience: int = 20,
-    exact_iters: bool = False,
-    compute_dtype: torch.dtype | None = None,
-    chunk_rows: int | None = None,
-) -> ProxyFit:
-    """Fit (D, C) vision proxies to the (N, C) plan, starting from the (D, C) ``init``.
+@dataclass(frozen=True, kw_only=True)
+class ProxyLoop:
+    """The proxy loop's settings (KPL's defaults; kpl.params.KPLParams holds the same names).
 
-    ``x`` is (N, D) float32. ``compute_dtype`` (fp16/bf16) runs the two big products in half
-    precision; ``chunk_rows`` forces row blocks of that many rows (default: only past CHUNK_ELEMENTS).
+    ``compute_dtype`` (fp16/bf16) runs the two big products in half precision; ``chunk_rows`` forces
+    row blocks of that many rows (default: only past CHUNK_ELEMENTS).
     """
+
+    tau_i: float = 0.04
+    alpha: float = 0.6
+    lr: float = 10.0
+    iters: int = 2000
+    tol: float = 1e-6
+    patience: int = 20
+    exact_iters: bool = False
+    compute_dtype: torch.dtype | None = None
+    chunk_rows: int | None = None
+
+    @classmethod
+    def of(cls, params: object, *, compute_dtype: torch.dtype | None = None) -> ProxyLoop:
+        """The loop settings of a parameter record with the same field names (a KPLParams)."""
+        names = ("tau_i", "alpha", "lr", "iters", "tol", "patience", "exact_iters")
+        return cls(**{name: getattr(params, name) for name in names}, compute_dtype=compute_dtype)
+
+
+def fit_vision_proxies(x: torch.Tensor, plan: torch.Tensor, init: torch.Tensor,
+                       loop: ProxyLoop = ProxyLoop()) -> ProxyFit:
+    """Fit (D, C) vision proxies to the (N, C) plan, starting from the (D, C) ``init``; ``x`` is (N, D) float32."""
+    tau_i, alpha, lr, iters, tol = loop.tau_i, loop.alpha, loop.lr, loop.iters, loop.tol
+    patience, exact_iters, compute_dtype, chunk_rows = loop.patience, loop.exact_iters, loop.compute_dtype, loop.chunk_rows
     n = x.shape[0]
     if chunk_rows is None:
         chunk_rows = n if x.numel() <= CHUNK_ELEMENTS else CHUNK_ROWS

@@ -1,6 +1,5 @@
-"""The one record of a classifier's output: a baseline's row (kpl.peers.baselines' ``BaselineResult``
-is this class) and a KPL stage's (kpl.method.core's ``StageResult`` has these fields in this order, so
-it can become an alias of this class without touching a caller)."""
+"""The one record of a classifier's output: a baseline's row and a KPL stage's (kpl.peers.baselines'
+``BaselineResult`` and kpl.method.core's ``StageResult`` are both this class)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from kpl.errors import UsageError
 from kpl.method.core import KPLParams, pick_threads, run_kpl, torch_threads
 from kpl.method.decision import decide
 from kpl.method.ot import sinkhorn
-from kpl.method.proxies import fit_vision_proxies
+from kpl.method.proxies import ProxyLoop, fit_vision_proxies
 from kpl.method.result import MethodResult
 from kpl.method.retrieval import as_matrix, prepare_inputs
 
@@ -118,10 +118,7 @@ def inmap_baseline(image_features, class_embeddings=None, name_embeddings=None, 
     x, t = _names(image_features, name_embeddings, device)
     init = t.T.contiguous()
     plan = sinkhorn(x @ init, p.tau_t, iters=p.ot_iters, gamma=p.gamma)
-    fit = fit_vision_proxies(
-        x, plan, init, tau_i=p.tau_i, alpha=p.alpha, lr=p.lr, iters=p.iters,
-        tol=p.tol, patience=p.patience, exact_iters=p.exact_iters,
-    )
+    fit = fit_vision_proxies(x, plan, init, ProxyLoop.of(p))
     used = {key: getattr(p, key) for key in _INMAP_KEYS}
     decision = decide(x, fit.exact)  # float64 scores of the loop's float64 proxies, as KPL's stages
     return BaselineResult(name="inmap", predictions=_numpy(decision.predictions), proxies=_numpy(fit.proxies),

@@ -213,7 +213,7 @@ class FitState:
 
 
 def fit(image_features: torch.Tensor, prototypes: torch.Tensor, params: TransCLIPParams,
-        graph: tuple[np.ndarray, np.ndarray] | None = None, anchors: torch.Tensor | None = None,
+        graph: tuple[np.ndarray, np.ndarray] | None = None, *, anchors: torch.Tensor | None = None,
         strength: float = 0.0, share_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The shared loop of TransCLIP and StatA: (Z, S, Y), each (N, C); see the module doc.
 
