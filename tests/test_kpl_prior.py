@@ -115,7 +115,7 @@ def test_share_prior_zero_is_the_plain_loop_and_positive_shifts_toward_the_major
     assert float(shifted[:, 0].mean()) >= float(fit(xt, t, p)[0][:, 0].mean())
 
 
-def test_k_auto_builds_the_batch_graph_once(monkeypatch):
+def test_k_auto_builds_the_batch_graph_once(monkeypatch):  # and computes its effective dimensions once
     x, _, classes = _one_sided("well", 1, n=40)
     calls = []
     real = prior_module.batch_graph
@@ -128,8 +128,18 @@ def test_k_auto_builds_the_batch_graph_once(monkeypatch):
     import kpl.method.core as core
 
     monkeypatch.setattr(core, "batch_graph", counting)
+    dimensions = []
+    real_dimensions = core.effective_dimensions
+
+    def counting_dimensions(xt):
+        dimensions.append(xt.shape)
+        return real_dimensions(xt)
+
+    monkeypatch.setattr(core, "effective_dimensions", counting_dimensions)
+    monkeypatch.setattr(prior_module, "effective_dimensions", counting_dimensions)
     result = run_kpl(x, classes, k="auto", prior="auto", auto_ks=[2, 5, 8])
     assert len(calls) == 1 and result.prior["stage"] == "anchored"
+    assert len(dimensions) == 1  # the likelihood scale's effective dimensions too
     assert result.plan.shape == (40, len(classes)) and np.allclose(result.plan.sum(axis=1), 1, atol=1e-5)
 
 

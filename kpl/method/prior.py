@@ -127,17 +127,18 @@ def _chunked_mean(x: torch.Tensor) -> torch.Tensor:
     return total / x.shape[0]
 
 
-def likelihood_scale(x: torch.Tensor, text_posteriors: torch.Tensor) -> float:
+def likelihood_scale(x: torch.Tensor, text_posteriors: torch.Tensor, dimensions: float | None = None) -> float:
     """D / independent dimensions (>= 1). A diagonal Gaussian counts each of D dimensions as independent
     evidence; only min(effective dimensions, images behind the least populated class mean) are: the
     class comparison is only as good as the worst-estimated mean. That class's images are counted from
     ``text_posteriors`` (N, C), the stage's start, with one pseudo-image spread over the classes
-    (kpl.peers.transclip.SHARE_SMOOTHING)."""
+    (kpl.peers.transclip.SHARE_SMOOTHING). ``dimensions``: ``effective_dimensions(x)`` when already known.
+    """
     from kpl.peers.transclip import SHARE_SMOOTHING
 
     c = text_posteriors.shape[1]
     smallest = float(text_posteriors.double().sum(dim=0).min()) + SHARE_SMOOTHING / c
-    independent = min(effective_dimensions(x), smallest)
+    independent = min(effective_dimensions(x) if dimensions is None else dimensions, smallest)
     return max(1.0, x.shape[1] / max(independent, 1.0))
 
 
@@ -159,11 +160,12 @@ class AnchoredFit:
 
 
 def anchored_stage(x: torch.Tensor, w_text: torch.Tensor, tau_t: float,
-                   graph: tuple[np.ndarray, np.ndarray] | None = None) -> AnchoredFit:
+                   graph: tuple[np.ndarray, np.ndarray] | None = None, dimensions: float | None = None) -> AnchoredFit:
     """StatA-like stage on KPL's text stage: zero-shot ``softmax(X W_t / tau_t)``, means anchored at ``W_t``.
 
     ``x`` (N, D) float32 unit rows, ``w_text`` (D, C) KPL's text proxies; ``graph`` from ``batch_graph``
-    (built here when None). See the module doc.
+    (built here when None), ``dimensions`` ``effective_dimensions(x)`` (computed here when None): both
+    depend on the images only, so k="auto" computes them once. See the module doc.
     """
     from kpl.peers.transclip import TransCLIPParams, fit_state
 
@@ -171,7 +173,7 @@ def anchored_stage(x: torch.Tensor, w_text: torch.Tensor, tau_t: float,
     prototypes = w_text.T.contiguous()
     strength = anchor_strength(n, c)
     trust = text_trust(x @ w_text, tau_t)
-    scale = likelihood_scale(x, torch.softmax((x @ w_text).double() / tau_t, dim=1))
+    scale = likelihood_scale(x, torch.softmax((x @ w_text).double() / tau_t, dim=1), dimensions)
     # KPL's text posteriors are softmax(X W_t / tau_t): TransCLIP's zero-shot term at temperature 1 / tau_t
     state = fit_state(x, prototypes, TransCLIPParams(temperature=1.0 / tau_t, scale=scale),
                       graph if graph is not None else batch_graph(x), anchors=prototypes, strength=strength,
