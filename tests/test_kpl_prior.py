@@ -115,7 +115,7 @@ def test_share_prior_zero_is_the_plain_loop_and_positive_shifts_toward_the_major
     assert float(shifted[:, 0].mean()) >= float(fit(xt, t, p)[0][:, 0].mean())
 
 
-def test_k_auto_builds_the_batch_graph_once(monkeypatch):
+def test_k_auto_builds_the_batch_graph_once(monkeypatch):  # and computes its effective dimensions once
     x, _, classes = _one_sided("well", 1, n=40)
     calls = []
     real = prior_module.batch_graph
@@ -128,8 +128,18 @@ def test_k_auto_builds_the_batch_graph_once(monkeypatch):
     import kpl.method.core as core
 
     monkeypatch.setattr(core, "batch_graph", counting)
+    dimensions = []
+    real_dimensions = core.effective_dimensions
+
+    def counting_dimensions(xt):
+        dimensions.append(xt.shape)
+        return real_dimensions(xt)
+
+    monkeypatch.setattr(core, "effective_dimensions", counting_dimensions)
+    monkeypatch.setattr(prior_module, "effective_dimensions", counting_dimensions)
     result = run_kpl(x, classes, k="auto", prior="auto", auto_ks=[2, 5, 8])
     assert len(calls) == 1 and result.prior["stage"] == "anchored"
+    assert len(dimensions) == 1  # the likelihood scale's effective dimensions too
     assert result.plan.shape == (40, len(classes)) and np.allclose(result.plan.sum(axis=1), 1, atol=1e-5)
 
 
@@ -188,3 +198,57 @@ def test_auto_decisions_do_not_rest_on_rounding():
     b = run_kpl(x[:, perm], [e[:, perm] for e in classes], k=8, prior="auto").image_ot
     np.testing.assert_array_equal(a.predictions, b.predictions)
     assert a.float32_ties == 0
+
+
+def _balanced_weak_text(n: int, c: int = 10, d: int = 512, seed: int = 0):
+    """bench_scale's recipe, smaller: C balanced noisy clusters (class direction 0.2, shared 0.5, unit noise)
+    whose descriptions barely name the class (fit 0-0.3 and 5 generic rows), so the text stage is weak."""
+    rng = np.random.default_rng(seed)
+
+    def unit(a):
+        return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+
+    centers, shared = unit(rng.standard_normal((c, d))), unit(rng.standard_normal(d))
+    generic = shared * 0.5 + rng.standard_normal((5, d)) / np.sqrt(d)
+    classes = [unit(np.vstack([centers[k] * rng.uniform(0.0, 0.3, (15, 1)) + shared * 0.5
+                               + rng.standard_normal((15, d)) / np.sqrt(d), generic])) for k in range(c)]
+    labels = np.repeat(np.arange(c), n // c)
+    x = unit(centers[labels] * 0.2 + shared * 0.5 + rng.standard_normal((len(labels), d)) / np.sqrt(d))
+    return x, labels, classes
+
+
+def test_auto_separates_balanced_noisy_clusters_that_the_text_stage_mixes_up():
+    """Issue 24's measured weakness: with TransCLIP's fixed 1/50 the Gaussian term could not separate these
+    clusters and auto stayed at the text stage (0.55 against the paper's 0.83 at N 2000). Scaled by the
+    batch's own effective dimensions it separates them."""
+    x, y, classes = _balanced_weak_text(1000)
+    uniform = run_kpl(x, classes, k=8)
+    auto = run_kpl(x, classes, k=8, prior="auto")
+    text = float(np.mean(auto.text.predictions == y))
+    got, paper = float(np.mean(auto.image_ot.predictions == y)), float(np.mean(uniform.image_ot.predictions == y))
+    assert text < 0.7 and got >= paper - 0.02 and got >= text + 0.2, (text, got, paper)
+    assert auto.prior["likelihood_scale"] < 10  # isotropic noise: nearly every dimension is evidence
+
+
+def test_the_likelihood_scale_counts_independent_dimensions(monkeypatch):
+    import torch
+
+    from kpl.method.prior import effective_dimensions, likelihood_scale
+
+    rng = np.random.default_rng(0)
+    iso = torch.from_numpy(rng.standard_normal((4000, 64))).float()
+    halves = torch.eye(2, dtype=torch.float64).repeat_interleave(2000, dim=0)  # text posteriors: 2000 per class
+    assert effective_dimensions(iso) == pytest.approx(64, rel=0.05)
+    assert likelihood_scale(iso, halves) == pytest.approx(1.0, abs=0.1)
+    # 40 images, 5 of them in the smaller class: its mean is evidence in at most 5.5 directions
+    few = torch.cat([torch.tensor([[1.0, 0.0]]).repeat(35, 1), torch.tensor([[0.0, 1.0]]).repeat(5, 1)]).double()
+    assert likelihood_scale(iso[:40], few) == pytest.approx(64 / 5.5)
+    # spread along 4 directions only: the other 60 carry nothing new
+    flat = torch.from_numpy(rng.standard_normal((4000, 4)) @ rng.standard_normal((4, 64))).float()
+    assert effective_dimensions(flat) <= 4 + 1e-3 and likelihood_scale(flat, halves) >= 16
+    # row blocks (past COVARIANCE_ROWS) give the same ratio as one block
+    import kpl.method.prior as prior
+
+    whole = effective_dimensions(iso)
+    monkeypatch.setattr(prior, "COVARIANCE_ROWS", 1000)
+    assert effective_dimensions(iso) == pytest.approx(whole, rel=1e-9)

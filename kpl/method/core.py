@@ -30,7 +30,7 @@ from kpl.errors import KplError, UsageError
 from kpl.method.auto_k import auto_range, choose_k, is_auto
 from kpl.method.decision import decide
 from kpl.method.ot import get_ot_method
-from kpl.method.prior import anchored_stage, batch_graph
+from kpl.method.prior import anchored_stage, batch_graph, effective_dimensions
 from kpl.method.proxies import ProxyFit, ProxyLoop, fit_vision_proxies
 from kpl.method.result import MethodResult
 from kpl.method.retrieval import check_k, description_scores, prepare_inputs, select_top_k, text_proxies
@@ -136,15 +136,17 @@ Stages = tuple[StageResult, StageResult, StageResult, np.ndarray, "dict[str, Any
 Graph = tuple[np.ndarray, np.ndarray]
 
 
-def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams, graph: Graph | None = None) -> Stages:
+def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams, graph: Graph | None = None,
+                      dimensions: float | None = None) -> Stages:
     """(text, image, image_ot, plan, prior record or None) for one set of text proxies.
 
-    ``graph``: the batch's kNN graph for prior="auto" (shared by every k), built here when None.
+    ``graph``, ``dimensions``: the batch's kNN graph and effective dimensions for prior="auto" (shared by
+    every k), computed here when None.
     """
     logits = x @ w_text
     soft = torch.softmax(logits / p.tau_t, dim=1)
     if p.prior == "auto":
-        return _auto_stages(x, w_text, soft=soft, p=p, graph=graph)
+        return _auto_stages(x, w_text, soft=soft, p=p, graph=graph, dimensions=dimensions)
     # OT sums over all N images: in float32 their order (image order, CPU kernels) moved Greenkhorn's
     # plan by up to 2e-3 and flipped predictions; in float64 image order changes it by ~1e-18
     plan = get_ot_method(p.ot)(logits.to(torch.float64), p.tau_t, iters=p.ot_iters, gamma=p.gamma).to(x.dtype)
@@ -164,11 +166,11 @@ SCORE_ROUNDING_UNITS = 8
 
 
 def _auto_stages(x: torch.Tensor, w_text: torch.Tensor, *, soft: torch.Tensor, p: KPLParams,
-                 graph: Graph | None) -> Stages:
+                 graph: Graph | None, dimensions: float | None = None) -> Stages:
     """prior="auto" (kpl.method.prior): the text stage, the paper's image stage, and as image_ot the
     StatA-like stage anchored at the text proxies, with the batch's class shares as its prior."""
     image = _fit(x, soft, w_text, p)
-    anchored = anchored_stage(x, w_text, p.tau_t, graph)
+    anchored = anchored_stage(x, w_text, p.tau_t, graph, dimensions)
     scores = anchored.scores
     top2 = torch.topk(scores, 2, dim=1).values if scores.shape[1] > 1 else torch.cat([scores, scores - 1], dim=1)
     rounding = SCORE_ROUNDING_UNITS * 2.0**-24 * top2.abs().sum(dim=1)
@@ -205,9 +207,9 @@ def _params(params: KPLParams | None, overrides: dict[str, Any]) -> KPLParams:
 
 
 def _run_with_scores(x: torch.Tensor, classes: list[torch.Tensor], scores: list[torch.Tensor],
-                     p: KPLParams, graph: Graph | None = None) -> KPLResult:
+                     p: KPLParams, graph: Graph | None = None, dimensions: float | None = None) -> KPLResult:
     selected = select_top_k(scores, p.k)
-    text, image, image_ot, plan, prior = _stages_from_text(x, text_proxies(classes, selected), p, graph)
+    text, image, image_ot, plan, prior = _stages_from_text(x, text_proxies(classes, selected), p, graph, dimensions)
     return KPLResult(params=p, text=text, image=image, image_ot=image_ot, selected=[_numpy(s) for s in selected],
                      plan=plan, prior=prior)
 
@@ -293,13 +295,14 @@ def _run_many(x: torch.Tensor, classes: list[torch.Tensor], ks: list[int], base:
     results: dict[int, KPLResult] = {}
     by_selection: dict[tuple[tuple[int, ...], ...], KPLResult] = {}
     scores = description_scores(x, classes)
-    graph = batch_graph(x) if base.prior == "auto" else None  # depends on the images only: one for every k
+    auto = base.prior == "auto"  # the graph and the effective dimensions depend on the images only: one for every k
+    graph, dimensions = (batch_graph(x), effective_dimensions(x)) if auto else (None, None)
     with task("KPL over k", len(ks)) as progress:
         for k in ks:
             p = _params(base, {"k": k})
             key = tuple(tuple(s.tolist()) for s in select_top_k(scores, k))
             if key not in by_selection:
-                by_selection[key] = _run_with_scores(x, classes, scores, p, graph)
+                by_selection[key] = _run_with_scores(x, classes, scores, p, graph, dimensions)
             shared = by_selection[key]
             results[k] = replace(shared, params=p, auto=None)
             progress.advance()
