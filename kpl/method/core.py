@@ -136,7 +136,7 @@ Stages = tuple[StageResult, StageResult, StageResult, np.ndarray, "dict[str, Any
 Graph = tuple[np.ndarray, np.ndarray]
 
 
-def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams, graph: Graph | None = None,
+def _stages_from_text(x: torch.Tensor, w_text: torch.Tensor, p: KPLParams, *, graph: Graph | None = None,
                       dimensions: float | None = None) -> Stages:
     """(text, image, image_ot, plan, prior record or None) for one set of text proxies.
 
@@ -170,7 +170,7 @@ def _auto_stages(x: torch.Tensor, w_text: torch.Tensor, *, soft: torch.Tensor, p
     """prior="auto" (kpl.method.prior): the text stage, the paper's image stage, and as image_ot the
     StatA-like stage anchored at the text proxies, with the batch's class shares as its prior."""
     image = _fit(x, soft, w_text, p)
-    anchored = anchored_stage(x, w_text, p.tau_t, graph, dimensions)
+    anchored = anchored_stage(x, w_text, p.tau_t, graph=graph, dimensions=dimensions)
     scores = anchored.scores
     top2 = torch.topk(scores, 2, dim=1).values if scores.shape[1] > 1 else torch.cat([scores, scores - 1], dim=1)
     rounding = SCORE_ROUNDING_UNITS * 2.0**-24 * top2.abs().sum(dim=1)
@@ -207,9 +207,9 @@ def _params(params: KPLParams | None, overrides: dict[str, Any]) -> KPLParams:
 
 
 def _run_with_scores(x: torch.Tensor, classes: list[torch.Tensor], scores: list[torch.Tensor],
-                     p: KPLParams, graph: Graph | None = None, dimensions: float | None = None) -> KPLResult:
+                     p: KPLParams, *, graph: Graph | None = None, dimensions: float | None = None) -> KPLResult:
     selected = select_top_k(scores, p.k)
-    text, image, image_ot, plan, prior = _stages_from_text(x, text_proxies(classes, selected), p, graph, dimensions)
+    text, image, image_ot, plan, prior = _stages_from_text(x, text_proxies(classes, selected), p, graph=graph, dimensions=dimensions)
     return KPLResult(params=p, text=text, image=image, image_ot=image_ot, selected=[_numpy(s) for s in selected],
                      plan=plan, prior=prior)
 
@@ -302,7 +302,7 @@ def _run_many(x: torch.Tensor, classes: list[torch.Tensor], ks: list[int], base:
             p = _params(base, {"k": k})
             key = tuple(tuple(s.tolist()) for s in select_top_k(scores, k))
             if key not in by_selection:
-                by_selection[key] = _run_with_scores(x, classes, scores, p, graph, dimensions)
+                by_selection[key] = _run_with_scores(x, classes, scores, p, graph=graph, dimensions=dimensions)
             shared = by_selection[key]
             results[k] = replace(shared, params=p, auto=None)
             progress.advance()

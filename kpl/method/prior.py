@@ -159,7 +159,7 @@ class AnchoredFit:
     record: dict[str, Any]
 
 
-def anchored_stage(x: torch.Tensor, w_text: torch.Tensor, tau_t: float,
+def anchored_stage(x: torch.Tensor, w_text: torch.Tensor, tau_t: float, *,
                    graph: tuple[np.ndarray, np.ndarray] | None = None, dimensions: float | None = None) -> AnchoredFit:
     """StatA-like stage on KPL's text stage: zero-shot ``softmax(X W_t / tau_t)``, means anchored at ``W_t``.
 
