@@ -6,7 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO, cli_env
+
+# Each case starts a child pytest (seconds): not in the edit loop.
+pytestmark = pytest.mark.slow
 
 
 def child_pytest(*args: str, **env: str) -> subprocess.CompletedProcess:

@@ -216,6 +216,7 @@ def test_export_json_carries_manifest_and_provenance(kb):
 
 
 @pytest.mark.parametrize("fmt", ["dclip", "csv"])
+@pytest.mark.slow
 def test_export_then_load_reproduces_the_content_hash(kb, tmp_path, fmt):
     target = tmp_path / f"cupl_export.{'json' if fmt == 'dclip' else 'csv'}"
     exported = kb.run("export", "v1", "--format", fmt, "-o", target)
@@ -380,6 +381,7 @@ def test_errors_are_one_line_with_exit_code_and_leave_the_store_unchanged(kb, tm
     assert store_fingerprint(kb.home) == before
 
 
+@pytest.mark.slow
 def test_errors_in_a_real_process_print_exactly_one_stderr_line(kb, tmp_path):
     """Beyond the in-process boundary: no library warning or traceback reaches a user's terminal."""
     env = cli_env(KBUILD_STORE=str(kb.home), KPL_CLIP_MODEL=kb.model)

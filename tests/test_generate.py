@@ -153,6 +153,7 @@ def snapshot(kbuild, ref="latest") -> dict:
 
 # ---- a full run and the cache -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_generate_writes_a_snapshot_with_full_provenance(gen, server, kbuild):
     result = gen()
     assert result.code == 0, result.err
@@ -321,6 +322,7 @@ EVERY_ROUND_ONCE = {(d, r): 1 for d in DISPLAYS + ["dermatofibroma"] for r in (0
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_sigkill_part_way_then_resume_pays_no_finished_call_twice(gen, server, tiny_model):
     server.per_reply = 3  # two rounds per class
     gen.classes.write_text(FOUR, encoding="utf-8")
@@ -342,6 +344,7 @@ def test_sigkill_part_way_then_resume_pays_no_finished_call_twice(gen, server, t
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_ctrl_c_logs_the_call_in_flight_and_resumes(gen, server, tiny_model, kbuild):
     server.per_reply = 3
     gen.classes.write_text(FOUR, encoding="utf-8")

@@ -19,6 +19,7 @@ from test_generate import FAKE_KEY, log_rows, start_generate_process, wait_until
 gen, server = test_generate.gen, test_generate.server
 
 
+@pytest.mark.slow
 def test_a_trickling_reply_ends_at_the_whole_reply_deadline(gen, server):
     server.add_fault("trickle", cls="melanoma", delay=0.3)  # ~300 bytes: over a minute at this pace
     started = time.monotonic()
@@ -40,6 +41,7 @@ def test_a_huge_reply_is_refused_and_the_call_log_stays_small(gen, server):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once(gen, server, tiny_model):
     server.per_reply = 3
     server.hold("melanocytic nevus", 0)  # parked for 60 s: the first Ctrl-C waits for it to be logged

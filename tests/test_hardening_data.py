@@ -392,6 +392,7 @@ def sharded_hf_clip(folder: Path, seed: int) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_sharded_transformers_folders_get_their_own_ids(tmp_path):
     pytest.importorskip("transformers")
     from kbuild.clip.models import ModelSpec, model_id

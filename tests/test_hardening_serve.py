@@ -73,6 +73,7 @@ def _get(server, path: str, host: str | None = None, token: str | None = None) -
     return int(reply.split(" ", 2)[1]), reply
 
 
+@pytest.mark.slow
 def test_idle_and_partial_connections_time_out(home):
     with serving(home, timeout_s=0.5) as server:
         idle = [_connect(server) for _ in range(3)]
@@ -118,6 +119,7 @@ def test_shutdown_does_not_wait_for_idle_or_partial_clients(home):
         sock.close()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_kbuild_serve_with_idle_clients_attached(home):
     import signal
     import subprocess

@@ -86,6 +86,7 @@ def test_a_rust_panic_from_chroma_is_caught_and_worded(pristine, tmp_path):
     pytest.skip("no seed made this Chroma build panic")
 
 
+@pytest.mark.slow
 def test_the_panic_report_rust_prints_is_kept_off_stderr(pristine, tmp_path):
     """Rust's panic hook writes to fd 2 directly; a real process must still print exactly one line."""
     from helpers import run_subprocess

@@ -56,6 +56,7 @@ def test_embeddings_equal_a_direct_transformers_call(hf_dir, tmp_path):
     assert ours.dim == 24 and ours.count_tokens("grass") == 3
 
 
+@pytest.mark.slow
 def test_load_prune_and_eval_with_a_transformers_model(hf_dir, kbuild, kpl, monkeypatch, tmp_path):
     monkeypatch.setenv("KBUILD_STORE", str(tmp_path / "store"))
     monkeypatch.setenv("KPL_CLIP_MODEL", f"transformers:{hf_dir}")

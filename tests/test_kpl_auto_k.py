@@ -37,6 +37,7 @@ def test_auto_range_default_and_errors():
         auto_range([5, 5], [])
 
 
+@pytest.mark.slow
 def test_auto_result_is_the_chosen_k_and_records_it():
     x, _, classes = synthetic_case("overlap", 0)
     auto = run_kpl(x, classes, k="auto", **FAST)
@@ -49,6 +50,7 @@ def test_auto_result_is_the_chosen_k_and_records_it():
     assert "auto" not in run_kpl(x, classes, k=chosen, **FAST).to_json()
 
 
+@pytest.mark.slow
 def test_auto_is_deterministic_and_ignores_image_order():
     x, _, classes = synthetic_case("imbalanced", 1)
     first = run_kpl(x, classes, k="auto", **FAST)

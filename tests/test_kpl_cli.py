@@ -267,6 +267,7 @@ def test_the_request_is_typed_frozen_and_by_keyword(tmp_path):
         Inputs(tmp_path)  # type: ignore[misc]
 
 
+@pytest.mark.slow
 def test_console_script_error_boundary(setup):
     env = cli_env(KPL_CLIP_MODEL=os.environ["KPL_CLIP_MODEL"], KBUILD_STORE=os.environ["KBUILD_STORE"])
     result = run_subprocess("kpl", "eval", "--kb", "nope", "--data", setup, env=env)
@@ -291,6 +292,7 @@ def publish_ph2(store_home: Path, features_dir: Path) -> dict:
     return {key: data[key] for key in data.files}
 
 
+@pytest.mark.slow
 def test_ph2_real_features_reproduce_paper_accuracies(kpl, clip_env, shared_dir):
     features_dir = shared_dir / "datasets" / "features"
     if not (features_dir / "ph2_vitb16.npz").is_file():

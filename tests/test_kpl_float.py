@@ -68,6 +68,7 @@ def _permuted_runs(x, classes, k, count, seed=0):
 
 # ----------------------------------------------------------------------------- PH2, where it mattered
 @pytest.mark.parametrize("k", [8, 14])
+@pytest.mark.slow
 def test_ph2_same_predictions_with_and_without_early_stop(ph2, k):
     x, classes = ph2
     early, exact = run_kpl(x, classes, k=k), run_kpl(x, classes, k=k, exact_iters=True)
@@ -78,6 +79,7 @@ def test_ph2_same_predictions_with_and_without_early_stop(ph2, k):
 
 
 @pytest.mark.parametrize("k", [8, 14])
+@pytest.mark.slow
 def test_ph2_permuted_dimensions_give_identical_predictions(ph2, k):
     x, classes = ph2
     base = run_kpl(x, classes, k=k)
@@ -110,6 +112,7 @@ def test_ph2_undecidable_images_are_counted_and_are_the_ones_float32_flips(ph2):
     assert not (flipped & ~within).any()  # ... and only ones the rule counts
 
 
+@pytest.mark.slow
 def test_ph2_image_ot_is_the_exact_arithmetic_result(ph2):
     """Against the paper's loop run in float64 (a stand-in for exact arithmetic) on the same inputs."""
     x, classes = ph2
@@ -129,6 +132,7 @@ def _ties(x: np.ndarray, proxies: np.ndarray) -> np.ndarray:
     return within_float32_resolution(torch.from_numpy(x), w, torch.from_numpy(x.astype(np.float64)) @ w).numpy()
 
 
+@pytest.mark.slow
 def test_planted_near_parallel_proxies_give_order_independent_predictions():
     """Off PH2: early stop changes nothing; permuted dimensions change at most images that float32
     cannot decide (their text proxies and Greenkhorn plan are float32 inputs to the loop, which

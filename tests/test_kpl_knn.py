@@ -121,6 +121,7 @@ def test_auto_uses_faiss_from_the_threshold_and_exact_without_faiss(monkeypatch)
     np.testing.assert_array_equal(knn_graph(x, 3)[0], exact[0])
 
 
+@pytest.mark.slow
 def test_missing_faiss_gives_one_line_how_to_install():
     code = ("import sys; sys.modules['faiss'] = None\n"
             "import numpy as np\n"
@@ -312,6 +313,7 @@ def test_clip_like_features_are_no_easier_than_real_clip_features(shared_dir):
     assert participation(real) <= participation(fake) <= 3 * participation(real)
 
 
+@pytest.mark.slow
 def test_default_graph_reaches_the_target_on_clip_like_features():
     pytest.importorskip("faiss")
     x = clip_like_features(20000, seed=3)[0]

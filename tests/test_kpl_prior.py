@@ -44,6 +44,7 @@ def test_auto_keeps_the_majority_class_of_a_one_sided_batch(kind, cls):
     assert uniform.prior is None
 
 
+@pytest.mark.slow
 def test_auto_on_the_balanced_whole_set_stays_close_to_uniform():
     x, y, classes = synthetic_case("well", seed=1)
     uniform = run_kpl(x, classes, k=8).image_ot.predictions
@@ -217,6 +218,7 @@ def _balanced_weak_text(n: int, c: int = 10, d: int = 512, seed: int = 0):
     return x, labels, classes
 
 
+@pytest.mark.slow
 def test_auto_separates_balanced_noisy_clusters_that_the_text_stage_mixes_up():
     """Issue 24's measured weakness: with TransCLIP's fixed 1/50 the Gaussian term could not separate these
     clusters and auto stayed at the text stage (0.55 against the paper's 0.83 at N 2000). Scaled by the

@@ -68,6 +68,7 @@ def _fill(folder) -> None:
             assert exc.errno == errno.ENOSPC
 
 
+@pytest.mark.slow
 def test_on_a_full_disk_a_read_does_not_talk_about_publishing(tiny_disk):  # noqa: F811
     import subprocess
     import sys

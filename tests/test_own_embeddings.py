@@ -35,6 +35,7 @@ def ph2_files(shared_dir: Path, folder: Path, space: str = SPACE, names: bool = 
     return write_ph2_files(shared_dir, folder, features_space=space, names=names)
 
 
+@pytest.mark.slow
 def test_ph2_round_trip_matches_the_library(kbuild, kpl, store, shared_dir, tmp_path):
     kb, feats, data = ph2_files(shared_dir, tmp_path)
     loads_before = load_clip.cache_info().misses

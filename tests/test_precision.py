@@ -86,6 +86,7 @@ def test_cli_precision_reaches_the_proxy_loop(capsys, monkeypatch, tmp_path, kbu
     assert bad.code == 2 and "--precision must be auto, fp32, fp16 or bf16" in bad.err
 
 
+@pytest.mark.slow
 def test_gpu_check_exits_cleanly_without_cuda():
     import torch
 

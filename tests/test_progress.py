@@ -20,6 +20,7 @@ def big_kb(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_load_prune_diff_report_plain_progress(kbuild, big_kb, monkeypatch):
     monkeypatch.setattr(cli_progress, "PLAIN_EVERY_S", 0.0)  # every update prints a line
     loaded = kbuild("load", big_kb)
@@ -142,6 +143,7 @@ os.write(1, b"<DONE>")
 """
 
 
+@pytest.mark.slow
 def test_a_terminal_gets_a_live_bar_while_the_store_writes(tmp_path):
     """On a terminal the bar must move while the store writes: before, its frames were held in the
     store's stderr spool and came out after the last batch."""

@@ -61,6 +61,7 @@ def test_prune_table_and_bad_threshold(kbuild, small_kb):
     assert kbuild("list", "--json").json() == before
 
 
+@pytest.mark.slow
 def test_similarity_model_finds_real_paraphrases(kbuild, tmp_path):
     """all-MiniLM-L6-v2 (packaged for offline use) catches a reworded duplicate the text alone cannot."""
     pytest.importorskip("sentence_transformers")

@@ -120,6 +120,7 @@ def test_bare_clip_similarity_consults_the_cache_first(kbuild, clip_env, tmp_pat
     assert encodes == []  # all served from the cache
 
 
+@pytest.mark.slow
 def test_minilm_on_imported_vectors_compares_the_texts(kbuild, imported_store):
     from kbuild.clip.sentence import resolve_model_path
 

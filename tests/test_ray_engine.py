@@ -111,6 +111,7 @@ def test_unreadable_shard_is_encoded_again(tmp_path):
         shards.join(2)
 
 
+@pytest.mark.slow
 def test_without_ray_one_line_says_what_to_install(clip_env, tmp_path):
     blocker = tmp_path / "no_ray" / "ray"
     blocker.mkdir(parents=True)

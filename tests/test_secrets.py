@@ -51,6 +51,7 @@ def files_holding(folder: Path, secrets=SECRETS) -> list[str]:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_no_secret_reaches_the_store_caches_logs_exports_or_output(secret_env, kbuild, kpl, tmp_path, monkeypatch):
     home = secret_env
     outputs: list[str] = []

@@ -353,6 +353,7 @@ def test_reports_are_listed_and_served_read_only_inside_the_folder(home, tmp_pat
         assert call(f"{base}/api/reports")[1] == []
 
 
+@pytest.mark.slow
 def test_command_prints_token_url_on_loopback_and_stops_cleanly(home, tmp_path):
     env = cli_env(KBUILD_STORE=str(home))
     errors = tmp_path / "serve.err"

@@ -238,6 +238,7 @@ def faulty():
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_llm_server_dropping_and_hanging_is_bounded_reported_per_class_and_cached(faulty, clip_env, kbuild,
                                                                                  tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-faults")

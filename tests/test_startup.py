@@ -59,6 +59,7 @@ def store_with_a_snapshot(tmp_path_factory, tiny_model):
     return root / "store"
 
 
+@pytest.mark.slow
 def test_kbuild_help_and_read_only_commands_import_no_torch(store_with_a_snapshot):
     runs = [("--help",), ("list",), ("show", "v1"), ("prompts", "list")]
     loaded = heavy_imports("kbuild", *runs, KBUILD_STORE=str(store_with_a_snapshot))

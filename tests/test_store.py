@@ -274,6 +274,7 @@ def test_a_name_chroma_rejects_is_refused_before_anything_is_written(store):
 
 
 # ---- concurrent writers -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_four_processes_loading_at_once_each_get_their_own_version(forks, tmp_path, tiny_model):
     home = tmp_path / "store"
     files = [write_class_lists(tmp_path / f"kb{k}.json", classes=3, per_class=5, prefix=f"src{k}") for k in range(4)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 
 from helpers import TINY_CLIP_CONFIG
 from kbuild.clip import causal
@@ -68,6 +69,7 @@ def test_tiny_model_matches_encode_text_and_runs_short_sequences(tiny_model, mon
     assert torch.is_inference_mode_enabled() is False
 
 
+@pytest.mark.slow
 def test_vit_b_sized_text_tower_matches_encode_text(seed=0):
     import open_clip
     import torch

@@ -135,6 +135,7 @@ def test_unrelated_texts_keep_the_sorted_path(tokenizer, monkeypatch):
     assert np.abs(got - reference(model, tokens)).max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_vit_b_sized_tower_in_small_chunks_and_batches(tokenizer, monkeypatch):
     # several chunks, each with its own cache, and suffix batches split by length
     monkeypatch.setattr(kv_text, "CHUNK_ROWS", 4)

@@ -102,6 +102,7 @@ def test_every_snapshot_round_trips_through_parquet_without_an_encoder(store_a, 
     assert load_clip.cache_info().misses == misses  # no CLIP model was loaded by any of it
 
 
+@pytest.mark.slow
 def test_round_trip_in_server_mode(store_a, server, tmp_path):
     for info in store_a.store.list():
         first = tmp_path / f"{info.name}.parquet"
@@ -193,6 +194,7 @@ def test_hf_dataset_folder_loads_offline_with_datasets_and_with_kbuild(store_a, 
 
 # ---- copy ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_copy_embedded_to_server_to_embedded_keeps_hashes_lineage_and_tags(store_a, tmp_path):
     proc, url = start_chroma_server(tmp_path / "team")
     try:
