@@ -18,14 +18,6 @@ from kbuild.sources.embedded import read_embedded
 from kbuild.store import SnapshotStore
 
 
-@pytest.fixture()
-def kpl(capsys):
-    from helpers import CliRunner
-    from kpl.cli import app
-
-    return CliRunner(app, "kpl", capsys)
-
-
 def kb_npz(path: Path, classes=("cat", "dog"), texts=("whiskers", "a wet nose"), embeddings=None,
            model_id="space-a") -> Path:
     vectors = np.eye(len(texts), 8, dtype=np.float32) if embeddings is None else embeddings

@@ -290,14 +290,6 @@ def test_loaded_snapshots_record_each_file_name_and_sha256_in_show_json_and_serv
 
 # ---- kpl eval on a bundle --------------------------------------------------------------------------
 
-@pytest.fixture()
-def kpl(capsys):
-    from helpers import CliRunner
-    from kpl.cli import app
-
-    return CliRunner(app, "kpl", capsys)
-
-
 def test_kpl_eval_reads_a_bundle_without_a_store(kbuild, kpl, shared_dir, tmp_path, monkeypatch):
     from test_own_embeddings import ph2_files
 
