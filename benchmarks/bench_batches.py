@@ -22,6 +22,7 @@ per batch, slow). Problems:
     python benchmarks/bench_batches.py                   # batches of 40 and 256, 4 draws
     python benchmarks/bench_batches.py --auto-k --problems ph2 --sizes 40
     python benchmarks/bench_batches.py --problems none --scale 10000,100000
+    python benchmarks/bench_batches.py --problems none --scale 1000000 --scale-priors auto --threads 2
 """
 
 from __future__ import annotations
@@ -164,29 +165,34 @@ def print_table(title: str, mixes, table) -> None:
               + f" | **{np.mean(values):.1f}** | {min(values):.1f} |", flush=True)
 
 
-def run_scale(sizes) -> None:
+def run_scale(sizes, priors=("uniform", "auto"), threads: int = 1, k: int | str = 8) -> None:
     import resource
 
     from bench_scale import make_features
 
     from kpl import run_kpl
 
-    print("\nKPL vs N (bench_scale's 10-class features, D 512, k 8): accuracy of image_ot")
-    print("| N | text | kpl (uniform) | kpl_auto | wall s uniform / auto | CPU s uniform / auto | peak RSS MB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\nKPL vs N (bench_scale's 10-class features, D 512, k {k}, {threads} thread(s)): accuracy of image_ot")
+    heads = " | ".join(f"kpl ({p})" for p in priors)
+    print(f"| N | text | {heads} | wall s | CPU s | peak RSS MB |")
+    print("|---:|---:|" + "---:|" * len(priors) + "---:|---:|---:|")
     for n in sizes:
         x, y, classes = make_features(n)
         out, secs, cpu = [], [], []
-        for prior in ("uniform", "auto"):
+        for prior in priors:
             start, start_cpu = time.perf_counter(), time.process_time()
-            r = run_kpl(x, classes, k=8, prior=prior, num_threads=1)
+            r = run_kpl(x, classes, k=k, prior=prior, num_threads=threads)
             secs.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
             out.append(float(np.mean(r.image_ot.predictions == y)))
+            if r.prior is not None:
+                chosen = f", k auto chose {r.params.k}" if r.auto is not None else ""
+                print(f"  N {n}, prior {prior}{chosen}: {r.prior}", flush=True)
         text = float(np.mean(r.text.predictions == y))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; the process's peak so far
-        print(f"| {n} | {text:.3f} | {out[0]:.3f} | {out[1]:.3f} | {secs[0]:.0f} / {secs[1]:.0f} "
-              f"| {cpu[0]:.0f} / {cpu[1]:.0f} | {rss:.0f} |", flush=True)
+        print(f"| {n} | {text:.3f} | " + " | ".join(f"{a:.3f}" for a in out)
+              + f" | {' / '.join(f'{v:.0f}' for v in secs)} | {' / '.join(f'{v:.0f}' for v in cpu)} | {rss:.0f} |",
+              flush=True)
 
 
 def main() -> None:
@@ -197,6 +203,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=None, help="seeded draws per mix (default 4; --quick 2)")
     parser.add_argument("--auto-k", action="store_true", help="add kpl_auto_k (k auto, prior auto): slow")
     parser.add_argument("--scale", default="", help="N values for KPL uniform vs auto, e.g. 10000,100000")
+    parser.add_argument("--scale-priors", default="uniform,auto", help="priors of the --scale rows (comma list)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the --scale runs")
+    parser.add_argument("--scale-k", default="8", help="k of the --scale runs: a number or auto (30 KPL runs per N)")
     args = parser.parse_args()
     sizes = [int(s) for s in (args.sizes or ("40" if args.quick else "40,256")).split(",")]
     draws = args.draws or (2 if args.quick else 4)
@@ -208,7 +217,8 @@ def main() -> None:
             print_table(f"{problem}, batches of {size}, {draws} draws per mix ({time.perf_counter() - start:.0f} s)",
                         mixes, table)
     if args.scale:
-        run_scale([int(n) for n in args.scale.split(",")])
+        run_scale([int(n) for n in args.scale.split(",")], priors=tuple(args.scale_priors.split(",")),
+                  threads=args.threads, k=args.scale_k if args.scale_k == "auto" else int(args.scale_k))
 
 
 if __name__ == "__main__":

@@ -446,6 +446,17 @@ def _run_kpl(x, knowledge: Knowledge, params: KPLParams, device: str, auto_k: bo
     return run_kpl(x, knowledge.class_embeddings, params=params, device=device)
 
 
+def note_prior_graphs(session: Session, runs: dict[str, MethodRun]) -> None:
+    """prior="auto" runs on the batch's kNN graph: an approximate one is noted, as TransCLIP's is."""
+    from kpl.peers.knn import GraphInfo
+
+    for run in runs.values():
+        graph = (run.params.get("prior_record") or {}).get("graph")
+        if graph and graph.get("method") != "exact":
+            info = GraphInfo(**{**graph, "ladder": tuple(tuple(step) for step in graph.get("ladder", ()))})
+            session.note(f"kpl_auto: {info.describe()}")  # one note for all of its stages: notes are unique
+
+
 def _kpl_rows(features: FeatureSet, result, prefix: str, share: float) -> dict[str, MethodRun]:
     """One row per KPL stage, ``prefix.stage``; an auto prior's record (anchor, text trust, class shares) in its params."""
     used = result.params.to_json()
@@ -530,6 +541,7 @@ def evaluate(session: Session, params: KPLParams, methods: tuple[str, ...] = MET
     if kpl_result is not None:  # the chosen k; the prior asked for (auto runs both)
         params = replace(kpl_result.params, prior=params.prior)
     note_float32_ties(session, runs)
+    note_prior_graphs(session, runs)
     return EvalResult(session, knowledge, params=params, methods=methods, runs=runs, skipped=skipped,
                       selected=_selected_texts(knowledge, kpl_result),
                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -254,3 +254,26 @@ def test_the_likelihood_scale_counts_independent_dimensions(monkeypatch):
     whole = effective_dimensions(iso)
     monkeypatch.setattr(prior, "COVARIANCE_ROWS", 1000)
     assert effective_dimensions(iso) == pytest.approx(whole, rel=1e-9)
+
+
+def test_the_prior_record_says_how_its_graph_was_built_and_eval_notes_an_approximate_one(kpl, setup, tmp_path,  # noqa: F811
+                                                                                         monkeypatch):
+    x, _, classes = _one_sided("well", 1, n=40)
+    graph = run_kpl(x, classes, k=8, prior="auto").prior["graph"]
+    assert graph["method"] == "exact" and graph["images"] == 40 and graph["recall"] == 1.0
+    # at a million images the graph is approximate, and its recall can fall short of the target:
+    # here the faiss index is asked for on the small CLI dataset, which it searches with 1 list
+    pytest.importorskip("faiss")
+    import kpl.method.core as core
+    from kpl.peers.knn import knn_graph
+
+    for module in (core, prior_module):  # run_kpl_many builds it in core, a single run in prior
+        monkeypatch.setattr(module, "batch_graph", lambda xt: knn_graph(xt, 3, method="faiss"))
+    result = kpl("eval", "--kb", "v1", "--data", setup, "--prior", "auto", "--methods", "kpl", "--json",
+                 "--out", tmp_path / "out", *FAST)
+    assert result.code == 0, result.err
+    assert "kpl_auto: kNN graph: faiss, 1 of 1 lists probed" in result.err
+    record = result.json()["results"]["kpl_auto.image_ot"]["params"]["prior_record"]["graph"]
+    assert record["method"] == "faiss" and record["target_met"] and record["ladder"]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["results"]["kpl_auto.image_ot"]["params"]["prior_record"]["graph"]["method"] == "faiss"
