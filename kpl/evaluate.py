@@ -453,8 +453,7 @@ def note_prior_graphs(session: Session, runs: dict[str, MethodRun]) -> None:
     for run in runs.values():
         graph = (run.params.get("prior_record") or {}).get("graph")
         if graph and graph.get("method") != "exact":
-            info = GraphInfo(**{**graph, "ladder": tuple(tuple(step) for step in graph.get("ladder", ()))})
-            session.note(f"kpl_auto: {info.describe()}")  # one note for all of its stages: notes are unique
+            session.note(f"kpl_auto: {GraphInfo.from_json(graph).describe()}")  # one note for all of its stages: notes are unique
 
 
 def _kpl_rows(features: FeatureSet, result, prefix: str, share: float) -> dict[str, MethodRun]:

@@ -58,12 +58,13 @@ mean over mixes, 3 draws): PH2 ViT-B/16 batches of 40, melanoma share 0 .. 1: k 
 k auto 72.5 %, k 8 72.1 % (paper's KPL 66.3, TransCLIP and StatA with descriptions 71.4); whole PH2 set: balanced
 accuracy 82.2 % with k auto, 80.0 % at k 8 (paper's KPL k 8: 81.6 %); synthetic one-sided binary batches of 40:
 100 % (paper's KPL 60 %); 1-4 of 10 classes present, batches of 40: 41.5 % with k auto, 33.5 % at k 8 (text
-stage 30.0 %); bench_scale's balanced 10-class features (D 512): 0.987 at 10k, 0.989 at 100k and 0.989 at 1M
-(k 8; k auto: 0.991 / 0.992 at 10k / 100k) against the paper's 0.909 / 0.918 / 0.240; at 1M the kNN graph is most of the time (88 of 95 minutes on
-2 cores: on near-isotropic features it probes 250 of 1000 lists for a sampled recall of 0.936, below its 0.95
-target, which ``KPLResult.prior["graph"]`` records). With TransCLIP's fixed 1/50 instead of ``likelihood_scale`` the same runs gave 74.3 /
-74.6 % on PH2 (k auto, 40 / 256), 81.2 % whole set, 40.2 % with 1-4 of 10 classes, and stayed near the text
-stage on bench_scale's features (0.547 / 0.544).
+stage 30.0 %); bench_scale's balanced 10-class features (D 512): 0.987 at 10k, 0.989 at 100k and 0.989 at
+1M (k 8; k auto: 0.991 / 0.992 at 10k / 100k) against the paper's 0.909 / 0.918 / 0.240. At 1M the kNN graph
+is most of the time (88 of 95 minutes on 2 cores: on these near-isotropic features it probes 250 of 1000
+lists for a sampled recall of 0.936, below its 0.95 target, which ``KPLResult.prior["graph"]`` records).
+With TransCLIP's fixed 1/50 instead of ``likelihood_scale`` the same runs gave 74.3 / 74.6 % on PH2 (k auto,
+40 / 256), 81.2 % whole set, 40.2 % with 1-4 of 10 classes, and stayed near the text stage on bench_scale's
+features (0.547 / 0.544).
 
 The numbers below were measured with the fixed 1/50.
 Anchors at KPL's vision proxies instead of its text proxies (PH2 batches of 40 / 256, k 8): 74.6 / 73.4

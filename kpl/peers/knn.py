@@ -101,6 +101,11 @@ class GraphInfo:
         out["ladder"] = [list(step) for step in self.ladder]
         return out
 
+    @classmethod
+    def from_json(cls, record: dict) -> "GraphInfo":
+        """The inverse of ``to_json`` (a record read back from a result, e.g. KPL's prior record)."""
+        return cls(**{**record, "ladder": tuple(tuple(step) for step in record.get("ladder", ()))})
+
     def describe(self) -> str:
         """One line for a person: what was built, its recall, and what to do if it falls short."""
         if self.method == "exact":
